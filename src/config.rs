@@ -1,0 +1,134 @@
+//! All configuration, in one clap struct per subcommand; every flag has an env fallback.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "moe",
+    version,
+    about = "Mixture-of-experts text classification service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the experts named by the registry over HTTP.
+    Serve(ServeConfig),
+    /// Evaluate one bundle on a data split: ROC, AUC, EER and its threshold, F1 (prints JSON).
+    Eval(crate::eval::cli::EvalArgs),
+    /// Write each bundle's validation EER threshold and metrics into its card.
+    Calibrate(crate::eval::cli::CalibrateArgs),
+    /// Keep the best calibrated candidate per class, fit the gate, write a model root.
+    Select(crate::eval::cli::SelectArgs),
+    /// Classify a whole split with a model root, through the service's core (accuracy, macro-F1).
+    Report(crate::eval::cli::ReportArgs),
+}
+
+/// Runtime settings shared by the server and the evaluation commands.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeConfig {
+    /// Path of libonnxruntime.so; default: the project's .venv (onnxruntime wheel).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Execution provider: auto (CUDA when built with it and available, else CPU), cpu, cuda.
+    #[arg(long, env = "MOE_PROVIDER", default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub provider: String,
+    /// Intra-op threads of each trunk / full-model session (default: available cores).
+    #[arg(long, env = "MOE_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+    /// Intra-op threads of each small head session.
+    #[arg(long, env = "MOE_HEAD_THREADS", default_value_t = 1)]
+    pub head_threads: usize,
+    /// Largest batch (texts) one graph run takes.
+    #[arg(long, env = "MOE_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// How long an executor waits for more work before running a batch (µs); 0 = run what is
+    /// queued at once (requests that arrive while a batch runs still batch together).
+    #[arg(long, env = "MOE_MAX_WAIT_US", default_value_t = 0)]
+    pub max_wait_us: u64,
+    /// Jobs queued per executor before requests are refused with 503.
+    #[arg(long, env = "MOE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Largest |p_service - p_card| accepted in the warm-up self-test of a bundle.
+    #[arg(long, env = "MOE_SELFTEST_TOLERANCE", default_value_t = 0.02)]
+    pub selftest_tolerance: f32,
+}
+
+impl RuntimeConfig {
+    pub fn intra_threads(&self) -> usize {
+        self.intra_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            ort_lib: None,
+            provider: "auto".into(),
+            intra_threads: None,
+            head_threads: 1,
+            max_batch: 64,
+            max_wait_us: 0,
+            queue_capacity: 1024,
+            selftest_tolerance: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[arg(long, env = "MOE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "MOE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Model root: holds registry.json, the bundles and trunks/.
+    #[arg(long, env = "MOE_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// Bearer token for the admin (mutating) routes; without it they are disabled.
+    #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest request body in bytes (413 above).
+    #[arg(long, env = "MOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Most texts in one classify request (400 above).
+    #[arg(long, env = "MOE_MAX_TEXTS", default_value_t = 64)]
+    pub max_texts: usize,
+    /// Most characters of one text (400 above); texts within it are truncated to the model's
+    /// max sequence length, never refused for length.
+    #[arg(long, env = "MOE_MAX_TEXT_CHARS", default_value_t = 10_000)]
+    pub max_text_chars: usize,
+    /// Deadline for one classify request, in milliseconds (503 after it).
+    #[arg(long, env = "MOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_texts: 64,
+            max_text_chars: 10_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Bundle cards (`card.json`), trunk cards (`trunk.json`) and the checks made before anything is
+//! loaded into ONNX Runtime: required fields, files present inside the model root, SHA-256 hashes.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+pub const CARD_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// tokens -> logits [batch, 2]
+    Full,
+    /// embedding of a shared trunk -> logits [batch, 2]
+    Head,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrunkRef {
+    pub id: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub value: f32,
+    /// How it was set, e.g. "eer" (interpolated equal-error-rate point).
+    pub method: String,
+    pub split: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfTest {
+    pub text: String,
+    pub probability: f32,
+}
+
+/// `card.json` of one bundle. Unknown fields are kept (flattened) so tools can round-trip it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    pub schema: u32,
+    pub class: String,
+    pub algorithm: String,
+    pub kind: Kind,
+    pub version: String,
+    pub graph: FileRef,
+    pub max_seq_len: usize,
+    pub threshold: Option<Threshold>,
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+    #[serde(default)]
+    pub selftest: Vec<SelfTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<FileRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<TrunkRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_dim: Option<usize>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `trunks/<id>/trunk.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrunkCard {
+    pub schema: u32,
+    pub id: String,
+    pub graph: FileRef,
+    pub tokenizer: FileRef,
+    pub embedding_dim: usize,
+    pub max_seq_len: usize,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Everything a bundle needs, resolved to checked paths inside the model root.
+#[derive(Debug, Clone)]
+pub struct BundleFiles {
+    pub name: String,
+    pub dir: PathBuf,
+    pub card: Card,
+    pub graph: PathBuf,
+    pub tokenizer: PathBuf,
+    pub tokenizer_sha256: String,
+    pub max_seq_len: usize,
+    /// For heads: the trunk's card and graph path.
+    pub trunk: Option<(TrunkCard, PathBuf)>,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A bundle or trunk name: one plain path component (no `..`, no separators, no absolute path).
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let mut comps = Path::new(name).components();
+    match (comps.next(), comps.next()) {
+        (Some(Component::Normal(_)), None) if !name.contains('/') && !name.contains('\\') => Ok(()),
+        _ => Err(format!(
+            "{name:?} is not a plain folder name inside the model root"
+        )),
+    }
+}
+
+/// Join `name` to `dir` and require the canonical result to stay inside `root` (no symlink escape).
+fn confined(root: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    check_name(name).map_err(|r| Error::bundle(dir, r))?;
+    let path = dir.join(name);
+    let canon = path
+        .canonicalize()
+        .map_err(|e| Error::bundle(&path, format!("cannot open: {e}")))?;
+    let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+    if !canon.starts_with(&root) {
+        return Err(Error::bundle(
+            &path,
+            "resolves outside the model root (symlink?)",
+        ));
+    }
+    Ok(canon)
+}
+
+fn check_hash(path: &Path, expected: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if !got.eq_ignore_ascii_case(expected) {
+        return Err(Error::bundle(
+            path,
+            format!("sha256 mismatch: card says {expected}, file is {got}"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::bundle(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::bundle(path, format!("bad JSON: {e}")))
+}
+
+impl Card {
+    pub fn read(path: &Path) -> Result<Card> {
+        let card: Card = read_json(path)?;
+        card.check(path)?;
+        Ok(card)
+    }
+
+    /// Field-level checks that need no other file.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        let bad = |r: String| Err(Error::bundle(path, r));
+        if self.schema != CARD_SCHEMA {
+            return bad(format!(
+                "schema {} is not supported (expected {CARD_SCHEMA})",
+                self.schema
+            ));
+        }
+        if self.class.trim().is_empty() {
+            return bad("empty class".into());
+        }
+        if self.version.trim().is_empty() || self.algorithm.trim().is_empty() {
+            return bad("version and algorithm must be set".into());
+        }
+        if self.max_seq_len == 0 {
+            return bad("max_seq_len must be > 0".into());
+        }
+        match self.kind {
+            Kind::Head if self.trunk.is_none() || self.embedding_dim.is_none() => {
+                bad("a head bundle needs `trunk` and `embedding_dim`".into())
+            }
+            Kind::Full if self.tokenizer.is_none() => {
+                bad("a full-model bundle needs `tokenizer`".into())
+            }
+            _ => Ok(()),
+        }?;
+        if let Some(t) = &self.threshold {
+            if !(t.value.is_finite() && t.value > 0.0 && t.value < 1.0) {
+                return bad(format!("threshold {} is not in (0, 1)", t.value));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("card serializes");
+        write_atomic(path, format!("{text}\n").as_bytes())
+    }
+}
+
+/// Write a file so that readers see the old or the new content, never a mix: temp file, fsync,
+/// rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl BundleFiles {
+    /// Resolve and check a bundle folder `root/name`: card fields, files inside the root, hashes,
+    /// and for heads the trunk (its card, files, hashes and embedding size).
+    pub fn open(root: &Path, name: &str) -> Result<BundleFiles> {
+        let dir = confined(root, root, name)?;
+        if !dir.is_dir() {
+            return Err(Error::bundle(&dir, "not a folder"));
+        }
+        let card_path = confined(root, &dir, "card.json")?;
+        let card = Card::read(&card_path)?;
+        let graph = confined(root, &dir, &card.graph.file)?;
+        check_hash(&graph, &card.graph.sha256)?;
+        let (tokenizer, tokenizer_sha256, trunk, max_seq_len) = match card.kind {
+            Kind::Full => {
+                let t = card.tokenizer.as_ref().expect("checked");
+                let path = confined(root, &dir, &t.file)?;
+                check_hash(&path, &t.sha256)?;
+                (path, t.sha256.to_lowercase(), None, card.max_seq_len)
+            }
+            Kind::Head => {
+                let r = card.trunk.as_ref().expect("checked");
+                let tdir = confined(root, &root.join("trunks"), &r.id)?;
+                let tcard_path = confined(root, &tdir, "trunk.json")?;
+                let tcard: TrunkCard = read_json(&tcard_path)?;
+                if tcard.id != r.id {
+                    return Err(Error::bundle(
+                        &tcard_path,
+                        format!("id {:?} differs from folder {:?}", tcard.id, r.id),
+                    ));
+                }
+                if !tcard.graph.sha256.eq_ignore_ascii_case(&r.sha256) {
+                    return Err(Error::bundle(
+                        &card_path,
+                        format!(
+                            "names trunk sha256 {} but trunk {} has {}",
+                            r.sha256, r.id, tcard.graph.sha256
+                        ),
+                    ));
+                }
+                if Some(tcard.embedding_dim) != card.embedding_dim {
+                    return Err(Error::bundle(
+                        &card_path,
+                        format!(
+                            "embedding_dim {:?} differs from the trunk's {}",
+                            card.embedding_dim, tcard.embedding_dim
+                        ),
+                    ));
+                }
+                let tgraph = confined(root, &tdir, &tcard.graph.file)?;
+                check_hash(&tgraph, &tcard.graph.sha256)?;
+                let tok = confined(root, &tdir, &tcard.tokenizer.file)?;
+                check_hash(&tok, &tcard.tokenizer.sha256)?;
+                let sha = tcard.tokenizer.sha256.to_lowercase();
+                let len = tcard.max_seq_len.min(card.max_seq_len);
+                (tok, sha, Some((tcard, tgraph)), len)
+            }
+        };
+        Ok(BundleFiles {
+            name: name.to_string(),
+            dir,
+            card,
+            graph,
+            tokenizer,
+            tokenizer_sha256,
+            max_seq_len,
+            trunk,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_plain() {
+        assert!(check_name("travel--trunk-logreg").is_ok());
+        for bad in ["..", "../x", "/etc", "a/b", "", ".", "a\\b"] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn card_json() -> serde_json::Value {
+        serde_json::json!({
+            "schema": 1, "class": "Travel", "algorithm": "a", "kind": "full", "version": "v1",
+            "graph": {"file": "model.onnx", "sha256": "00"}, "max_seq_len": 16, "threshold": null,
+            "tokenizer": {"file": "tokenizer.json", "sha256": "00"}, "custom": 3
+        })
+    }
+
+    #[test]
+    fn card_checks_fields() {
+        let p = Path::new("card.json");
+        let c: Card = serde_json::from_value(card_json()).unwrap();
+        c.check(p).unwrap();
+        assert_eq!(c.extra["custom"], 3, "unknown fields are kept");
+        let mut head = card_json();
+        head["kind"] = "head".into();
+        let c: Card = serde_json::from_value(head).unwrap();
+        let e = c.check(p).unwrap_err().to_string();
+        assert!(e.contains("card.json") && e.contains("trunk"), "{e}");
+        let mut t = card_json();
+        t["threshold"] = serde_json::json!({"value": 1.5, "method": "eer", "split": "val"});
+        let c: Card = serde_json::from_value(t).unwrap();
+        assert!(
+            c.check(p)
+                .unwrap_err()
+                .to_string()
+                .contains("not in (0, 1)")
+        );
+        let mut s = card_json();
+        s["schema"] = 9.into();
+        let c: Card = serde_json::from_value(s).unwrap();
+        assert!(c.check(p).is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = std::env::temp_dir().join(format!("moe-aw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,368 @@
+//! The decision rule: pure functions from the experts' probabilities to gate weights, scores,
+//! pass/fail and the label. No I/O, no locks.
+//!
+//! For expert i with probability p_i and EER threshold t_i:
+//! * passed_i = p_i >= t_i
+//! * s_i, the comparable score: `probability` mode s_i = p_i; `margin` mode
+//!   s_i = sigmoid(logit(p_i) - logit(t_i)) (0.5 exactly at the threshold);
+//! * w_i, the gate weight (sums to 1 over experts): `uniform` 1/N; `length` softmax_i(a_i + b_i ln(1+words));
+//!   `stacking` softmax_i(W z + b)_i with z_j = logit(p_j) (a multinomial logistic regression fitted on
+//!   the validation split over every expert's logit);
+//! * g_i = w_i s_i is the gated score reported as `score`.
+//!
+//! label = argmax of g_i over the experts that passed; when none passed the answer abstains and
+//! best_guess = argmax of g_i over all experts (ties: the first class in sorted order).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateKind {
+    #[default]
+    Uniform,
+    Length,
+    Stacking,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreMode {
+    #[default]
+    Probability,
+    Margin,
+}
+
+/// Per-class length-gate parameters (a, b): weight logit a + b ln(1 + words).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LengthGate {
+    pub params: BTreeMap<String, [f32; 2]>,
+}
+
+/// A fitted stacking gate; valid only for exactly these classes at exactly these bundle versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackingGate {
+    pub classes: Vec<String>,
+    pub versions: BTreeMap<String, String>,
+    /// weights[i][j]: contribution of expert j's logit to class i.
+    pub weights: Vec<Vec<f32>>,
+    pub bias: Vec<f32>,
+}
+
+/// The gate as written in the registry.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GateSpec {
+    #[serde(default)]
+    pub kind: GateKind,
+    #[serde(default)]
+    pub score: ScoreMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<LengthGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacking: Option<StackingGate>,
+    /// Evidence of how the gate was chosen (validation accuracies...), kept for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_by: Option<serde_json::Value>,
+}
+
+/// The gate resolved against one expert set (classes in the set's order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub score: ScoreMode,
+    pub weights: GateWeights,
+    /// Why the configured gate is not the one in force (e.g. a stacking gate fitted for other
+    /// bundle versions), reported by the API.
+    pub disabled: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateWeights {
+    Uniform,
+    Length(Vec<[f32; 2]>),
+    Stacking {
+        weights: Vec<Vec<f32>>,
+        bias: Vec<f32>,
+    },
+}
+
+impl GateWeights {
+    pub fn name(&self) -> &'static str {
+        match self {
+            GateWeights::Uniform => "uniform",
+            GateWeights::Length(_) => "length",
+            GateWeights::Stacking { .. } => "stacking",
+        }
+    }
+}
+
+impl Gate {
+    pub fn uniform(score: ScoreMode) -> Gate {
+        Gate {
+            score,
+            weights: GateWeights::Uniform,
+            disabled: None,
+        }
+    }
+
+    /// Resolve a registry gate for the experts `(class, version)` in order. A gate that does not fit
+    /// the set falls back to uniform and says why, never silently applied.
+    pub fn resolve(spec: &GateSpec, experts: &[(String, String)]) -> Gate {
+        let fallback = |why: String| Gate {
+            score: spec.score,
+            weights: GateWeights::Uniform,
+            disabled: Some(why),
+        };
+        match spec.kind {
+            GateKind::Uniform => Gate::uniform(spec.score),
+            GateKind::Length => match &spec.length {
+                None => fallback("length gate configured without parameters".into()),
+                Some(l) => Gate {
+                    score: spec.score,
+                    weights: GateWeights::Length(
+                        experts
+                            .iter()
+                            .map(|(c, _)| l.params.get(c).copied().unwrap_or([0.0, 0.0]))
+                            .collect(),
+                    ),
+                    disabled: None,
+                },
+            },
+            GateKind::Stacking => {
+                let Some(s) = &spec.stacking else {
+                    return fallback("stacking gate configured without parameters".into());
+                };
+                let classes: Vec<&String> = experts.iter().map(|(c, _)| c).collect();
+                if s.classes.iter().collect::<Vec<_>>() != classes {
+                    return fallback("stacking gate was fitted for another set of classes".into());
+                }
+                for (c, v) in experts {
+                    if s.versions.get(c) != Some(v) {
+                        return fallback(format!(
+                            "stacking gate was fitted with {c} at version {}, now {v}",
+                            s.versions.get(c).map(String::as_str).unwrap_or("?")
+                        ));
+                    }
+                }
+                let n = classes.len();
+                if s.weights.len() != n
+                    || s.weights.iter().any(|r| r.len() != n)
+                    || s.bias.len() != n
+                {
+                    return fallback("stacking gate parameters have the wrong shape".into());
+                }
+                Gate {
+                    score: spec.score,
+                    weights: GateWeights::Stacking {
+                        weights: s.weights.clone(),
+                        bias: s.bias.clone(),
+                    },
+                    disabled: None,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpertOutput {
+    pub probability: f32,
+    pub threshold: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Index of the predicted expert, None when it abstains.
+    pub label: Option<usize>,
+    pub best_guess: usize,
+    pub passed: Vec<bool>,
+    pub weights: Vec<f32>,
+    pub scores: Vec<f32>,
+}
+
+const EPS: f32 = 1e-6;
+
+pub fn logit(p: f32) -> f32 {
+    let p = p.clamp(EPS, 1.0 - EPS);
+    (p / (1.0 - p)).ln()
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn softmax(z: &[f32]) -> Vec<f32> {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Number of whitespace-separated words: the length the length gate uses.
+pub fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+pub fn weights(gate: &Gate, out: &[ExpertOutput], words: usize) -> Vec<f32> {
+    let n = out.len();
+    match &gate.weights {
+        GateWeights::Uniform => vec![1.0 / n as f32; n],
+        GateWeights::Length(ab) => {
+            let l = (1.0 + words as f32).ln();
+            softmax(&ab.iter().map(|[a, b]| a + b * l).collect::<Vec<_>>())
+        }
+        GateWeights::Stacking { weights, bias } => {
+            let z: Vec<f32> = out.iter().map(|o| logit(o.probability)).collect();
+            let s: Vec<f32> = weights
+                .iter()
+                .zip(bias)
+                .map(|(row, b)| b + row.iter().zip(&z).map(|(w, x)| w * x).sum::<f32>())
+                .collect();
+            softmax(&s)
+        }
+    }
+}
+
+pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
+    assert!(!out.is_empty(), "decide needs at least one expert");
+    let w = weights(gate, out, words);
+    let scores: Vec<f32> = out
+        .iter()
+        .zip(&w)
+        .map(|(o, w)| {
+            let s = match gate.score {
+                ScoreMode::Probability => o.probability,
+                ScoreMode::Margin => sigmoid(logit(o.probability) - logit(o.threshold)),
+            };
+            w * s
+        })
+        .collect();
+    let passed: Vec<bool> = out.iter().map(|o| o.probability >= o.threshold).collect();
+    let argmax = |keep: &dyn Fn(usize) -> bool| {
+        (0..out.len())
+            .filter(|&i| keep(i))
+            .fold(None, |best: Option<usize>, i| match best {
+                Some(b) if scores[b] >= scores[i] => Some(b),
+                _ => Some(i),
+            })
+    };
+    let best_guess = argmax(&|_| true).expect("non-empty");
+    let label = argmax(&|i| passed[i]);
+    Decision {
+        label,
+        best_guess,
+        passed,
+        weights: w,
+        scores,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outs(v: &[(f32, f32)]) -> Vec<ExpertOutput> {
+        v.iter()
+            .map(|&(probability, threshold)| ExpertOutput {
+                probability,
+                threshold,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn label_is_best_passing_expert() {
+        let g = Gate::uniform(ScoreMode::Probability);
+        // expert 0 has the highest probability but does not pass its strict threshold
+        let d = decide(&g, &outs(&[(0.9, 0.95), (0.6, 0.5), (0.7, 0.3)]), 3);
+        assert_eq!(d.passed, vec![false, true, true]);
+        assert_eq!(d.label, Some(2));
+        assert_eq!(d.best_guess, 0);
+        assert!((d.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((d.scores[2] - 0.7 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn abstains_when_nobody_passes() {
+        let g = Gate::uniform(ScoreMode::Probability);
+        let d = decide(&g, &outs(&[(0.2, 0.5), (0.4, 0.5)]), 1);
+        assert_eq!(d.label, None);
+        assert_eq!(d.best_guess, 1);
+    }
+
+    #[test]
+    fn margin_mode_normalises_by_threshold() {
+        let g = Gate::uniform(ScoreMode::Margin);
+        // 0.6 over a 0.5 threshold beats 0.7 over a 0.69 threshold in margin mode
+        let d = decide(&g, &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1);
+        assert_eq!(d.label, Some(1));
+        let at = decide(&g, &outs(&[(0.3, 0.3)]), 1);
+        assert!(
+            (at.scores[0] - 0.5).abs() < 1e-5,
+            "score is 0.5 at the threshold"
+        );
+        let p = decide(
+            &Gate::uniform(ScoreMode::Probability),
+            &outs(&[(0.7, 0.69), (0.6, 0.5)]),
+            1,
+        );
+        assert_eq!(p.label, Some(0));
+    }
+
+    #[test]
+    fn length_gate_shifts_weight_with_length() {
+        let spec = GateSpec {
+            kind: GateKind::Length,
+            length: Some(LengthGate {
+                params: [
+                    ("short".to_string(), [1.0, -1.0]),
+                    ("long".to_string(), [-1.0, 1.0]),
+                ]
+                .into(),
+            }),
+            ..Default::default()
+        };
+        let experts = vec![
+            ("short".to_string(), "1".to_string()),
+            ("long".to_string(), "1".to_string()),
+        ];
+        let g = Gate::resolve(&spec, &experts);
+        assert_eq!(g.disabled, None);
+        let o = outs(&[(0.8, 0.5), (0.8, 0.5)]);
+        assert_eq!(decide(&g, &o, 0).label, Some(0));
+        assert_eq!(decide(&g, &o, 50).label, Some(1));
+        // hand-computed: words=0 -> logits (1, -1) -> w0 = e / (e + 1/e)
+        let w = weights(&g, &o, 0);
+        let e = std::f32::consts::E;
+        assert!((w[0] - e / (e + 1.0 / e)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn stacking_gate_disabled_on_version_mismatch() {
+        let spec = GateSpec {
+            kind: GateKind::Stacking,
+            stacking: Some(StackingGate {
+                classes: vec!["a".into(), "b".into()],
+                versions: [
+                    ("a".to_string(), "1".to_string()),
+                    ("b".to_string(), "1".to_string()),
+                ]
+                .into(),
+                weights: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+                bias: vec![0.0, 0.0],
+            }),
+            ..Default::default()
+        };
+        let ok = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "1".into())]);
+        assert_eq!(ok.weights.name(), "stacking");
+        let swapped = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(swapped.weights, GateWeights::Uniform);
+        assert!(swapped.disabled.unwrap().contains("version"));
+        let grown = Gate::resolve(&spec, &[("a".into(), "1".into())]);
+        assert!(grown.disabled.is_some());
+        // identity stacking: weights follow the experts' own logits
+        let d = decide(&ok, &outs(&[(0.9, 0.5), (0.6, 0.5)]), 1);
+        assert!(d.weights[0] > d.weights[1]);
+        assert_eq!(d.label, Some(0));
+    }
+}

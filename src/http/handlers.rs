@@ -1,0 +1,74 @@
+//! Thin handlers: parse, call the core, shape the answer.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::dto::{ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList};
+use super::error::ApiJson;
+use crate::{Error, Result};
+
+pub async fn classify(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<ClassifyRequest>,
+) -> Result<Json<ClassifyResponse>> {
+    let started = Instant::now();
+    let texts = req.into_texts()?;
+    let (results, generation) = s.core.classify(texts).await?;
+    Ok(Json(ClassifyResponse {
+        results,
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
+        generation,
+    }))
+}
+
+pub async fn list_experts(State(s): State<AppState>) -> Result<Json<ExpertList>> {
+    Ok(Json(ExpertList::from(s.core.snapshot()?.as_ref())))
+}
+
+pub async fn get_expert(
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+) -> Result<Json<ExpertInfo>> {
+    let set = s.core.snapshot()?;
+    let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
+    Ok(Json(ExpertInfo::from(e.as_ref())))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>> {
+    let set = s.core.snapshot()?;
+    Ok(Json(
+        json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation}),
+    ))
+}
+
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../openapi.yaml"),
+    )
+}
+
+pub async fn not_found() -> Error {
+    Error::NotFound("no such route".into())
+}
+
+pub async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}

@@ -1,0 +1,409 @@
+//! One executor per distinct graph: a dedicated thread owns the ONNX Runtime session
+//! (`Session::run` needs `&mut self`) and runs batches of the jobs queued to it. Requests talk to
+//! it through a bounded channel with a oneshot reply; when the queue is full they get 503.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use tokio::sync::oneshot;
+
+use super::runtime::load_session;
+use super::tokenize::Encoded;
+use crate::config::RuntimeConfig;
+use crate::{Error, Result};
+
+pub const TOKEN_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
+
+/// A dense row-major f32 matrix (graph outputs, embeddings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// What a graph consumes, checked against its declared inputs when it is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphRole {
+    /// Token inputs (a subset of TOKEN_INPUTS, with input_ids and attention_mask) -> [batch, out].
+    Tokens { inputs: Vec<String> },
+    /// One float input [batch, dim] -> [batch, out].
+    Embedding { input: String, dim: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Tokens,
+    Embedding(usize),
+}
+
+pub enum Input {
+    Tokens(Arc<Vec<Encoded>>),
+    Embedding(Arc<Matrix>),
+}
+
+impl Input {
+    fn rows(&self) -> usize {
+        match self {
+            Input::Tokens(t) => t.len(),
+            Input::Embedding(m) => m.rows,
+        }
+    }
+}
+
+struct Job {
+    input: Input,
+    reply: oneshot::Sender<Result<Matrix>>,
+}
+
+pub struct Executor {
+    pub sha256: String,
+    pub path: PathBuf,
+    pub role: GraphRole,
+    pub out_dim: usize,
+    pub provider: &'static str,
+    /// Short label for metrics: the first 12 hex digits of the graph hash.
+    pub label: String,
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    Some((
+        vt.tensor_type()?,
+        vt.tensor_shape()?.iter().copied().collect(),
+    ))
+}
+
+/// Check the graph's signature against what the bundle says it is.
+fn signature(
+    session: &Session,
+    path: &Path,
+    expect: Expect,
+    out_dim: Option<usize>,
+) -> Result<(GraphRole, usize)> {
+    let bad = |r: String| Err(Error::bundle(path, r));
+    let outs = session.outputs();
+    let Some(out) = outs.first() else {
+        return bad("graph has no outputs".into());
+    };
+    let Some((oty, oshape)) = dims(out.dtype()) else {
+        return bad(format!("output {:?} is not a tensor", out.name()));
+    };
+    if oty != TensorElementType::Float32 || oshape.len() != 2 {
+        return bad(format!(
+            "output {:?} must be float32 [batch, n], is {oty:?} {oshape:?}",
+            out.name()
+        ));
+    }
+    let declared = oshape[1];
+    let out_dim = match (out_dim, declared) {
+        (Some(want), d) if d >= 0 && d as usize != want => {
+            return bad(format!(
+                "output {:?} has {d} columns, expected {want}",
+                out.name()
+            ));
+        }
+        (Some(want), _) => want,
+        (None, d) if d > 0 => d as usize,
+        (None, _) => return bad(format!("output {:?} has no fixed width", out.name())),
+    };
+    let ins = session.inputs();
+    let role = match expect {
+        Expect::Tokens => {
+            let mut names = Vec::new();
+            for i in ins {
+                if !TOKEN_INPUTS.contains(&i.name()) {
+                    return bad(format!(
+                        "unexpected input {:?} (token graphs take {TOKEN_INPUTS:?})",
+                        i.name()
+                    ));
+                }
+                match dims(i.dtype()) {
+                    Some((TensorElementType::Int64, s)) if s.len() == 2 => {
+                        names.push(i.name().to_string())
+                    }
+                    other => {
+                        return bad(format!(
+                            "input {:?} must be int64 [batch, seq], is {other:?}",
+                            i.name()
+                        ));
+                    }
+                }
+            }
+            for need in &TOKEN_INPUTS[..2] {
+                if !names.iter().any(|n| n == need) {
+                    return bad(format!("missing input {need:?}"));
+                }
+            }
+            GraphRole::Tokens { inputs: names }
+        }
+        Expect::Embedding(dim) => {
+            if ins.len() != 1 {
+                return bad(format!(
+                    "a head takes one embedding input, this graph has {}",
+                    ins.len()
+                ));
+            }
+            match dims(ins[0].dtype()) {
+                Some((TensorElementType::Float32, s))
+                    if s.len() == 2 && (s[1] < 0 || s[1] as usize == dim) =>
+                {
+                    GraphRole::Embedding {
+                        input: ins[0].name().to_string(),
+                        dim,
+                    }
+                }
+                other => {
+                    return bad(format!(
+                        "input {:?} must be float32 [batch, {dim}], is {other:?}",
+                        ins[0].name()
+                    ));
+                }
+            }
+        }
+    };
+    Ok((role, out_dim))
+}
+
+impl Executor {
+    /// Load the graph (blocking: call from a blocking thread), check its signature, and start the
+    /// thread that owns its session.
+    pub fn start(
+        cfg: &RuntimeConfig,
+        path: &Path,
+        sha256: &str,
+        expect: Expect,
+        out_dim: Option<usize>,
+        threads: usize,
+    ) -> Result<Arc<Executor>> {
+        let loaded = load_session(cfg, path, threads)?;
+        let (role, out_dim) = signature(&loaded.session, path, expect, out_dim)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let label = sha256.chars().take(12).collect::<String>();
+        let worker = Worker {
+            session: loaded.session,
+            role: role.clone(),
+            out_dim,
+            max_batch: cfg.max_batch.max(1),
+            max_wait: Duration::from_micros(cfg.max_wait_us),
+            depth: depth.clone(),
+            label: label.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("exec-{label}"))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| Error::Runtime(format!("cannot start executor thread: {e}")))?;
+        tracing::info!(graph = %path.display(), provider = loaded.provider, threads, "graph loaded");
+        Ok(Arc::new(Executor {
+            sha256: sha256.to_string(),
+            path: path.to_path_buf(),
+            role,
+            out_dim,
+            provider: loaded.provider,
+            label,
+            tx,
+            depth,
+        }))
+    }
+
+    /// Queue a job; the receiver resolves when its batch has run.
+    pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Matrix>>> {
+        let (reply, rx) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Job { input, reply }) {
+            Ok(()) => {
+                metrics::gauge!("moe_queue_depth", "graph" => self.label.clone())
+                    .set(self.depth.load(Ordering::Relaxed) as f64);
+                Ok(rx)
+            }
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => {
+                        Error::Overloaded(format!("graph {} queue is full", self.label))
+                    }
+                    TrySendError::Disconnected(_) => {
+                        Error::Inference(format!("graph {} stopped", self.label))
+                    }
+                })
+            }
+        }
+    }
+
+    pub async fn run(&self, input: Input) -> Result<Matrix> {
+        let rx = self.submit(input)?;
+        rx.await
+            .map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+    }
+
+    /// For command-line tools outside an async runtime.
+    pub fn run_blocking(&self, input: Input) -> Result<Matrix> {
+        let rx = self.submit(input)?;
+        rx.blocking_recv()
+            .map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    session: Session,
+    role: GraphRole,
+    out_dim: usize,
+    max_batch: usize,
+    max_wait: Duration,
+    depth: Arc<AtomicUsize>,
+    label: String,
+}
+
+impl Worker {
+    /// Runs until every sender is gone (the executor was dropped); queued jobs are finished first.
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut rows = first.input.rows();
+            let mut jobs = vec![first];
+            let deadline = Instant::now() + self.max_wait;
+            while rows < self.max_batch {
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            None
+                        } else {
+                            match rx.recv_timeout(deadline - now) {
+                                Ok(j) => Some(j),
+                                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                                    None
+                                }
+                            }
+                        }
+                    }
+                };
+                let Some(j) = next else { break };
+                rows += j.input.rows();
+                jobs.push(j);
+            }
+            self.depth.fetch_sub(jobs.len(), Ordering::Relaxed);
+            let started = Instant::now();
+            let result = self.run_batch(&jobs, rows);
+            let graph = self.label.clone();
+            metrics::histogram!("moe_batch_size", "graph" => graph.clone()).record(rows as f64);
+            metrics::histogram!("moe_graph_run_seconds", "graph" => graph.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!("moe_queue_depth", "graph" => graph)
+                .set(self.depth.load(Ordering::Relaxed) as f64);
+            match result {
+                Ok(out) => {
+                    let mut offset = 0;
+                    for job in jobs {
+                        let n = job.input.rows();
+                        let data = out.data[offset * out.cols..(offset + n) * out.cols].to_vec();
+                        offset += n;
+                        let _ = job.reply.send(Ok(Matrix {
+                            rows: n,
+                            cols: out.cols,
+                            data,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(Error::Inference(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_batch(&mut self, jobs: &[Job], rows: usize) -> std::result::Result<Matrix, String> {
+        let outputs = match &self.role {
+            GraphRole::Tokens { inputs } => {
+                let seq = jobs
+                    .iter()
+                    .flat_map(|j| match &j.input {
+                        Input::Tokens(t) => t.iter().map(|e| e.ids.len()).collect::<Vec<_>>(),
+                        Input::Embedding(_) => vec![],
+                    })
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                let mut feeds = Vec::with_capacity(inputs.len());
+                for name in inputs {
+                    let mut buf = vec![0i64; rows * seq];
+                    let mut r = 0;
+                    for j in jobs {
+                        let Input::Tokens(t) = &j.input else {
+                            return Err("embedding sent to a token graph".into());
+                        };
+                        for e in t.iter() {
+                            let src = match name.as_str() {
+                                "input_ids" => &e.ids,
+                                "attention_mask" => &e.mask,
+                                _ => &e.type_ids,
+                            };
+                            buf[r * seq..r * seq + src.len()].copy_from_slice(src);
+                            r += 1;
+                        }
+                    }
+                    let t = Tensor::from_array(([rows, seq], buf)).map_err(|e| e.to_string())?;
+                    feeds.push((name.clone(), ort::session::SessionInputValue::from(t)));
+                }
+                self.session.run(feeds).map_err(|e| e.to_string())?
+            }
+            GraphRole::Embedding { input, dim } => {
+                let mut buf = Vec::with_capacity(rows * dim);
+                for j in jobs {
+                    let Input::Embedding(m) = &j.input else {
+                        return Err("tokens sent to a head".into());
+                    };
+                    if m.cols != *dim {
+                        return Err(format!(
+                            "embedding has {} columns, head takes {dim}",
+                            m.cols
+                        ));
+                    }
+                    buf.extend_from_slice(&m.data);
+                }
+                let t = Tensor::from_array(([rows, *dim], buf)).map_err(|e| e.to_string())?;
+                self.session
+                    .run(vec![(
+                        input.clone(),
+                        ort::session::SessionInputValue::from(t),
+                    )])
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let (shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != self.out_dim {
+            return Err(format!(
+                "graph returned shape {:?}, expected [{rows}, {}]",
+                &shape[..],
+                self.out_dim
+            ));
+        }
+        Ok(Matrix {
+            rows,
+            cols: self.out_dim,
+            data: data.to_vec(),
+        })
+    }
+}

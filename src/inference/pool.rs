@@ -1,0 +1,80 @@
+//! Executors and tokenizers shared by content hash: two bundles that name the same graph or the
+//! same tokenizer share one session / one tokenizer, and a swap reuses what is already running.
+//! Entries are weak: when no expert set uses an executor any more, it drops and its thread ends.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::executor::{Executor, Expect};
+use super::tokenize::TokenizerHandle;
+use crate::Result;
+use crate::config::RuntimeConfig;
+
+#[derive(Default)]
+pub struct ExecutorPool {
+    executors: Mutex<HashMap<String, Weak<Executor>>>,
+    tokenizers: Mutex<HashMap<(String, usize), Weak<TokenizerHandle>>>,
+}
+
+impl ExecutorPool {
+    /// The running executor for this graph hash, or a new one (blocking while it loads; the lock is
+    /// not held during the load, so different graphs load in parallel).
+    pub fn executor(
+        &self,
+        cfg: &RuntimeConfig,
+        path: &Path,
+        sha256: &str,
+        expect: Expect,
+        out_dim: Option<usize>,
+        threads: usize,
+    ) -> Result<Arc<Executor>> {
+        let key = format!("{sha256}:{expect:?}");
+        if let Some(e) = self
+            .executors
+            .lock()
+            .expect("pool lock")
+            .get(&key)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(e);
+        }
+        let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads)?;
+        let mut map = self.executors.lock().expect("pool lock");
+        map.retain(|_, w| w.strong_count() > 0);
+        match map.get(&key).and_then(Weak::upgrade) {
+            Some(existing) => Ok(existing),
+            None => {
+                map.insert(key, Arc::downgrade(&fresh));
+                Ok(fresh)
+            }
+        }
+    }
+
+    pub fn tokenizer(
+        &self,
+        path: &Path,
+        sha256: &str,
+        max_len: usize,
+    ) -> Result<Arc<TokenizerHandle>> {
+        let key = (sha256.to_string(), max_len);
+        let mut map = self.tokenizers.lock().expect("pool lock");
+        if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(t);
+        }
+        let t = Arc::new(TokenizerHandle::load(path, sha256, max_len)?);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&t));
+        Ok(t)
+    }
+
+    /// Executors alive now (used by tests to prove swapped-out sessions are released).
+    pub fn live_executors(&self) -> usize {
+        self.executors
+            .lock()
+            .expect("pool lock")
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+}

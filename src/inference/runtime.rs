@@ -1,0 +1,157 @@
+//! The one ONNX Runtime environment of the process, found from the onnxruntime wheel, and
+//! session creation with the configured execution provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use crate::config::RuntimeConfig;
+use crate::{Error, Result};
+
+static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Where libonnxruntime is looked for when ORT_DYLIB_PATH / --ort-lib is not given: the project's
+/// own venv (made by `scripts/setup.sh`) relative to the working directory, the executable and the
+/// crate, and /opt/onnxruntime (the Docker image).
+fn candidates() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let mut out = vec![PathBuf::from("/opt/onnxruntime/libonnxruntime.so")];
+    for r in roots {
+        let lib = r.join(".venv/lib");
+        if let Ok(entries) = std::fs::read_dir(&lib) {
+            for e in entries.flatten() {
+                let capi = e.path().join("site-packages/onnxruntime/capi");
+                if let Ok(files) = std::fs::read_dir(&capi) {
+                    let mut libs: Vec<PathBuf> = files
+                        .flatten()
+                        .map(|f| f.path())
+                        .filter(|p| {
+                            p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                        })
+                        .collect();
+                    libs.sort();
+                    out.extend(libs.into_iter().rev());
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::Runtime(format!(
+                "ORT_DYLIB_PATH / --ort-lib {} is not a file",
+                p.display()
+            )))
+        };
+    }
+    candidates()
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Runtime(
+                "libonnxruntime not found: set ORT_DYLIB_PATH, or run scripts/setup.sh \
+             (python3 -m venv .venv && .venv/bin/pip install onnxruntime==1.32.0)"
+                    .into(),
+            )
+        })
+}
+
+/// Load ONNX Runtime once per process (ort allows one environment per process).
+pub fn environment(cfg: &RuntimeConfig) -> Result<&'static ort::environment::Environment> {
+    ENV.get_or_init(|| {
+        let lib = find_library(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
+        let env = builder
+            .with_name("moe")
+            .build()
+            .map_err(|e| e.to_string())?;
+        tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+        Ok(env)
+    })
+    .as_ref()
+    .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// A committed session and the provider it runs on.
+pub struct LoadedSession {
+    pub session: Session,
+    pub provider: &'static str,
+}
+
+fn builder(
+    env: &ort::environment::Environment,
+    threads: usize,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(threads)?
+        .with_inter_threads(1)?)
+}
+
+#[cfg(feature = "cuda")]
+fn commit_cuda(
+    env: &ort::environment::Environment,
+    threads: usize,
+    path: &Path,
+) -> ort::Result<Session> {
+    use ort::ep::ExecutionProvider;
+    if !ort::ep::CUDA::is_available()? {
+        return Err(ort::Error::new(
+            "this ONNX Runtime library has no CUDA execution provider",
+        ));
+    }
+    builder(env, threads)?
+        .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
+        .commit_from_file(path)
+}
+
+/// Create a session for `path`. With provider `auto` and the `cuda` feature, CUDA is tried first and
+/// CPU is the logged fallback; with `cuda` a CUDA failure is an error.
+pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<LoadedSession> {
+    let env = environment(cfg)?;
+    let err = |e: String| Error::bundle(path, format!("ONNX Runtime refused the graph: {e}"));
+    #[cfg(feature = "cuda")]
+    if cfg.provider != "cpu" {
+        match commit_cuda(env, threads, path) {
+            Ok(session) => {
+                return Ok(LoadedSession {
+                    session,
+                    provider: "CUDA",
+                });
+            }
+            Err(e) if cfg.provider == "cuda" => {
+                return Err(err(format!("CUDA execution provider: {e}")));
+            }
+            Err(e) => {
+                tracing::warn!(graph = %path.display(), error = %e, "CUDA unavailable, falling back to CPU")
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if cfg.provider == "cuda" {
+        return Err(Error::Runtime(
+            "--provider cuda needs a build with `--features cuda`".into(),
+        ));
+    }
+    let session = builder(env, threads)
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(LoadedSession {
+        session,
+        provider: "CPU",
+    })
+}

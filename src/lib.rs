@@ -1,0 +1,17 @@
+//! moe: a mixture-of-experts text classifier served over HTTP.
+//!
+//! Layers: `http` (router, thin handlers, the JSON error shape) → `core` (the expert set, one
+//! classify call) → `experts` (bundles, registry), `inference` (ONNX Runtime sessions owned by
+//! batching executors, tokenization), `gate` (pure decision rule), `eval` (ROC/EER, calibration,
+//! selection).
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod eval;
+pub mod experts;
+pub mod gate;
+pub mod http;
+pub mod inference;
+
+pub use error::{Error, Result};

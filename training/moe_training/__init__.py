@@ -1,0 +1,1 @@
+"""Trainer for moe's one-vs-all expert bundles (see training/README.md)."""

@@ -1,0 +1,200 @@
+"""Command line: `python -m moe_training build ...` trains the candidate pool and writes bundles;
+`python -m moe_training reference ...` prints onnxruntime (Python) probabilities for a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2-thread training slows 20x under contention without it
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import sklearn
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def _subsample(split, per_class: int, seed: int):
+    rng = np.random.default_rng(seed)
+    keep = []
+    labels = np.array(split.labels)
+    for c in sorted(set(split.labels)):
+        idx = np.flatnonzero(labels == c)
+        keep.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
+    keep.sort()
+    split.texts = [split.texts[i] for i in keep]
+    split.labels = [split.labels[i] for i in keep]
+
+
+def _selftest_texts(texts: list[str], labels: list[str], cls: str) -> list[str]:
+    pos = [t for t, y in zip(texts, labels) if y == cls][:2]
+    neg = [t for t, y in zip(texts, labels) if y != cls][:2]
+    return pos + neg
+
+
+def build(args) -> None:
+    import torch
+
+    from . import backbone, bundle, candidates
+    from .data import load_dataset
+    from .export import run_onnx, softmax_pos
+    from .rebalance import rebalance
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
+    if args.quick:
+        _subsample(ds["train"], 12, args.seed)
+        _subsample(ds["val"], 4, args.seed)
+    classes = args.classes.split(",") if args.classes else ds.classes
+    unknown = [c for c in classes if c not in ds.classes]
+    if unknown:
+        sys.exit(f"unknown classes: {unknown}; the data has {ds.classes}")
+    algos = args.algorithms.split(",")
+    for a in algos:
+        if a not in candidates.ALGORITHMS:
+            sys.exit(f"unknown algorithm {a!r}; choose from {', '.join(candidates.ALGORITHMS)}")
+    settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps,
+                                        finetune_epochs=args.finetune_epochs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="moe-train-"))
+    tok = backbone.load_tokenizer()
+    tok_path = work / "tokenizer.json"
+    tok.save(str(tok_path))
+    train, val = ds["train"], ds["val"]
+    data_info = {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source,
+                 "text_column": args.text_col, "label_column": args.label_col,
+                 "train_rows": len(train.texts), "val_rows": len(val.texts), "quick": args.quick}
+    manifest = {"started": bundle.utc_now(), "data": data_info, "versions": _versions(), "classes": classes,
+                "algorithms": algos, "settings": vars(settings), "seed": args.seed, "trunks": [], "bundles": []}
+
+    trunk_ref, x_train, trunk_path = None, None, None
+    if any(candidates.ALGORITHMS[a]["kind"] == "head" for a in algos):
+        t0 = time.time()
+        int8, meta = candidates.export_trunk(tok, work, val.texts[:32])
+        trunk_id = bundle.write_trunk(out, "minilm-l6-int8", int8, tok_path, {**meta, "created": bundle.utc_now()})
+        trunk_path = out / "trunks" / trunk_id / "trunk.onnx"
+        trunk_ref = {"id": trunk_id, "sha256": json.loads((trunk_path.parent / "trunk.json").read_text())["graph"]["sha256"]}
+        # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
+        x_train = run_onnx(trunk_path, backbone.encode(tok, train.texts)).astype(np.float32)
+        manifest["trunks"].append({"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]})
+        print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
+
+    def probabilities(kind: str, graph: Path, texts: list[str]) -> list[float]:
+        feeds = backbone.encode(tok, texts)
+        if kind == "head":
+            feeds = {"embedding": run_onnx(trunk_path, feeds).astype(np.float32)}
+        return softmax_pos(run_onnx(graph, feeds)).tolist()
+
+    y_all = np.array(train.labels)
+    for cls in classes:
+        y = y_all == cls
+        for algo in algos:
+            spec = candidates.ALGORITHMS[algo]
+            method = args.rebalance or spec["rebalance"]
+            ratio = args.ratio or spec["ratio"]
+            idx, w = rebalance(y, method, ratio, args.seed)
+            t0 = time.time()
+            graph = work / f"{bundle.slug(cls)}--{algo}.onnx"
+            texts = [train.texts[i] for i in idx]
+            if algo == "trunk-logreg":
+                info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
+            elif algo == "trunk-mlp":
+                info = candidates.mlp_head(x_train[idx], y[idx], w, settings, graph)
+            elif algo == "tokenbag":
+                info = candidates.tokenbag(tok, texts, y[idx], w, settings, graph, val.texts[:32])
+            else:
+                info = candidates.finetune(tok, texts, y[idx], w, settings, graph, val.texts[:32])
+            seconds = round(time.time() - t0, 2)
+            st = _selftest_texts(val.texts, val.labels, cls)
+            provenance = {
+                "trainer": "moe_training", "created": bundle.utc_now(), "data": data_info,
+                "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)),
+                              "positives": int(y[idx].sum())},
+                "training": {**info, "seed": args.seed, "seconds": seconds},
+                "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
+                "versions": manifest["versions"],
+            }
+            d = bundle.write_bundle(
+                out, cls, algo, graph, kind=spec["kind"], max_seq_len=backbone.MAX_SEQ_LEN,
+                provenance=provenance,
+                selftest=[{"text": t, "probability": p} for t, p in zip(st, probabilities(spec["kind"], graph, st))],
+                trunk=trunk_ref if spec["kind"] == "head" else None,
+                tokenizer_json=tok_path if spec["kind"] == "full" else None,
+                embedding_dim=int(x_train.shape[1]) if spec["kind"] == "head" else None,
+            )
+            manifest["bundles"].append({"bundle": d.name, "class": cls, "algorithm": algo, "seconds": seconds})
+            print(f"{d.name}: trained in {seconds}s ({method}, {len(idx)} rows)")
+    manifest["finished"] = bundle.utc_now()
+    manifest["seconds"] = round(time.time() - t_start, 1)
+    bundle.write_json(out / f"manifest-{manifest['started'].replace(':', '')}.json", manifest)
+    print(f"wrote {len(manifest['bundles'])} bundles to {out} in {manifest['seconds']}s")
+
+
+def reference(args) -> None:
+    """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle)."""
+    from . import backbone
+    from .export import run_onnx, softmax_pos
+
+    root = Path(args.root)
+    card = json.loads((root / args.bundle / "card.json").read_text())
+    if card["kind"] == "head":
+        tdir = root / "trunks" / card["trunk"]["id"]
+        tok_file, trunk = tdir / "tokenizer.json", tdir / "trunk.onnx"
+    else:
+        tok_file, trunk = root / args.bundle / card["tokenizer"]["file"], None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_file))
+    tok.no_padding()
+    tok.enable_truncation(max_length=card["max_seq_len"])
+    feeds = backbone.encode(tok, args.texts)
+    if trunk is not None:
+        feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
+    probs = softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))
+    print(json.dumps({"bundle": args.bundle, "probabilities": probs.tolist()}))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="moe_training", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the candidate pool and write bundles")
+    b.add_argument("--data", required=True, help="CSV file")
+    b.add_argument("--text-col", default="title")
+    b.add_argument("--label-col", default="label")
+    b.add_argument("--split-col", default="split", help="empty: split stratified with --seed")
+    b.add_argument("--out", required=True, help="model root to write candidates into")
+    b.add_argument("--classes", default="", help="comma-separated subset (default: all)")
+    b.add_argument("--algorithms", default="trunk-logreg,trunk-mlp,tokenbag")
+    b.add_argument("--rebalance", default="", help="override: none|undersample|oversample|class_weight")
+    b.add_argument("--ratio", type=float, default=0.0, help="negatives per positive for under/oversampling")
+    b.add_argument("--finetune-epochs", type=int, default=2)
+    b.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
+    b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
+    b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=build)
+    r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
+    r.add_argument("--root", required=True)
+    r.add_argument("--bundle", required=True)
+    r.add_argument("texts", nargs="+")
+    r.set_defaults(func=reference)
+    args = p.parse_args(argv)
+    args.func(args)
