@@ -238,12 +238,12 @@ impl ExpertSet {
         let mut encoded: HashMap<(String, usize), Arc<Vec<Encoded>>> = HashMap::new();
         for e in &self.experts {
             let key = (e.tokenizer.sha256.clone(), e.tokenizer.max_len);
-            if !encoded.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = encoded.entry(key) {
                 let enc = texts
                     .iter()
                     .map(|t| e.tokenizer.encode(t))
                     .collect::<Result<Vec<_>>>()?;
-                encoded.insert(key, Arc::new(enc));
+                slot.insert(Arc::new(enc));
             }
         }
         let mut truncated = vec![false; texts.len()];
@@ -260,9 +260,9 @@ impl ExpertSet {
                 e.tokenizer.sha256.clone(),
                 e.tokenizer.max_len,
             );
-            if !stage1.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = stage1.entry(key) {
                 let enc = encoded[&(e.tokenizer.sha256.clone(), e.tokenizer.max_len)].clone();
-                stage1.insert(key, e.stage1.submit(Input::Tokens(enc))?);
+                slot.insert(e.stage1.submit(Input::Tokens(enc))?);
             }
         }
         let mut first: HashMap<_, Arc<Matrix>> = HashMap::new();

@@ -269,6 +269,12 @@ fn accuracy(preds: &[(usize, bool)], truth: &[usize]) -> f64 {
 
 pub fn select(a: SelectArgs) -> Result<()> {
     let names = bundle_names(&a.candidates)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    if a.candidates.canonicalize().ok() == a.out.canonicalize().ok() {
+        return Err(Error::BadRequest(
+            "--candidates and --out must be different folders".into(),
+        ));
+    }
     let pool = ExecutorPool::default();
     let mut by_class: BTreeMap<String, Vec<(String, crate::experts::Card, u64)>> = BTreeMap::new();
     for name in names {

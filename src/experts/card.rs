@@ -194,10 +194,10 @@ impl Card {
             }
             _ => Ok(()),
         }?;
-        if let Some(t) = &self.threshold {
-            if !(t.value.is_finite() && t.value > 0.0 && t.value < 1.0) {
-                return bad(format!("threshold {} is not in (0, 1)", t.value));
-            }
+        if let Some(t) = &self.threshold
+            && !(t.value.is_finite() && t.value > 0.0 && t.value < 1.0)
+        {
+            return bad(format!("threshold {} is not in (0, 1)", t.value));
         }
         Ok(())
     }

@@ -30,6 +30,17 @@ impl AppState {
     }
 }
 
+/// Every (method, path) the router serves; a test keeps openapi.yaml equal to this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/classify"),
+    ("get", "/experts"),
+    ("get", "/experts/{class}"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.yaml"),
+];
+
 pub fn app(state: AppState) -> Router {
     let limit = state.core.limits.max_body_bytes;
     Router::new()

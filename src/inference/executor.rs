@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
@@ -287,12 +287,7 @@ impl Worker {
                         if now >= deadline {
                             None
                         } else {
-                            match rx.recv_timeout(deadline - now) {
-                                Ok(j) => Some(j),
-                                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                                    None
-                                }
-                            }
+                            rx.recv_timeout(deadline - now).ok()
                         }
                     }
                 };

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer
+
+from .tokens import encode  # noqa: F401  (re-exported: the trainer's callers use backbone.encode)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,21 +37,6 @@ def load_tokenizer(name: str = "minilm-l6", max_len: int = MAX_SEQ_LEN) -> Token
     tok.no_padding()
     tok.enable_truncation(max_length=max_len)
     return tok
-
-
-def encode(tok: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
-    """Tokenize and pad to the longest in the batch: the service's input contract."""
-    encs = tok.encode_batch(texts)
-    n = max(len(e.ids) for e in encs)
-    ids = np.zeros((len(encs), n), dtype=np.int64)
-    mask = np.zeros((len(encs), n), dtype=np.int64)
-    types = np.zeros((len(encs), n), dtype=np.int64)
-    for i, e in enumerate(encs):
-        k = len(e.ids)
-        ids[i, :k] = e.ids
-        mask[i, :k] = e.attention_mask
-        types[i, :k] = e.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def load_encoder(name: str = "minilm-l6"):

@@ -71,7 +71,7 @@ def build(args) -> None:
         if a not in candidates.ALGORITHMS:
             sys.exit(f"unknown algorithm {a!r}; choose from {', '.join(candidates.ALGORITHMS)}")
     settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps,
-                                        finetune_epochs=args.finetune_epochs)
+                                        finetune_epochs=args.finetune_epochs, tokenbag_dim=args.tokenbag_dim)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="moe-train-"))
@@ -149,9 +149,10 @@ def build(args) -> None:
 
 
 def reference(args) -> None:
-    """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle)."""
-    from . import backbone
+    """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle).
+    Needs only numpy, tokenizers and onnxruntime (no torch)."""
     from .export import run_onnx, softmax_pos
+    from .tokens import encode
 
     root = Path(args.root)
     card = json.loads((root / args.bundle / "card.json").read_text())
@@ -165,7 +166,7 @@ def reference(args) -> None:
     tok = Tokenizer.from_file(str(tok_file))
     tok.no_padding()
     tok.enable_truncation(max_length=card["max_seq_len"])
-    feeds = backbone.encode(tok, args.texts)
+    feeds = encode(tok, args.texts)
     if trunk is not None:
         feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
     probs = softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))
@@ -186,6 +187,7 @@ def main(argv=None) -> None:
     b.add_argument("--rebalance", default="", help="override: none|undersample|oversample|class_weight")
     b.add_argument("--ratio", type=float, default=0.0, help="negatives per positive for under/oversampling")
     b.add_argument("--finetune-epochs", type=int, default=2)
+    b.add_argument("--tokenbag-dim", type=int, default=64)
     b.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
     b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
     b.add_argument("--seed", type=int, default=42)

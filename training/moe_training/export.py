@@ -7,9 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
 
 OPSET = 17
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -23,9 +21,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_torch(module: torch.nn.Module, example: dict[str, np.ndarray], input_names: list[str],
+def export_torch(module, example: dict[str, np.ndarray], input_names: list[str],
                  output_name: str, path: Path, batch_only: bool = False) -> None:
     """Legacy exporter, dynamic batch (and sequence) axes."""
+    import onnx
+    import torch
+
     module.eval()
     args = tuple(torch.from_numpy(example[n]) for n in input_names)
     axes = {n: ({0: "batch"} if batch_only else {0: "batch", 1: "seq"}) for n in input_names}

@@ -1,0 +1,116 @@
+//! Shared helpers: real model roots, a loaded core, a server on a real socket.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use moe::config::{Limits, RuntimeConfig};
+use moe::core::Core;
+use moe::http::{AppState, app};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped default set (19 heads on a shared MiniLM trunk).
+pub fn default_models() -> PathBuf {
+    repo().join("models")
+}
+
+/// Two small full-model experts made by scripts/make-fixtures.sh.
+pub fn fixture_models() -> PathBuf {
+    repo().join("tests/fixtures/models")
+}
+
+pub fn runtime() -> RuntimeConfig {
+    RuntimeConfig {
+        intra_threads: Some(1),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// A core with the registry of `root` loaded (loading blocks, so it runs off the async workers).
+pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
+    let core = Core::new(root.to_path_buf(), runtime(), limits);
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || c.load_registry())
+        .await
+        .unwrap()
+        .expect("registry loads");
+    core
+}
+
+/// Serve `core` on 127.0.0.1:<ephemeral>; returns the base URL.
+pub async fn serve(core: Arc<Core>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app(AppState::new(core)))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+/// Copy a model root into a fresh temp folder (files are hard-linked when possible; edit_json
+/// breaks the link before writing so the source is never modified).
+pub fn copy_root(src: &Path, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("moe-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_tree(src, &dst);
+    dst
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Replace a file's bytes without touching the file it may be hard-linked to.
+pub fn replace_file(path: &Path, bytes: &[u8]) {
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Rewrite a JSON file in place (unlinked first, see replace_file).
+pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    replace_file(path, serde_json::to_string_pretty(&v).unwrap().as_bytes());
+}
+
+pub fn python() -> PathBuf {
+    repo().join(".venv/bin/python")
+}
+
+/// onnxruntime (Python) probabilities of one bundle: the parity oracle.
+pub fn reference_probabilities(root: &Path, bundle: &str, texts: &[&str]) -> Vec<f64> {
+    let out = std::process::Command::new(python())
+        .current_dir(repo().join("training"))
+        .args(["-m", "moe_training", "reference", "--root"])
+        .arg(root)
+        .args(["--bundle", bundle])
+        .args(texts)
+        .output()
+        .expect("run the Python reference (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect()
+}

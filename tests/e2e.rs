@@ -1,0 +1,169 @@
+//! End-to-end over a real socket, with the real ONNX Runtime and the shipped default experts.
+
+mod common;
+
+use moe::config::Limits;
+use serde_json::{Value, json};
+
+async fn classify(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
+    let res = client
+        .post(format!("{base}/classify"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_set_classifies_over_http() {
+    let core = common::loaded_core(&common::default_models(), Limits::default()).await;
+    let base = common::serve(core).await;
+    let client = reqwest::Client::new();
+
+    let ready: Value = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["experts"], 19);
+
+    let (s, v) = classify(
+        &client,
+        &base,
+        json!({"text": "How to cook pasta like a chef"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let r = &v["results"][0];
+    assert_eq!(r["label"], "Food and Entertaining", "{r}");
+    assert_eq!(r["abstained"], false);
+    assert_eq!(r["experts"].as_array().unwrap().len(), 19);
+
+    let texts = [
+        "how to change a flat tire",
+        "how to meditate",
+        "how to house train a puppy",
+    ];
+    let (s, v) = classify(&client, &base, json!({"texts": texts})).await;
+    assert_eq!(s, 200);
+    let labels: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["best_guess"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "Cars & Other Vehicles",
+            "Philosophy and Religion",
+            "Pets and Animals"
+        ]
+    );
+
+    // Long texts are truncated to the model's max length and said so, never refused for length.
+    let long = "how to plan a long trip across europe by train ".repeat(40);
+    let (s, v) = classify(&client, &base, json!({"text": long})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["truncated"], true);
+    let (_, v) = classify(&client, &base, json!({"text": "how to travel light"})).await;
+    assert_eq!(v["results"][0]["truncated"], false);
+
+    // Errors over the socket keep the shape and status.
+    let res = client
+        .post(format!("{base}/classify"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let e: Value = res.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "bad_request");
+
+    // Metrics: per-route counters and latency histograms, per-expert latency, batch sizes, queue depth, errors.
+    let m = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "moe_http_requests_total{route=\"/classify\",method=\"POST\",status=\"200\"}",
+        "moe_http_request_duration_seconds_bucket{route=\"/classify\"",
+        "moe_expert_seconds_bucket{class=\"Travel\"",
+        "moe_batch_size_bucket",
+        "moe_queue_depth",
+        "moe_errors_total{code=\"bad_request\"}",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}");
+    }
+}
+
+/// The service's probabilities equal onnxruntime's Python results for the same bundles within 1e-4:
+/// a head on the shared trunk (default set) and a full model (fixture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probabilities_match_python_onnxruntime() {
+    let texts = [
+        "how to pack a suitcase",
+        "how to bake sourdough bread",
+        "How to Calm Down When You're ANGRY!",
+    ];
+    for (root, class, bundle) in [
+        (common::default_models(), "Travel", "travel--trunk-logreg"),
+        (common::default_models(), "Health", "health--trunk-logreg"),
+        (common::fixture_models(), "Travel", "travel--tokenbag"),
+    ] {
+        let core = common::loaded_core(&root, Limits::default()).await;
+        let base = common::serve(core).await;
+        let (s, v) = classify(&reqwest::Client::new(), &base, json!({"texts": texts})).await;
+        assert_eq!(s, 200);
+        let want = common::reference_probabilities(&root, bundle, &texts);
+        for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {
+            let e = r["experts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["class"] == class)
+                .unwrap();
+            assert_eq!(e["bundle"], bundle);
+            let got = e["probability"].as_f64().unwrap();
+            assert!(
+                (got - want[i]).abs() < 1e-4,
+                "{bundle} on {:?}: service {got}, python {}",
+                texts[i],
+                want[i]
+            );
+        }
+    }
+}
+
+/// Many concurrent clients: every answer is 200 and batching happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched() {
+    let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
+    let base = common::serve(core).await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            classify(
+                &client,
+                &base,
+                json!({"text": format!("how to visit rome on day {i}")}),
+            )
+            .await
+            .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+}

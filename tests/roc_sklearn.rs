@@ -1,0 +1,48 @@
+//! The ROC / AUC code against scikit-learn's roc_curve and roc_auc_score on the same scores
+//! (fixture written by training/scripts/sklearn_roc_fixture.py).
+
+use moe::eval::metrics::{auc, eer, roc};
+use serde_json::Value;
+
+#[test]
+fn roc_matches_scikit_learn() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sklearn_roc.json"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for case in doc["cases"].as_array().unwrap() {
+        let scores: Vec<f32> = case["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let labels: Vec<bool> = case["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        let r = roc(&scores, &labels);
+        let fpr = case["fpr"].as_array().unwrap();
+        assert_eq!(r.len(), fpr.len(), "same number of ROC points");
+        for (i, p) in r.iter().enumerate() {
+            assert!((p.fpr - fpr[i].as_f64().unwrap()).abs() < 1e-12);
+            assert!((p.tpr - case["tpr"][i].as_f64().unwrap()).abs() < 1e-12);
+            match case["thresholds"][i].as_f64() {
+                Some(t) => assert!(
+                    (p.threshold - t).abs() < 1e-6,
+                    "threshold {i}: {} vs {t}",
+                    p.threshold
+                ),
+                None => assert!(p.threshold.is_infinite()),
+            }
+        }
+        assert!((auc(&r) - case["auc"].as_f64().unwrap()).abs() < 1e-12);
+        // EER sits where FPR = FNR on the interpolated curve, inside the score range.
+        let e = eer(&r);
+        assert!(e.eer > 0.0 && e.eer < 0.5, "{e:?}");
+        assert!(e.threshold > 0.0 && e.threshold <= 1.0);
+    }
+}

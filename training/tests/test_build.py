@@ -1,0 +1,72 @@
+"""A quick build of real bundles: export parity, card contents, self-test values."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("candidates")
+    cmd = [sys.executable, "-m", "moe_training", "build", "--data", str(DATA), "--out", str(out), "--quick",
+           "--classes", "Travel", "--algorithms", "trunk-logreg,trunk-mlp,tokenbag,finetune-minilm",
+           "--max-steps", "2", "--tokenbag-dim", "8"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return out
+
+
+def test_every_algorithm_writes_a_bundle(built):
+    names = sorted(p.name for p in built.iterdir() if (p / "card.json").exists())
+    assert names == ["travel--finetune-minilm", "travel--tokenbag", "travel--trunk-logreg", "travel--trunk-mlp"]
+    trunks = list((built / "trunks").iterdir())
+    assert len(trunks) == 1 and trunks[0].name.startswith("minilm-l6-int8-")
+    manifest = json.loads(next(built.glob("manifest-*.json")).read_text())
+    assert manifest["data"]["sha256"] and manifest["versions"]["torch"]
+    assert len(manifest["bundles"]) == 4
+
+
+def test_cards_record_rebalancing_hashes_and_no_threshold_yet(built):
+    from moe_training.export import sha256_file
+
+    for d in built.iterdir():
+        if not (d / "card.json").exists():
+            continue
+        card = json.loads((d / "card.json").read_text())
+        assert card["class"] == "Travel" and card["threshold"] is None
+        assert sha256_file(d / card["graph"]["file"]) == card["graph"]["sha256"]
+        assert card["provenance"]["rebalance"]["method"] in ("class_weight", "oversample", "undersample")
+        assert len(card["selftest"]) == 4
+        if card["kind"] == "head":
+            assert (built / "trunks" / card["trunk"]["id"] / "trunk.onnx").exists()
+        else:
+            assert sha256_file(d / "tokenizer.json") == card["tokenizer"]["sha256"]
+
+
+def test_export_parity_is_recorded_and_small(built):
+    trunk = json.loads(next((built / "trunks").iterdir()).joinpath("trunk.json").read_text())
+    assert trunk["parity"]["fp32_max_abs_diff"] < 1e-4
+    assert trunk["parity"]["int8_min_cosine"] > 0.98
+    ft = json.loads((built / "travel--finetune-minilm" / "card.json").read_text())["provenance"]["training"]
+    assert ft["parity_fp32_max_prob_diff"] < 1e-4
+    assert ft["parity_int8_max_prob_diff"] < 0.05
+    tb = json.loads((built / "travel--tokenbag" / "card.json").read_text())["provenance"]["training"]
+    assert tb["parity_fp32_max_prob_diff"] < 1e-5
+
+
+def test_selftest_values_are_what_onnxruntime_gives(built):
+    for name in ("travel--trunk-logreg", "travel--finetune-minilm", "travel--tokenbag"):
+        card = json.loads((built / name / "card.json").read_text())
+        texts = [s["text"] for s in card["selftest"]]
+        out = subprocess.run([sys.executable, "-m", "moe_training", "reference", "--root", str(built),
+                              "--bundle", name, *texts], cwd=ROOT, check=True, capture_output=True, text=True)
+        got = np.array(json.loads(out.stdout)["probabilities"])
+        want = np.array([s["probability"] for s in card["selftest"]])
+        assert np.max(np.abs(got - want)) < 1e-6
