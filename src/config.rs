@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "moe",
-    version,
-    about = "Mixture-of-experts text classification service"
-)]
+#[command(name = "moe", version, about = "Mixture-of-experts text classification service")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -61,11 +57,7 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     pub fn intra_threads(&self) -> usize {
-        self.intra_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
+        self.intra_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
     }
 }
 
@@ -124,11 +116,6 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_body_bytes: 1 << 20,
-            max_texts: 64,
-            max_text_chars: 10_000,
-            request_timeout_ms: 10_000,
-        }
+        Limits { max_body_bytes: 1 << 20, max_texts: 64, max_text_chars: 10_000, request_timeout_ms: 10_000 }
     }
 }

@@ -47,19 +47,12 @@ impl Expert {
                 "has no calibrated threshold: run `moe calibrate` on it first",
             ));
         }
-        let tokenizer =
-            pool.tokenizer(&files.tokenizer, &files.tokenizer_sha256, files.max_seq_len)?;
+        let tokenizer = pool.tokenizer(&files.tokenizer, &files.tokenizer_sha256, files.max_seq_len)?;
         let big = cfg.intra_threads();
         let (stage1, head) = match (&files.card.kind, &files.trunk) {
             (Kind::Head, Some((tcard, tpath))) => {
-                let trunk = pool.executor(
-                    cfg,
-                    tpath,
-                    &tcard.graph.sha256,
-                    Expect::Tokens,
-                    Some(tcard.embedding_dim),
-                    big,
-                )?;
+                let trunk =
+                    pool.executor(cfg, tpath, &tcard.graph.sha256, Expect::Tokens, Some(tcard.embedding_dim), big)?;
                 let head = pool.executor(
                     cfg,
                     &files.graph,
@@ -70,17 +63,7 @@ impl Expert {
                 )?;
                 (trunk, Some(head))
             }
-            _ => (
-                pool.executor(
-                    cfg,
-                    &files.graph,
-                    &files.card.graph.sha256,
-                    Expect::Tokens,
-                    Some(2),
-                    big,
-                )?,
-                None,
-            ),
+            _ => (pool.executor(cfg, &files.graph, &files.card.graph.sha256, Expect::Tokens, Some(2), big)?, None),
         };
         let expert = Expert {
             class: files.card.class.clone(),
@@ -120,12 +103,7 @@ impl Expert {
 
     /// Probabilities for texts, outside the async runtime (evaluation tools, warm-up).
     pub fn probabilities_blocking(&self, texts: &[String]) -> Result<Vec<f32>> {
-        let enc = Arc::new(
-            texts
-                .iter()
-                .map(|t| self.tokenizer.encode(t))
-                .collect::<Result<Vec<_>>>()?,
-        );
+        let enc = Arc::new(texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?);
         let first = self.stage1.run_blocking(Input::Tokens(enc))?;
         let logits = match &self.head {
             Some(h) => h.run_blocking(Input::Embedding(Arc::new(first)))?,
@@ -151,10 +129,7 @@ pub fn positive_probabilities(m: &Matrix) -> Vec<f32> {
 
 pub fn now_rfc3339() -> String {
     // Seconds since the epoch formatted as UTC RFC 3339 without pulling in a date crate.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // civil-from-days (H. Hinnant)
     let z = days + 719_468;
@@ -166,12 +141,7 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// An immutable set of experts, swapped as a whole so a request never mixes versions.
@@ -186,20 +156,12 @@ pub struct ExpertSet {
 impl ExpertSet {
     pub fn new(mut experts: Vec<Arc<Expert>>, gate_spec: GateSpec, generation: u64) -> ExpertSet {
         experts.sort_by(|a, b| a.class.cmp(&b.class));
-        let ids: Vec<(String, String)> = experts
-            .iter()
-            .map(|e| (e.class.clone(), e.card.version.clone()))
-            .collect();
+        let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
         let gate = Gate::resolve(&gate_spec, &ids);
         if let Some(why) = &gate.disabled {
             tracing::warn!(reason = %why, "configured gate disabled, using uniform");
         }
-        ExpertSet {
-            experts,
-            gate_spec,
-            gate,
-            generation,
-        }
+        ExpertSet { experts, gate_spec, gate, generation }
     }
 
     pub fn get(&self, class: &str) -> Option<&Arc<Expert>> {
@@ -207,28 +169,29 @@ impl ExpertSet {
     }
 
     /// Load every bundle the registry names (blocking).
-    pub fn load(
+    pub fn load(pool: &ExecutorPool, cfg: &RuntimeConfig, root: &Path, generation: u64) -> Result<ExpertSet> {
+        Self::load_from(pool, cfg, root, &RegistryFile::read(root)?, generation)
+    }
+
+    pub fn load_from(
         pool: &ExecutorPool,
         cfg: &RuntimeConfig,
         root: &Path,
+        reg: &RegistryFile,
         generation: u64,
     ) -> Result<ExpertSet> {
-        let reg = RegistryFile::read(root)?;
         let mut experts = Vec::with_capacity(reg.experts.len());
         for (class, bundle) in &reg.experts {
             let e = Expert::load(pool, cfg, root, bundle, true)?;
             if &e.class != class {
                 return Err(Error::InvalidRegistry {
                     path: RegistryFile::path(root),
-                    reason: format!(
-                        "names bundle {bundle} for class {class:?}, but its card is for {:?}",
-                        e.class
-                    ),
+                    reason: format!("names bundle {bundle} for class {class:?}, but its card is for {:?}", e.class),
                 });
             }
             experts.push(Arc::new(e));
         }
-        Ok(ExpertSet::new(experts, reg.gate, generation))
+        Ok(ExpertSet::new(experts, reg.gate.clone(), generation))
     }
 
     /// Run every expert on the texts: one tokenization per distinct tokenizer, every distinct
@@ -239,10 +202,7 @@ impl ExpertSet {
         for e in &self.experts {
             let key = (e.tokenizer.sha256.clone(), e.tokenizer.max_len);
             if let std::collections::hash_map::Entry::Vacant(slot) = encoded.entry(key) {
-                let enc = texts
-                    .iter()
-                    .map(|t| e.tokenizer.encode(t))
-                    .collect::<Result<Vec<_>>>()?;
+                let enc = texts.iter().map(|t| e.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
                 slot.insert(Arc::new(enc));
             }
         }
@@ -255,11 +215,7 @@ impl ExpertSet {
         // Stage 1: all distinct token graphs are queued before any is awaited, so they run concurrently.
         let mut stage1 = HashMap::new();
         for e in &self.experts {
-            let key = (
-                e.stage1.sha256.clone(),
-                e.tokenizer.sha256.clone(),
-                e.tokenizer.max_len,
-            );
+            let key = (e.stage1.sha256.clone(), e.tokenizer.sha256.clone(), e.tokenizer.max_len);
             if let std::collections::hash_map::Entry::Vacant(slot) = stage1.entry(key) {
                 let enc = encoded[&(e.tokenizer.sha256.clone(), e.tokenizer.max_len)].clone();
                 slot.insert(e.stage1.submit(Input::Tokens(enc))?);
@@ -267,20 +223,13 @@ impl ExpertSet {
         }
         let mut first: HashMap<_, Arc<Matrix>> = HashMap::new();
         for (k, rx) in stage1 {
-            let m = rx
-                .await
-                .map_err(|_| Error::Inference("executor dropped a job".into()))??;
+            let m = rx.await.map_err(|_| Error::Inference("executor dropped a job".into()))??;
             first.insert(k, Arc::new(m));
         }
         // Stage 2: heads on their trunk's embeddings, again all queued before awaiting.
         let mut pending = Vec::with_capacity(self.experts.len());
         for e in &self.experts {
-            let m = first[&(
-                e.stage1.sha256.clone(),
-                e.tokenizer.sha256.clone(),
-                e.tokenizer.max_len,
-            )]
-                .clone();
+            let m = first[&(e.stage1.sha256.clone(), e.tokenizer.sha256.clone(), e.tokenizer.max_len)].clone();
             pending.push(match &e.head {
                 Some(h) => Err(h.submit(Input::Embedding(m))?),
                 None => Ok(m),
@@ -290,10 +239,7 @@ impl ExpertSet {
         for (e, p) in self.experts.iter().zip(pending) {
             let logits = match p {
                 Ok(m) => m,
-                Err(rx) => Arc::new(
-                    rx.await
-                        .map_err(|_| Error::Inference("executor dropped a job".into()))??,
-                ),
+                Err(rx) => Arc::new(rx.await.map_err(|_| Error::Inference("executor dropped a job".into()))??),
             };
             metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -307,13 +253,7 @@ impl ExpertSet {
         Ok(texts
             .iter()
             .enumerate()
-            .map(|(i, text)| {
-                self.decide(
-                    text,
-                    &probs.iter().map(|p| p[i]).collect::<Vec<_>>(),
-                    truncated[i],
-                )
-            })
+            .map(|(i, text)| self.decide(text, &probs.iter().map(|p| p[i]).collect::<Vec<_>>(), truncated[i]))
             .collect())
     }
 
@@ -323,10 +263,7 @@ impl ExpertSet {
             .experts
             .iter()
             .zip(probs)
-            .map(|(e, &p)| ExpertOutput {
-                probability: p,
-                threshold: e.threshold.unwrap_or(0.5),
-            })
+            .map(|(e, &p)| ExpertOutput { probability: p, threshold: e.threshold.unwrap_or(0.5) })
             .collect();
         let d = gate::decide(&self.gate, &outs, gate::words(text));
         TextResult {
@@ -382,8 +319,13 @@ pub struct Core {
     pub runtime: RuntimeConfig,
     pub limits: Limits,
     pub pool: ExecutorPool,
-    set: ArcSwapOption<ExpertSet>,
-    generation: AtomicU64,
+    pub(crate) set: ArcSwapOption<ExpertSet>,
+    pub(crate) generation: AtomicU64,
+    /// Serialises the read-modify-write of the set and the registry file (held only for the
+    /// install, never across loading or an await).
+    pub(crate) install: std::sync::Mutex<crate::experts::registry::RegistryFile>,
+    /// One swap at a time per class; swaps of different classes load in parallel.
+    pub(crate) class_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Core {
@@ -395,27 +337,41 @@ impl Core {
             pool: ExecutorPool::default(),
             set: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
+            install: std::sync::Mutex::new(RegistryFile {
+                schema: crate::experts::registry::REGISTRY_SCHEMA,
+                experts: Default::default(),
+                gate: GateSpec::default(),
+                history: Default::default(),
+            }),
+            class_locks: Default::default(),
         })
     }
 
     /// Load the registry's set and install it (blocking; run off the async workers).
     pub fn load_registry(&self) -> Result<()> {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let set = ExpertSet::load(&self.pool, &self.runtime, &self.root, g)?;
-        tracing::info!(
-            experts = set.experts.len(),
-            gate = set.gate.weights.name(),
-            "expert set ready"
-        );
+        let mut reg = RegistryFile::read(&self.root)?;
+        let set = ExpertSet::load_from(&self.pool, &self.runtime, &self.root, &reg, g)?;
+        for e in &set.experts {
+            let h = reg.history.entry(e.class.clone()).or_default();
+            if h.last().and_then(|l| l.bundle.as_ref()) != Some(&e.bundle) {
+                h.push(crate::experts::registry::HistoryEntry {
+                    bundle: Some(e.bundle.clone()),
+                    version: Some(e.card.version.clone()),
+                    at: now_rfc3339(),
+                    action: "loaded".into(),
+                });
+            }
+        }
+        tracing::info!(experts = set.experts.len(), gate = set.gate.weights.name(), "expert set ready");
+        *self.install.lock().expect("install lock") = reg;
         self.set.store(Some(Arc::new(set)));
         Ok(())
     }
 
     /// The current set; requests hold this snapshot for their whole life.
     pub fn snapshot(&self) -> Result<Arc<ExpertSet>> {
-        self.set
-            .load_full()
-            .ok_or_else(|| Error::NotReady("experts are still loading".into()))
+        self.set.load_full().ok_or_else(|| Error::NotReady("experts are still loading".into()))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -427,16 +383,10 @@ impl Core {
     pub async fn classify(&self, texts: Vec<String>) -> Result<(Vec<TextResult>, u64)> {
         let l = &self.limits;
         if texts.is_empty() {
-            return Err(Error::BadRequest(
-                "no text given: send {\"text\": \"...\"} or {\"texts\": [...]}".into(),
-            ));
+            return Err(Error::BadRequest("no text given: send {\"text\": \"...\"} or {\"texts\": [...]}".into()));
         }
         if texts.len() > l.max_texts {
-            return Err(Error::BadRequest(format!(
-                "{} texts given, the limit is {}",
-                texts.len(),
-                l.max_texts
-            )));
+            return Err(Error::BadRequest(format!("{} texts given, the limit is {}", texts.len(), l.max_texts)));
         }
         for (i, t) in texts.iter().enumerate() {
             if t.trim().is_empty() {

@@ -14,9 +14,7 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error(
-        "request body is larger than the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)"
-    )]
+    #[error("request body is larger than the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)")]
     PayloadTooLarge,
     #[error("no expert for class {0:?}")]
     UnknownClass(String),
@@ -27,6 +25,15 @@ pub enum Error {
     InvalidBundle { path: PathBuf, reason: String },
     #[error("invalid registry: {path}: {reason}")]
     InvalidRegistry { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// The candidate bundle is valid but fails the swap's quality gate.
+    #[error("quality gate: {0}")]
+    QualityGate(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("admin routes are disabled: start the service with --admin-token / MOE_ADMIN_TOKEN")]
+    AdminDisabled,
     /// Work queues are full: the client should retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -48,16 +55,10 @@ pub enum Error {
 
 impl Error {
     pub fn bundle(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::InvalidBundle {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidBundle { path: path.into(), reason: reason.into() }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

@@ -5,6 +5,7 @@
 //! batching executors, tokenization), `gate` (pure decision rule), `eval` (ROC/EER, calibration,
 //! selection).
 
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -9,14 +9,7 @@ use moe::core::{Expert, ExpertSet};
 use moe::inference::ExecutorPool;
 
 fn load(root: &Path, bundle: &str) -> Result<Expert, String> {
-    Expert::load(
-        &ExecutorPool::default(),
-        &common::runtime(),
-        root,
-        bundle,
-        true,
-    )
-    .map_err(|e| e.to_string())
+    Expert::load(&ExecutorPool::default(), &common::runtime(), root, bundle, true).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -35,46 +28,26 @@ fn refusals_name_the_file_and_the_problem() {
     let head = common::default_models().join("travel--trunk-logreg/head.onnx");
     type Breaker = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
-        (
-            "hash",
-            Box::new(|d| common::replace_file(&d.join("model.onnx"), b"garbage")),
-            "sha256 mismatch",
-        ),
+        ("hash", Box::new(|d| common::replace_file(&d.join("model.onnx"), b"garbage")), "sha256 mismatch"),
         (
             "no-tokenizer",
             Box::new(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
             "tokenizer.json: cannot open",
         ),
-        (
-            "bad-card",
-            Box::new(|d| common::replace_file(&d.join("card.json"), b"{")),
-            "bad JSON",
-        ),
+        ("bad-card", Box::new(|d| common::replace_file(&d.join("card.json"), b"{")), "bad JSON"),
         (
             "uncalibrated",
-            Box::new(|d| {
-                common::edit_json(&d.join("card.json"), |c| {
-                    c["threshold"] = serde_json::Value::Null
-                })
-            }),
+            Box::new(|d| common::edit_json(&d.join("card.json"), |c| c["threshold"] = serde_json::Value::Null)),
             "no calibrated threshold",
         ),
         (
             "selftest",
-            Box::new(|d| {
-                common::edit_json(&d.join("card.json"), |c| {
-                    c["selftest"][0]["probability"] = 0.999.into()
-                })
-            }),
+            Box::new(|d| common::edit_json(&d.join("card.json"), |c| c["selftest"][0]["probability"] = 0.999.into())),
             "self-test failed",
         ),
         (
             "traversal",
-            Box::new(|d| {
-                common::edit_json(&d.join("card.json"), |c| {
-                    c["graph"]["file"] = "../../etc/passwd".into()
-                })
-            }),
+            Box::new(|d| common::edit_json(&d.join("card.json"), |c| c["graph"]["file"] = "../../etc/passwd".into())),
             "not a plain folder name",
         ),
         (
@@ -92,14 +65,9 @@ fn refusals_name_the_file_and_the_problem() {
     for (tag, breaker, expect) in cases {
         let root = common::copy_root(&src, tag);
         breaker(&root.join("travel--tokenbag"));
-        let err = load(&root, "travel--tokenbag")
-            .err()
-            .unwrap_or_else(|| panic!("{tag}: bad bundle accepted"));
+        let err = load(&root, "travel--tokenbag").err().unwrap_or_else(|| panic!("{tag}: bad bundle accepted"));
         assert!(err.contains(expect), "{tag}: {err}");
-        assert!(
-            err.contains("travel--tokenbag"),
-            "{tag}: message must name the file: {err}"
-        );
+        assert!(err.contains("travel--tokenbag"), "{tag}: message must name the file: {err}");
         std::fs::remove_dir_all(root).unwrap();
     }
 }
@@ -124,23 +92,11 @@ fn registry_must_match_the_cards() {
     common::edit_json(&root.join("registry.json"), |r| {
         r["experts"]["Travel"] = "health--tokenbag".into();
     });
-    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("registry.json") && err.contains("\"Travel\""),
-        "{err}"
-    );
+    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1).err().unwrap().to_string();
+    assert!(err.contains("registry.json") && err.contains("\"Travel\""), "{err}");
     common::replace_file(&root.join("registry.json"), b"[]");
-    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("registry.json") && err.contains("bad JSON"),
-        "{err}"
-    );
+    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1).err().unwrap().to_string();
+    assert!(err.contains("registry.json") && err.contains("bad JSON"), "{err}");
     std::fs::remove_dir_all(root).unwrap();
 }
 
@@ -150,10 +106,7 @@ fn sessions_are_released_with_their_last_expert() {
     let root = common::fixture_models();
     let a = Expert::load(&pool, &common::runtime(), &root, "travel--tokenbag", true).unwrap();
     let b = Expert::load(&pool, &common::runtime(), &root, "travel--tokenbag", true).unwrap();
-    assert!(
-        std::sync::Arc::ptr_eq(&a.stage1, &b.stage1),
-        "same graph hash shares one executor"
-    );
+    assert!(std::sync::Arc::ptr_eq(&a.stage1, &b.stage1), "same graph hash shares one executor");
     assert_eq!(pool.live_executors(), 1);
     drop(a);
     assert_eq!(pool.live_executors(), 1);

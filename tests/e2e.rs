@@ -6,12 +6,7 @@ use moe::config::Limits;
 use serde_json::{Value, json};
 
 async fn classify(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
-    let res = client
-        .post(format!("{base}/classify"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = client.post(format!("{base}/classify")).json(&body).send().await.unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }
 
@@ -21,49 +16,22 @@ async fn default_set_classifies_over_http() {
     let base = common::serve(core).await;
     let client = reqwest::Client::new();
 
-    let ready: Value = client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["experts"], 19);
 
-    let (s, v) = classify(
-        &client,
-        &base,
-        json!({"text": "How to cook pasta like a chef"}),
-    )
-    .await;
+    let (s, v) = classify(&client, &base, json!({"text": "How to cook pasta like a chef"})).await;
     assert_eq!(s, 200, "{v}");
     let r = &v["results"][0];
     assert_eq!(r["label"], "Food and Entertaining", "{r}");
     assert_eq!(r["abstained"], false);
     assert_eq!(r["experts"].as_array().unwrap().len(), 19);
 
-    let texts = [
-        "how to change a flat tire",
-        "how to meditate",
-        "how to house train a puppy",
-    ];
+    let texts = ["how to change a flat tire", "how to meditate", "how to house train a puppy"];
     let (s, v) = classify(&client, &base, json!({"texts": texts})).await;
     assert_eq!(s, 200);
-    let labels: Vec<&str> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["best_guess"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        labels,
-        [
-            "Cars & Other Vehicles",
-            "Philosophy and Religion",
-            "Pets and Animals"
-        ]
-    );
+    let labels: Vec<&str> =
+        v["results"].as_array().unwrap().iter().map(|r| r["best_guess"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["Cars & Other Vehicles", "Philosophy and Religion", "Pets and Animals"]);
 
     // Long texts are truncated to the model's max length and said so, never refused for length.
     let long = "how to plan a long trip across europe by train ".repeat(40);
@@ -86,14 +54,7 @@ async fn default_set_classifies_over_http() {
     assert_eq!(e["error"]["code"], "bad_request");
 
     // Metrics: per-route counters and latency histograms, per-expert latency, batch sizes, queue depth, errors.
-    let m = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         "moe_http_requests_total{route=\"/classify\",method=\"POST\",status=\"200\"}",
         "moe_http_request_duration_seconds_bucket{route=\"/classify\"",
@@ -110,11 +71,7 @@ async fn default_set_classifies_over_http() {
 /// a head on the shared trunk (default set) and a full model (fixture).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probabilities_match_python_onnxruntime() {
-    let texts = [
-        "how to pack a suitcase",
-        "how to bake sourdough bread",
-        "How to Calm Down When You're ANGRY!",
-    ];
+    let texts = ["how to pack a suitcase", "how to bake sourdough bread", "How to Calm Down When You're ANGRY!"];
     for (root, class, bundle) in [
         (common::default_models(), "Travel", "travel--trunk-logreg"),
         (common::default_models(), "Health", "health--trunk-logreg"),
@@ -126,20 +83,10 @@ async fn probabilities_match_python_onnxruntime() {
         assert_eq!(s, 200);
         let want = common::reference_probabilities(&root, bundle, &texts);
         for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {
-            let e = r["experts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["class"] == class)
-                .unwrap();
+            let e = r["experts"].as_array().unwrap().iter().find(|e| e["class"] == class).unwrap();
             assert_eq!(e["bundle"], bundle);
             let got = e["probability"].as_f64().unwrap();
-            assert!(
-                (got - want[i]).abs() < 1e-4,
-                "{bundle} on {:?}: service {got}, python {}",
-                texts[i],
-                want[i]
-            );
+            assert!((got - want[i]).abs() < 1e-4, "{bundle} on {:?}: service {got}, python {}", texts[i], want[i]);
         }
     }
 }
@@ -154,13 +101,7 @@ async fn concurrent_requests_are_batched() {
     for i in 0..64 {
         let (client, base) = (client.clone(), base.clone());
         tasks.push(tokio::spawn(async move {
-            classify(
-                &client,
-                &base,
-                json!({"text": format!("how to visit rome on day {i}")}),
-            )
-            .await
-            .0
+            classify(&client, &base, json!({"text": format!("how to visit rome on day {i}")})).await.0
         }));
     }
     for t in tasks {

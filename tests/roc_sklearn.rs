@@ -6,24 +6,11 @@ use serde_json::Value;
 
 #[test]
 fn roc_matches_scikit_learn() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/sklearn_roc.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sklearn_roc.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for case in doc["cases"].as_array().unwrap() {
-        let scores: Vec<f32> = case["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let labels: Vec<bool> = case["labels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_bool().unwrap())
-            .collect();
+        let scores: Vec<f32> = case["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let labels: Vec<bool> = case["labels"].as_array().unwrap().iter().map(|v| v.as_bool().unwrap()).collect();
         let r = roc(&scores, &labels);
         let fpr = case["fpr"].as_array().unwrap();
         assert_eq!(r.len(), fpr.len(), "same number of ROC points");
@@ -31,11 +18,7 @@ fn roc_matches_scikit_learn() {
             assert!((p.fpr - fpr[i].as_f64().unwrap()).abs() < 1e-12);
             assert!((p.tpr - case["tpr"][i].as_f64().unwrap()).abs() < 1e-12);
             match case["thresholds"][i].as_f64() {
-                Some(t) => assert!(
-                    (p.threshold - t).abs() < 1e-6,
-                    "threshold {i}: {} vs {t}",
-                    p.threshold
-                ),
+                Some(t) => assert!((p.threshold - t).abs() < 1e-6, "threshold {i}: {} vs {t}", p.threshold),
                 None => assert!(p.threshold.is_infinite()),
             }
         }

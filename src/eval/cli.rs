@@ -14,9 +14,7 @@ use crate::config::{Limits, RuntimeConfig};
 use crate::core::{Core, Expert, ExpertSet};
 use crate::experts::card::{Threshold, check_name};
 use crate::experts::registry::{REGISTRY_SCHEMA, RegistryFile};
-use crate::gate::{
-    self, ExpertOutput, Gate, GateKind, GateSpec, GateWeights, LengthGate, ScoreMode, StackingGate,
-};
+use crate::gate::{self, ExpertOutput, Gate, GateKind, GateSpec, GateWeights, LengthGate, ScoreMode, StackingGate};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
@@ -95,10 +93,7 @@ fn evaluate(expert: &Expert, rows: &Rows) -> Result<BinaryReport> {
     let scores = probabilities(expert, &rows.texts)?;
     let labels: Vec<bool> = rows.labels.iter().map(|l| *l == expert.class).collect();
     if !labels.iter().any(|&y| y) || labels.iter().all(|&y| y) {
-        return Err(Error::BadRequest(format!(
-            "split has no positive or no negative rows for {:?}",
-            expert.class
-        )));
+        return Err(Error::BadRequest(format!("split has no positive or no negative rows for {:?}", expert.class)));
     }
     Ok(binary_report(&scores, &labels))
 }
@@ -107,8 +102,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let pool = ExecutorPool::default();
     let expert = Expert::load(&pool, &a.runtime, &a.models, &a.bundle, false)?;
     let report = evaluate(&expert, &a.data.read(&a.split)?)?;
-    let out =
-        json!({"bundle": a.bundle, "class": expert.class, "split": a.split, "report": report});
+    let out = json!({"bundle": a.bundle, "class": expert.class, "split": a.split, "report": report});
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     Ok(())
 }
@@ -116,10 +110,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// Bundle folders (holding a card.json) directly under a model root.
 pub fn bundle_names(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for e in std::fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
-        .flatten()
-    {
+    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if name != "trunks" && e.path().join("card.json").is_file() {
             names.push(name);
@@ -131,11 +122,7 @@ pub fn bundle_names(root: &Path) -> Result<Vec<String>> {
 
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let rows = a.data.read(&a.split)?;
-    let names = if a.bundles.is_empty() {
-        bundle_names(&a.models)?
-    } else {
-        a.bundles.clone()
-    };
+    let names = if a.bundles.is_empty() { bundle_names(&a.models)? } else { a.bundles.clone() };
     let pool = ExecutorPool::default();
     for name in names {
         let expert = Expert::load(&pool, &a.runtime, &a.models, &name, false)?;
@@ -175,10 +162,7 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
         std::fs::remove_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     }
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
-    for e in std::fs::read_dir(src)
-        .map_err(|e| Error::io(src, e))?
-        .flatten()
-    {
+    for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))?.flatten() {
         let to = dst.join(e.file_name());
         std::fs::copy(e.path(), &to).map_err(|err| Error::io(&to, err))?;
     }
@@ -187,12 +171,7 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Predicted index per row (the label, or the best guess when the gate abstains) and whether it
 /// abstained.
-fn predictions(
-    gate: &Gate,
-    probs: &[Vec<f32>],
-    thresholds: &[f32],
-    texts: &[String],
-) -> Vec<(usize, bool)> {
+fn predictions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[String]) -> Vec<(usize, bool)> {
     texts
         .iter()
         .enumerate()
@@ -200,10 +179,7 @@ fn predictions(
             let outs: Vec<ExpertOutput> = probs
                 .iter()
                 .zip(thresholds)
-                .map(|(p, &threshold)| ExpertOutput {
-                    probability: p[i],
-                    threshold,
-                })
+                .map(|(p, &threshold)| ExpertOutput { probability: p[i], threshold })
                 .collect();
             let d = gate::decide(gate, &outs, gate::words(t));
             (d.label.unwrap_or(d.best_guess), d.label.is_none())
@@ -233,32 +209,19 @@ fn fit_gate(
     let c = probs.len();
     let offset: Vec<Vec<f32>> = rows
         .iter()
-        .map(|&i| {
-            (0..c)
-                .map(|k| comparable_score(mode, probs[k][i], thr[k]).max(1e-6).ln())
-                .collect()
-        })
+        .map(|&i| (0..c).map(|k| comparable_score(mode, probs[k][i], thr[k]).max(1e-6).ln()).collect())
         .collect();
     let y: Vec<usize> = rows.iter().map(|&i| truth[i]).collect();
     match kind {
         GateKind::Length => {
-            let x: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|&i| vec![(1.0 + gate::words(&texts[i]) as f32).ln()])
-                .collect();
+            let x: Vec<Vec<f32>> = rows.iter().map(|&i| vec![(1.0 + gate::words(&texts[i]) as f32).ln()]).collect();
             let m = fit_softmax(&x, &offset, &y, c, l2, 300);
             GateWeights::Length((0..c).map(|k| [m.bias[k], m.weights[k][0]]).collect())
         }
         _ => {
-            let x: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|&i| (0..c).map(|k| gate::logit(probs[k][i])).collect())
-                .collect();
+            let x: Vec<Vec<f32>> = rows.iter().map(|&i| (0..c).map(|k| gate::logit(probs[k][i])).collect()).collect();
             let m = fit_softmax(&x, &offset, &y, c, l2, 300);
-            GateWeights::Stacking {
-                weights: m.weights,
-                bias: m.bias,
-            }
+            GateWeights::Stacking { weights: m.weights, bias: m.bias }
         }
     }
 }
@@ -271,9 +234,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
     let names = bundle_names(&a.candidates)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     if a.candidates.canonicalize().ok() == a.out.canonicalize().ok() {
-        return Err(Error::BadRequest(
-            "--candidates and --out must be different folders".into(),
-        ));
+        return Err(Error::BadRequest("--candidates and --out must be different folders".into()));
     }
     let pool = ExecutorPool::default();
     let mut by_class: BTreeMap<String, Vec<(String, crate::experts::Card, u64)>> = BTreeMap::new();
@@ -283,37 +244,21 @@ pub fn select(a: SelectArgs) -> Result<()> {
             continue;
         }
         if files.card.threshold.is_none() || metric_of(&files.card, "val", &a.metric).is_none() {
-            return Err(Error::bundle(
-                files.dir,
-                "not calibrated on val: run `moe calibrate` first",
-            ));
+            return Err(Error::bundle(files.dir, "not calibrated on val: run `moe calibrate` first"));
         }
-        let cost = std::fs::metadata(&files.graph)
-            .map(|m| m.len())
-            .unwrap_or(u64::MAX);
-        by_class
-            .entry(files.card.class.clone())
-            .or_default()
-            .push((name, files.card, cost));
+        let cost = std::fs::metadata(&files.graph).map(|m| m.len()).unwrap_or(u64::MAX);
+        by_class.entry(files.card.class.clone()).or_default().push((name, files.card, cost));
     }
     if by_class.is_empty() {
-        return Err(Error::BadRequest(format!(
-            "no candidate bundles in {}",
-            a.candidates.display()
-        )));
+        return Err(Error::BadRequest(format!("no candidate bundles in {}", a.candidates.display())));
     }
     let mut evidence = BTreeMap::new();
     let mut winners = BTreeMap::new();
     for (class, cands) in &mut by_class {
         // Best metric first (rounded to 1e-4 so noise does not beat cost), then the cheaper graph.
         cands.sort_by(|x, y| {
-            let (mx, my) = (
-                metric_of(&x.1, "val", &a.metric).unwrap(),
-                metric_of(&y.1, "val", &a.metric).unwrap(),
-            );
-            ((my * 1e4).round())
-                .total_cmp(&((mx * 1e4).round()))
-                .then(x.2.cmp(&y.2))
+            let (mx, my) = (metric_of(&x.1, "val", &a.metric).unwrap(), metric_of(&y.1, "val", &a.metric).unwrap());
+            ((my * 1e4).round()).total_cmp(&((mx * 1e4).round())).then(x.2.cmp(&y.2))
         });
         winners.insert(class.clone(), cands[0].0.clone());
         let rows: Vec<_> = cands
@@ -325,10 +270,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
                        "threshold": c.threshold.as_ref().map(|t| t.value), "graph_bytes": cost})
             })
             .collect();
-        evidence.insert(
-            class.clone(),
-            json!({"winner": cands[0].0, "candidates": rows}),
-        );
+        evidence.insert(class.clone(), json!({"winner": cands[0].0, "candidates": rows}));
     }
     // Install the winners and the trunks they use; drop bundles and trunks no longer selected.
     std::fs::create_dir_all(a.out.join("trunks")).map_err(|e| Error::io(&a.out, e))?;
@@ -349,14 +291,10 @@ pub fn select(a: SelectArgs) -> Result<()> {
     }
     for old in bundle_names(&a.out)? {
         if !winners.values().any(|w| *w == old) {
-            std::fs::remove_dir_all(a.out.join(&old))
-                .map_err(|e| Error::io(a.out.join(&old), e))?;
+            std::fs::remove_dir_all(a.out.join(&old)).map_err(|e| Error::io(a.out.join(&old), e))?;
         }
     }
-    for e in std::fs::read_dir(a.out.join("trunks"))
-        .map_err(|e| Error::io(&a.out, e))?
-        .flatten()
-    {
+    for e in std::fs::read_dir(a.out.join("trunks")).map_err(|e| Error::io(&a.out, e))?.flatten() {
         if !trunks.contains(&e.file_name().to_string_lossy().to_string()) {
             std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
         }
@@ -365,6 +303,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
         schema: REGISTRY_SCHEMA,
         experts: winners.clone(),
         gate: GateSpec::default(),
+        history: BTreeMap::new(),
     };
     reg.write(&a.out)?;
 
@@ -373,24 +312,11 @@ pub fn select(a: SelectArgs) -> Result<()> {
     let set = ExpertSet::load(&pool, &a.runtime, &a.out, 0)?;
     let val = a.data.read("val")?;
     let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
-    let keep: Vec<usize> = (0..val.texts.len())
-        .filter(|&i| classes.contains(&val.labels[i]))
-        .collect();
+    let keep: Vec<usize> = (0..val.texts.len()).filter(|&i| classes.contains(&val.labels[i])).collect();
     let texts: Vec<String> = keep.iter().map(|&i| val.texts[i].clone()).collect();
-    let truth: Vec<usize> = keep
-        .iter()
-        .map(|&i| classes.iter().position(|c| *c == val.labels[i]).unwrap())
-        .collect();
-    let probs: Vec<Vec<f32>> = set
-        .experts
-        .iter()
-        .map(|e| probabilities(e, &texts))
-        .collect::<Result<_>>()?;
-    let thr: Vec<f32> = set
-        .experts
-        .iter()
-        .map(|e| e.threshold.unwrap_or(0.5))
-        .collect();
+    let truth: Vec<usize> = keep.iter().map(|&i| classes.iter().position(|c| *c == val.labels[i]).unwrap()).collect();
+    let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| probabilities(e, &texts)).collect::<Result<_>>()?;
+    let thr: Vec<f32> = set.experts.iter().map(|e| e.threshold.unwrap_or(0.5)).collect();
     let all: Vec<usize> = (0..texts.len()).collect();
     let mut table = Vec::new();
     let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
@@ -399,16 +325,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
         for fold in 0..5 {
             let train: Vec<usize> = all.iter().copied().filter(|i| i % 5 != fold).collect();
             let weights = fit_gate(kind, mode, l2, &probs, &thr, &texts, &truth, &train);
-            let p = predictions(
-                &Gate {
-                    score: mode,
-                    weights,
-                    disabled: None,
-                },
-                &probs,
-                &thr,
-                &texts,
-            );
+            let p = predictions(&Gate { score: mode, weights, disabled: None }, &probs, &thr, &texts);
             for i in all.iter().copied().filter(|i| i % 5 == fold) {
                 preds[i] = p[i];
             }
@@ -417,11 +334,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
     };
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
         for mode in [ScoreMode::Probability, ScoreMode::Margin] {
-            let l2s: &[f32] = if kind == GateKind::Uniform {
-                &[0.0]
-            } else {
-                &[0.001, 0.01, 0.1, 1.0]
-            };
+            let l2s: &[f32] = if kind == GateKind::Uniform { &[0.0] } else { &[0.001, 0.01, 0.1, 1.0] };
             for &l2 in l2s {
                 let preds = if kind == GateKind::Uniform {
                     predictions(&Gate::uniform(mode), &probs, &thr, &texts)
@@ -433,9 +346,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
                 table.push(json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
                                   "l2": l2, "val_accuracy": acc, "val_abstained": abstain,
                                   "evaluation": if kind == GateKind::Uniform { "val" } else { "5-fold cross-validation on val" }}));
-                println!(
-                    "gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}"
-                );
+                println!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
                 // Ties keep the simpler gate (evaluated first).
                 if best.is_none_or(|(b, ..)| acc > b + 1e-9) {
                     best = Some((acc, kind, mode, l2));
@@ -444,43 +355,28 @@ pub fn select(a: SelectArgs) -> Result<()> {
         }
     }
     let (acc, kind, mode, l2) = best.expect("evaluated");
-    let mut spec = GateSpec {
-        kind,
-        score: mode,
-        ..Default::default()
-    };
+    let mut spec = GateSpec { kind, score: mode, ..Default::default() };
     match fit_gate(kind, mode, l2, &probs, &thr, &texts, &truth, &all) {
         GateWeights::Length(ab) if kind == GateKind::Length => {
-            spec.length = Some(LengthGate {
-                params: classes.iter().cloned().zip(ab).collect(),
-            });
+            spec.length = Some(LengthGate { params: classes.iter().cloned().zip(ab).collect() });
         }
         GateWeights::Stacking { weights, bias } if kind == GateKind::Stacking => {
             spec.stacking = Some(StackingGate {
                 classes: classes.clone(),
-                versions: set
-                    .experts
-                    .iter()
-                    .map(|e| (e.class.clone(), e.card.version.clone()))
-                    .collect(),
+                versions: set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect(),
                 weights,
                 bias,
             });
         }
         _ => {}
     }
-    spec.selected_by =
-        Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));
+    spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));
     reg.gate = spec;
     reg.write(&a.out)?;
     let selection = json!({"metric": a.metric, "classes": evidence, "gate": reg.gate.selected_by});
     crate::experts::card::write_atomic(
         &a.out.join("selection.json"),
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&selection).expect("json")
-        )
-        .as_bytes(),
+        format!("{}\n", serde_json::to_string_pretty(&selection).expect("json")).as_bytes(),
     )?;
     println!(
         "selected {} experts into {}; gate {kind:?}/{mode:?} (val accuracy {acc:.4})",
@@ -493,9 +389,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
 pub async fn report(a: ReportArgs) -> Result<()> {
     let core = Core::new(a.models.clone(), a.runtime.clone(), Limits::default());
     let c2 = core.clone();
-    tokio::task::spawn_blocking(move || c2.load_registry())
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))??;
+    tokio::task::spawn_blocking(move || c2.load_registry()).await.map_err(|e| Error::Runtime(e.to_string()))??;
     let rows = a.data.read(&a.split)?;
     let set = core.snapshot()?;
     let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
@@ -510,10 +404,7 @@ pub async fn report(a: ReportArgs) -> Result<()> {
                 continue;
             };
             let guess = r.label.clone().unwrap_or_else(|| r.best_guess.clone());
-            let p = classes
-                .iter()
-                .position(|c| *c == guess)
-                .expect("known class");
+            let p = classes.iter().position(|c| *c == guess).expect("known class");
             abstained += usize::from(r.abstained);
             answered_right += usize::from(!r.abstained && p == t);
             truth.push(t);

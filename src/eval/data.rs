@@ -9,11 +9,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Labelled CSV (header row).
-    #[arg(
-        long,
-        env = "MOE_DATA",
-        default_value = "../shared/data/wikihow19_titles.csv"
-    )]
+    #[arg(long, env = "MOE_DATA", default_value = "../shared/data/wikihow19_titles.csv")]
     pub data: PathBuf,
     #[arg(long, default_value = "title")]
     pub text_col: String,
@@ -34,40 +30,20 @@ pub struct Rows {
 impl DataArgs {
     /// Rows of one split; rows with an empty label (multi-label / ambiguous) are skipped.
     pub fn read(&self, split: &str) -> Result<Rows> {
-        read_split(
-            &self.data,
-            &self.text_col,
-            &self.label_col,
-            &self.split_col,
-            split,
-        )
+        read_split(&self.data, &self.text_col, &self.label_col, &self.split_col, split)
     }
 }
 
-pub fn read_split(
-    path: &Path,
-    text_col: &str,
-    label_col: &str,
-    split_col: &str,
-    split: &str,
-) -> Result<Rows> {
+pub fn read_split(path: &Path, text_col: &str, label_col: &str, split_col: &str, split: &str) -> Result<Rows> {
     let bad = |r: String| Error::BadRequest(format!("{}: {r}", path.display()));
     let mut rdr = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
     let header = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| bad(format!("no column {name:?}")))
-    };
+    let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| bad(format!("no column {name:?}")));
     let (t, l, s) = (col(text_col)?, col(label_col)?, col(split_col)?);
     let mut rows = Rows::default();
     for rec in rdr.records() {
         let rec = rec.map_err(|e| bad(e.to_string()))?;
-        let (text, label) = (
-            rec.get(t).unwrap_or("").trim(),
-            rec.get(l).unwrap_or("").trim(),
-        );
+        let (text, label) = (rec.get(t).unwrap_or("").trim(), rec.get(l).unwrap_or("").trim());
         if rec.get(s).map(str::trim) == Some(split) && !label.is_empty() && !text.is_empty() {
             rows.texts.push(text.to_string());
             rows.labels.push(label.to_string());

@@ -14,14 +14,7 @@ pub struct Softmax {
 }
 
 /// x: n rows of d features; offset: n rows of C values (or empty); y: class index per row.
-pub fn fit_softmax(
-    x: &[Vec<f32>],
-    offset: &[Vec<f32>],
-    y: &[usize],
-    classes: usize,
-    l2: f32,
-    iters: usize,
-) -> Softmax {
+pub fn fit_softmax(x: &[Vec<f32>], offset: &[Vec<f32>], y: &[usize], classes: usize, l2: f32, iters: usize) -> Softmax {
     let n = x.len();
     let d = x.first().map_or(0, Vec::len);
     let mut w = vec![vec![0f32; d]; classes];
@@ -36,8 +29,7 @@ pub fn fit_softmax(
         for i in 0..n {
             let z: Vec<f32> = (0..classes)
                 .map(|c| {
-                    b[c] + w[c].iter().zip(&x[i]).map(|(a, v)| a * v).sum::<f32>()
-                        + offset.get(i).map_or(0.0, |o| o[c])
+                    b[c] + w[c].iter().zip(&x[i]).map(|(a, v)| a * v).sum::<f32>() + offset.get(i).map_or(0.0, |o| o[c])
                 })
                 .collect();
             let p = softmax(&z);
@@ -64,10 +56,7 @@ pub fn fit_softmax(
             b[c] -= lr * (mb[c] / bc1) / ((vb[c] / bc2).sqrt() + eps);
         }
     }
-    Softmax {
-        weights: w,
-        bias: b,
-    }
+    Softmax { weights: w, bias: b }
 }
 
 #[cfg(test)]
@@ -77,21 +66,11 @@ mod tests {
     #[test]
     fn learns_a_separable_problem() {
         // class = which feature is larger
-        let x: Vec<Vec<f32>> = (0..40)
-            .map(|i| {
-                if i % 2 == 0 {
-                    vec![1.0, -1.0]
-                } else {
-                    vec![-1.0, 1.0]
-                }
-            })
-            .collect();
+        let x: Vec<Vec<f32>> = (0..40).map(|i| if i % 2 == 0 { vec![1.0, -1.0] } else { vec![-1.0, 1.0] }).collect();
         let y: Vec<usize> = (0..40).map(|i| i % 2).collect();
         let m = fit_softmax(&x, &[], &y, 2, 1e-3, 300);
         for (xi, yi) in x.iter().zip(&y) {
-            let z: Vec<f32> = (0..2)
-                .map(|c| m.bias[c] + m.weights[c][0] * xi[0] + m.weights[c][1] * xi[1])
-                .collect();
+            let z: Vec<f32> = (0..2).map(|c| m.bias[c] + m.weights[c][0] * xi[0] + m.weights[c][1] * xi[1]).collect();
             let pred = if z[1] > z[0] { 1 } else { 0 };
             assert_eq!(pred, *yi);
         }
@@ -100,15 +79,7 @@ mod tests {
     #[test]
     fn offset_alone_needs_no_correction() {
         // the offset already predicts the label: the fitted correction keeps it right
-        let offset: Vec<Vec<f32>> = (0..20)
-            .map(|i| {
-                if i < 10 {
-                    vec![0.0, -3.0]
-                } else {
-                    vec![-3.0, 0.0]
-                }
-            })
-            .collect();
+        let offset: Vec<Vec<f32>> = (0..20).map(|i| if i < 10 { vec![0.0, -3.0] } else { vec![-3.0, 0.0] }).collect();
         let x: Vec<Vec<f32>> = vec![vec![1.0]; 20];
         let y: Vec<usize> = (0..20).map(|i| usize::from(i >= 10)).collect();
         let m = fit_softmax(&x, &offset, &y, 2, 1e-2, 200);

@@ -23,11 +23,7 @@ pub fn roc(scores: &[f32], labels: &[bool]) -> Vec<RocPoint> {
     let n = labels.len() as f64 - p;
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let mut out = vec![RocPoint {
-        threshold: f64::INFINITY,
-        fpr: 0.0,
-        tpr: 0.0,
-    }];
+    let mut out = vec![RocPoint { threshold: f64::INFINITY, fpr: 0.0, tpr: 0.0 }];
     let (mut tp, mut fp) = (0.0, 0.0);
     let mut i = 0;
     while i < idx.len() {
@@ -51,9 +47,7 @@ pub fn roc(scores: &[f32], labels: &[bool]) -> Vec<RocPoint> {
 
 /// Area under the ROC curve by the trapezoid rule.
 pub fn auc(roc: &[RocPoint]) -> f64 {
-    roc.windows(2)
-        .map(|w| (w[1].fpr - w[0].fpr) * (w[1].tpr + w[0].tpr) / 2.0)
-        .sum()
+    roc.windows(2).map(|w| (w[1].fpr - w[0].fpr) * (w[1].tpr + w[0].tpr) / 2.0).sum()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -65,34 +59,21 @@ pub struct Eer {
 pub fn eer(roc: &[RocPoint]) -> Eer {
     let d = |p: &RocPoint| p.fpr - (1.0 - p.tpr);
     let thr = |p: &RocPoint| {
-        if p.threshold.is_finite() {
-            p.threshold
-        } else {
-            1.0
-        }
+        if p.threshold.is_finite() { p.threshold } else { 1.0 }
     };
     for k in 1..roc.len() {
         let (a, b) = (&roc[k - 1], &roc[k]);
         let (da, db) = (d(a), d(b));
         if db >= 0.0 {
             if db == 0.0 {
-                return Eer {
-                    eer: b.fpr,
-                    threshold: thr(b),
-                };
+                return Eer { eer: b.fpr, threshold: thr(b) };
             }
             let alpha = -da / (db - da);
-            return Eer {
-                eer: a.fpr + alpha * (b.fpr - a.fpr),
-                threshold: thr(a) + alpha * (thr(b) - thr(a)),
-            };
+            return Eer { eer: a.fpr + alpha * (b.fpr - a.fpr), threshold: thr(a) + alpha * (thr(b) - thr(a)) };
         }
     }
     let last = roc.last().expect("non-empty roc");
-    Eer {
-        eer: last.fpr,
-        threshold: thr(last),
-    }
+    Eer { eer: last.fpr, threshold: thr(last) }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
@@ -110,10 +91,7 @@ pub struct BinaryMetrics {
 }
 
 pub fn at_threshold(scores: &[f32], labels: &[bool], threshold: f64) -> BinaryMetrics {
-    let mut m = BinaryMetrics {
-        threshold,
-        ..Default::default()
-    };
+    let mut m = BinaryMetrics { threshold, ..Default::default() };
     for (&s, &y) in scores.iter().zip(labels) {
         match (s as f64 >= threshold, y) {
             (true, true) => m.tp += 1,
@@ -126,11 +104,7 @@ pub fn at_threshold(scores: &[f32], labels: &[bool], threshold: f64) -> BinaryMe
     m.accuracy = div(m.tp + m.tn, scores.len());
     m.precision = div(m.tp, m.tp + m.fp);
     m.recall = div(m.tp, m.tp + m.fn_);
-    m.f1 = if m.precision + m.recall > 0.0 {
-        2.0 * m.precision * m.recall / (m.precision + m.recall)
-    } else {
-        0.0
-    };
+    m.f1 = if m.precision + m.recall > 0.0 { 2.0 * m.precision * m.recall / (m.precision + m.recall) } else { 0.0 };
     m
 }
 
@@ -182,39 +156,13 @@ pub fn multiclass(classes: &[String], truth: &[usize], pred: &[usize]) -> Multic
         .iter()
         .enumerate()
         .map(|(c, name)| {
-            let tp = truth
-                .iter()
-                .zip(pred)
-                .filter(|&(&t, &p)| t == c && p == c)
-                .count();
-            let fp = truth
-                .iter()
-                .zip(pred)
-                .filter(|&(&t, &p)| t != c && p == c)
-                .count();
+            let tp = truth.iter().zip(pred).filter(|&(&t, &p)| t == c && p == c).count();
+            let fp = truth.iter().zip(pred).filter(|&(&t, &p)| t != c && p == c).count();
             let support = truth.iter().filter(|&&t| t == c).count();
-            let precision = if tp + fp > 0 {
-                tp as f64 / (tp + fp) as f64
-            } else {
-                0.0
-            };
-            let recall = if support > 0 {
-                tp as f64 / support as f64
-            } else {
-                0.0
-            };
-            let f1 = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
-            ClassMetrics {
-                class: name.clone(),
-                precision,
-                recall,
-                f1,
-                support,
-            }
+            let precision = if tp + fp > 0 { tp as f64 / (tp + fp) as f64 } else { 0.0 };
+            let recall = if support > 0 { tp as f64 / support as f64 } else { 0.0 };
+            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+            ClassMetrics { class: name.clone(), precision, recall, f1, support }
         })
         .collect();
     let correct = truth.iter().zip(pred).filter(|(t, p)| t == p).count();
@@ -239,10 +187,7 @@ mod tests {
         // scores 0.9(+) 0.8(-) 0.7(+) 0.6(-): ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1), AUC 0.75
         let r = roc(&[0.9, 0.8, 0.7, 0.6], &[true, false, true, false]);
         let pts: Vec<(f64, f64)> = r.iter().map(|p| (p.fpr, p.tpr)).collect();
-        assert_eq!(
-            pts,
-            vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
-        );
+        assert_eq!(pts, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]);
         assert!(close(auc(&r), 0.75));
         assert!(r[0].threshold.is_infinite());
         assert!(close(r[2].threshold, 0.800000011920929));
@@ -270,10 +215,7 @@ mod tests {
         // points: inf (0,1) ; .9 (0, 2/3) ; .7 (.5, 2/3) ; .6 (.5, 1/3) ...
         // d: -1, -2/3, -1/6, +1/6 -> crossing between t=.7 (d=-1/6) and t=.6 (d=+1/6): alpha = 1/2
         // EER = .5 + .5*(.5-.5) = .5 ; threshold = .7 + .5*(.6-.7) = .65
-        let r = roc(
-            &[0.9, 0.7, 0.6, 0.4, 0.3],
-            &[true, false, true, true, false],
-        );
+        let r = roc(&[0.9, 0.7, 0.6, 0.4, 0.3], &[true, false, true, true, false]);
         let e = eer(&r);
         assert!(close(e.eer, 0.5), "{e:?}");
         assert!((e.threshold - 0.65).abs() < 1e-6, "{e:?}");
@@ -285,11 +227,7 @@ mod tests {
         let e = eer(&r);
         assert!(close(e.eer, 0.0));
         assert!(close(auc(&r), 1.0));
-        let m = at_threshold(
-            &[0.9, 0.8, 0.2, 0.1],
-            &[true, true, false, false],
-            e.threshold,
-        );
+        let m = at_threshold(&[0.9, 0.8, 0.2, 0.1], &[true, true, false, false], e.threshold);
         assert_eq!((m.tp, m.tn, m.fp, m.fn_), (2, 2, 0, 0));
     }
 
@@ -297,12 +235,7 @@ mod tests {
     fn binary_metrics_by_hand() {
         let m = at_threshold(&[0.9, 0.6, 0.4, 0.2], &[true, false, true, false], 0.5);
         assert_eq!((m.tp, m.fp, m.tn, m.fn_), (1, 1, 1, 1));
-        assert!(
-            close(m.accuracy, 0.5)
-                && close(m.precision, 0.5)
-                && close(m.recall, 0.5)
-                && close(m.f1, 0.5)
-        );
+        assert!(close(m.accuracy, 0.5) && close(m.precision, 0.5) && close(m.recall, 0.5) && close(m.f1, 0.5));
     }
 
     #[test]

@@ -120,9 +120,7 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let mut comps = Path::new(name).components();
     match (comps.next(), comps.next()) {
         (Some(Component::Normal(_)), None) if !name.contains('/') && !name.contains('\\') => Ok(()),
-        _ => Err(format!(
-            "{name:?} is not a plain folder name inside the model root"
-        )),
+        _ => Err(format!("{name:?} is not a plain folder name inside the model root")),
     }
 }
 
@@ -130,15 +128,10 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
 fn confined(root: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     check_name(name).map_err(|r| Error::bundle(dir, r))?;
     let path = dir.join(name);
-    let canon = path
-        .canonicalize()
-        .map_err(|e| Error::bundle(&path, format!("cannot open: {e}")))?;
+    let canon = path.canonicalize().map_err(|e| Error::bundle(&path, format!("cannot open: {e}")))?;
     let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
     if !canon.starts_with(&root) {
-        return Err(Error::bundle(
-            &path,
-            "resolves outside the model root (symlink?)",
-        ));
+        return Err(Error::bundle(&path, "resolves outside the model root (symlink?)"));
     }
     Ok(canon)
 }
@@ -146,17 +139,13 @@ fn confined(root: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 fn check_hash(path: &Path, expected: &str) -> Result<()> {
     let got = sha256_file(path)?;
     if !got.eq_ignore_ascii_case(expected) {
-        return Err(Error::bundle(
-            path,
-            format!("sha256 mismatch: card says {expected}, file is {got}"),
-        ));
+        return Err(Error::bundle(path, format!("sha256 mismatch: card says {expected}, file is {got}")));
     }
     Ok(())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::bundle(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::bundle(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::bundle(path, format!("bad JSON: {e}")))
 }
 
@@ -171,10 +160,7 @@ impl Card {
     pub fn check(&self, path: &Path) -> Result<()> {
         let bad = |r: String| Err(Error::bundle(path, r));
         if self.schema != CARD_SCHEMA {
-            return bad(format!(
-                "schema {} is not supported (expected {CARD_SCHEMA})",
-                self.schema
-            ));
+            return bad(format!("schema {} is not supported (expected {CARD_SCHEMA})", self.schema));
         }
         if self.class.trim().is_empty() {
             return bad("empty class".into());
@@ -189,9 +175,7 @@ impl Card {
             Kind::Head if self.trunk.is_none() || self.embedding_dim.is_none() => {
                 bad("a head bundle needs `trunk` and `embedding_dim`".into())
             }
-            Kind::Full if self.tokenizer.is_none() => {
-                bad("a full-model bundle needs `tokenizer`".into())
-            }
+            Kind::Full if self.tokenizer.is_none() => bad("a full-model bundle needs `tokenizer`".into()),
             _ => Ok(()),
         }?;
         if let Some(t) = &self.threshold
@@ -213,10 +197,7 @@ impl Card {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
@@ -260,10 +241,7 @@ impl BundleFiles {
                 if !tcard.graph.sha256.eq_ignore_ascii_case(&r.sha256) {
                     return Err(Error::bundle(
                         &card_path,
-                        format!(
-                            "names trunk sha256 {} but trunk {} has {}",
-                            r.sha256, r.id, tcard.graph.sha256
-                        ),
+                        format!("names trunk sha256 {} but trunk {} has {}", r.sha256, r.id, tcard.graph.sha256),
                     ));
                 }
                 if Some(tcard.embedding_dim) != card.embedding_dim {
@@ -284,16 +262,7 @@ impl BundleFiles {
                 (tok, sha, Some((tcard, tgraph)), len)
             }
         };
-        Ok(BundleFiles {
-            name: name.to_string(),
-            dir,
-            card,
-            graph,
-            tokenizer,
-            tokenizer_sha256,
-            max_seq_len,
-            trunk,
-        })
+        Ok(BundleFiles { name: name.to_string(), dir, card, graph, tokenizer, tokenizer_sha256, max_seq_len, trunk })
     }
 }
 
@@ -331,12 +300,7 @@ mod tests {
         let mut t = card_json();
         t["threshold"] = serde_json::json!({"value": 1.5, "method": "eer", "split": "val"});
         let c: Card = serde_json::from_value(t).unwrap();
-        assert!(
-            c.check(p)
-                .unwrap_err()
-                .to_string()
-                .contains("not in (0, 1)")
-        );
+        assert!(c.check(p).unwrap_err().to_string().contains("not in (0, 1)"));
         let mut s = card_json();
         s["schema"] = 9.into();
         let c: Card = serde_json::from_value(s).unwrap();
@@ -351,11 +315,7 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temp file left"
-        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

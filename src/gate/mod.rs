@@ -80,10 +80,7 @@ pub struct Gate {
 pub enum GateWeights {
     Uniform,
     Length(Vec<[f32; 2]>),
-    Stacking {
-        weights: Vec<Vec<f32>>,
-        bias: Vec<f32>,
-    },
+    Stacking { weights: Vec<Vec<f32>>, bias: Vec<f32> },
 }
 
 impl GateWeights {
@@ -98,21 +95,13 @@ impl GateWeights {
 
 impl Gate {
     pub fn uniform(score: ScoreMode) -> Gate {
-        Gate {
-            score,
-            weights: GateWeights::Uniform,
-            disabled: None,
-        }
+        Gate { score, weights: GateWeights::Uniform, disabled: None }
     }
 
     /// Resolve a registry gate for the experts `(class, version)` in order. A gate that does not fit
     /// the set falls back to uniform and says why, never silently applied.
     pub fn resolve(spec: &GateSpec, experts: &[(String, String)]) -> Gate {
-        let fallback = |why: String| Gate {
-            score: spec.score,
-            weights: GateWeights::Uniform,
-            disabled: Some(why),
-        };
+        let fallback = |why: String| Gate { score: spec.score, weights: GateWeights::Uniform, disabled: Some(why) };
         match spec.kind {
             GateKind::Uniform => Gate::uniform(spec.score),
             GateKind::Length => match &spec.length {
@@ -120,10 +109,7 @@ impl Gate {
                 Some(l) => Gate {
                     score: spec.score,
                     weights: GateWeights::Length(
-                        experts
-                            .iter()
-                            .map(|(c, _)| l.params.get(c).copied().unwrap_or([0.0, 0.0]))
-                            .collect(),
+                        experts.iter().map(|(c, _)| l.params.get(c).copied().unwrap_or([0.0, 0.0])).collect(),
                     ),
                     disabled: None,
                 },
@@ -145,18 +131,12 @@ impl Gate {
                     }
                 }
                 let n = classes.len();
-                if s.weights.len() != n
-                    || s.weights.iter().any(|r| r.len() != n)
-                    || s.bias.len() != n
-                {
+                if s.weights.len() != n || s.weights.iter().any(|r| r.len() != n) || s.bias.len() != n {
                     return fallback("stacking gate parameters have the wrong shape".into());
                 }
                 Gate {
                     score: spec.score,
-                    weights: GateWeights::Stacking {
-                        weights: s.weights.clone(),
-                        bias: s.bias.clone(),
-                    },
+                    weights: GateWeights::Stacking { weights: s.weights.clone(), bias: s.bias.clone() },
                     disabled: None,
                 }
             }
@@ -239,22 +219,14 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
         .collect();
     let passed: Vec<bool> = out.iter().map(|o| o.probability >= o.threshold).collect();
     let argmax = |keep: &dyn Fn(usize) -> bool| {
-        (0..out.len())
-            .filter(|&i| keep(i))
-            .fold(None, |best: Option<usize>, i| match best {
-                Some(b) if scores[b] >= scores[i] => Some(b),
-                _ => Some(i),
-            })
+        (0..out.len()).filter(|&i| keep(i)).fold(None, |best: Option<usize>, i| match best {
+            Some(b) if scores[b] >= scores[i] => Some(b),
+            _ => Some(i),
+        })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
     let label = argmax(&|i| passed[i]);
-    Decision {
-        label,
-        best_guess,
-        passed,
-        weights: w,
-        scores,
-    }
+    Decision { label, best_guess, passed, weights: w, scores }
 }
 
 #[cfg(test)]
@@ -262,12 +234,7 @@ mod tests {
     use super::*;
 
     fn outs(v: &[(f32, f32)]) -> Vec<ExpertOutput> {
-        v.iter()
-            .map(|&(probability, threshold)| ExpertOutput {
-                probability,
-                threshold,
-            })
-            .collect()
+        v.iter().map(|&(probability, threshold)| ExpertOutput { probability, threshold }).collect()
     }
 
     #[test]
@@ -297,15 +264,8 @@ mod tests {
         let d = decide(&g, &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1);
         assert_eq!(d.label, Some(1));
         let at = decide(&g, &outs(&[(0.3, 0.3)]), 1);
-        assert!(
-            (at.scores[0] - 0.5).abs() < 1e-5,
-            "score is 0.5 at the threshold"
-        );
-        let p = decide(
-            &Gate::uniform(ScoreMode::Probability),
-            &outs(&[(0.7, 0.69), (0.6, 0.5)]),
-            1,
-        );
+        assert!((at.scores[0] - 0.5).abs() < 1e-5, "score is 0.5 at the threshold");
+        let p = decide(&Gate::uniform(ScoreMode::Probability), &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1);
         assert_eq!(p.label, Some(0));
     }
 
@@ -314,18 +274,11 @@ mod tests {
         let spec = GateSpec {
             kind: GateKind::Length,
             length: Some(LengthGate {
-                params: [
-                    ("short".to_string(), [1.0, -1.0]),
-                    ("long".to_string(), [-1.0, 1.0]),
-                ]
-                .into(),
+                params: [("short".to_string(), [1.0, -1.0]), ("long".to_string(), [-1.0, 1.0])].into(),
             }),
             ..Default::default()
         };
-        let experts = vec![
-            ("short".to_string(), "1".to_string()),
-            ("long".to_string(), "1".to_string()),
-        ];
+        let experts = vec![("short".to_string(), "1".to_string()), ("long".to_string(), "1".to_string())];
         let g = Gate::resolve(&spec, &experts);
         assert_eq!(g.disabled, None);
         let o = outs(&[(0.8, 0.5), (0.8, 0.5)]);
@@ -343,11 +296,7 @@ mod tests {
             kind: GateKind::Stacking,
             stacking: Some(StackingGate {
                 classes: vec!["a".into(), "b".into()],
-                versions: [
-                    ("a".to_string(), "1".to_string()),
-                    ("b".to_string(), "1".to_string()),
-                ]
-                .into(),
+                versions: [("a".to_string(), "1".to_string()), ("b".to_string(), "1".to_string())].into(),
                 weights: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
                 bias: vec![0.0, 0.0],
             }),

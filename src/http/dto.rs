@@ -17,12 +17,8 @@ impl ClassifyRequest {
         match (self.text, self.texts) {
             (Some(t), None) => Ok(vec![t]),
             (None, Some(ts)) => Ok(ts),
-            (Some(_), Some(_)) => Err(Error::BadRequest(
-                "send either \"text\" or \"texts\", not both".into(),
-            )),
-            (None, None) => Err(Error::BadRequest(
-                "missing \"text\" (a string) or \"texts\" (a list)".into(),
-            )),
+            (Some(_), Some(_)) => Err(Error::BadRequest("send either \"text\" or \"texts\", not both".into())),
+            (None, None) => Err(Error::BadRequest("missing \"text\" (a string) or \"texts\" (a list)".into())),
         }
     }
 }
@@ -60,11 +56,7 @@ impl From<&Expert> for ExpertInfo {
             algorithm: e.card.algorithm.clone(),
             kind: e.card.kind,
             threshold: e.threshold,
-            threshold_method: e
-                .card
-                .threshold
-                .as_ref()
-                .map(|t| format!("{} on {}", t.method, t.split)),
+            threshold_method: e.card.threshold.as_ref().map(|t| format!("{} on {}", t.method, t.split)),
             metrics: e.card.metrics.clone(),
             provider: e.provider(),
             loaded_at: e.loaded_at.clone(),
@@ -92,11 +84,7 @@ pub struct ExpertList {
 impl From<&ExpertSet> for ExpertList {
     fn from(s: &ExpertSet) -> Self {
         ExpertList {
-            experts: s
-                .experts
-                .iter()
-                .map(|e| ExpertInfo::from(e.as_ref()))
-                .collect(),
+            experts: s.experts.iter().map(|e| ExpertInfo::from(e.as_ref())).collect(),
             gate: GateInfo {
                 configured: s.gate_spec.kind,
                 active: s.gate.weights.name(),

@@ -14,17 +14,17 @@ impl Error {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::UnknownClass(_) => (StatusCode::NOT_FOUND, "unknown_class"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::InvalidBundle { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle"),
-            Error::InvalidRegistry { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "invalid_registry")
-            }
+            Error::QualityGate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "quality_gate_failed"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
+            Error::InvalidRegistry { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "invalid_registry"),
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
@@ -45,6 +45,9 @@ impl IntoResponse for Error {
         let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             return (status, [(header::RETRY_AFTER, "1")], body).into_response();
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
         }
         (status, body).into_response()
     }

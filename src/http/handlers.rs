@@ -9,8 +9,11 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Admin;
 use super::dto::{ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList};
 use super::error::ApiJson;
+use crate::admin::{SwapOutcome, SwapRequest};
+use crate::experts::registry::HistoryEntry;
 use crate::{Error, Result};
 
 pub async fn classify(
@@ -20,24 +23,43 @@ pub async fn classify(
     let started = Instant::now();
     let texts = req.into_texts()?;
     let (results, generation) = s.core.classify(texts).await?;
-    Ok(Json(ClassifyResponse {
-        results,
-        took_ms: started.elapsed().as_secs_f64() * 1e3,
-        generation,
-    }))
+    Ok(Json(ClassifyResponse { results, took_ms: started.elapsed().as_secs_f64() * 1e3, generation }))
 }
 
 pub async fn list_experts(State(s): State<AppState>) -> Result<Json<ExpertList>> {
     Ok(Json(ExpertList::from(s.core.snapshot()?.as_ref())))
 }
 
-pub async fn get_expert(
-    State(s): State<AppState>,
-    Path(class): Path<String>,
-) -> Result<Json<ExpertInfo>> {
+pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<ExpertInfo>> {
     let set = s.core.snapshot()?;
     let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
     Ok(Json(ExpertInfo::from(e.as_ref())))
+}
+
+pub async fn swap_expert(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+    ApiJson(req): ApiJson<SwapRequest>,
+) -> Result<Json<SwapOutcome>> {
+    Ok(Json(s.core.swap(&class, req).await?))
+}
+
+pub async fn delete_expert(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+) -> Result<Json<SwapOutcome>> {
+    Ok(Json(s.core.delete(&class).await?))
+}
+
+pub async fn rollback(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<SwapOutcome>> {
+    Ok(Json(s.core.rollback(&class).await?))
+}
+
+pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<Value>> {
+    let h: Vec<HistoryEntry> = s.core.history(&class)?;
+    Ok(Json(json!({"class": class, "history": h})))
 }
 
 pub async fn healthz() -> Json<Value> {
@@ -46,23 +68,15 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>> {
     let set = s.core.snapshot()?;
-    Ok(Json(
-        json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation}),
-    ))
+    Ok(Json(json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation})))
 }
 
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
 
 pub async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/yaml")],
-        include_str!("../../openapi.yaml"),
-    )
+    ([(header::CONTENT_TYPE, "application/yaml")], include_str!("../../openapi.yaml"))
 }
 
 pub async fn not_found() -> Error {

@@ -1,5 +1,6 @@
 //! The HTTP layer: router, thin handlers, DTOs, the JSON error shape, metrics.
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
@@ -19,14 +20,18 @@ use crate::core::Core;
 pub struct AppState {
     pub core: Arc<Core>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Bearer token of the admin routes; None disables them (403).
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl AppState {
     pub fn new(core: Arc<Core>) -> AppState {
-        AppState {
-            core,
-            metrics: metrics::prometheus(),
-        }
+        AppState { core, metrics: metrics::prometheus(), admin_token: None }
+    }
+
+    pub fn with_admin_token(mut self, token: Option<String>) -> AppState {
+        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
     }
 }
 
@@ -35,6 +40,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/classify"),
     ("get", "/experts"),
     ("get", "/experts/{class}"),
+    ("put", "/experts/{class}"),
+    ("delete", "/experts/{class}"),
+    ("get", "/experts/{class}/history"),
+    ("post", "/experts/{class}/rollback"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -46,7 +55,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/classify", post(handlers::classify))
         .route("/experts", get(handlers::list_experts))
-        .route("/experts/{class}", get(handlers::get_expert))
+        .route("/experts/{class}", get(handlers::get_expert).put(handlers::swap_expert).delete(handlers::delete_expert))
+        .route("/experts/{class}/history", get(handlers::history))
+        .route("/experts/{class}/rollback", post(handlers::rollback))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

@@ -80,19 +80,11 @@ pub struct Executor {
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
-    Some((
-        vt.tensor_type()?,
-        vt.tensor_shape()?.iter().copied().collect(),
-    ))
+    Some((vt.tensor_type()?, vt.tensor_shape()?.iter().copied().collect()))
 }
 
 /// Check the graph's signature against what the bundle says it is.
-fn signature(
-    session: &Session,
-    path: &Path,
-    expect: Expect,
-    out_dim: Option<usize>,
-) -> Result<(GraphRole, usize)> {
+fn signature(session: &Session, path: &Path, expect: Expect, out_dim: Option<usize>) -> Result<(GraphRole, usize)> {
     let bad = |r: String| Err(Error::bundle(path, r));
     let outs = session.outputs();
     let Some(out) = outs.first() else {
@@ -102,18 +94,12 @@ fn signature(
         return bad(format!("output {:?} is not a tensor", out.name()));
     };
     if oty != TensorElementType::Float32 || oshape.len() != 2 {
-        return bad(format!(
-            "output {:?} must be float32 [batch, n], is {oty:?} {oshape:?}",
-            out.name()
-        ));
+        return bad(format!("output {:?} must be float32 [batch, n], is {oty:?} {oshape:?}", out.name()));
     }
     let declared = oshape[1];
     let out_dim = match (out_dim, declared) {
         (Some(want), d) if d >= 0 && d as usize != want => {
-            return bad(format!(
-                "output {:?} has {d} columns, expected {want}",
-                out.name()
-            ));
+            return bad(format!("output {:?} has {d} columns, expected {want}", out.name()));
         }
         (Some(want), _) => want,
         (None, d) if d > 0 => d as usize,
@@ -125,20 +111,12 @@ fn signature(
             let mut names = Vec::new();
             for i in ins {
                 if !TOKEN_INPUTS.contains(&i.name()) {
-                    return bad(format!(
-                        "unexpected input {:?} (token graphs take {TOKEN_INPUTS:?})",
-                        i.name()
-                    ));
+                    return bad(format!("unexpected input {:?} (token graphs take {TOKEN_INPUTS:?})", i.name()));
                 }
                 match dims(i.dtype()) {
-                    Some((TensorElementType::Int64, s)) if s.len() == 2 => {
-                        names.push(i.name().to_string())
-                    }
+                    Some((TensorElementType::Int64, s)) if s.len() == 2 => names.push(i.name().to_string()),
                     other => {
-                        return bad(format!(
-                            "input {:?} must be int64 [batch, seq], is {other:?}",
-                            i.name()
-                        ));
+                        return bad(format!("input {:?} must be int64 [batch, seq], is {other:?}", i.name()));
                     }
                 }
             }
@@ -151,25 +129,14 @@ fn signature(
         }
         Expect::Embedding(dim) => {
             if ins.len() != 1 {
-                return bad(format!(
-                    "a head takes one embedding input, this graph has {}",
-                    ins.len()
-                ));
+                return bad(format!("a head takes one embedding input, this graph has {}", ins.len()));
             }
             match dims(ins[0].dtype()) {
-                Some((TensorElementType::Float32, s))
-                    if s.len() == 2 && (s[1] < 0 || s[1] as usize == dim) =>
-                {
-                    GraphRole::Embedding {
-                        input: ins[0].name().to_string(),
-                        dim,
-                    }
+                Some((TensorElementType::Float32, s)) if s.len() == 2 && (s[1] < 0 || s[1] as usize == dim) => {
+                    GraphRole::Embedding { input: ins[0].name().to_string(), dim }
                 }
                 other => {
-                    return bad(format!(
-                        "input {:?} must be float32 [batch, {dim}], is {other:?}",
-                        ins[0].name()
-                    ));
+                    return bad(format!("input {:?} must be float32 [batch, {dim}], is {other:?}", ins[0].name()));
                 }
             }
         }
@@ -232,12 +199,8 @@ impl Executor {
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => {
-                        Error::Overloaded(format!("graph {} queue is full", self.label))
-                    }
-                    TrySendError::Disconnected(_) => {
-                        Error::Inference(format!("graph {} stopped", self.label))
-                    }
+                    TrySendError::Full(_) => Error::Overloaded(format!("graph {} queue is full", self.label)),
+                    TrySendError::Disconnected(_) => Error::Inference(format!("graph {} stopped", self.label)),
                 })
             }
         }
@@ -245,15 +208,13 @@ impl Executor {
 
     pub async fn run(&self, input: Input) -> Result<Matrix> {
         let rx = self.submit(input)?;
-        rx.await
-            .map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+        rx.await.map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
     }
 
     /// For command-line tools outside an async runtime.
     pub fn run_blocking(&self, input: Input) -> Result<Matrix> {
         let rx = self.submit(input)?;
-        rx.blocking_recv()
-            .map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+        rx.blocking_recv().map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -284,11 +245,7 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => None,
                     Err(TryRecvError::Empty) => {
                         let now = Instant::now();
-                        if now >= deadline {
-                            None
-                        } else {
-                            rx.recv_timeout(deadline - now).ok()
-                        }
+                        if now >= deadline { None } else { rx.recv_timeout(deadline - now).ok() }
                     }
                 };
                 let Some(j) = next else { break };
@@ -302,8 +259,7 @@ impl Worker {
             metrics::histogram!("moe_batch_size", "graph" => graph.clone()).record(rows as f64);
             metrics::histogram!("moe_graph_run_seconds", "graph" => graph.clone())
                 .record(started.elapsed().as_secs_f64());
-            metrics::gauge!("moe_queue_depth", "graph" => graph)
-                .set(self.depth.load(Ordering::Relaxed) as f64);
+            metrics::gauge!("moe_queue_depth", "graph" => graph).set(self.depth.load(Ordering::Relaxed) as f64);
             match result {
                 Ok(out) => {
                     let mut offset = 0;
@@ -311,11 +267,7 @@ impl Worker {
                         let n = job.input.rows();
                         let data = out.data[offset * out.cols..(offset + n) * out.cols].to_vec();
                         offset += n;
-                        let _ = job.reply.send(Ok(Matrix {
-                            rows: n,
-                            cols: out.cols,
-                            data,
-                        }));
+                        let _ = job.reply.send(Ok(Matrix { rows: n, cols: out.cols, data }));
                     }
                 }
                 Err(e) => {
@@ -369,36 +321,20 @@ impl Worker {
                         return Err("tokens sent to a head".into());
                     };
                     if m.cols != *dim {
-                        return Err(format!(
-                            "embedding has {} columns, head takes {dim}",
-                            m.cols
-                        ));
+                        return Err(format!("embedding has {} columns, head takes {dim}", m.cols));
                     }
                     buf.extend_from_slice(&m.data);
                 }
                 let t = Tensor::from_array(([rows, *dim], buf)).map_err(|e| e.to_string())?;
                 self.session
-                    .run(vec![(
-                        input.clone(),
-                        ort::session::SessionInputValue::from(t),
-                    )])
+                    .run(vec![(input.clone(), ort::session::SessionInputValue::from(t))])
                     .map_err(|e| e.to_string())?
             }
         };
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
         if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != self.out_dim {
-            return Err(format!(
-                "graph returned shape {:?}, expected [{rows}, {}]",
-                &shape[..],
-                self.out_dim
-            ));
+            return Err(format!("graph returned shape {:?}, expected [{rows}, {}]", &shape[..], self.out_dim));
         }
-        Ok(Matrix {
-            rows,
-            cols: self.out_dim,
-            data: data.to_vec(),
-        })
+        Ok(Matrix { rows, cols: self.out_dim, data: data.to_vec() })
     }
 }

@@ -30,13 +30,7 @@ impl ExecutorPool {
         threads: usize,
     ) -> Result<Arc<Executor>> {
         let key = format!("{sha256}:{expect:?}");
-        if let Some(e) = self
-            .executors
-            .lock()
-            .expect("pool lock")
-            .get(&key)
-            .and_then(Weak::upgrade)
-        {
+        if let Some(e) = self.executors.lock().expect("pool lock").get(&key).and_then(Weak::upgrade) {
             return Ok(e);
         }
         let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads)?;
@@ -51,12 +45,7 @@ impl ExecutorPool {
         }
     }
 
-    pub fn tokenizer(
-        &self,
-        path: &Path,
-        sha256: &str,
-        max_len: usize,
-    ) -> Result<Arc<TokenizerHandle>> {
+    pub fn tokenizer(&self, path: &Path, sha256: &str, max_len: usize) -> Result<Arc<TokenizerHandle>> {
         let key = (sha256.to_string(), max_len);
         let mut map = self.tokenizers.lock().expect("pool lock");
         if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
@@ -70,11 +59,6 @@ impl ExecutorPool {
 
     /// Executors alive now (used by tests to prove swapped-out sessions are released).
     pub fn live_executors(&self) -> usize {
-        self.executors
-            .lock()
-            .expect("pool lock")
-            .values()
-            .filter(|w| w.strong_count() > 0)
-            .count()
+        self.executors.lock().expect("pool lock").values().filter(|w| w.strong_count() > 0).count()
     }
 }

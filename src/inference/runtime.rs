@@ -32,9 +32,7 @@ fn candidates() -> Vec<PathBuf> {
                         .flatten()
                         .map(|f| f.path())
                         .filter(|p| {
-                            p.file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
                         })
                         .collect();
                     libs.sort();
@@ -51,34 +49,24 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(Error::Runtime(format!(
-                "ORT_DYLIB_PATH / --ort-lib {} is not a file",
-                p.display()
-            )))
+            Err(Error::Runtime(format!("ORT_DYLIB_PATH / --ort-lib {} is not a file", p.display())))
         };
     }
-    candidates()
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::Runtime(
-                "libonnxruntime not found: set ORT_DYLIB_PATH, or run scripts/setup.sh \
+    candidates().into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        Error::Runtime(
+            "libonnxruntime not found: set ORT_DYLIB_PATH, or run scripts/setup.sh \
              (python3 -m venv .venv && .venv/bin/pip install onnxruntime==1.32.0)"
-                    .into(),
-            )
-        })
+                .into(),
+        )
+    })
 }
 
 /// Load ONNX Runtime once per process (ort allows one environment per process).
 pub fn environment(cfg: &RuntimeConfig) -> Result<&'static ort::environment::Environment> {
     ENV.get_or_init(|| {
         let lib = find_library(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-        let builder =
-            ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
-        let env = builder
-            .with_name("moe")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
+        let env = builder.with_name("moe").build().map_err(|e| e.to_string())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         Ok(env)
     })
@@ -92,10 +80,7 @@ pub struct LoadedSession {
     pub provider: &'static str,
 }
 
-fn builder(
-    env: &ort::environment::Environment,
-    threads: usize,
-) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn builder(env: &ort::environment::Environment, threads: usize) -> ort::Result<ort::session::builder::SessionBuilder> {
     Ok(Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads)?
@@ -103,16 +88,10 @@ fn builder(
 }
 
 #[cfg(feature = "cuda")]
-fn commit_cuda(
-    env: &ort::environment::Environment,
-    threads: usize,
-    path: &Path,
-) -> ort::Result<Session> {
+fn commit_cuda(env: &ort::environment::Environment, threads: usize, path: &Path) -> ort::Result<Session> {
     use ort::ep::ExecutionProvider;
     if !ort::ep::CUDA::is_available()? {
-        return Err(ort::Error::new(
-            "this ONNX Runtime library has no CUDA execution provider",
-        ));
+        return Err(ort::Error::new("this ONNX Runtime library has no CUDA execution provider"));
     }
     builder(env, threads)?
         .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
@@ -128,10 +107,7 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     if cfg.provider != "cpu" {
         match commit_cuda(env, threads, path) {
             Ok(session) => {
-                return Ok(LoadedSession {
-                    session,
-                    provider: "CUDA",
-                });
+                return Ok(LoadedSession { session, provider: "CUDA" });
             }
             Err(e) if cfg.provider == "cuda" => {
                 return Err(err(format!("CUDA execution provider: {e}")));
@@ -143,15 +119,8 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     }
     #[cfg(not(feature = "cuda"))]
     if cfg.provider == "cuda" {
-        return Err(Error::Runtime(
-            "--provider cuda needs a build with `--features cuda`".into(),
-        ));
+        return Err(Error::Runtime("--provider cuda needs a build with `--features cuda`".into()));
     }
-    let session = builder(env, threads)
-        .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|e| err(e.to_string()))?;
-    Ok(LoadedSession {
-        session,
-        provider: "CPU",
-    })
+    let session = builder(env, threads).and_then(|mut b| b.commit_from_file(path)).map_err(|e| err(e.to_string()))?;
+    Ok(LoadedSession { session, provider: "CPU" })
 }

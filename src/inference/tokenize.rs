@@ -23,31 +23,19 @@ pub struct Encoded {
 
 impl TokenizerHandle {
     pub fn load(path: &Path, sha256: &str, max_len: usize) -> Result<TokenizerHandle> {
-        let mut tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| Error::bundle(path, format!("not a tokenizer.json: {e}")))?;
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| Error::bundle(path, format!("not a tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| Error::bundle(path, format!("truncation: {e}")))?;
-        let handle = TokenizerHandle {
-            sha256: sha256.to_string(),
-            max_len,
-            tokenizer,
-        };
-        handle
-            .encode("tokenizer check")
-            .map_err(|e| Error::bundle(path, e.to_string()))?;
+        let handle = TokenizerHandle { sha256: sha256.to_string(), max_len, tokenizer };
+        handle.encode("tokenizer check").map_err(|e| Error::bundle(path, e.to_string()))?;
         Ok(handle)
     }
 
     pub fn encode(&self, text: &str) -> Result<Encoded> {
-        let enc = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| Error::Inference(format!("tokenizer: {e}")))?;
+        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::Inference(format!("tokenizer: {e}")))?;
         let conv = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         Ok(Encoded {
             ids: conv(enc.get_ids()),

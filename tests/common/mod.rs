@@ -23,20 +23,14 @@ pub fn fixture_models() -> PathBuf {
 }
 
 pub fn runtime() -> RuntimeConfig {
-    RuntimeConfig {
-        intra_threads: Some(1),
-        ..RuntimeConfig::default()
-    }
+    RuntimeConfig { intra_threads: Some(1), ..RuntimeConfig::default() }
 }
 
 /// A core with the registry of `root` loaded (loading blocks, so it runs off the async workers).
 pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
     let core = Core::new(root.to_path_buf(), runtime(), limits);
     let c = core.clone();
-    tokio::task::spawn_blocking(move || c.load_registry())
-        .await
-        .unwrap()
-        .expect("registry loads");
+    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().expect("registry loads");
     core
 }
 
@@ -44,11 +38,7 @@ pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
 pub async fn serve(core: Arc<Core>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app(AppState::new(core)))
-            .await
-            .unwrap()
-    });
+    tokio::spawn(async move { axum::serve(listener, app(AppState::new(core))).await.unwrap() });
     format!("http://{addr}")
 }
 
@@ -81,8 +71,7 @@ pub fn replace_file(path: &Path, bytes: &[u8]) {
 
 /// Rewrite a JSON file in place (unlinked first, see replace_file).
 pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     replace_file(path, serde_json::to_string_pretty(&v).unwrap().as_bytes());
 }
@@ -101,16 +90,7 @@ pub fn reference_probabilities(root: &Path, bundle: &str, texts: &[&str]) -> Vec
         .args(texts)
         .output()
         .expect("run the Python reference (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_f64().unwrap())
-        .collect()
+    v["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect()
 }

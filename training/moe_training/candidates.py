@@ -20,8 +20,10 @@ from .rebalance import rebalance
 
 # Default rebalancing per algorithm (overridable on the command line), and whether it is a trunk head.
 ALGORITHMS = {
-    "trunk-logreg": {"kind": "head", "rebalance": "class_weight", "ratio": 3.0},
-    "trunk-mlp": {"kind": "head", "rebalance": "class_weight", "ratio": 3.0},
+    "trunk-logreg": {"kind": "head", "rebalance": "class_weight", "ratio": 3.0, "trunk": "frozen"},
+    "trunk-mlp": {"kind": "head", "rebalance": "class_weight", "ratio": 3.0, "trunk": "frozen"},
+    # logistic head on a trunk fine-tuned once as a 19-way classifier (shared by all classes)
+    "ft19-logreg": {"kind": "head", "rebalance": "class_weight", "ratio": 3.0, "trunk": "ft19"},
     "tokenbag": {"kind": "full", "rebalance": "oversample", "ratio": 3.0},
     "finetune-minilm": {"kind": "full", "rebalance": "undersample", "ratio": 3.0},
 }
@@ -38,6 +40,7 @@ class TrainSettings:
     tokenbag_epochs: int = 8
     finetune_epochs: int = 2
     finetune_lr: float = 5e-5
+    global_epochs: int = 3
     batch_size: int = 32
     max_steps: int | None = None  # quick mode caps optimisation steps
 
@@ -48,15 +51,63 @@ def _seed(seed: int) -> None:
 
 
 # ---------------------------------------------------------------- shared trunk
-def export_trunk(tok, workdir: Path, example_texts: list[str]) -> tuple[Path, dict]:
-    """Export the frozen MiniLM trunk (fp32 then int8) and measure torch <-> ONNX parity."""
-    enc = backbone.load_encoder()
+class _Global(torch.nn.Module):
+    """MiniLM + mean pooling + a linear layer over all classes: the 19-way global classifier."""
+
+    def __init__(self, encoder, classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.out = torch.nn.Linear(encoder.config.hidden_size, classes)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.out(backbone.mean_pool(h.last_hidden_state, attention_mask))
+
+
+def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str], s: TrainSettings):
+    """Fine-tune MiniLM as one multi-class classifier (the global baseline; its encoder can serve
+    as a fine-tuned shared trunk)."""
+    _seed(s.seed)
+    model = _Global(backbone.load_encoder(), len(classes))
+    y = np.array([classes.index(c) for c in labels])
+    opt = torch.optim.AdamW(model.parameters(), lr=s.finetune_lr)
+    epochs = 1 if s.quick else s.global_epochs
+    total = epochs * math.ceil(len(texts) / s.batch_size)
+    if s.max_steps is not None:
+        total = min(total, s.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / max(1, total)))
+    rng = np.random.default_rng(s.seed)
+    model.train()
+    step = 0
+    with tqdm(total=total, desc="global fine-tune", leave=False) as bar:
+        while step < total:
+            order = rng.permutation(len(texts))
+            for b in range(0, len(order), s.batch_size):
+                if step >= total:
+                    break
+                i = order[b:b + s.batch_size]
+                feeds = backbone.encode(tok, [texts[j] for j in i])
+                logits = model(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")))
+                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[i]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update(1)
+    model.eval()
+    return model, {"epochs": epochs, "steps": step, "lr": s.finetune_lr, "batch_size": s.batch_size}
+
+
+def export_trunk(tok, workdir: Path, example_texts: list[str], encoder=None, tag: str = "frozen") -> tuple[Path, dict]:
+    """Export a MiniLM trunk (fp32 then int8) and measure torch <-> ONNX parity."""
+    enc = encoder if encoder is not None else backbone.load_encoder()
     trunk = backbone.Trunk(enc).eval()
     feeds = backbone.encode(tok, example_texts)
     with torch.no_grad():  # reference BEFORE export: the legacy exporter perturbs the module
         ref = trunk(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
-    fp32 = workdir / "trunk-fp32.onnx"
-    int8 = workdir / "trunk-int8.onnx"
+    fp32 = workdir / f"trunk-{tag}-fp32.onnx"
+    int8 = workdir / f"trunk-{tag}-int8.onnx"
     export_torch(trunk, feeds, ["input_ids", "attention_mask", "token_type_ids"], "embedding", fp32)
     quantize_int8(fp32, int8)
     got32 = run_onnx(fp32, feeds)

@@ -85,22 +85,30 @@ def build(args) -> None:
     manifest = {"started": bundle.utc_now(), "data": data_info, "versions": _versions(), "classes": classes,
                 "algorithms": algos, "settings": vars(settings), "seed": args.seed, "trunks": [], "bundles": []}
 
-    trunk_ref, x_train, trunk_path = None, None, None
-    if any(candidates.ALGORITHMS[a]["kind"] == "head" for a in algos):
+    # Shared trunks needed by the requested head algorithms: "frozen" (pretrained MiniLM) and
+    # "ft19" (MiniLM fine-tuned once as a multi-class classifier on train).
+    trunks: dict[str, dict] = {}
+    for name in sorted({candidates.ALGORITHMS[a].get("trunk") for a in algos} - {None}):
         t0 = time.time()
-        int8, meta = candidates.export_trunk(tok, work, val.texts[:32])
-        trunk_id = bundle.write_trunk(out, "minilm-l6-int8", int8, tok_path, {**meta, "created": bundle.utc_now()})
-        trunk_path = out / "trunks" / trunk_id / "trunk.onnx"
-        trunk_ref = {"id": trunk_id, "sha256": json.loads((trunk_path.parent / "trunk.json").read_text())["graph"]["sha256"]}
+        encoder, extra = None, {}
+        if name == "ft19":
+            model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
+            encoder, extra = model.encoder, {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
+        int8, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
+        prefix = "minilm-l6-int8" if name == "frozen" else f"minilm-l6-{name}-int8"
+        trunk_id = bundle.write_trunk(out, prefix, int8, tok_path, {**meta, **extra, "created": bundle.utc_now()})
+        path = out / "trunks" / trunk_id / "trunk.onnx"
+        ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
         # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
-        x_train = run_onnx(trunk_path, backbone.encode(tok, train.texts)).astype(np.float32)
+        x = run_onnx(path, backbone.encode(tok, train.texts)).astype(np.float32)
+        trunks[name] = {"ref": ref, "path": path, "x_train": x}
         manifest["trunks"].append({"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]})
         print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
 
-    def probabilities(kind: str, graph: Path, texts: list[str]) -> list[float]:
+    def probabilities(trunk: str | None, graph: Path, texts: list[str]) -> list[float]:
         feeds = backbone.encode(tok, texts)
-        if kind == "head":
-            feeds = {"embedding": run_onnx(trunk_path, feeds).astype(np.float32)}
+        if trunk is not None:
+            feeds = {"embedding": run_onnx(trunks[trunk]["path"], feeds).astype(np.float32)}
         return softmax_pos(run_onnx(graph, feeds)).tolist()
 
     y_all = np.array(train.labels)
@@ -114,7 +122,9 @@ def build(args) -> None:
             t0 = time.time()
             graph = work / f"{bundle.slug(cls)}--{algo}.onnx"
             texts = [train.texts[i] for i in idx]
-            if algo == "trunk-logreg":
+            tname = spec.get("trunk")
+            x_train = trunks[tname]["x_train"] if tname else None
+            if algo in ("trunk-logreg", "ft19-logreg"):
                 info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
             elif algo == "trunk-mlp":
                 info = candidates.mlp_head(x_train[idx], y[idx], w, settings, graph)
@@ -130,15 +140,16 @@ def build(args) -> None:
                               "positives": int(y[idx].sum())},
                 "training": {**info, "seed": args.seed, "seconds": seconds},
                 "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
+                "trunk": trunks[tname]["ref"]["id"] if tname else None,
                 "versions": manifest["versions"],
             }
             d = bundle.write_bundle(
                 out, cls, algo, graph, kind=spec["kind"], max_seq_len=backbone.MAX_SEQ_LEN,
                 provenance=provenance,
-                selftest=[{"text": t, "probability": p} for t, p in zip(st, probabilities(spec["kind"], graph, st))],
-                trunk=trunk_ref if spec["kind"] == "head" else None,
+                selftest=[{"text": t, "probability": p} for t, p in zip(st, probabilities(tname, graph, st))],
+                trunk=trunks[tname]["ref"] if tname else None,
                 tokenizer_json=tok_path if spec["kind"] == "full" else None,
-                embedding_dim=int(x_train.shape[1]) if spec["kind"] == "head" else None,
+                embedding_dim=int(x_train.shape[1]) if tname else None,
             )
             manifest["bundles"].append({"bundle": d.name, "class": cls, "algorithm": algo, "seconds": seconds})
             print(f"{d.name}: trained in {seconds}s ({method}, {len(idx)} rows)")
@@ -146,6 +157,65 @@ def build(args) -> None:
     manifest["seconds"] = round(time.time() - t_start, 1)
     bundle.write_json(out / f"manifest-{manifest['started'].replace(':', '')}.json", manifest)
     print(f"wrote {len(manifest['bundles'])} bundles to {out} in {manifest['seconds']}s")
+
+
+def global_baselines(args) -> None:
+    """The global classifiers the mixture is compared with: one multi-class logistic regression on the
+    frozen int8 trunk's embeddings, and (with --finetune) MiniLM fine-tuned as one multi-class
+    classifier, exported to int8 ONNX and scored with onnxruntime. Fitted on train; val and test
+    are reported (test only for reporting)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from . import backbone, bundle, candidates
+    from .data import load_dataset
+    from .export import export_torch, quantize_int8, run_onnx
+
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
+    if args.quick:
+        for split, n in (("train", 12), ("val", 4), ("test", 4)):
+            _subsample(ds[split], n, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = backbone.load_tokenizer()
+    work = Path(tempfile.mkdtemp(prefix="moe-global-"))
+    settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
+
+    def scores(pred_val, pred_test):
+        return {s: {"accuracy": float(accuracy_score(ds[s].labels, p)),
+                    "macro_f1": float(f1_score(ds[s].labels, p, average="macro"))}
+                for s, p in (("val", pred_val), ("test", pred_test))}
+
+    result = {"data": {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source},
+              "classes": ds.classes, "versions": _versions(), "created": bundle.utc_now(), "baselines": {}}
+    t0 = time.time()
+    int8, _ = candidates.export_trunk(tok, work, ds["val"].texts[:8])
+    emb = {s: run_onnx(int8, backbone.encode(tok, ds[s].texts)) for s in ("train", "val", "test")}
+    clf = LogisticRegression(C=args.logreg_c, max_iter=3000).fit(emb["train"], ds["train"].labels)
+    result["baselines"]["frozen-trunk-logreg19"] = {
+        **scores(clf.predict(emb["val"]), clf.predict(emb["test"])),
+        "model": f"frozen MiniLM-L6 int8 trunk + one {len(ds.classes)}-way logistic regression (C={args.logreg_c})",
+        "seconds": round(time.time() - t0, 1)}
+    print("frozen-trunk-logreg19", result["baselines"]["frozen-trunk-logreg19"])
+    if args.finetune:
+        t0 = time.time()
+        model, info = candidates.finetune_global(tok, ds["train"].texts, ds["train"].labels, ds.classes, settings)
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        feeds = backbone.encode(tok, ds["val"].texts[:8])
+        fp32, q8 = work / "global-fp32.onnx", out / "global-finetune-minilm-int8.onnx"
+        export_torch(model, feeds, names, "logits", fp32)
+        quantize_int8(fp32, q8)
+        pred = {s: [ds.classes[i] for i in run_onnx(q8, backbone.encode(tok, ds[s].texts)).argmax(1)]
+                for s in ("val", "test")}
+        result["baselines"]["finetune-minilm-19way"] = {
+            **scores(pred["val"], pred["test"]), "training": info,
+            "model": f"MiniLM-L6 fine-tuned as one {len(ds.classes)}-way classifier, int8 ONNX, onnxruntime",
+            "seconds": round(time.time() - t0, 1)}
+        print("finetune-minilm-19way", result["baselines"]["finetune-minilm-19way"])
+    bundle.write_json(out / "global.json", result)
+    print(f"wrote {out / 'global.json'}")
 
 
 def reference(args) -> None:
@@ -193,6 +263,19 @@ def main(argv=None) -> None:
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--threads", type=int, default=2)
     b.set_defaults(func=build)
+    g = sub.add_parser("global", help="train and score the global multi-class baselines")
+    g.add_argument("--data", required=True)
+    g.add_argument("--text-col", default="title")
+    g.add_argument("--label-col", default="label")
+    g.add_argument("--split-col", default="split")
+    g.add_argument("--out", required=True)
+    g.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM as one 19-way classifier")
+    g.add_argument("--logreg-c", type=float, default=10.0)
+    g.add_argument("--max-steps", type=int, default=None)
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--threads", type=int, default=2)
+    g.set_defaults(func=global_baselines)
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)

@@ -1,0 +1,265 @@
+//! Hot swap: atomic installs under load, refusals that change nothing, persistence, rollback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use moe::config::Limits;
+use moe::core::Core;
+use moe::http::{AppState, app};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-token";
+
+async fn serve_admin(core: Arc<Core>, token: Option<&str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(core).with_admin_token(token.map(str::to_string));
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn put(c: &reqwest::Client, base: &str, class: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+    let mut r = c.put(format!("{base}/experts/{class}")).json(&body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let res = r.send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn active_bundle(c: &reqwest::Client, base: &str, class: &str) -> String {
+    let v: Value = c.get(format!("{base}/experts/{class}")).send().await.unwrap().json().await.unwrap();
+    v["bundle"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swaps_under_load_never_fail_or_mix_versions() {
+    let root = common::copy_root(&common::fixture_models(), "swap-load");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let baseline = core.pool.live_executors();
+    let base = serve_admin(core.clone(), Some(TOKEN)).await;
+    let client = reqwest::Client::new();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for k in 0..6 {
+        let (client, base, done) = (client.clone(), base.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen: Vec<(u64, HashMap<String, String>)> = Vec::new();
+            let mut failures = 0;
+            for i in 0..5000 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let body = json!({"texts": [format!("how to plan a trip {k} {i}"), "how to cure a cold"]});
+                let res = client.post(format!("{base}/classify")).json(&body).send().await.unwrap();
+                if !res.status().is_success() {
+                    failures += 1;
+                    continue;
+                }
+                let v: Value = res.json().await.unwrap();
+                for r in v["results"].as_array().unwrap() {
+                    let versions = r["experts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| (e["class"].as_str().unwrap().to_string(), e["version"].as_str().unwrap().to_string()))
+                        .collect();
+                    seen.push((v["generation"].as_u64().unwrap(), versions));
+                }
+            }
+            (failures, seen)
+        }));
+    }
+    // 120 swaps, alternating bundles, two classes.
+    let mut expected: HashMap<u64, (String, String)> = HashMap::new();
+    for i in 0..120 {
+        let class = if i % 2 == 0 { "Travel" } else { "Health" };
+        let slug = class.to_lowercase();
+        let bundle = if (i / 2) % 2 == 0 { format!("{slug}--tokenbag-b") } else { format!("{slug}--tokenbag") };
+        let (s, v) = put(&client, &base, class, json!({"bundle": bundle}), Some(TOKEN)).await;
+        assert_eq!(s, 200, "swap {i}: {v}");
+        expected.insert(v["generation"].as_u64().unwrap(), (class.to_string(), v["version"].as_str().unwrap().into()));
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut by_generation: HashMap<u64, HashMap<String, String>> = HashMap::new();
+    let mut answers = 0;
+    for c in clients {
+        let (failures, seen) = c.await.unwrap();
+        assert_eq!(failures, 0, "non-2xx answers during swaps");
+        for (g, versions) in seen {
+            answers += 1;
+            // Every answer of one generation shows exactly the same versions: no mixing.
+            let first = by_generation.entry(g).or_insert_with(|| versions.clone());
+            assert_eq!(*first, versions, "generation {g} answered with two different expert sets");
+            if let Some((class, version)) = expected.get(&g) {
+                assert_eq!(&versions[class], version, "generation {g} must carry the swapped version");
+            }
+        }
+    }
+    assert!(answers > 100, "clients ran during the swaps ({answers} answers)");
+    assert!(by_generation.len() > 5, "answers came from many generations");
+    // After an even number of swaps per class the set is the original one; the swapped-out
+    // sessions are gone once no request holds their set.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(core.pool.live_executors(), baseline, "sessions leaked");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_swaps_change_nothing() {
+    let root = common::copy_root(&common::fixture_models(), "swap-refuse");
+    // broken candidates, each a copy of a good bundle with one defect
+    let good = root.join("travel--tokenbag-b");
+    let mk = |name: &str| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["card.json", "model.onnx", "tokenizer.json"] {
+            std::fs::copy(good.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    common::replace_file(&mk("travel--bad-hash").join("model.onnx"), b"not onnx");
+    std::fs::remove_file(mk("travel--no-tokenizer").join("tokenizer.json")).unwrap();
+    let sig = mk("travel--bad-signature");
+    let head = std::fs::read(common::default_models().join("travel--trunk-logreg/head.onnx")).unwrap();
+    common::replace_file(&sig.join("model.onnx"), &head);
+    let sha = moe::experts::card::sha256_file(&sig.join("model.onnx")).unwrap();
+    common::edit_json(&sig.join("card.json"), |c| c["graph"]["sha256"] = sha.into());
+
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core.clone(), Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let registry_before = std::fs::read(root.join("registry.json")).unwrap();
+    let version: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let version = version["version"].as_str().unwrap().to_string();
+    let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
+        (json!({"bundle": "travel--tokenbag-b"}), None, 401, "unauthorized"),
+        (json!({"bundle": "travel--tokenbag-b"}), Some("wrong"), 401, "unauthorized"),
+        (json!({"bundle": "../travel--tokenbag-b"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "/etc"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "no-such-bundle"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "travel--bad-hash"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "travel--no-tokenizer"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "travel--bad-signature"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "health--tokenbag"}), Some(TOKEN), 422, "invalid_bundle"),
+        (json!({"bundle": "travel--tokenbag-b", "expected_version": "nope"}), Some(TOKEN), 409, "conflict"),
+        (
+            json!({"bundle": "travel--tokenbag-b", "min_metric": {"metric": "auc", "value": 0.99999}}),
+            Some(TOKEN),
+            422,
+            "quality_gate_failed",
+        ),
+        (json!({"bundel": "travel--tokenbag-b"}), Some(TOKEN), 400, "bad_request"),
+    ];
+    for (body, token, status, code) in cases {
+        let (s, v) = put(&c, &base, "Travel", body.clone(), token).await;
+        assert_eq!((s, v["error"]["code"].as_str().unwrap()), (status, code), "{body}: {v}");
+        assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag", "{body} changed the expert");
+    }
+    // Two swaps of the same class at once: one wins, the other gets 409.
+    let (a, b) = tokio::join!(
+        core.swap("Travel", moe::admin::SwapRequest { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
+        core.swap("Travel", moe::admin::SwapRequest { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
+    );
+    assert!(a.is_ok());
+    assert!(matches!(b, Err(moe::Error::Conflict(_))), "{b:?}");
+    // ... and a swap with the right expected_version passes.
+    let (s, v) =
+        put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag", "expected_version": "x"}), Some(TOKEN)).await;
+    assert_eq!(s, 409, "{v}");
+    let now: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let (s, _) = put(
+        &c,
+        &base,
+        "Travel",
+        json!({"bundle": "travel--tokenbag", "expected_version": now["version"]}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        c.get(format!("{base}/experts/Travel")).send().await.unwrap().json::<Value>().await.unwrap()["version"],
+        version.as_str()
+    );
+    assert_ne!(std::fs::read(root.join("registry.json")).unwrap(), registry_before, "history was recorded");
+
+    // Without a configured token the admin routes are disabled.
+    let closed = serve_admin(core, None).await;
+    let (s, v) = put(&c, &closed, "Travel", json!({"bundle": "travel--tokenbag-b"}), Some(TOKEN)).await;
+    assert_eq!((s, v["error"]["code"].as_str().unwrap()), (403, "admin_disabled"));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rollback_delete_and_new_slots() {
+    let root = common::copy_root(&common::fixture_models(), "swap-persist");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core.clone(), Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let (s, v) = put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag-b"}), Some(TOKEN)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["previous_bundle"], "travel--tokenbag");
+
+    // A restart serves exactly what was active.
+    let restarted = common::loaded_core(&root, Limits::default()).await;
+    assert_eq!(restarted.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag-b");
+
+    // Rollback restores the previous bundle; history records every step.
+    let res = c.post(format!("{base}/experts/Travel/rollback")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag");
+    let h: Value = c.get(format!("{base}/experts/Travel/history")).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = h["history"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["loaded", "swap", "rollback"]);
+
+    // Delete a class, then add it back as a new slot.
+    let res = c.delete(format!("{base}/experts/Health")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let list: Value = c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["experts"].as_array().unwrap().len(), 1);
+    let res = c.post(format!("{base}/classify")).json(&json!({"text": "how to pack"})).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = c.delete(format!("{base}/experts/Travel")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 409, "the last expert cannot be removed");
+    let (s, _) = put(&c, &base, "Health", json!({"bundle": "health--tokenbag-b"}), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    let list: Value = c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["experts"].as_array().unwrap().len(), 2);
+    let res = c.get(format!("{base}/experts/Nope/history")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fitted_gate_that_no_longer_matches_is_disabled() {
+    let root = common::copy_root(&common::fixture_models(), "swap-gate");
+    let versions: HashMap<String, String> = ["travel--tokenbag", "health--tokenbag"]
+        .iter()
+        .map(|b| {
+            let card: Value =
+                serde_json::from_str(&std::fs::read_to_string(root.join(b).join("card.json")).unwrap()).unwrap();
+            (card["class"].as_str().unwrap().to_string(), card["version"].as_str().unwrap().to_string())
+        })
+        .collect();
+    common::edit_json(&root.join("registry.json"), |r| {
+        r["gate"] = json!({"kind": "stacking", "score": "probability", "stacking": {
+            "classes": ["Health", "Travel"], "versions": versions,
+            "weights": [[1.0, 0.0], [0.0, 1.0]], "bias": [0.0, 0.0]}});
+    });
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let gate = |v: Value| v["gate"].clone();
+    let before = gate(c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap());
+    assert_eq!(before["active"], "stacking");
+    let (s, _) = put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag-b"}), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    let after = gate(c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap());
+    assert_eq!(after["configured"], "stacking");
+    assert_eq!(after["active"], "uniform");
+    assert!(after["disabled_reason"].as_str().unwrap().contains("version"), "{after}");
+    std::fs::remove_dir_all(root).unwrap();
+}
