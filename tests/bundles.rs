@@ -18,14 +18,14 @@ fn good_bundles_load() {
     let e = load(&root, "travel--tokenbag").unwrap();
     assert_eq!(e.class, "Travel");
     assert!(e.threshold.unwrap() > 0.0);
-    let d = load(&common::default_models(), "travel--trunk-logreg").unwrap();
+    let d = load(&common::default_models(), "travel--ft19-logreg").unwrap();
     assert!(d.head.is_some(), "a head bundle runs on a trunk");
 }
 
 #[test]
 fn refusals_name_the_file_and_the_problem() {
     let src = common::fixture_models();
-    let head = common::default_models().join("travel--trunk-logreg/head.onnx");
+    let head = common::default_models().join("travel--ft19-logreg/head.onnx");
     type Breaker = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
         ("hash", Box::new(|d| common::replace_file(&d.join("model.onnx"), b"garbage")), "sha256 mismatch"),

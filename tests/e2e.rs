@@ -73,8 +73,8 @@ async fn default_set_classifies_over_http() {
 async fn probabilities_match_python_onnxruntime() {
     let texts = ["how to pack a suitcase", "how to bake sourdough bread", "How to Calm Down When You're ANGRY!"];
     for (root, class, bundle) in [
-        (common::default_models(), "Travel", "travel--trunk-logreg"),
-        (common::default_models(), "Health", "health--trunk-logreg"),
+        (common::default_models(), "Travel", "travel--ft19-logreg"),
+        (common::default_models(), "Health", "health--ft19-logreg"),
         (common::fixture_models(), "Travel", "travel--tokenbag"),
     ] {
         let core = common::loaded_core(&root, Limits::default()).await;
