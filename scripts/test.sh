@@ -11,3 +11,4 @@ cargo test --release --locked
 (cd training && ../.venv/bin/python -m pytest -q tests)
 .venv/bin/hadolint --ignore DL3008 Dockerfile
 echo "hadolint: Dockerfile clean"
+bash bench/run.sh --smoke

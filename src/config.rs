@@ -23,6 +23,8 @@ pub enum Command {
     Select(crate::eval::cli::SelectArgs),
     /// Classify a whole split with a model root, through the service's core (accuracy, macro-F1).
     Report(crate::eval::cli::ReportArgs),
+    /// The in-process limit: the expert set through the service's executors, no HTTP (JSON lines).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runtime settings shared by the server and the evaluation commands.
@@ -34,12 +36,21 @@ pub struct RuntimeConfig {
     /// Execution provider: auto (CUDA when built with it and available, else CPU), cpu, cuda.
     #[arg(long, env = "MOE_PROVIDER", default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub provider: String,
-    /// Intra-op threads of each trunk / full-model session (default: available cores).
+    /// Intra-op threads of each trunk / full-model session (default: cores / sessions).
     #[arg(long, env = "MOE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
+    /// Sessions (each with its own thread) per trunk / full-model graph, sharing one queue
+    /// (default: available cores; measured on 2 cores: 2 sessions x 1 thread serve 24% more
+    /// requests/s at concurrency 16 than 1 session x 2 threads, docs/BENCHMARKS.md).
+    #[arg(long, env = "MOE_SESSIONS")]
+    pub sessions: Option<usize>,
     /// Intra-op threads of each small head session.
     #[arg(long, env = "MOE_HEAD_THREADS", default_value_t = 1)]
     pub head_threads: usize,
+    /// Let ONNX Runtime's intra-op threads spin between runs (lower latency when idle cores
+    /// exist; burns CPU that other executors and the HTTP layer need on small machines).
+    #[arg(long, env = "MOE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub intra_op_spinning: bool,
     /// Largest batch (texts) one graph run takes.
     #[arg(long, env = "MOE_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
@@ -55,9 +66,17 @@ pub struct RuntimeConfig {
     pub selftest_tolerance: f32,
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
 impl RuntimeConfig {
+    pub fn sessions(&self) -> usize {
+        self.sessions.unwrap_or_else(cores).max(1)
+    }
+
     pub fn intra_threads(&self) -> usize {
-        self.intra_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        self.intra_threads.unwrap_or_else(|| (cores() / self.sessions()).max(1))
     }
 }
 
@@ -68,6 +87,8 @@ impl Default for RuntimeConfig {
             provider: "auto".into(),
             intra_threads: None,
             head_threads: 1,
+            intra_op_spinning: true,
+            sessions: None,
             max_batch: 64,
             max_wait_us: 0,
             queue_capacity: 1024,

@@ -6,6 +6,7 @@
 //! selection).
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod core;
 pub mod error;

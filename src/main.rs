@@ -33,6 +33,11 @@ fn main() -> anyhow::Result<()> {
             init_tracing(false);
             Ok(moe::eval::cli::select(a)?)
         }
+        Command::Bench(a) => {
+            init_tracing(false);
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::bench::run(a))?;
+            Ok(())
+        }
         Command::Report(a) => {
             init_tracing(false);
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::eval::cli::report(a))?;

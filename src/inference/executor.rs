@@ -147,6 +147,7 @@ fn signature(session: &Session, path: &Path, expect: Expect, out_dim: Option<usi
 impl Executor {
     /// Load the graph (blocking: call from a blocking thread), check its signature, and start the
     /// thread that owns its session.
+    /// `sessions` workers (each owning one session) share the queue.
     pub fn start(
         cfg: &RuntimeConfig,
         path: &Path,
@@ -154,32 +155,38 @@ impl Executor {
         expect: Expect,
         out_dim: Option<usize>,
         threads: usize,
+        sessions: usize,
     ) -> Result<Arc<Executor>> {
-        let loaded = load_session(cfg, path, threads)?;
-        let (role, out_dim) = signature(&loaded.session, path, expect, out_dim)?;
+        let mut loaded = (0..sessions.max(1)).map(|_| load_session(cfg, path, threads)).collect::<Result<Vec<_>>>()?;
+        let (role, out_dim) = signature(&loaded[0].session, path, expect, out_dim)?;
+        let provider = loaded[0].provider;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
+        let rx = Arc::new(std::sync::Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         let label = sha256.chars().take(12).collect::<String>();
-        let worker = Worker {
-            session: loaded.session,
-            role: role.clone(),
-            out_dim,
-            max_batch: cfg.max_batch.max(1),
-            max_wait: Duration::from_micros(cfg.max_wait_us),
-            depth: depth.clone(),
-            label: label.clone(),
-        };
-        std::thread::Builder::new()
-            .name(format!("exec-{label}"))
-            .spawn(move || worker.run(rx))
-            .map_err(|e| Error::Runtime(format!("cannot start executor thread: {e}")))?;
-        tracing::info!(graph = %path.display(), provider = loaded.provider, threads, "graph loaded");
+        for (i, l) in loaded.drain(..).enumerate() {
+            let worker = Worker {
+                session: l.session,
+                role: role.clone(),
+                out_dim,
+                max_batch: cfg.max_batch.max(1),
+                max_wait: Duration::from_micros(cfg.max_wait_us),
+                depth: depth.clone(),
+                label: label.clone(),
+            };
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("exec-{label}-{i}"))
+                .spawn(move || worker.run(&rx))
+                .map_err(|e| Error::Runtime(format!("cannot start executor thread: {e}")))?;
+        }
+        tracing::info!(graph = %path.display(), provider, threads, sessions, "graph loaded");
         Ok(Arc::new(Executor {
             sha256: sha256.to_string(),
             path: path.to_path_buf(),
             role,
             out_dim,
-            provider: loaded.provider,
+            provider,
             label,
             tx,
             depth,
@@ -233,25 +240,32 @@ struct Worker {
 }
 
 impl Worker {
+    /// Takes the next batch from the shared queue (holding its lock only while collecting).
+    fn next_batch(&self, rx: &std::sync::Mutex<Receiver<Job>>) -> Option<(Vec<Job>, usize)> {
+        let rx = rx.lock().ok()?;
+        let first = rx.recv().ok()?;
+        let mut rows = first.input.rows();
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + self.max_wait;
+        while rows < self.max_batch {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= deadline { None } else { rx.recv_timeout(deadline - now).ok() }
+                }
+            };
+            let Some(j) = next else { break };
+            rows += j.input.rows();
+            jobs.push(j);
+        }
+        Some((jobs, rows))
+    }
+
     /// Runs until every sender is gone (the executor was dropped); queued jobs are finished first.
-    fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut rows = first.input.rows();
-            let mut jobs = vec![first];
-            let deadline = Instant::now() + self.max_wait;
-            while rows < self.max_batch {
-                let next = match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(TryRecvError::Disconnected) => None,
-                    Err(TryRecvError::Empty) => {
-                        let now = Instant::now();
-                        if now >= deadline { None } else { rx.recv_timeout(deadline - now).ok() }
-                    }
-                };
-                let Some(j) = next else { break };
-                rows += j.input.rows();
-                jobs.push(j);
-            }
+    fn run(mut self, rx: &std::sync::Mutex<Receiver<Job>>) {
+        while let Some((jobs, rows)) = self.next_batch(rx) {
             self.depth.fetch_sub(jobs.len(), Ordering::Relaxed);
             let started = Instant::now();
             let result = self.run_batch(&jobs, rows);

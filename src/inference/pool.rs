@@ -33,7 +33,9 @@ impl ExecutorPool {
         if let Some(e) = self.executors.lock().expect("pool lock").get(&key).and_then(Weak::upgrade) {
             return Ok(e);
         }
-        let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads)?;
+        // Big graphs (token inputs) get the configured session pool; heads one session.
+        let sessions = if expect == Expect::Tokens { cfg.sessions() } else { 1 };
+        let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads, sessions)?;
         let mut map = self.executors.lock().expect("pool lock");
         map.retain(|_, w| w.strong_count() > 0);
         match map.get(&key).and_then(Weak::upgrade) {

@@ -80,20 +80,25 @@ pub struct LoadedSession {
     pub provider: &'static str,
 }
 
-fn builder(env: &ort::environment::Environment, threads: usize) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn builder(
+    env: &ort::environment::Environment,
+    threads: usize,
+    spin: bool,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
     Ok(Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads)?
-        .with_inter_threads(1)?)
+        .with_inter_threads(1)?
+        .with_intra_op_spinning(spin)?)
 }
 
 #[cfg(feature = "cuda")]
-fn commit_cuda(env: &ort::environment::Environment, threads: usize, path: &Path) -> ort::Result<Session> {
+fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: bool, path: &Path) -> ort::Result<Session> {
     use ort::ep::ExecutionProvider;
     if !ort::ep::CUDA::is_available()? {
         return Err(ort::Error::new("this ONNX Runtime library has no CUDA execution provider"));
     }
-    builder(env, threads)?
+    builder(env, threads, spin)?
         .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
         .commit_from_file(path)
 }
@@ -105,7 +110,7 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     let err = |e: String| Error::bundle(path, format!("ONNX Runtime refused the graph: {e}"));
     #[cfg(feature = "cuda")]
     if cfg.provider != "cpu" {
-        match commit_cuda(env, threads, path) {
+        match commit_cuda(env, threads, cfg.intra_op_spinning, path) {
             Ok(session) => {
                 return Ok(LoadedSession { session, provider: "CUDA" });
             }
@@ -121,6 +126,8 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     if cfg.provider == "cuda" {
         return Err(Error::Runtime("--provider cuda needs a build with `--features cuda`".into()));
     }
-    let session = builder(env, threads).and_then(|mut b| b.commit_from_file(path)).map_err(|e| err(e.to_string()))?;
+    let session = builder(env, threads, cfg.intra_op_spinning)
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| err(e.to_string()))?;
     Ok(LoadedSession { session, provider: "CPU" })
 }

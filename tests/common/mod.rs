@@ -23,7 +23,7 @@ pub fn fixture_models() -> PathBuf {
 }
 
 pub fn runtime() -> RuntimeConfig {
-    RuntimeConfig { intra_threads: Some(1), ..RuntimeConfig::default() }
+    RuntimeConfig { intra_threads: Some(1), sessions: Some(1), ..RuntimeConfig::default() }
 }
 
 /// A core with the registry of `root` loaded (loading blocks, so it runs off the async workers).

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmark harness: the in-process limit, the service at several concurrencies (single-text and
+# batch requests, batching on and off), and the Python peers, on the same machine in one run, with
+# test-split titles as input. Loopback only; every run is bounded in time.
+#   bench/run.sh            full run (about 4 minutes), writes docs/bench/results.json and docs/BENCHMARKS.md
+#   bench/run.sh --smoke    1-second runs into a temp folder (CI: it must run, not meet a number)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
+D=${BENCH_SECONDS:-8}; [ $SMOKE = 1 ] && D=1; export D
+OUT=docs/bench; [ $SMOKE = 1 ] && OUT=$(mktemp -d)
+mkdir -p "$OUT"
+RES="$OUT/results.jsonl"; : > "$RES"
+DATA=${MOE_DATA:-../shared/data/wikihow19_titles.csv}
+MOE=target/release/moe
+command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null); }
+.venv/bin/pip install -q -r bench/requirements.txt
+TEXTS="$OUT/texts.txt"
+.venv/bin/python - "$DATA" "$TEXTS" <<'PY'
+import csv, sys
+rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
+open(sys.argv[2], "w").write("\n".join(rows) + "\n")
+PY
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+record() { # name, json line on stdin
+  .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); d['name']=sys.argv[1]; print(json.dumps(d))" "$1" >> "$RES"
+}
+wait_http() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; echo "no answer from $1" >&2; return 1; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+load() { # name url conc batch pid
+  local t0 c0 out
+  t0=$(date +%s.%N); c0=$(cpu_ticks "$5")
+  out=$(BATCH=$4 BENCH_TEXTS=$TEXTS wrk -t $(( $3 < 2 ? 1 : 2 )) -c "$3" -d "${D}s" --timeout 10s -s bench/classify.lua "$2" | tail -n 1)
+  local cpu; cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$5")" -v t0="$t0" -v t1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.1f", 100 * (b - a) / hz / (t1 - t0)}')
+  echo "$out" | .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(concurrency=$3, server_cpu_percent=$cpu); print(json.dumps(d))" | record "$1"
+  echo "$1 c=$3 batch=$4: $out"
+}
+
+# 1. The limit: the expert set through the service's executors, no HTTP.
+# concurrency 1: the latency of one request; concurrency 4 (>= sessions per graph): the throughput limit.
+$MOE bench --models models --seconds "$D" --batch 1 --concurrency 1 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-latency; done
+$MOE bench --models models --seconds "$D" --batch 1,8,32,64 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc; done
+root1=$(mktemp -d); cp -r models/. "$root1/"
+.venv/bin/python - "$root1/registry.json" <<'PY'
+import json, sys
+p = sys.argv[1]; r = json.load(open(p)); k = sorted(r["experts"])[0]
+r["experts"] = {k: r["experts"][k]}; r["gate"] = {"kind": "uniform"}; r.pop("history", None)
+json.dump(r, open(p, "w"))
+PY
+$MOE bench --models "$root1" --seconds "$D" --batch 1,8,32,64 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-one-head; done
+
+# 2. The service.
+PORT=18180
+$MOE serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
+wait_http http://127.0.0.1:$PORT/readyz
+for c in 1 4 16 64; do load service http://127.0.0.1:$PORT "$c" 1 $SPID; done
+load service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
+.venv/bin/python -c "import json, re, sys; t = open(sys.argv[1]).read(); print(json.dumps({k: int(re.search(k + r':\s+(\d+)', t).group(1)) for k in ('VmHWM', 'VmRSS')}))" "/proc/$SPID/status" | record service-memory-kb
+kill $SPID; wait $SPID 2>/dev/null || true
+$MOE serve --port $PORT --models models --max-batch 1 > "$OUT/serve-nobatch.log" 2>&1 & PIDS+=($!); SPID=$!
+wait_http http://127.0.0.1:$PORT/readyz
+load service-no-batching http://127.0.0.1:$PORT 16 1 $SPID
+kill $SPID; wait $SPID 2>/dev/null || true
+$MOE serve --port $PORT --models models --sessions 1 --intra-threads "$(nproc)" > "$OUT/serve-1session.log" 2>&1 & PIDS+=($!); SPID=$!
+wait_http http://127.0.0.1:$PORT/readyz
+for c in 1 16; do load service-1-session http://127.0.0.1:$PORT "$c" 1 $SPID; done
+kill $SPID; wait $SPID 2>/dev/null || true
+
+# 3. The Python peers, same experts, same inputs.
+MOE_MODELS=models .venv/bin/uvicorn --log-level warning --workers "$(nproc)" --port 18190 bench.peers.ort_fastapi:app > "$OUT/peer-b.log" 2>&1 & PIDS+=($!); BPID=$!
+wait_http http://127.0.0.1:18190/docs
+for c in 1 16; do load peer-b-onnxruntime-fastapi http://127.0.0.1:18190 "$c" 1 $BPID; done
+kill $BPID; wait $BPID 2>/dev/null || true
+MOE_MODELS=models .venv/bin/uvicorn --log-level warning --port 18191 bench.peers.torch_fastapi:app > "$OUT/peer-a.log" 2>&1 & PIDS+=($!); APID=$!
+wait_http http://127.0.0.1:18191/docs
+for c in 1 16; do load peer-a-torch-notebook http://127.0.0.1:18191 "$c" 1 $APID; done
+kill $APID; wait $APID 2>/dev/null || true
+
+du -b models/trunks/*/trunk.onnx models/*/head.onnx | awk '{s+=$1} END {print "{\"bytes\": " s "}"}' | record graph-bytes
+.venv/bin/python - <<'PY' | record machine
+import json, os, platform, subprocess
+import onnxruntime
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+print(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "onnxruntime": onnxruntime.__version__,
+                  "git": rev, "wrk": (wrk.stdout + wrk.stderr).split("\n")[0], "seconds_per_run": int(os.environ.get("D", "0") or 0)}))
+PY
+if [ $SMOKE = 0 ]; then
+  .venv/bin/python bench/report.py "$RES" > docs/BENCHMARKS.md
+  echo "wrote docs/BENCHMARKS.md"
+else
+  echo "bench smoke: $(wc -l < "$RES") results in $RES"
+fi

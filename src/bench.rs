@@ -1,0 +1,79 @@
+//! `moe bench`: the in-process limit. The expert set runs through the same executors and ONNX
+//! Runtime sessions as the service, with no HTTP, at several batch sizes; prints JSON lines.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+
+use crate::config::{Limits, RuntimeConfig};
+use crate::core::Core;
+use crate::eval::data::DataArgs;
+use crate::{Error, Result};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Texts come from this split, in file order (a fixed input set).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub batch: Vec<usize>,
+    /// Seconds per batch size.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// In-flight calls at once (batches overlap across graphs as in the service).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+}
+
+pub async fn run(a: BenchArgs) -> Result<()> {
+    let core = Core::new(a.models.clone(), a.runtime.clone(), Limits::default());
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || c.load_registry()).await.map_err(|e| Error::Runtime(e.to_string()))??;
+    let texts = a.data.read(&a.split)?.texts;
+    let set = core.snapshot()?;
+    for &b in &a.batch {
+        let batch: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
+        set.probabilities(&batch).await?; // warm this shape
+        let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
+        let started = Instant::now();
+        let mut lat = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..a.concurrency.max(1) {
+            let (set, texts) = (set.clone(), texts.clone());
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = w * b;
+                while Instant::now() < deadline {
+                    let batch: Vec<String> = (0..b).map(|k| texts[(i + k) % texts.len()].clone()).collect();
+                    i += b;
+                    let t = Instant::now();
+                    set.probabilities(&batch).await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok::<_, Error>(lat)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            lat.extend(r.map_err(|e| Error::Runtime(e.to_string()))??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "{}",
+            json!({"batch": b, "concurrency": a.concurrency, "calls": lat.len(), "seconds": secs,
+                   "texts_per_s": (lat.len() * b) as f64 / secs, "calls_per_s": lat.len() as f64 / secs,
+                   "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+                   "experts": set.experts.len()})
+        );
+    }
+    Ok(())
+}
