@@ -113,6 +113,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     #[command(flatten)]
     pub runtime: RuntimeConfig,
+    /// Validation data for automatic selection (`POST /experts/{class}/select`).
+    #[command(flatten)]
+    pub data: crate::eval::data::DataArgs,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -326,6 +326,9 @@ pub struct Core {
     pub(crate) install: std::sync::Mutex<crate::experts::registry::RegistryFile>,
     /// One swap at a time per class; swaps of different classes load in parallel.
     pub(crate) class_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Labelled data whose validation split the selection jobs evaluate on.
+    pub data: std::sync::OnceLock<crate::eval::data::DataArgs>,
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl Core {
@@ -344,6 +347,8 @@ impl Core {
                 history: Default::default(),
             }),
             class_locks: Default::default(),
+            data: Default::default(),
+            jobs: Default::default(),
         })
     }
 

@@ -15,5 +15,6 @@ pub mod experts;
 pub mod gate;
 pub mod http;
 pub mod inference;
+pub mod jobs;
 
 pub use error::{Error, Result};

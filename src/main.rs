@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port).parse().context("--host/--port")?;
     let core = Core::new(cfg.models.clone(), cfg.runtime.clone(), cfg.limits.clone());
+    let _ = core.data.set(cfg.data.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, models = %cfg.models.display(), "listening; loading experts");
     let loader = {

@@ -152,7 +152,7 @@ async fn openapi_matches_the_router() {
     let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
     let r = app(AppState::new(core));
     for (method, path) in moe::http::ROUTES {
-        let uri = path.replace("{class}", "Travel");
+        let uri = path.replace("{class}", "Travel").replace("{id}", "1");
         let req = match *method {
             "post" if uri == "/classify" => post(r#"{"text": "how to travel"}"#),
             "get" => get(&uri),
@@ -160,8 +160,11 @@ async fn openapi_matches_the_router() {
         };
         let (status, v, _) = call(r.clone(), req).await;
         // Admin routes exist and answer 403 here (no token configured); read routes succeed.
-        let admin = matches!(*method, "put" | "delete") || uri.ends_with("/rollback");
-        if admin {
+        let admin = matches!(*method, "put" | "delete") || uri.ends_with("/rollback") || uri.ends_with("/select");
+        if uri == "/jobs/1" {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+            assert_error(&v, "not_found");
+        } else if admin {
             assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {v}");
             assert_error(&v, "admin_disabled");
         } else {

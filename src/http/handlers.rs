@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
@@ -14,6 +14,7 @@ use super::dto::{ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList};
 use super::error::ApiJson;
 use crate::admin::{SwapOutcome, SwapRequest};
 use crate::experts::registry::HistoryEntry;
+use crate::jobs::{Job, SelectRequest};
 use crate::{Error, Result};
 
 pub async fn classify(
@@ -55,6 +56,19 @@ pub async fn delete_expert(
 
 pub async fn rollback(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<SwapOutcome>> {
     Ok(Json(s.core.rollback(&class).await?))
+}
+
+pub async fn select(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+    ApiJson(req): ApiJson<SelectRequest>,
+) -> Result<(StatusCode, Json<Job>)> {
+    Ok((StatusCode::ACCEPTED, Json(s.core.start_select(&class, req)?)))
+}
+
+pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> Result<Json<Job>> {
+    s.core.jobs.get(id).map(Json).ok_or_else(|| Error::NotFound(format!("job {id}")))
 }
 
 pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<Value>> {

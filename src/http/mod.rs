@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/experts/{class}"),
     ("get", "/experts/{class}/history"),
     ("post", "/experts/{class}/rollback"),
+    ("post", "/experts/{class}/select"),
+    ("get", "/jobs/{id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -58,6 +60,8 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}", get(handlers::get_expert).put(handlers::swap_expert).delete(handlers::delete_expert))
         .route("/experts/{class}/history", get(handlers::history))
         .route("/experts/{class}/rollback", post(handlers::rollback))
+        .route("/experts/{class}/select", post(handlers::select))
+        .route("/jobs/{id}", get(handlers::job))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
