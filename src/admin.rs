@@ -139,7 +139,11 @@ impl Core {
         next.history.entry(class.to_string()).or_default().push(entry);
         next.write(&self.root)?; // a failed write leaves memory and disk as they were
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let set = Arc::new(ExpertSet::new(experts, next.gate.clone(), generation));
+        let mut set = ExpertSet::new(experts, next.gate.clone(), generation);
+        // Shadows stay attached across swaps, except on a deleted class.
+        set.shadows =
+            current.shadows.iter().filter(|s| s.class != class || set.get(class).is_some()).cloned().collect();
+        let set = Arc::new(set);
         self.set.store(Some(set.clone()));
         *reg = next;
         Ok((set, previous))

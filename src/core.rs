@@ -101,6 +101,17 @@ impl Expert {
         Ok(())
     }
 
+    /// Probabilities for texts, inside the async runtime (shadow scoring).
+    pub async fn probabilities(&self, texts: &[String]) -> Result<Vec<f32>> {
+        let enc = Arc::new(texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?);
+        let first = self.stage1.run(Input::Tokens(enc)).await?;
+        let logits = match &self.head {
+            Some(h) => h.run(Input::Embedding(Arc::new(first))).await?,
+            None => first,
+        };
+        Ok(positive_probabilities(&logits))
+    }
+
     /// Probabilities for texts, outside the async runtime (evaluation tools, warm-up).
     pub fn probabilities_blocking(&self, texts: &[String]) -> Result<Vec<f32>> {
         let enc = Arc::new(texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?);
@@ -151,6 +162,8 @@ pub struct ExpertSet {
     pub gate_spec: GateSpec,
     pub gate: Gate,
     pub generation: u64,
+    /// Candidates scoring live traffic beside the active expert of their class.
+    pub shadows: Vec<Arc<crate::shadow::Shadow>>,
 }
 
 impl ExpertSet {
@@ -161,7 +174,7 @@ impl ExpertSet {
         if let Some(why) = &gate.disabled {
             tracing::warn!(reason = %why, "configured gate disabled, using uniform");
         }
-        ExpertSet { experts, gate_spec, gate, generation }
+        ExpertSet { experts, gate_spec, gate, generation, shadows: Vec::new() }
     }
 
     pub fn get(&self, class: &str) -> Option<&Arc<Expert>> {
@@ -248,8 +261,12 @@ impl ExpertSet {
         Ok((probs, truncated))
     }
 
-    pub async fn classify(&self, texts: &[String]) -> Result<Vec<TextResult>> {
+    pub async fn classify(self: &Arc<Self>, texts: &[String]) -> Result<Vec<TextResult>> {
         let (probs, truncated) = self.probabilities(texts).await?;
+        if !self.shadows.is_empty() {
+            let (set, texts, active) = (self.clone(), texts.to_vec(), probs.clone());
+            tokio::spawn(async move { set.run_shadows(&texts, &active).await });
+        }
         Ok(texts
             .iter()
             .enumerate()
@@ -350,6 +367,17 @@ impl Core {
             data: Default::default(),
             jobs: Default::default(),
         })
+    }
+
+    /// A new set equal to the current one but for the shadow of `class` (answers do not change).
+    pub(crate) fn replace_shadow(&self, class: &str, shadow: Option<Arc<crate::shadow::Shadow>>) -> Result<()> {
+        let _reg = self.install.lock().expect("install lock");
+        let cur = self.snapshot()?;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut set = ExpertSet::new(cur.experts.clone(), cur.gate_spec.clone(), generation);
+        set.shadows = cur.shadows.iter().filter(|s| s.class != class).cloned().chain(shadow).collect();
+        self.set.store(Some(Arc::new(set)));
+        Ok(())
     }
 
     /// Load the registry's set and install it (blocking; run off the async workers).

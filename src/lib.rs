@@ -16,5 +16,6 @@ pub mod gate;
 pub mod http;
 pub mod inference;
 pub mod jobs;
+pub mod shadow;
 
 pub use error::{Error, Result};

@@ -160,7 +160,10 @@ async fn openapi_matches_the_router() {
         };
         let (status, v, _) = call(r.clone(), req).await;
         // Admin routes exist and answer 403 here (no token configured); read routes succeed.
-        let admin = matches!(*method, "put" | "delete") || uri.ends_with("/rollback") || uri.ends_with("/select");
+        let admin = matches!(*method, "put" | "delete")
+            || uri.ends_with("/rollback")
+            || uri.ends_with("/select")
+            || uri.ends_with("/promote");
         if uri == "/jobs/1" {
             assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
             assert_error(&v, "not_found");

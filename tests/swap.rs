@@ -325,3 +325,80 @@ async fn automatic_selection_swaps_to_the_better_bundle() {
     assert_eq!(c.get(format!("{base}/jobs/999")).send().await.unwrap().status().as_u16(), 404);
     std::fs::remove_dir_all(root).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_scores_live_traffic_without_changing_answers() {
+    let root = common::copy_root(&common::fixture_models(), "swap-shadow");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let texts =
+        json!({"texts": ["how to visit rome", "how to treat a cold", "how to pack light", "how to stop a cough"]});
+    let before: Value = c.post(format!("{base}/classify")).json(&texts).send().await.unwrap().json().await.unwrap();
+
+    let res = c
+        .put(format!("{base}/experts/Travel/shadow"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"bundle": "travel--tokenbag-b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = c
+        .put(format!("{base}/experts/Travel/shadow"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"bundle": "health--tokenbag"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 422, "a shadow must be for its class");
+    for _ in 0..5 {
+        let after: Value = c.post(format!("{base}/classify")).json(&texts).send().await.unwrap().json().await.unwrap();
+        assert_eq!(before["results"], after["results"], "a shadow never changes an answer");
+    }
+    // Shadow scoring runs off the response path: wait for it to catch up.
+    let mut info = Value::Null;
+    for _ in 0..100 {
+        info = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json::<Value>().await.unwrap()["shadow"]
+            .clone();
+        if info["texts"] == 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(info["bundle"], "travel--tokenbag-b");
+    assert_eq!(info["texts"], 20, "{info}");
+    let rate = info["agreement_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate));
+    assert_eq!(info["probability_histogram"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), 20);
+    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("moe_shadow_agreement_rate{class=\"Travel\"}"), "shadow metrics exported");
+
+    // Promote: the shadow becomes the active expert and the shadow slot is empty.
+    let res = c.post(format!("{base}/experts/Travel/shadow/promote")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag-b");
+    let e: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    assert!(e["shadow"].is_null());
+    // Attach and drop.
+    let res = c
+        .put(format!("{base}/experts/Health/shadow"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"bundle": "health--tokenbag-b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = c.delete(format!("{base}/experts/Health/shadow")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = c.delete(format!("{base}/experts/Health/shadow")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let res = c
+        .put(format!("{base}/experts/Health/shadow"))
+        .json(&json!({"bundle": "health--tokenbag-b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -45,6 +45,14 @@ pub struct ExpertInfo {
     pub loaded_at: String,
     pub trunk: Option<String>,
     pub max_seq_len: usize,
+    /// A candidate scoring live traffic beside this expert, with its agreement statistics.
+    pub shadow: Option<crate::shadow::ShadowInfo>,
+}
+
+impl ExpertInfo {
+    pub fn in_set(e: &Expert, set: &ExpertSet) -> ExpertInfo {
+        ExpertInfo { shadow: set.shadow(&e.class).map(|s| s.info()), ..ExpertInfo::from(e) }
+    }
 }
 
 impl From<&Expert> for ExpertInfo {
@@ -62,6 +70,7 @@ impl From<&Expert> for ExpertInfo {
             loaded_at: e.loaded_at.clone(),
             trunk: e.card.trunk.as_ref().map(|t| t.id.clone()),
             max_seq_len: e.card.max_seq_len,
+            shadow: None,
         }
     }
 }
@@ -84,7 +93,7 @@ pub struct ExpertList {
 impl From<&ExpertSet> for ExpertList {
     fn from(s: &ExpertSet) -> Self {
         ExpertList {
-            experts: s.experts.iter().map(|e| ExpertInfo::from(e.as_ref())).collect(),
+            experts: s.experts.iter().map(|e| ExpertInfo::in_set(e, s)).collect(),
             gate: GateInfo {
                 configured: s.gate_spec.kind,
                 active: s.gate.weights.name(),

@@ -15,6 +15,7 @@ use super::error::ApiJson;
 use crate::admin::{SwapOutcome, SwapRequest};
 use crate::experts::registry::HistoryEntry;
 use crate::jobs::{Job, SelectRequest};
+use crate::shadow::ShadowInfo;
 use crate::{Error, Result};
 
 pub async fn classify(
@@ -34,7 +35,7 @@ pub async fn list_experts(State(s): State<AppState>) -> Result<Json<ExpertList>>
 pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<ExpertInfo>> {
     let set = s.core.snapshot()?;
     let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
-    Ok(Json(ExpertInfo::from(e.as_ref())))
+    Ok(Json(ExpertInfo::in_set(e, &set)))
 }
 
 pub async fn swap_expert(
@@ -69,6 +70,33 @@ pub async fn select(
 
 pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> Result<Json<Job>> {
     s.core.jobs.get(id).map(Json).ok_or_else(|| Error::NotFound(format!("job {id}")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRequest {
+    pub bundle: String,
+}
+
+pub async fn attach_shadow(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+    ApiJson(req): ApiJson<ShadowRequest>,
+) -> Result<Json<ShadowInfo>> {
+    Ok(Json(s.core.attach_shadow(&class, &req.bundle).await?))
+}
+
+pub async fn drop_shadow(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<ShadowInfo>> {
+    Ok(Json(s.core.drop_shadow(&class)?))
+}
+
+pub async fn promote_shadow(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+) -> Result<Json<SwapOutcome>> {
+    Ok(Json(s.core.promote_shadow(&class).await?))
 }
 
 pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<Value>> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
 
 use crate::core::Core;
@@ -45,6 +45,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/experts/{class}/history"),
     ("post", "/experts/{class}/rollback"),
     ("post", "/experts/{class}/select"),
+    ("put", "/experts/{class}/shadow"),
+    ("delete", "/experts/{class}/shadow"),
+    ("post", "/experts/{class}/shadow/promote"),
     ("get", "/jobs/{id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -61,6 +64,8 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}/history", get(handlers::history))
         .route("/experts/{class}/rollback", post(handlers::rollback))
         .route("/experts/{class}/select", post(handlers::select))
+        .route("/experts/{class}/shadow", put(handlers::attach_shadow).delete(handlers::drop_shadow))
+        .route("/experts/{class}/shadow/promote", post(handlers::promote_shadow))
         .route("/jobs/{id}", get(handlers::job))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
