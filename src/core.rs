@@ -75,6 +75,8 @@ impl Expert {
             head,
             loaded_at: now_rfc3339(),
         };
+        let probe = ["warm-up", "how to check that a text gets the same answer in any batch"];
+        expert.stage1.probe(probe.iter().map(|t| expert.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?)?;
         expert.self_test(cfg.selftest_tolerance, &files.dir)?;
         Ok(expert)
     }

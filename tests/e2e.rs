@@ -108,3 +108,25 @@ async fn concurrent_requests_are_batched() {
         assert_eq!(t.await.unwrap(), 200);
     }
 }
+
+/// A text gets the same probabilities alone and batched with others, even on the int8 trunk whose
+/// dynamic quantisation makes batched outputs depend on the batch (the executor probes for that
+/// and then runs such a graph one text at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_do_not_depend_on_the_batch() {
+    let core = common::loaded_core(&common::default_models(), Limits::default()).await;
+    let set = core.snapshot().unwrap();
+    assert!(set.experts[0].stage1.row_by_row(), "the int8 trunk was detected as batch-dependent");
+    let base = common::serve(core).await;
+    let client = reqwest::Client::new();
+    let text = "how to go clubbing";
+    let (_, alone) = classify(&client, &base, json!({"text": text})).await;
+    let others = ["a much longer title about planning a trip across the whole of europe by train", "how to knit"];
+    let (_, batched) = classify(&client, &base, json!({"texts": [others[0], text, others[1]]})).await;
+    let a = alone["results"][0]["experts"].as_array().unwrap();
+    let b = batched["results"][1]["experts"].as_array().unwrap();
+    for (x, y) in a.iter().zip(b) {
+        let (px, py) = (x["probability"].as_f64().unwrap(), y["probability"].as_f64().unwrap());
+        assert!((px - py).abs() < 1e-5, "{}: alone {px}, batched {py}", x["class"]);
+    }
+}

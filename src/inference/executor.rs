@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,9 @@ pub struct Executor {
     pub label: String,
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
+    /// Set when batching would change a text's result (see `probe`): texts then run one at a time.
+    row_by_row: Arc<AtomicBool>,
+    probed: std::sync::Once,
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
@@ -163,6 +166,7 @@ impl Executor {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_capacity.max(1));
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
+        let row_by_row = Arc::new(AtomicBool::new(false));
         let label = sha256.chars().take(12).collect::<String>();
         for (i, l) in loaded.drain(..).enumerate() {
             let worker = Worker {
@@ -173,6 +177,7 @@ impl Executor {
                 max_wait: Duration::from_micros(cfg.max_wait_us),
                 depth: depth.clone(),
                 label: label.clone(),
+                row_by_row: row_by_row.clone(),
             };
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -190,6 +195,8 @@ impl Executor {
             label,
             tx,
             depth,
+            row_by_row,
+            probed: std::sync::Once::new(),
         }))
     }
 
@@ -224,6 +231,39 @@ impl Executor {
         rx.blocking_recv().map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
     }
 
+    /// A text's result must not depend on what it is batched with. Graphs with dynamic int8
+    /// quantisation break that (activation scales are computed over the whole batch, padding
+    /// included), so once per token graph two texts of different lengths are run together and
+    /// alone; if the rows differ, the executor runs that graph one text at a time from then on.
+    /// (Blocking: call outside the async runtime.)
+    pub fn probe(&self, tokens: Vec<Encoded>) -> Result<()> {
+        if !matches!(self.role, GraphRole::Tokens { .. }) || tokens.len() < 2 {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        self.probed.call_once(|| {
+            result = (|| {
+                let together = self.run_blocking(Input::Tokens(Arc::new(tokens.clone())))?;
+                let mut diff = 0f32;
+                for (i, e) in tokens.iter().enumerate() {
+                    let alone = self.run_blocking(Input::Tokens(Arc::new(vec![e.clone()])))?;
+                    diff = together.row(i).iter().zip(alone.row(0)).map(|(a, b)| (a - b).abs()).fold(diff, f32::max);
+                }
+                if diff > 1e-4 {
+                    tracing::info!(graph = %self.path.display(), max_diff = diff,
+                        "outputs depend on batch composition (dynamic quantisation?): running one text at a time");
+                    self.row_by_row.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            })();
+        });
+        result
+    }
+
+    pub fn row_by_row(&self) -> bool {
+        self.row_by_row.load(Ordering::Relaxed)
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }
@@ -237,6 +277,7 @@ struct Worker {
     max_wait: Duration,
     depth: Arc<AtomicUsize>,
     label: String,
+    row_by_row: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -294,61 +335,68 @@ impl Worker {
     }
 
     fn run_batch(&mut self, jobs: &[Job], rows: usize) -> std::result::Result<Matrix, String> {
-        let outputs = match &self.role {
+        match self.role.clone() {
             GraphRole::Tokens { inputs } => {
-                let seq = jobs
-                    .iter()
-                    .flat_map(|j| match &j.input {
-                        Input::Tokens(t) => t.iter().map(|e| e.ids.len()).collect::<Vec<_>>(),
-                        Input::Embedding(_) => vec![],
-                    })
-                    .max()
-                    .unwrap_or(1)
-                    .max(1);
-                let mut feeds = Vec::with_capacity(inputs.len());
-                for name in inputs {
-                    let mut buf = vec![0i64; rows * seq];
-                    let mut r = 0;
-                    for j in jobs {
-                        let Input::Tokens(t) = &j.input else {
-                            return Err("embedding sent to a token graph".into());
-                        };
-                        for e in t.iter() {
-                            let src = match name.as_str() {
-                                "input_ids" => &e.ids,
-                                "attention_mask" => &e.mask,
-                                _ => &e.type_ids,
-                            };
-                            buf[r * seq..r * seq + src.len()].copy_from_slice(src);
-                            r += 1;
-                        }
-                    }
-                    let t = Tensor::from_array(([rows, seq], buf)).map_err(|e| e.to_string())?;
-                    feeds.push((name.clone(), ort::session::SessionInputValue::from(t)));
+                let mut all: Vec<&Encoded> = Vec::with_capacity(rows);
+                for j in jobs {
+                    let Input::Tokens(t) = &j.input else { return Err("embedding sent to a token graph".into()) };
+                    all.extend(t.iter());
                 }
-                self.session.run(feeds).map_err(|e| e.to_string())?
+                if !self.row_by_row.load(Ordering::Relaxed) {
+                    return self.run_tokens(&inputs, &all);
+                }
+                // Batch-dependent graph: one text per run, no padding (see Executor::probe).
+                let mut data = Vec::with_capacity(rows * self.out_dim);
+                for e in all {
+                    data.extend(self.run_tokens(&inputs, &[e])?.data);
+                }
+                Ok(Matrix { rows, cols: self.out_dim, data })
             }
             GraphRole::Embedding { input, dim } => {
                 let mut buf = Vec::with_capacity(rows * dim);
                 for j in jobs {
-                    let Input::Embedding(m) = &j.input else {
-                        return Err("tokens sent to a head".into());
-                    };
-                    if m.cols != *dim {
+                    let Input::Embedding(m) = &j.input else { return Err("tokens sent to a head".into()) };
+                    if m.cols != dim {
                         return Err(format!("embedding has {} columns, head takes {dim}", m.cols));
                     }
                     buf.extend_from_slice(&m.data);
                 }
-                let t = Tensor::from_array(([rows, *dim], buf)).map_err(|e| e.to_string())?;
-                self.session
-                    .run(vec![(input.clone(), ort::session::SessionInputValue::from(t))])
-                    .map_err(|e| e.to_string())?
+                let t = Tensor::from_array(([rows, dim], buf)).map_err(|e| e.to_string())?;
+                let out = self
+                    .session
+                    .run(vec![(input, ort::session::SessionInputValue::from(t))])
+                    .map_err(|e| e.to_string())?;
+                extract(&out, rows, self.out_dim)
             }
-        };
-        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
-        if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != self.out_dim {
-            return Err(format!("graph returned shape {:?}, expected [{rows}, {}]", &shape[..], self.out_dim));
         }
-        Ok(Matrix { rows, cols: self.out_dim, data: data.to_vec() })
     }
+
+    /// One session run over these texts, padded to the longest.
+    fn run_tokens(&mut self, inputs: &[String], rows: &[&Encoded]) -> std::result::Result<Matrix, String> {
+        let seq = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
+        let mut feeds = Vec::with_capacity(inputs.len());
+        for name in inputs {
+            let mut buf = vec![0i64; rows.len() * seq];
+            for (r, e) in rows.iter().enumerate() {
+                let src = match name.as_str() {
+                    "input_ids" => &e.ids,
+                    "attention_mask" => &e.mask,
+                    _ => &e.type_ids,
+                };
+                buf[r * seq..r * seq + src.len()].copy_from_slice(src);
+            }
+            let t = Tensor::from_array(([rows.len(), seq], buf)).map_err(|e| e.to_string())?;
+            feeds.push((name.clone(), ort::session::SessionInputValue::from(t)));
+        }
+        let out = self.session.run(feeds).map_err(|e| e.to_string())?;
+        extract(&out, rows.len(), self.out_dim)
+    }
+}
+
+fn extract(out: &ort::session::SessionOutputs<'_>, rows: usize, out_dim: usize) -> std::result::Result<Matrix, String> {
+    let (shape, data) = out[0].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+    if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != out_dim {
+        return Err(format!("graph returned shape {:?}, expected [{rows}, {out_dim}]", &shape[..]));
+    }
+    Ok(Matrix { rows, cols: out_dim, data: data.to_vec() })
 }

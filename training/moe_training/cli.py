@@ -106,10 +106,14 @@ def build(args) -> None:
         print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
 
     def probabilities(trunk: str | None, graph: Path, texts: list[str]) -> list[float]:
-        feeds = backbone.encode(tok, texts)
-        if trunk is not None:
-            feeds = {"embedding": run_onnx(trunks[trunk]["path"], feeds).astype(np.float32)}
-        return softmax_pos(run_onnx(graph, feeds)).tolist()
+        """One text per run, as the service answers it (int8 graphs are batch-dependent)."""
+        out = []
+        for t in texts:
+            feeds = backbone.encode(tok, [t])
+            if trunk is not None:
+                feeds = {"embedding": run_onnx(trunks[trunk]["path"], feeds).astype(np.float32)}
+            out.append(float(softmax_pos(run_onnx(graph, feeds))[0]))
+        return out
 
     y_all = np.array(train.labels)
     for cls in classes:
@@ -192,7 +196,10 @@ def global_baselines(args) -> None:
               "classes": ds.classes, "versions": _versions(), "created": bundle.utc_now(), "baselines": {}}
     t0 = time.time()
     int8, _ = candidates.export_trunk(tok, work, ds["val"].texts[:8])
-    emb = {s: run_onnx(int8, backbone.encode(tok, ds[s].texts)) for s in ("train", "val", "test")}
+    def one_at_a_time(graph, texts):  # as the service answers a text (int8 graphs are batch-dependent)
+        return np.concatenate([run_onnx(graph, backbone.encode(tok, [t])) for t in texts])
+
+    emb = {s: one_at_a_time(int8, ds[s].texts) for s in ("train", "val", "test")}
     clf = LogisticRegression(C=args.logreg_c, max_iter=3000).fit(emb["train"], ds["train"].labels)
     result["baselines"]["frozen-trunk-logreg19"] = {
         **scores(clf.predict(emb["val"]), clf.predict(emb["test"])),
@@ -207,8 +214,7 @@ def global_baselines(args) -> None:
         fp32, q8 = work / "global-fp32.onnx", out / "global-finetune-minilm-int8.onnx"
         export_torch(model, feeds, names, "logits", fp32)
         quantize_int8(fp32, q8)
-        pred = {s: [ds.classes[i] for i in run_onnx(q8, backbone.encode(tok, ds[s].texts)).argmax(1)]
-                for s in ("val", "test")}
+        pred = {s: [ds.classes[i] for i in one_at_a_time(q8, ds[s].texts).argmax(1)] for s in ("val", "test")}
         result["baselines"]["finetune-minilm-19way"] = {
             **scores(pred["val"], pred["test"]), "training": info,
             "model": f"MiniLM-L6 fine-tuned as one {len(ds.classes)}-way classifier, int8 ONNX, onnxruntime",
@@ -236,11 +242,13 @@ def reference(args) -> None:
     tok = Tokenizer.from_file(str(tok_file))
     tok.no_padding()
     tok.enable_truncation(max_length=card["max_seq_len"])
-    feeds = encode(tok, args.texts)
-    if trunk is not None:
-        feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
-    probs = softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))
-    print(json.dumps({"bundle": args.bundle, "probabilities": probs.tolist()}))
+    probs = []
+    for text in args.texts:  # one text per run: what the service answers for a text
+        feeds = encode(tok, [text])
+        if trunk is not None:
+            feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
+        probs.append(float(softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))[0]))
+    print(json.dumps({"bundle": args.bundle, "probabilities": probs}))
 
 
 def main(argv=None) -> None:
