@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Seconds per batch size.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Texts one per line, instead of --data/--split (e.g. docs/bench/texts.txt on a host without the data).
+    #[arg(long)]
+    pub texts: Option<PathBuf>,
     /// In-flight calls at once (batches overlap across graphs as in the service).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -37,7 +40,18 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let core = Core::new(a.models.clone(), a.runtime.clone(), Limits::default());
     let c = core.clone();
     tokio::task::spawn_blocking(move || c.load_registry()).await.map_err(|e| Error::Runtime(e.to_string()))??;
-    let texts = a.data.read(&a.split)?.texts;
+    let texts = match &a.texts {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| Error::io(p, e))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => a.data.read(&a.split)?.texts,
+    };
+    if texts.is_empty() {
+        return Err(Error::BadRequest("no texts to benchmark".into()));
+    }
     let set = core.snapshot()?;
     for &b in &a.batch {
         let batch: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
