@@ -82,6 +82,20 @@ for name, label in labels.items():
         p(f"| {label} | {r['concurrency']} | {r['batch']} | {r['requests_per_s']:.1f} | {r['texts_per_s']:.1f} | {r['p50_ms']:.2f} | "
           f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_cpu_percent']:.0f} | {r['non_2xx']} |")
 p(f"\nPeak resident memory of the service during the runs: {mem['VmHWM'] / 1024:.0f} MB (VmHWM).\n")
+import os
+swap_path = os.path.join(os.path.dirname(sys.argv[1]), "swap.json")
+if os.path.exists(swap_path):
+    sw = json.load(open(swap_path))
+    st, du = sw["classify_c16_steady"], sw["classify_c16_during_swaps"]
+    p("\n## Hot swap (`bench/swap.sh`, `docs/bench/swap.json`)\n")
+    p("| measure | value |")
+    p("|---|---|")
+    p(f"| swap latency, request to installed, small bundle ({sw['swap_ms_small_bundle']['bundle']}) | median {sw['swap_ms_small_bundle']['median']:.0f} ms |")
+    p(f"| swap latency, large bundle ({sw['swap_ms_large_bundle']['bundle']}) | median {sw['swap_ms_large_bundle']['median']:.0f} ms |")
+    p(f"| classify, concurrency 16, steady | {st['requests_per_s']:.0f} req/s, p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms, non-2xx {st['non_2xx']} |")
+    p(f"| classify, concurrency 16, during {sw['swaps_during_load']} back-to-back swaps of the large bundle | {du['requests_per_s']:.0f} req/s, "
+      f"p50 {du['p50_ms']:.1f} ms, p99 {du['p99_ms']:.1f} ms, non-2xx {du['non_2xx']} |")
+    p("\nEach large swap loads and warms a 23 MB MiniLM (two sessions) on the same 2 cores that serve traffic.\n")
 p("## Notes\n")
 p("- Peer (a) is the notebook's `moe_predict` design: every expert a full model run in turn, PyTorch fp32, batch 1.")
 p("  The shipped experts exist only as ONNX, so each peer expert is the pretrained MiniLM-L6 encoder (same size)")
@@ -91,5 +105,11 @@ p("  thread per worker and `uvicorn[standard]` (httptools); with plain h11 each 
 p("- The global-classifier row is a proxy: the same service with one head on the same trunk (a 19-way head costs")
 p("  the same as one binary head: one small matrix product).")
 p("- Not measured yet: fp32 vs int8 graphs and full-model (per-class fine-tuned) sets through the service.")
-p("- GPU: this session had no GPU machine; `bench/gpu.sh` is still to be written and run.")
+p("- Batch-dependent graphs: the shipped int8 trunk is run one text per session run (see README), so batching")
+p("  on it only saves queue hand-offs; in-process rows above use the same executors and so the same rule.")
+p("- Peer (b)'s CPU column is 0: its load is in uvicorn's worker processes, not the parent measured here.")
+p("- GPU: no GPU machine was lent to the session that wrote this page. `bench/gpu.sh` (CUDA build,")
+p("  `--provider cuda` which fails instead of falling back, GPU vs CPU on the same host) is prepared but has")
+p("  not run yet; the CUDA build itself compiles and, on a CPU-only host, `--provider cuda` refuses to start")
+p("  while `auto` falls back to CPU with a warning.")
 print("\n".join(out))

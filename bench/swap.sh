@@ -37,7 +37,7 @@ wait $SWAPPER
 import json, statistics, sys
 small, large = ([float(x) for x in a.split()] for a in sys.argv[1:3])
 print(json.dumps({
-    "swap_ms_small_bundle": {"bundle": "travel--tokenbag (1.7 MB full model)", "median": statistics.median(small), "all": small},
+    "swap_ms_small_bundle": {"bundle": "travel--tokenbag (8 MB token-bag full model)", "median": statistics.median(small), "all": small},
     "swap_ms_large_bundle": {"bundle": "travel--finetune-minilm (23 MB int8 MiniLM)", "median": statistics.median(large), "all": large},
     "classify_c16_steady": json.loads(sys.argv[3]), "classify_c16_during_swaps": json.loads(sys.argv[4]),
     "swaps_during_load": int(sys.argv[5])}, indent=1))
