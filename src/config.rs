@@ -126,6 +126,9 @@ pub struct Limits {
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "MOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Largest bundle archive accepted by `PUT /experts/{class}` (413 above).
+    #[arg(long, env = "MOE_MAX_UPLOAD_BYTES", default_value_t = 128 << 20)]
+    pub max_upload_bytes: usize,
     /// Most texts in one classify request (400 above).
     #[arg(long, env = "MOE_MAX_TEXTS", default_value_t = 64)]
     pub max_texts: usize,
@@ -140,6 +143,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 1 << 20, max_texts: 64, max_text_chars: 10_000, request_timeout_ms: 10_000 }
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_upload_bytes: 128 << 20,
+            max_texts: 64,
+            max_text_chars: 10_000,
+            request_timeout_ms: 10_000,
+        }
     }
 }

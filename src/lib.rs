@@ -17,5 +17,6 @@ pub mod http;
 pub mod inference;
 pub mod jobs;
 pub mod shadow;
+pub mod upload;
 
 pub use error::{Error, Result};

@@ -402,3 +402,82 @@ async fn shadow_scores_live_traffic_without_changing_answers() {
     assert_eq!(res.status().as_u16(), 401);
     std::fs::remove_dir_all(root).unwrap();
 }
+
+/// A .tar.gz of `files` (name, bytes) under the folder `dir`; `extra` entries are added raw.
+fn archive(dir: &str, files: &[(&str, Vec<u8>)], symlink: Option<(&str, &str)>) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses "..": write the raw name to test the server's own check
+        let path = format!("{dir}/{name}");
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        tar.append(&h, bytes.as_slice()).unwrap();
+    }
+    if let Some((name, target)) = symlink {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        tar.append_link(&mut h, format!("{dir}/{name}"), target).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn bundle_files(root: &std::path::Path, bundle: &str) -> Vec<(&'static str, Vec<u8>)> {
+    ["card.json", "model.onnx", "tokenizer.json"]
+        .iter()
+        .map(|f| (*f, std::fs::read(root.join(bundle).join(f)).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_archives_are_checked_then_swapped_in() {
+    let root = common::copy_root(&common::fixture_models(), "swap-upload");
+    let files = bundle_files(&root, "travel--tokenbag-b");
+    let core = common::loaded_core(&root, Limits { max_upload_bytes: 4 << 20, ..Limits::default() }).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let upload = |body: Vec<u8>| {
+        c.put(format!("{base}/experts/Travel"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/gzip")
+            .body(body)
+            .send()
+    };
+    let mut corrupt = files.clone();
+    corrupt[1].1 = b"not a model".to_vec();
+    let health = bundle_files(&root, "health--tokenbag-b");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("not gzip", b"hello".to_vec(), 422),
+        ("traversal", archive("../escape", &files, None), 422),
+        ("nested", archive("up1/sub", &files, None), 422),
+        ("symlink", archive("up2", &files, Some(("link", "/etc/passwd"))), 422),
+        ("bad hash", archive("up3", &corrupt, None), 422),
+        ("wrong class", archive("up4", &health, None), 422),
+        ("exists", archive("travel--tokenbag", &files, None), 409),
+        ("too large", vec![0u8; 5 << 20], 413),
+    ];
+    for (what, body, status) in cases {
+        let res = upload(body).await.unwrap();
+        let s = res.status().as_u16();
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(s, status, "{what}: {v}");
+        assert!(v["error"]["code"].is_string(), "{what}: {v}");
+        assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag", "{what} changed the expert");
+    }
+    for gone in ["up3", "up4", "escape"] {
+        assert!(!root.join(gone).exists(), "a refused upload left {gone} behind");
+    }
+    assert!(
+        !std::fs::read_dir(&root).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+    );
+    // A good archive is unpacked under its folder name and swapped in.
+    let res = upload(archive("travel--uploaded", &files, None)).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--uploaded");
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -3,8 +3,10 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
@@ -38,13 +40,39 @@ pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) ->
     Ok(Json(ExpertInfo::in_set(e, &set)))
 }
 
+#[derive(serde::Deserialize)]
+pub struct UploadQuery {
+    pub expected_version: Option<String>,
+}
+
+/// A JSON body names a bundle in the model root; an `application/gzip` body is a bundle archive.
 pub async fn swap_expert(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
-    ApiJson(req): ApiJson<SwapRequest>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<SwapOutcome>> {
-    Ok(Json(s.core.swap(&class, req).await?))
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+        _ => Error::BadRequest(r.body_text()),
+    })?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let outcome =
+        if ["application/gzip", "application/x-gzip", "application/x-tar+gzip"].iter().any(|t| ct.starts_with(t)) {
+            let guards = SwapRequest { expected_version: q.expected_version, ..Default::default() };
+            s.core.swap_archive(&class, body, guards).await?
+        } else if ct.starts_with("application/json") {
+            let req: SwapRequest =
+                serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+            s.core.swap(&class, req).await?
+        } else {
+            return Err(Error::UnsupportedMediaType(
+                "expected application/json (a bundle name) or application/gzip (a bundle archive)".into(),
+            ));
+        };
+    Ok(Json(outcome))
 }
 
 pub async fn delete_expert(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
@@ -57,10 +58,16 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub fn app(state: AppState) -> Router {
     let limit = state.core.limits.max_body_bytes;
+    let upload_limit = state.core.limits.max_upload_bytes;
     Router::new()
         .route("/classify", post(handlers::classify))
         .route("/experts", get(handlers::list_experts))
-        .route("/experts/{class}", get(handlers::get_expert).put(handlers::swap_expert).delete(handlers::delete_expert))
+        .route(
+            "/experts/{class}",
+            get(handlers::get_expert)
+                .put(handlers::swap_expert.layer(DefaultBodyLimit::max(upload_limit)))
+                .delete(handlers::delete_expert),
+        )
         .route("/experts/{class}/history", get(handlers::history))
         .route("/experts/{class}/rollback", post(handlers::rollback))
         .route("/experts/{class}/select", post(handlers::select))
