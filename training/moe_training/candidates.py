@@ -69,33 +69,11 @@ def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str]
     as a fine-tuned shared trunk)."""
     _seed(s.seed)
     model = _Global(backbone.load_encoder(), len(classes))
-    y = np.array([classes.index(c) for c in labels])
-    opt = torch.optim.AdamW(model.parameters(), lr=s.finetune_lr)
+    y = torch.from_numpy(np.array([classes.index(c) for c in labels]))
     epochs = 1 if s.quick else s.global_epochs
-    total = epochs * math.ceil(len(texts) / s.batch_size)
-    if s.max_steps is not None:
-        total = min(total, s.max_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / max(1, total)))
-    rng = np.random.default_rng(s.seed)
-    model.train()
-    step = 0
-    with tqdm(total=total, desc="global fine-tune", leave=False) as bar:
-        while step < total:
-            order = rng.permutation(len(texts))
-            for b in range(0, len(order), s.batch_size):
-                if step >= total:
-                    break
-                i = order[b:b + s.batch_size]
-                feeds = backbone.encode(tok, [texts[j] for j in i])
-                logits = model(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")))
-                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[i]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                bar.update(1)
-    model.eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    step = _train_loop(model, names, tok, texts, epochs, s.finetune_lr, s, "global fine-tune",
+                       lambda out, i: torch.nn.functional.cross_entropy(out, y[i]))
     return model, {"epochs": epochs, "steps": step, "lr": s.finetune_lr, "batch_size": s.batch_size}
 
 
@@ -214,10 +192,11 @@ class _FineTuned(torch.nn.Module):
         return self.out(backbone.mean_pool(h.last_hidden_state, attention_mask))
 
 
-def _train_token_model(model, names, tok, texts, y, w, epochs, lr, s: TrainSettings, desc: str) -> int:
+def _train_loop(model, names, tok, texts, epochs, lr, s: TrainSettings, desc: str, loss_of) -> int:
+    """AdamW with linear decay over shuffled batches padded to their longest; `loss_of(outputs, rows)`.
+    Returns the number of optimisation steps (capped by s.max_steps)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(texts) / s.batch_size)
-    total = epochs * steps_per_epoch
+    total = epochs * math.ceil(len(texts) / s.batch_size)
     if s.max_steps is not None:
         total = min(total, s.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / max(1, total)))
@@ -232,10 +211,7 @@ def _train_token_model(model, names, tok, texts, y, w, epochs, lr, s: TrainSetti
                     break
                 i = order[b:b + s.batch_size]
                 feeds = backbone.encode(tok, [texts[j] for j in i])
-                z = model(*(torch.from_numpy(feeds[n]) for n in names))[:, 1]
-                yt = torch.from_numpy(y[i].astype(np.float32))
-                loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none")
-                        * torch.from_numpy(w[i])).mean()
+                loss = loss_of(model(*(torch.from_numpy(feeds[n]) for n in names)), i)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -244,6 +220,17 @@ def _train_token_model(model, names, tok, texts, y, w, epochs, lr, s: TrainSetti
                 bar.update(1)
     model.eval()
     return step
+
+
+def _train_token_model(model, names, tok, texts, y, w, epochs, lr, s: TrainSettings, desc: str) -> int:
+    """Binary one-vs-all training: weighted BCE on the positive logit."""
+    yt, wt = torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w)
+
+    def loss_of(out, i):
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], yt[i], reduction="none")
+        return (bce * wt[i]).mean()
+
+    return _train_loop(model, names, tok, texts, epochs, lr, s, desc, loss_of)
 
 
 def tokenbag(tok, texts, y, w, s: TrainSettings, path: Path, parity_texts: list[str]) -> dict:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("candidates")
     cmd = [sys.executable, "-m", "moe_training", "build", "--data", str(DATA), "--out", str(out), "--quick",
-           "--classes", "Travel", "--algorithms", "trunk-logreg,trunk-mlp,tokenbag,finetune-minilm",
+           "--classes", "Travel", "--algorithms", "trunk-logreg,trunk-mlp,tokenbag,finetune-minilm,ft19-logreg",
            "--max-steps", "2", "--tokenbag-dim", "8"]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return out
@@ -25,12 +25,13 @@ def built(tmp_path_factory):
 
 def test_every_algorithm_writes_a_bundle(built):
     names = sorted(p.name for p in built.iterdir() if (p / "card.json").exists())
-    assert names == ["travel--finetune-minilm", "travel--tokenbag", "travel--trunk-logreg", "travel--trunk-mlp"]
-    trunks = list((built / "trunks").iterdir())
-    assert len(trunks) == 1 and trunks[0].name.startswith("minilm-l6-int8-")
+    assert names == ["travel--finetune-minilm", "travel--ft19-logreg", "travel--tokenbag", "travel--trunk-logreg",
+                     "travel--trunk-mlp"]
+    trunks = sorted(t.name for t in (built / "trunks").iterdir())
+    assert len(trunks) == 2 and trunks[0].startswith("minilm-l6-ft19-int8-") and trunks[1].startswith("minilm-l6-int8-")
     manifest = json.loads(next(built.glob("manifest-*.json")).read_text())
     assert manifest["data"]["sha256"] and manifest["versions"]["torch"]
-    assert len(manifest["bundles"]) == 4
+    assert len(manifest["bundles"]) == 5
 
 
 def test_cards_record_rebalancing_hashes_and_no_threshold_yet(built):
@@ -51,7 +52,7 @@ def test_cards_record_rebalancing_hashes_and_no_threshold_yet(built):
 
 
 def test_export_parity_is_recorded_and_small(built):
-    trunk = json.loads(next((built / "trunks").iterdir()).joinpath("trunk.json").read_text())
+    trunk = json.loads(next((built / "trunks").glob("minilm-l6-int8-*")).joinpath("trunk.json").read_text())
     assert trunk["parity"]["fp32_max_abs_diff"] < 1e-4
     assert trunk["parity"]["int8_min_cosine"] > 0.98
     ft = json.loads((built / "travel--finetune-minilm" / "card.json").read_text())["provenance"]["training"]
@@ -62,7 +63,7 @@ def test_export_parity_is_recorded_and_small(built):
 
 
 def test_selftest_values_are_what_onnxruntime_gives(built):
-    for name in ("travel--trunk-logreg", "travel--finetune-minilm", "travel--tokenbag"):
+    for name in ("travel--trunk-logreg", "travel--ft19-logreg", "travel--finetune-minilm", "travel--tokenbag"):
         card = json.loads((built / name / "card.json").read_text())
         texts = [s["text"] for s in card["selftest"]]
         out = subprocess.run([sys.executable, "-m", "moe_training", "reference", "--root", str(built),
@@ -70,3 +71,15 @@ def test_selftest_values_are_what_onnxruntime_gives(built):
         got = np.array(json.loads(out.stdout)["probabilities"])
         want = np.array([s["probability"] for s in card["selftest"]])
         assert np.max(np.abs(got - want)) < 1e-6
+
+
+def test_global_baselines_report_val_and_test(tmp_path):
+    cmd = [sys.executable, "-m", "moe_training", "global", "--data", str(DATA), "--out", str(tmp_path), "--quick",
+           "--finetune", "--max-steps", "2"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    g = json.loads((tmp_path / "global.json").read_text())
+    for name in ("frozen-trunk-logreg19", "finetune-minilm-19way"):
+        for split in ("val", "test"):
+            assert 0.0 <= g["baselines"][name][split]["accuracy"] <= 1.0
+            assert 0.0 <= g["baselines"][name][split]["macro_f1"] <= 1.0
+    assert (tmp_path / "global-finetune-minilm-int8.onnx").exists()
