@@ -68,7 +68,8 @@ for name, meas, r, ok in t:
 p("\n## In-process limit (no HTTP; the service's executors and sessions)\n")
 p("| set | batch | in flight | texts/s | p50 ms | p99 ms |")
 p("|---|---:|---:|---:|---:|---:|")
-for name, label in (("inproc-latency", "19 experts"), ("inproc", "19 experts"), ("inproc-one-head", "1 head, same trunk")):
+for name, label in (("inproc-latency", "19 experts"), ("inproc", "19 experts"), ("inproc-one-head", "1 head, same trunk"),
+                    ("inproc-models-all", "best per class, all algorithms (2 trunks + full fine-tuned models)")):
     for r in by[name]:
         p(f"| {label} | {r['batch']} | {r['concurrency']} | {r['texts_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
 p("\n## The service and the Python peers over HTTP\n")

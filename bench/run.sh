@@ -52,6 +52,12 @@ json.dump(r, open(p, "w"))
 PY
 $MOE bench --models "$root1" --seconds "$D" --batch 1,8,32,64 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-one-head; done
 
+# Full-model experts against shared-trunk heads: the best-per-class set over every algorithm
+# (build/models-all from scripts/rebuild-models.sh: two trunks plus per-class fine-tuned MiniLMs).
+if [ -f build/models-all/registry.json ]; then
+  $MOE bench --models build/models-all --seconds "$D" --batch 1,8 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-models-all; done
+fi
+
 # 2. The service.
 PORT=18180
 $MOE serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
