@@ -93,12 +93,14 @@ fn quality_gate(req: &SwapRequest, new: &Expert, current: Option<&Expert>) -> Re
 }
 
 impl Core {
-    fn class_lock(&self, class: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.class_locks.lock().expect("class locks").entry(class.to_string()).or_default().clone()
+    /// One change per class at a time: a second one gets 409 instead of waiting.
+    pub(crate) fn lock_class(&self, class: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self.class_locks.lock().expect("class locks").entry(class.to_string()).or_default().clone();
+        lock.try_lock_owned().map_err(|_| Error::Conflict(format!("another change of {class:?} is running")))
     }
 
     /// Load, validate and warm a bundle on a blocking thread.
-    async fn load_expert(self: &Arc<Self>, bundle: &str) -> Result<Expert> {
+    pub(crate) async fn load_expert(self: &Arc<Self>, bundle: &str) -> Result<Expert> {
         check_name(bundle).map_err(|r| Error::bundle(&self.root, r))?;
         let (core, name) = (self.clone(), bundle.to_string());
         tokio::task::spawn_blocking(move || Expert::load(&core.pool, &core.runtime, &core.root, &name, true))
@@ -165,8 +167,7 @@ impl Core {
     /// `PUT /experts/{class}`: an unknown class gets a new slot.
     pub async fn swap(self: &Arc<Self>, class: &str, req: SwapRequest) -> Result<SwapOutcome> {
         let started = Instant::now();
-        let lock = self.class_lock(class);
-        let _guard = lock.try_lock().map_err(|_| Error::Conflict(format!("another change of {class:?} is running")))?;
+        let _guard = self.lock_class(class)?;
         let current = self.snapshot()?;
         let active = current.get(class).cloned();
         if let Some(want) = &req.expected_version {
@@ -191,8 +192,7 @@ impl Core {
     /// `DELETE /experts/{class}`.
     pub async fn delete(self: &Arc<Self>, class: &str) -> Result<SwapOutcome> {
         let started = Instant::now();
-        let lock = self.class_lock(class);
-        let _guard = lock.try_lock().map_err(|_| Error::Conflict(format!("another change of {class:?} is running")))?;
+        let _guard = self.lock_class(class)?;
         if self.snapshot()?.get(class).is_none() {
             return Err(Error::UnknownClass(class.to_string()));
         }
@@ -203,8 +203,7 @@ impl Core {
     /// `POST /experts/{class}/rollback`: back to the bundle active before the current one.
     pub async fn rollback(self: &Arc<Self>, class: &str) -> Result<SwapOutcome> {
         let started = Instant::now();
-        let lock = self.class_lock(class);
-        let _guard = lock.try_lock().map_err(|_| Error::Conflict(format!("another change of {class:?} is running")))?;
+        let _guard = self.lock_class(class)?;
         let history = self.history(class)?;
         let current = history.last().and_then(|h| h.bundle.clone());
         let target = history

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::core::{Core, Expert, ExpertSet};
-use crate::experts::card::check_name;
 use crate::{Error, Result};
 
 pub const BUCKETS: usize = 10;
@@ -96,15 +95,10 @@ impl ExpertSet {
 impl Core {
     /// `PUT /experts/{class}/shadow`: load, validate and warm the candidate, then attach it.
     pub async fn attach_shadow(self: &Arc<Self>, class: &str, bundle: &str) -> Result<ShadowInfo> {
-        check_name(bundle).map_err(|r| Error::bundle(&self.root, r))?;
         if self.snapshot()?.get(class).is_none() {
             return Err(Error::UnknownClass(class.to_string()));
         }
-        let (core, name) = (self.clone(), bundle.to_string());
-        let expert =
-            tokio::task::spawn_blocking(move || Expert::load(&core.pool, &core.runtime, &core.root, &name, true))
-                .await
-                .map_err(|e| Error::Runtime(format!("loader panicked: {e}")))??;
+        let expert = self.load_expert(bundle).await?;
         if expert.class != class {
             return Err(Error::bundle(
                 self.root.join(bundle).join("card.json"),
