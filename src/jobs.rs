@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::admin::SwapRequest;
 use crate::core::{Core, Expert, now_rfc3339};
-use crate::eval::metrics::{BinaryReport, binary_report};
+use crate::eval::metrics::BinaryReport;
 use crate::experts::card::Card;
 use crate::{Error, Result};
 
@@ -121,12 +121,8 @@ impl Core {
         let core = self.clone();
         tokio::task::spawn_blocking(move || {
             let e = Expert::load(&core.pool, &core.runtime, &core.root, &bundle, true)?;
-            let mut probs = Vec::with_capacity(rows.texts.len());
-            for chunk in rows.texts.chunks(64) {
-                probs.extend(e.probabilities_blocking(chunk)?);
-            }
-            let labels: Vec<bool> = rows.labels.iter().map(|l| *l == e.class).collect();
-            Ok((bundle, e.card.version.clone(), binary_report(&probs, &labels)))
+            let report = crate::eval::cli::evaluate(&e, &rows)?;
+            Ok((bundle, e.card.version.clone(), report))
         })
         .await
         .map_err(|e| Error::Runtime(format!("evaluation panicked: {e}")))?

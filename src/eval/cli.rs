@@ -89,7 +89,8 @@ fn probabilities(expert: &Expert, texts: &[String]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn evaluate(expert: &Expert, rows: &Rows) -> Result<BinaryReport> {
+/// Probabilities of one expert on a split and its binary report (shared with the selection jobs).
+pub(crate) fn evaluate(expert: &Expert, rows: &Rows) -> Result<BinaryReport> {
     let scores = probabilities(expert, &rows.texts)?;
     let labels: Vec<bool> = rows.labels.iter().map(|l| *l == expert.class).collect();
     if !labels.iter().any(|&y| y) || labels.iter().all(|&y| y) {
