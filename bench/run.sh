@@ -2,7 +2,7 @@
 # Benchmark harness: the in-process limit, the service at several concurrencies (single-text and
 # batch requests, batching on and off), and the Python peers, on the same machine in one run, with
 # test-split titles as input. Loopback only; every run is bounded in time.
-#   bench/run.sh            full run (about 4 minutes), writes docs/bench/results.json and docs/BENCHMARKS.md
+#   bench/run.sh            full run (about 9 minutes), writes docs/bench/results.json and docs/BENCHMARKS.md
 #   bench/run.sh --smoke    1-second runs into a temp folder (CI: it must run, not meet a number)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +75,35 @@ wait_http http://127.0.0.1:$PORT/readyz
 for c in 1 16; do load service-1-session http://127.0.0.1:$PORT "$c" 1 $SPID; done
 kill $SPID; wait $SPID 2>/dev/null || true
 
-# 3. The Python peers, same experts, same inputs.
+# 3. Other expert sets through the same service and in-process: the global classifier (19 column
+# heads of one 19-way model; on the MoE's own trunk, and the fine-tuned 19-way MiniLM), the fp32 vs
+# int8 frozen trunk (trunk-logreg heads; build/fp32 from `moe_training build --trunk-precision fp32`),
+# and the full-model best-per-class set. Sets whose bundles are absent are skipped.
+ROOTS=$(mktemp -d)
+mkroot() { .venv/bin/python bench/make_root.py "$1" "$ROOTS/$3" "$2" > /dev/null 2>&1; }
+serve_load() { # name root concurrencies...
+  local name=$1 root=$2; shift 2
+  $MOE serve --port $PORT --models "$root" > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
+  wait_http http://127.0.0.1:$PORT/readyz
+  for c in "$@"; do load "service-$name" http://127.0.0.1:$PORT "$c" 1 $SPID; done
+  kill $SPID; wait $SPID 2>/dev/null || true
+}
+inproc() { # name root batches
+  $MOE bench --models "$2" --seconds "$D" --batch "$3" --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record "inproc-$1"; done
+}
+if mkroot models global-ft19-logreg global-ft19; then
+  inproc global-ft19 "$ROOTS/global-ft19" 1,8,32,64; serve_load global-ft19 "$ROOTS/global-ft19" 1 16
+fi
+if mkroot models global-finetune global-finetune; then
+  inproc global-finetune "$ROOTS/global-finetune" 1,32; serve_load global-finetune "$ROOTS/global-finetune" 16
+fi
+if mkroot build/candidates trunk-logreg int8-frozen && mkroot build/fp32 trunk-logreg fp32-frozen; then
+  for p in int8-frozen fp32-frozen; do inproc "$p" "$ROOTS/$p" 1,8,32,64; serve_load "$p" "$ROOTS/$p" 16; done
+fi
+if [ -f build/models-all/registry.json ]; then serve_load models-all build/models-all 1 16; fi
+rm -rf "$ROOTS" "$root1"
+
+# 4. The Python peers, same experts, same inputs.
 MOE_MODELS=models .venv/bin/uvicorn --log-level warning --workers "$(nproc)" --port 18190 bench.peers.ort_fastapi:app > "$OUT/peer-b.log" 2>&1 & PIDS+=($!); BPID=$!
 wait_http http://127.0.0.1:18190/docs
 for c in 1 16; do load peer-b-onnxruntime-fastapi http://127.0.0.1:18190 "$c" 1 $BPID; done
@@ -85,7 +113,16 @@ wait_http http://127.0.0.1:18191/docs
 for c in 1 16; do load peer-a-torch-notebook http://127.0.0.1:18191 "$c" 1 $APID; done
 kill $APID; wait $APID 2>/dev/null || true
 
-du -b models/trunks/*/trunk.onnx models/*/head.onnx | awk '{s+=$1} END {print "{\"bytes\": " s "}"}' | record graph-bytes
+.venv/bin/python - <<'PY' | record graph-bytes
+import json
+from pathlib import Path
+m = Path("models"); trunks = set(); total = 0
+for b in json.loads((m / "registry.json").read_text())["experts"].values():
+    card = json.loads((m / b / "card.json").read_text())
+    total += (m / b / card["graph"]["file"]).stat().st_size
+    if card.get("trunk"): trunks.add(card["trunk"]["id"])
+print(json.dumps({"bytes": total + sum((m / "trunks" / t / "trunk.onnx").stat().st_size for t in trunks)}))
+PY
 .venv/bin/python - <<'PY' | record machine
 import json, os, platform, subprocess
 import onnxruntime

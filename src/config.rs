@@ -22,7 +22,7 @@ pub enum Command {
     /// Keep the best calibrated candidate per class, fit the gate, write a model root.
     Select(crate::eval::cli::SelectArgs),
     /// Classify a whole split with a model root, through the service's core (accuracy, macro-F1).
-    Report(crate::eval::cli::ReportArgs),
+    Report(crate::eval::report::ReportArgs),
     /// The in-process limit: the expert set through the service's executors, no HTTP (JSON lines).
     Bench(crate::bench::BenchArgs),
 }

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Report(a) => {
             init_tracing(false);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::eval::cli::report(a))?;
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::eval::report::report(a))?;
             Ok(())
         }
     }

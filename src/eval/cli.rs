@@ -9,9 +9,9 @@ use serde_json::json;
 
 use super::data::{DataArgs, Rows};
 use super::fit::fit_softmax;
-use super::metrics::{BinaryReport, binary_report, multiclass};
-use crate::config::{Limits, RuntimeConfig};
-use crate::core::{Core, Expert, ExpertSet};
+use super::metrics::{BinaryReport, binary_report};
+use crate::config::RuntimeConfig;
+use crate::core::{Expert, ExpertSet};
 use crate::experts::card::{Threshold, check_name};
 use crate::experts::registry::{REGISTRY_SCHEMA, RegistryFile};
 use crate::gate::{self, ExpertOutput, Gate, GateKind, GateSpec, GateWeights, LengthGate, ScoreMode, StackingGate};
@@ -69,19 +69,7 @@ pub struct SelectArgs {
     pub runtime: RuntimeConfig,
 }
 
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    #[arg(long, default_value = "models")]
-    pub models: PathBuf,
-    #[arg(long, default_value = "test")]
-    pub split: String,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeConfig,
-}
-
-fn probabilities(expert: &Expert, texts: &[String]) -> Result<Vec<f32>> {
+pub(crate) fn probabilities(expert: &Expert, texts: &[String]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
         out.extend(expert.probabilities_blocking(chunk)?);
@@ -172,7 +160,7 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Predicted index per row (the label, or the best guess when the gate abstains) and whether it
 /// abstained.
-fn predictions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[String]) -> Vec<(usize, bool)> {
+pub(crate) fn predictions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[String]) -> Vec<(usize, bool)> {
     texts
         .iter()
         .enumerate()
@@ -197,7 +185,7 @@ fn comparable_score(mode: ScoreMode, p: f32, t: f32) -> f32 {
 
 /// Fit a length or stacking gate on the given rows (offset ln s so the fit targets w·s).
 #[allow(clippy::too_many_arguments)]
-fn fit_gate(
+pub(crate) fn fit_gate(
     kind: GateKind,
     mode: ScoreMode,
     l2: f32,
@@ -227,7 +215,30 @@ fn fit_gate(
     }
 }
 
-fn accuracy(preds: &[(usize, bool)], truth: &[usize]) -> f64 {
+/// Predictions of a fitted gate by 5-fold cross-validation (row i is in fold i % 5).
+pub(crate) fn cv_predictions(
+    kind: GateKind,
+    mode: ScoreMode,
+    l2: f32,
+    probs: &[Vec<f32>],
+    thr: &[f32],
+    texts: &[String],
+    truth: &[usize],
+) -> Vec<(usize, bool)> {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let mut preds = vec![(0usize, false); texts.len()];
+    for fold in 0..5 {
+        let train: Vec<usize> = all.iter().copied().filter(|i| i % 5 != fold).collect();
+        let weights = fit_gate(kind, mode, l2, probs, thr, texts, truth, &train);
+        let p = predictions(&Gate { score: mode, weights, disabled: None }, probs, thr, texts);
+        for i in all.iter().copied().filter(|i| i % 5 == fold) {
+            preds[i] = p[i];
+        }
+    }
+    preds
+}
+
+pub(crate) fn accuracy(preds: &[(usize, bool)], truth: &[usize]) -> f64 {
     preds.iter().zip(truth).filter(|(p, t)| p.0 == **t).count() as f64 / truth.len().max(1) as f64
 }
 
@@ -321,18 +332,6 @@ pub fn select(a: SelectArgs) -> Result<()> {
     let all: Vec<usize> = (0..texts.len()).collect();
     let mut table = Vec::new();
     let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
-    let cv = |kind: GateKind, mode: ScoreMode, l2: f32| {
-        let mut preds = vec![(0usize, false); texts.len()];
-        for fold in 0..5 {
-            let train: Vec<usize> = all.iter().copied().filter(|i| i % 5 != fold).collect();
-            let weights = fit_gate(kind, mode, l2, &probs, &thr, &texts, &truth, &train);
-            let p = predictions(&Gate { score: mode, weights, disabled: None }, &probs, &thr, &texts);
-            for i in all.iter().copied().filter(|i| i % 5 == fold) {
-                preds[i] = p[i];
-            }
-        }
-        preds
-    };
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
         for mode in [ScoreMode::Probability, ScoreMode::Margin] {
             let l2s: &[f32] = if kind == GateKind::Uniform { &[0.0] } else { &[0.001, 0.01, 0.1, 1.0] };
@@ -340,7 +339,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
                 let preds = if kind == GateKind::Uniform {
                     predictions(&Gate::uniform(mode), &probs, &thr, &texts)
                 } else {
-                    cv(kind, mode, l2)
+                    cv_predictions(kind, mode, l2, &probs, &thr, &texts, &truth)
                 };
                 let acc = accuracy(&preds, &truth);
                 let abstain = preds.iter().filter(|p| p.1).count();
@@ -384,43 +383,5 @@ pub fn select(a: SelectArgs) -> Result<()> {
         winners.len(),
         a.out.display()
     );
-    Ok(())
-}
-
-pub async fn report(a: ReportArgs) -> Result<()> {
-    let core = Core::new(a.models.clone(), a.runtime.clone(), Limits::default());
-    let c2 = core.clone();
-    tokio::task::spawn_blocking(move || c2.load_registry()).await.map_err(|e| Error::Runtime(e.to_string()))??;
-    let rows = a.data.read(&a.split)?;
-    let set = core.snapshot()?;
-    let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
-    let mut truth = Vec::new();
-    let mut pred = Vec::new();
-    let mut abstained = 0usize;
-    let mut answered_right = 0usize;
-    for (texts, labels) in rows.texts.chunks(64).zip(rows.labels.chunks(64)) {
-        let results = set.classify(texts).await?;
-        for (r, l) in results.iter().zip(labels) {
-            let Some(t) = classes.iter().position(|c| c == l) else {
-                continue;
-            };
-            let guess = r.label.clone().unwrap_or_else(|| r.best_guess.clone());
-            let p = classes.iter().position(|c| *c == guess).expect("known class");
-            abstained += usize::from(r.abstained);
-            answered_right += usize::from(!r.abstained && p == t);
-            truth.push(t);
-            pred.push(p);
-        }
-    }
-    let m = multiclass(&classes, &truth, &pred);
-    let answered = truth.len() - abstained;
-    let out = json!({
-        "models": a.models, "split": a.split, "gate": set.gate.weights.name(), "score": format!("{:?}", set.gate.score).to_lowercase(),
-        "rows": m.rows, "accuracy": m.accuracy, "macro_f1": m.macro_f1,
-        "abstained": abstained, "coverage": answered as f64 / truth.len().max(1) as f64,
-        "accuracy_when_answered": answered_right as f64 / answered.max(1) as f64,
-        "per_class": m.per_class,
-    });
-    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     Ok(())
 }

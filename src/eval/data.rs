@@ -54,3 +54,33 @@ pub fn read_split(path: &Path, text_col: &str, label_col: &str, split_col: &str,
     }
     Ok(rows)
 }
+
+/// Multi-label rows of one split (e.g. `ambiguous`): each text with every label in a
+/// `|`-separated column. An absent column or split gives no rows (the caller reports it).
+pub fn read_multi(path: &Path, text_col: &str, labels_col: &str, split_col: &str, split: &str) -> Result<MultiRows> {
+    let bad = |r: String| Error::BadRequest(format!("{}: {r}", path.display()));
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let header = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let mut rows = MultiRows::default();
+    let (Some(t), Some(l), Some(s)) = (col(text_col), col(labels_col), col(split_col)) else {
+        return Ok(rows);
+    };
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| bad(e.to_string()))?;
+        let text = rec.get(t).unwrap_or("").trim();
+        let labels: Vec<String> =
+            rec.get(l).unwrap_or("").split('|').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+        if rec.get(s).map(str::trim) == Some(split) && !labels.is_empty() && !text.is_empty() {
+            rows.texts.push(text.to_string());
+            rows.labels.push(labels);
+        }
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MultiRows {
+    pub texts: Vec<String>,
+    pub labels: Vec<Vec<String>>,
+}

@@ -5,3 +5,4 @@ pub mod cli;
 pub mod data;
 pub mod fit;
 pub mod metrics;
+pub mod report;

@@ -50,6 +50,35 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
+def write_column_head(weights: np.ndarray, bias: np.ndarray, k: int, path: Path) -> None:
+    """One class of a multi-class classifier as a one-vs-all expert head: z = W.x + b over all C
+    classes, logits = [logsumexp_{j != k} z_j, z_k], so softmax(logits)[1] == softmax(z)[k] exactly.
+    The 19 column heads of one global model are that model, served through the expert contract."""
+    dim, classes = weights.shape
+    mask = np.zeros(classes, dtype=np.float32)
+    mask[k] = -1e4  # exp underflows to 0: column k leaves the log-sum-exp
+    pick = np.zeros((classes, 1), dtype=np.float32)
+    pick[k, 0] = 1.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["embedding", "W", "B"], ["z"]),
+            helper.make_node("Add", ["z", "mask"], ["others"]),
+            helper.make_node("ReduceLogSumExp", ["others"], ["rest"], axes=[1], keepdims=1),
+            helper.make_node("MatMul", ["z", "pick"], ["mine"]),
+            helper.make_node("Concat", ["rest", "mine"], ["logits"], axis=1),
+        ],
+        "column_head",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(weights.astype(np.float32), "W"), numpy_helper.from_array(bias.astype(np.float32), "B"),
+         numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(pick, "pick")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="moe-training")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 # ---------------------------------------------------------------- shared trunk
 class _Global(torch.nn.Module):
     """MiniLM + mean pooling + a linear layer over all classes: the 19-way global classifier."""

@@ -94,9 +94,13 @@ def build(args) -> None:
         if name == "ft19":
             model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
             encoder, extra = model.encoder, {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
-        int8, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
-        prefix = "minilm-l6-int8" if name == "frozen" else f"minilm-l6-{name}-int8"
-        trunk_id = bundle.write_trunk(out, prefix, int8, tok_path, {**meta, **extra, "created": bundle.utc_now()})
+        graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
+        if args.trunk_precision == "fp32":  # the unquantised export (batch-independent, larger)
+            graph = work / f"trunk-{name}-fp32.onnx"
+            meta["quantization"] = "none (fp32)"
+        p = args.trunk_precision
+        prefix = f"minilm-l6-{p}" if name == "frozen" else f"minilm-l6-{name}-{p}"
+        trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
         path = out / "trunks" / trunk_id / "trunk.onnx"
         ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
         # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
@@ -164,17 +168,21 @@ def build(args) -> None:
 
 
 def global_baselines(args) -> None:
-    """The global classifiers the mixture is compared with: one multi-class logistic regression on the
-    frozen int8 trunk's embeddings, and (with --finetune) MiniLM fine-tuned as one multi-class
-    classifier, exported to int8 ONNX and scored with onnxruntime. Fitted on train; val and test
-    are reported (test only for reporting)."""
+    """The global classifiers the mixture is compared with, written as expert bundles into a model
+    root so the service (and `moe report`) runs them through the same runtime as the experts: each
+    global model becomes 19 column heads (`candidates.write_column_head`) on one trunk.
+      global-frozen-logreg: one 19-way logistic regression on the frozen int8 MiniLM trunk;
+      global-ft19-logreg (--same-trunk ID): the same on a trunk already in the root (the MoE's);
+      global-finetune (--finetune): MiniLM fine-tuned as one 19-way classifier, int8, whose 19
+        logits are the "embedding" its column heads read.
+    Fitted on train; sklearn's val/test accuracy is recorded in --summary as a cross-check."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
     from . import backbone, bundle, candidates
     from .data import load_dataset
-    from .export import export_torch, quantize_int8, run_onnx
+    from .export import export_torch, quantize_int8, run_onnx, softmax_pos
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
@@ -185,43 +193,87 @@ def global_baselines(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok = backbone.load_tokenizer()
     work = Path(tempfile.mkdtemp(prefix="moe-global-"))
+    tok_path = work / "tokenizer.json"
+    tok.save(str(tok_path))
     settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
+    classes = ds.classes
+    data_info = {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source,
+                 "text_column": args.text_col, "label_column": args.label_col, "quick": args.quick}
+    versions = _versions()
 
     def scores(pred_val, pred_test):
         return {s: {"accuracy": float(accuracy_score(ds[s].labels, p)),
                     "macro_f1": float(f1_score(ds[s].labels, p, average="macro"))}
                 for s, p in (("val", pred_val), ("test", pred_test))}
 
-    result = {"data": {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source},
-              "classes": ds.classes, "versions": _versions(), "created": bundle.utc_now(), "baselines": {}}
-    t0 = time.time()
-    int8, _ = candidates.export_trunk(tok, work, ds["val"].texts[:8])
     def one_at_a_time(graph, texts):  # as the service answers a text (int8 graphs are batch-dependent)
         return np.concatenate([run_onnx(graph, backbone.encode(tok, [t])) for t in texts])
 
-    emb = {s: one_at_a_time(int8, ds[s].texts) for s in ("train", "val", "test")}
-    clf = LogisticRegression(C=args.logreg_c, max_iter=3000).fit(emb["train"], ds["train"].labels)
-    result["baselines"]["frozen-trunk-logreg19"] = {
-        **scores(clf.predict(emb["val"]), clf.predict(emb["test"])),
-        "model": f"frozen MiniLM-L6 int8 trunk + one {len(ds.classes)}-way logistic regression (C={args.logreg_c})",
-        "seconds": round(time.time() - t0, 1)}
-    print("frozen-trunk-logreg19", result["baselines"]["frozen-trunk-logreg19"])
+    def write_heads(algorithm: str, trunk_id: str, w: np.ndarray, b: np.ndarray, info: dict) -> None:
+        tdir = out / "trunks" / trunk_id
+        ref = {"id": trunk_id, "sha256": json.loads((tdir / "trunk.json").read_text())["graph"]["sha256"]}
+        for k, cls in enumerate(classes):
+            graph = work / f"{bundle.slug(cls)}--{algorithm}.onnx"
+            candidates.write_column_head(w, b, k, graph)
+            st = _selftest_texts(ds["val"].texts, ds["val"].labels, cls)
+            probs = [float(softmax_pos(run_onnx(graph, {"embedding": one_at_a_time(tdir / "trunk.onnx", [t])}))[0])
+                     for t in st]
+            provenance = {"trainer": "moe_training", "created": bundle.utc_now(), "data": data_info,
+                          "global_model": {**info, "classes": classes, "column": k, "seed": args.seed},
+                          "rebalance": {"method": "none"}, "trunk": trunk_id, "versions": versions}
+            bundle.write_bundle(out, cls, algorithm, graph, kind="head", max_seq_len=backbone.MAX_SEQ_LEN,
+                                provenance=provenance, selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
+                                trunk=ref, embedding_dim=int(w.shape[0]))
+        print(f"wrote {len(classes)} {algorithm} column heads on {trunk_id}")
+
+    result = {"data": data_info, "classes": classes, "versions": versions, "created": bundle.utc_now(), "baselines": {}}
+
+    def logreg_on(trunk_id: str, algorithm: str, what: str) -> None:
+        t0 = time.time()
+        path = out / "trunks" / trunk_id / "trunk.onnx"
+        emb = {s: one_at_a_time(path, ds[s].texts) for s in ("train", "val", "test")}
+        clf = LogisticRegression(C=args.logreg_c, max_iter=3000).fit(emb["train"], ds["train"].labels)
+        coef, icpt = clf.coef_, clf.intercept_
+        if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
+            coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
+        order = [list(clf.classes_).index(c) for c in classes]
+        info = {"model": f"{what} + one {len(classes)}-way logistic regression (C={args.logreg_c})",
+                "seconds": round(time.time() - t0, 1)}
+        write_heads(algorithm, trunk_id, coef[order].T, icpt[order], info)
+        result["baselines"][algorithm] = {**scores(clf.predict(emb["val"]), clf.predict(emb["test"])), **info}
+        print(algorithm, result["baselines"][algorithm])
+
+    int8, meta = candidates.export_trunk(tok, work, ds["val"].texts[:8])
+    frozen = bundle.write_trunk(out, "minilm-l6-int8", int8, tok_path, {**meta, "created": bundle.utc_now()})
+    logreg_on(frozen, "global-frozen-logreg", "frozen MiniLM-L6 int8 trunk")
+    if args.same_trunk:
+        logreg_on(args.same_trunk, "global-ft19-logreg", f"the MoE's trunk {args.same_trunk}")
     if args.finetune:
         t0 = time.time()
-        model, info = candidates.finetune_global(tok, ds["train"].texts, ds["train"].labels, ds.classes, settings)
+        model, info = candidates.finetune_global(tok, ds["train"].texts, ds["train"].labels, classes, settings)
         names = ["input_ids", "attention_mask", "token_type_ids"]
         feeds = backbone.encode(tok, ds["val"].texts[:8])
-        fp32, q8 = work / "global-fp32.onnx", out / "global-finetune-minilm-int8.onnx"
-        export_torch(model, feeds, names, "logits", fp32)
+        fp32, q8 = work / "global-fp32.onnx", work / "global-int8.onnx"
+        export_torch(model, feeds, names, "embedding", fp32)  # its 19 logits are the column heads' input
         quantize_int8(fp32, q8)
-        pred = {s: [ds.classes[i] for i in one_at_a_time(q8, ds[s].texts).argmax(1)] for s in ("val", "test")}
-        result["baselines"]["finetune-minilm-19way"] = {
-            **scores(pred["val"], pred["test"]), "training": info,
-            "model": f"MiniLM-L6 fine-tuned as one {len(ds.classes)}-way classifier, int8 ONNX, onnxruntime",
-            "seconds": round(time.time() - t0, 1)}
-        print("finetune-minilm-19way", result["baselines"]["finetune-minilm-19way"])
-    bundle.write_json(out / "global.json", result)
-    print(f"wrote {out / 'global.json'}")
+        trunk_id = bundle.write_trunk(out, "minilm-l6-global19-int8", q8, tok_path, {
+            "backbone": "sentence-transformers/all-MiniLM-L6-v2", "licence": backbone.BACKBONES["minilm-l6"][1],
+            "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
+            "embedding_dim": len(classes), "max_seq_len": backbone.MAX_SEQ_LEN,
+            "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
+            "fine_tuned": {**info, "task": f"{len(classes)}-way classification on train"}, "created": bundle.utc_now()})
+        logits = {s: one_at_a_time(out / "trunks" / trunk_id / "trunk.onnx", ds[s].texts) for s in ("val", "test")}
+        pred = {s: [classes[i] for i in logits[s].argmax(1)] for s in ("val", "test")}
+        desc = {"model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX", "training": info,
+                "seconds": round(time.time() - t0, 1)}
+        write_heads("global-finetune", trunk_id, np.eye(len(classes), dtype=np.float32),
+                    np.zeros(len(classes), dtype=np.float32), desc)
+        result["baselines"]["global-finetune"] = {**scores(pred["val"], pred["test"]), **desc}
+        print("global-finetune", result["baselines"]["global-finetune"])
+    summary = Path(args.summary) if args.summary else out / "global.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    bundle.write_json(summary, result)
+    print(f"wrote {summary}")
 
 
 def reference(args) -> None:
@@ -266,6 +318,8 @@ def main(argv=None) -> None:
     b.add_argument("--ratio", type=float, default=0.0, help="negatives per positive for under/oversampling")
     b.add_argument("--finetune-epochs", type=int, default=2)
     b.add_argument("--tokenbag-dim", type=int, default=64)
+    b.add_argument("--trunk-precision", default="int8", choices=["int8", "fp32"],
+                   help="shared trunks as exported (fp32) or dynamically quantised (int8)")
     b.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
     b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
     b.add_argument("--seed", type=int, default=42)
@@ -276,7 +330,9 @@ def main(argv=None) -> None:
     g.add_argument("--text-col", default="title")
     g.add_argument("--label-col", default="label")
     g.add_argument("--split-col", default="split")
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", required=True, help="model root to write the column-head bundles and trunks into")
+    g.add_argument("--summary", default="", help="where to write the sklearn scores (default: OUT/global.json)")
+    g.add_argument("--same-trunk", default="", help="trunk id in OUT: also fit a 19-way logistic regression on it")
     g.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM as one 19-way classifier")
     g.add_argument("--logreg-c", type=float, default=10.0)
     g.add_argument("--max-steps", type=int, default=None)
@@ -284,6 +340,13 @@ def main(argv=None) -> None:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--threads", type=int, default=2)
     g.set_defaults(func=global_baselines)
+    rp = sub.add_parser("report", help="draw docs/REPORT.md and its figures from `moe report` JSON")
+    rp.add_argument("--json", default="../docs/report/report.json")
+    rp.add_argument("--bench", default="../docs/bench/results.jsonl", help="benchmark results (may be absent)")
+    rp.add_argument("--out", default="../docs/REPORT.md")
+    rp.add_argument("--figures", default="../docs/report")
+    rp.add_argument("--command", default="scripts/report.sh", help="the command named in the page")
+    rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)

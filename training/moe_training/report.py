@@ -1,0 +1,418 @@
+"""Draw docs/REPORT.md and its figures from the JSON `moe report` writes (every number in it was
+computed by the serving runtime) and from the benchmark results `bench/run.sh` records.
+
+Nothing here recomputes a metric: the report only formats, plots and compares what the JSON holds,
+so the numbers in the markdown are the numbers the tests check against sklearn.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+NAMES = {
+    "moe-served": "MoE, served default set",
+    "moe-models-all": "MoE, best expert per class (all algorithms)",
+    "trunk-logreg": "MoE, all trunk-logreg (frozen trunk)",
+    "trunk-mlp": "MoE, all trunk-mlp (frozen trunk)",
+    "ft19-logreg": "MoE, all ft19-logreg (fine-tuned trunk)",
+    "tokenbag": "MoE, all tokenbag",
+    "finetune-minilm": "MoE, all finetune-minilm (19 fine-tuned models)",
+    "global-finetune": "Global: MiniLM fine-tuned 19-way",
+    "global-ft19-logreg": "Global: 19-way logreg on the MoE's trunk",
+    "global-frozen-logreg": "Global: 19-way logreg on the frozen trunk",
+}
+
+# Benchmark rows (docs/bench/results.jsonl `name`) that price each system through the service.
+BENCH = {
+    "moe-served": ("service", "inproc"),
+    "moe-models-all": ("service-models-all", "inproc-models-all"),
+    "global-ft19-logreg": ("service-global-ft19", "inproc-global-ft19"),
+    "global-finetune": ("service-global-finetune", "inproc-global-finetune"),
+}
+
+
+def name(s: dict) -> str:
+    return NAMES.get(s["name"], f"MoE, all {s['name']}" if s["kind"] == "moe" else s["name"])
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: stable files
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _bench(path: Path | None) -> list[dict]:
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _best_global(systems: list[dict]) -> dict | None:
+    g = [s for s in systems if s["kind"] == "global"]
+    return max(g, key=lambda s: s["accuracy"]) if g else None
+
+
+def _curve_at(s: dict, cov: float) -> dict:
+    return min(s["coverage_curve"], key=lambda p: abs(p["coverage"] - cov))
+
+
+# ---------------------------------------------------------------- figures
+def fig_accuracy(systems, out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    y = np.arange(len(systems))
+    ax.barh(y - 0.2, [s["accuracy"] for s in systems], 0.4, label="accuracy")
+    ax.barh(y + 0.2, [s["macro_f1"] for s in systems], 0.4, label="macro-F1")
+    ax.set_yticks(y, [name(s) for s in systems])
+    ax.invert_yaxis()
+    lo = min(min(s["accuracy"], s["macro_f1"]) for s in systems)
+    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+    ax.legend(loc="lower right")
+    ax.set_title("Test split: accuracy and macro-F1 (forced answer)")
+    _save(fig, out)
+
+
+def _grid(classes, title, out: Path, draw):
+    plt = _plt()
+    cols = 5
+    rows = (len(classes) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    for k, cls in enumerate(classes):
+        ax = axes[k // cols][k % cols]
+        draw(ax, k)
+        ax.set_title(cls, fontsize=7)
+    for k in range(len(classes), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(title)
+    _save(fig, out)
+
+
+def fig_roc_det(report, served, other, out_roc: Path, out_det: Path):
+    from scipy.stats import norm
+
+    classes = report["classes"]
+
+    def roc(ax, k):
+        for s, style in ((served, "-"), (other, "--")):
+            if s is None:
+                continue
+            e = s["experts"][k]
+            ax.plot(e["roc"]["fpr"], e["roc"]["tpr"], style, lw=1, label=f"{name(s)} (AUC {e['auc']:.3f})")
+            ax.plot([e["eer"]], [1 - e["eer"]], "o", ms=4, color=ax.lines[-1].get_color())
+        ax.plot([0, 1], [1, 0], ":", color="grey", lw=0.6)  # FPR = FNR: the EER line
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.legend(fontsize=5, loc="lower right")
+
+    _grid(classes, "ROC per expert on test (dot: the EER point, where FPR = FNR)", out_roc, roc)
+    lim = norm.ppf([0.002, 0.6])
+    ticks = [0.005, 0.02, 0.05, 0.1, 0.2, 0.4]
+
+    def det(ax, k):
+        for s, style in ((served, "-"), (other, "--")):
+            if s is None:
+                continue
+            e = s["experts"][k]
+            fpr = np.clip(np.array(e["roc"]["fpr"]), 1e-4, 1 - 1e-4)
+            fnr = np.clip(1 - np.array(e["roc"]["tpr"]), 1e-4, 1 - 1e-4)
+            ax.plot(norm.ppf(fpr), norm.ppf(fnr), style, lw=1, label=f"{name(s)} (EER {100 * e['eer']:.1f}%)")
+            q = norm.ppf(np.clip(e["eer"], 1e-4, 1 - 1e-4))
+            ax.plot([q], [q], "o", ms=4, color=ax.lines[-1].get_color())
+        ax.plot(lim, lim, ":", color="grey", lw=0.6)
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+        ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks], fontsize=5)
+        ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks], fontsize=5)
+        ax.set_xlabel("FPR %", fontsize=6)
+        ax.set_ylabel("FNR %", fontsize=6)
+        ax.legend(fontsize=5, loc="upper right")
+
+    _grid(classes, "DET per expert on test (normal-deviate axes; dot: EER)", out_det, det)
+
+
+def fig_coverage(systems, out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in systems:
+        c = [p["coverage"] for p in s["coverage_curve"]]
+        a = [p["accuracy"] for p in s["coverage_curve"]]
+        ax.plot(c, a, "--" if s["kind"] == "global" else "-", lw=1.2, label=name(s))
+    ax.set_xlabel("coverage (share of titles answered)")
+    ax.set_ylabel("accuracy on the answered titles")
+    ax.invert_xaxis()
+    ax.set_title("Abstention: MoE thresholds shifted in logit space vs global max-probability rejection")
+    ax.legend(fontsize=6)
+    _save(fig, out)
+
+
+def fig_confusion(report, a, b, out: Path):
+    plt = _plt()
+    pair = [s for s in (a, b) if s is not None]
+    fig, axes = plt.subplots(1, len(pair), figsize=(6.5 * len(pair), 6), squeeze=False)
+    short = [c[:14] for c in report["classes"]]
+    for ax, s in zip(axes[0], pair):
+        m = np.array(s["confusion"], dtype=float)
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(m)):
+            for j in range(len(m)):
+                if s["confusion"][i][j]:
+                    ax.text(j, i, s["confusion"][i][j], ha="center", va="center", fontsize=5,
+                            color="white" if m[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(short)), short, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(short)), short, fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.grid(False)
+        ax.set_title(f"{name(s)}: accuracy {pct(s['accuracy'])}%")
+    _save(fig, out)
+
+
+def fig_robustness(report, systems, out: Path):
+    plt = _plt()
+    names = ["clean"] + [p["name"] for p in report["perturbations"]]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    w = 0.8 / len(systems)
+    for i, s in enumerate(systems):
+        vals = [s["accuracy"]] + [r["accuracy"] for r in s["robustness"]]
+        ax.bar(np.arange(len(names)) + i * w - 0.4 + w / 2, vals, w, label=name(s),
+               hatch="//" if s["kind"] == "global" else None)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0.4, 0.9)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=5, ncol=2)
+    ax.set_title("Robustness: accuracy on perturbed test titles")
+    _save(fig, out)
+
+
+def fig_per_class(report, served, other, out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    y = np.arange(len(report["classes"]))
+    for i, s in enumerate(x for x in (served, other) if x is not None):
+        ax.barh(y + (i - 0.5) * 0.4, [c["f1"] for c in s["per_class"]], 0.4, label=name(s))
+    ax.set_yticks(y, report["classes"], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0.4, 1)
+    ax.set_xlabel("F1 on test")
+    ax.legend(fontsize=6)
+    _save(fig, out)
+
+
+# ---------------------------------------------------------------- markdown
+def _table(header: list[str], rows: list[list], align: str | None = None) -> str:
+    align = align or "|".join("---" if i == 0 else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", "|" + align + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cost_rows(systems, bench):
+    def row(n, **want):
+        for b in bench:
+            if b.get("name") == n and all(b.get(k) == v for k, v in want.items()):
+                return b
+        return None
+
+    out = []
+    for s in systems:
+        svc_name, inproc_name = BENCH.get(s["name"], (None, None))
+        c16 = row(svc_name, concurrency=16, batch=1) if svc_name else None
+        c1 = row(svc_name, concurrency=1, batch=1) if svc_name else None
+        inproc = [b for b in bench if b.get("name") == inproc_name]
+        best = max(inproc, key=lambda b: b["texts_per_s"]) if inproc else None
+        if not (c16 or best):
+            continue
+        out.append([name(s), pct(s["accuracy"]), f"{s['graph_bytes'] / 1e6:.0f}",
+                    f"{best['texts_per_s']:.0f} (batch {best['batch']})" if best else "not measured",
+                    f"{c16['requests_per_s']:.0f}" if c16 else "not measured",
+                    f"{c16['p99_ms']:.1f}" if c16 else "—",
+                    f"{c1['p50_ms']:.2f}" if c1 else "—"])
+    return out
+
+
+def headline(report, systems) -> str:
+    served = systems[0]
+    g = _best_global(systems)
+    best_moe = max((s for s in systems if s["kind"] == "moe"), key=lambda s: s["accuracy"])
+    n = report["data"]["rows"]
+    parts = [f"On the {n} test titles the served MoE reaches accuracy {pct(served['accuracy'])}% and macro-F1 "
+             f"{pct(served['macro_f1'])}%."]
+    if g is not None:
+        d = served["accuracy"] - g["accuracy"]
+        verdict = "beats" if d > 0 else ("ties" if d == 0 else "loses to")
+        parts.append(f"It {verdict} the strongest global classifier ({name(g)}: {pct(g['accuracy'])}% / "
+                     f"{pct(g['macro_f1'])}%) by {100 * abs(d):.1f} points ({round(abs(d) * n)} titles).")
+        if best_moe is not served:
+            d2 = best_moe["accuracy"] - g["accuracy"]
+            parts.append(f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
+                         f"against {g['graph_bytes'] / 1e6:.0f} MB) {'beats' if d2 > 0 else 'does not beat'} it "
+                         f"by {100 * d2:+.1f} points.")
+        for cov in (0.8, 0.6):
+            a, b = _curve_at(served, cov), _curve_at(g, cov)
+            parts.append(f"Answering only {pct(a['coverage'])}% of titles, the MoE's own thresholds give "
+                         f"{pct(a['accuracy'])}% against {pct(b['accuracy'])}% for the global model's "
+                         f"max-probability rejection at {pct(b['coverage'])}%.")
+        rob = {r["perturbation"]: r["accuracy"] for r in served["robustness"]}
+        grob = {r["perturbation"]: r["accuracy"] for r in g["robustness"]}
+        worse = [p for p in rob if rob[p] < grob[p]]
+        parts.append(f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
+                     f"perturbations ({', '.join(worse) or 'none'}).")
+    a = served["ambiguous"]
+    if a:
+        parts.append(f"On the {a['rows']} multi-category titles {a['mean_passed']:.1f} experts pass on average; label "
+                     f"precision {pct(a['label_precision'])}%, recall {pct(a['label_recall'])}%, exact label set "
+                     f"{pct(a['exact_set'])}%.")
+        if g is not None and g["ambiguous"]:
+            b = g["ambiguous"]
+            parts.append(f"The global model's columns with thresholds set the same way give {b['mean_passed']:.1f} / "
+                         f"{pct(b['label_precision'])}% / {pct(b['label_recall'])}% / {pct(b['exact_set'])}%.")
+    return " ".join(parts)
+
+
+def render(report: dict, bench: list[dict], out_md: Path, fig_dir: Path, command: str) -> None:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    systems = report["systems"]
+    served = systems[0]
+    g = _best_global(systems)
+    rel = lambda p: Path(p).relative_to(out_md.parent).as_posix()  # noqa: E731
+    figs = {k: fig_dir / f"{k}.png" for k in ("accuracy", "roc", "det", "coverage", "confusion", "robustness",
+                                               "per_class_f1")}
+    fig_accuracy(systems, figs["accuracy"])
+    fig_roc_det(report, served, g, figs["roc"], figs["det"])
+    fig_coverage(systems, figs["coverage"])
+    fig_confusion(report, served, g, figs["confusion"])
+    fig_robustness(report, systems, figs["robustness"])
+    fig_per_class(report, served, g, figs["per_class_f1"])
+
+    md = [f"# Mixture of experts vs one global classifier\n",
+          f"Generated by `{command}` from `{report['data']['file']}` (sha256 `{report['data']['sha256'][:12]}`), split "
+          f"`{report['split']}` ({report['data']['rows']} titles), {report['created']}. Every score was computed by "
+          f"`moe report` through the service's own expert sets and ONNX Runtime ({served['provider']}); a global "
+          "classifier is served as 19 column heads of one multi-class model (exactly its softmax), so both sides "
+          "run through the same code. Thresholds were set on val at each expert's EER; gates were fitted on val.\n",
+          "## Headline\n", headline(report, systems) + "\n",
+          "## 1. Accuracy and F1\n",
+          "Forced answer: the gate's label, or its best guess when no expert passes.\n",
+          _table(["system", "kind", "algorithms", "accuracy %", "macro-F1 %", "graphs MB", "source"],
+                 [[name(s), s["kind"], ", ".join(s["algorithms"]), pct(s["accuracy"]), pct(s["macro_f1"]),
+                   f"{s['graph_bytes'] / 1e6:.0f}", f"`{s['source']}`"] for s in systems]),
+          f"\n![accuracy]({rel(figs['accuracy'])})\n",
+          "Per-class F1 (%) on test:\n",
+          _table(["class"] + [s["name"] for s in systems],
+                 [[c] + [pct(s["per_class"][k]["f1"]) for s in systems] for k, c in enumerate(report["classes"])]),
+          f"\n![per-class F1]({rel(figs['per_class_f1'])})\n"]
+    for s in systems:
+        md.append(f"<details><summary>{name(s)}: precision / recall / F1 per class</summary>\n")
+        md.append(_table(["class", "precision %", "recall %", "F1 %", "support"],
+                         [[c["class"], pct(c["precision"]), pct(c["recall"]), pct(c["f1"]), c["support"]]
+                          for c in s["per_class"]]))
+        md.append("\n</details>\n")
+
+    md += ["## 2. Experts: ROC, DET, EER\n",
+           f"Solid: {name(served)}; dashed: {name(g) if g else '—'} (its column for the class, one-vs-rest).\n",
+           f"![ROC]({rel(figs['roc'])})\n", f"![DET]({rel(figs['det'])})\n",
+           "Served experts on test: AUC, EER, the val-EER threshold in use and what it gives on test.\n",
+           _table(["class", "bundle", "AUC", "EER % (test)", "threshold (val EER)", "precision %", "recall %"],
+                  [[e["class"], f"`{served['bundles'][e['class']]}`", f"{e['auc']:.4f}", pct(e["eer"]),
+                    f"{e['threshold']:.4f}", pct(e["at_threshold"]["precision"]), pct(e["at_threshold"]["recall"])]
+                   for e in served["experts"]]),
+           "\nEER on test (%) per class and algorithm (the selection itself used val: docs/RESULTS.md):\n",
+           _table(["class"] + [s["name"] for s in systems],
+                  [[c] + [pct(s["experts"][k]["eer"]) for s in systems] for k, c in enumerate(report["classes"])]
+                  + [["**mean**"] + [f"**{pct(np.mean([e['eer'] for e in s['experts']]))}**" for s in systems]])]
+
+    covs = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+    md += ["\n## 3. Decision control\n",
+           "### Abstention: coverage vs accuracy\n",
+           "The MoE abstains when no expert passes its threshold; shifting every threshold by the same amount in "
+           "logit space traces the curve (the answer is the best gate score among the experts that still pass). A "
+           "global model can only reject on its top probability. Accuracy (%) on the answered titles at equal coverage:\n",
+           _table(["system"] + [f"coverage {pct(c)}%" for c in covs] + ["at own thresholds: coverage / accuracy"],
+                  [[name(s)] + [pct(_curve_at(s, c)["accuracy"]) for c in covs]
+                   + [f"{pct(s['operating_point']['coverage'])} / {pct(s['operating_point']['accuracy'])}"
+                      if s["kind"] == "moe" else "— (no per-class thresholds)"] for s in systems]),
+           f"\n![coverage]({rel(figs['coverage'])})\n",
+           f"At the calibrated (val EER) thresholds an average of {served['mean_experts_passing']:.2f} served experts "
+           "pass per test title: EER thresholds favour recall, so the MoE almost never abstains unless asked to.\n"]
+    amb = [s for s in systems if s["ambiguous"]]
+    if amb:
+        a = served["ambiguous"]
+        md += ["### Multi-label: the titles listed under several categories\n",
+               f"{a['rows']} `{report['ambiguous']['split']}` titles with 2+ true categories. An expert passes when its "
+               "probability reaches its threshold (for a global model: its column's threshold, set the same way).\n",
+               _table(["system", "experts passing (mean)", "0 / 1 / 2 / 3+ pass", "a true label passes %",
+                       "all passing are true %", "exact set %", "label precision %", "label recall %",
+                       "top-1 is a true label %"],
+                      [[name(s), f"{s['ambiguous']['mean_passed']:.2f}",
+                        " / ".join(str(s["ambiguous"]["passed_histogram"][k]) for k in ("0", "1", "2", "3+")),
+                        pct(s["ambiguous"]["any_true_passed"]), pct(s["ambiguous"]["all_passed_true"]),
+                        pct(s["ambiguous"]["exact_set"]), pct(s["ambiguous"]["label_precision"]),
+                        pct(s["ambiguous"]["label_recall"]), pct(s["ambiguous"]["top1_in_labels"])] for s in amb]),
+               "\nExamples (served set):\n",
+               _table(["title", "true categories", "experts passing"],
+                      [[report["ambiguous"]["texts"][e["row"]], ", ".join(e["labels"]), ", ".join(e["passed"])]
+                       for e in a["examples"]])]
+
+    md += ["\n## 4. Gates on the served experts\n",
+           "Fitted gates: weights per class fitted on val (L2 strength chosen by 5-fold cross-validation on val), "
+           "measured on test.\n",
+           _table(["gate", "score", "L2", "accuracy %", "macro-F1 %", "coverage %", "accuracy when answered %"],
+                  [[x["gate"], x["score"], "—" if x["l2"] is None else f"{x['l2']:g}", pct(x["accuracy"]),
+                    pct(x["macro_f1"]), pct(x["coverage"]), pct(x["accuracy_when_answered"])]
+                   for x in report["gates"]])]
+
+    md += ["\n## 5. Robustness\n",
+           f"The data set is lower-cased without punctuation; real traffic is not. Perturbations (seed {report['seed']}):\n",
+           _table(["perturbation", "what", "example"],
+                  [[p["name"], p["what"], f"{p['examples'][0][1]}"] for p in report["perturbations"]]),
+           "\nAccuracy % (and share of predictions unchanged from the clean title):\n",
+           _table(["system", "clean"] + [p["name"] for p in report["perturbations"]],
+                  [[name(s), pct(s["accuracy"])] + [f"{pct(r['accuracy'])} ({pct(r['unchanged_predictions'])})"
+                                                    for r in s["robustness"]] for s in systems]),
+           f"\n![robustness]({rel(figs['robustness'])})\n"]
+
+    cost = _cost_rows(systems, bench)
+    md += ["## 6. Cost\n",
+           "Measured by `bench/run.sh` (docs/BENCHMARKS.md) on the same machine; accuracy from this report.\n"]
+    if cost:
+        md.append(_table(["system", "accuracy %", "graphs MB", "in-process texts/s (best batch)",
+                          "service req/s at concurrency 16", "p99 ms at 16", "p50 ms at 1"], cost))
+        unmeasured = [name(s) for s in systems if s["name"] not in BENCH]
+        md.append(f"\nNot benchmarked through the service: {', '.join(unmeasured)}.\n")
+    else:
+        md.append("No benchmark results found (run `bench/run.sh`).\n")
+
+    md += ["## 7. Confusion matrices\n", f"![confusion]({rel(figs['confusion'])})\n",
+           "## Reproduce\n",
+           "```\nscripts/report.sh          # moe report (JSON) + this page and its figures\n```\n",
+           "Inputs: the committed `models/` (served set, global column heads and their trunks) and the data set; "
+           "families and the best-per-class MoE come from `build/candidates` and `build/models-all`, which "
+           "`scripts/rebuild-models.sh` rebuilds (the report lists only the systems it found).\n"]
+    out_md.write_text("\n".join(md) + "\n", encoding="utf-8")
+
+
+def main(args) -> None:
+    report = json.loads(Path(args.json).read_text())
+    bench = _bench(Path(args.bench) if args.bench else None)
+    render(report, bench, Path(args.out), Path(args.figures), args.command)
+    print(f"wrote {args.out} and figures in {args.figures}")
