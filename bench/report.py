@@ -78,6 +78,7 @@ p("\n## In-process limit (no HTTP; the service's executors and sessions)\n")
 p("| set | batch | in flight | texts/s | p50 ms | p99 ms |")
 p("|---|---:|---:|---:|---:|---:|")
 SETS = {"inproc-latency": "19 experts", "inproc": "19 experts", "inproc-one-head": "1 head, same trunk",
+        "inproc-threaded-heads": "19 experts, heads on executor threads (--inline-heads false)",
         "inproc-global-ft19": "global 19-way logreg on the same trunk (19 column heads)",
         "inproc-global-finetune": "global: MiniLM fine-tuned 19-way (its own int8 graph)",
         "inproc-int8-frozen": "19 trunk-logreg heads, frozen trunk int8 (one text per run)",
@@ -91,6 +92,7 @@ p("| server | concurrency | texts/request | requests/s | texts/s | p50 ms | p95 
 p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 labels = {"service": "moe (defaults)", "service-batch16": "moe (defaults)", "service-no-batching": "moe, --max-batch 1",
           "service-1-session": "moe, 1 session x 2 threads",
+          "service-threaded-heads": "moe, heads on executor threads (--inline-heads false)",
           "service-global-ft19": "moe serving the global 19-way logreg (same trunk)",
           "service-global-finetune": "moe serving the global fine-tuned 19-way MiniLM",
           "service-int8-frozen": "moe, 19 trunk-logreg on the frozen int8 trunk",

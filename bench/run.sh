@@ -83,7 +83,8 @@ ROOTS=$(mktemp -d)
 mkroot() { .venv/bin/python bench/make_root.py "$1" "$ROOTS/$3" "$2" > /dev/null 2>&1; }
 serve_load() { # name root concurrencies...
   local name=$1 root=$2; shift 2
-  $MOE serve --port $PORT --models "$root" > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
+  # shellcheck disable=SC2086 # EXTRA: more serve flags, word-split on purpose
+  $MOE serve --port $PORT --models "$root" ${EXTRA:-} > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
   wait_http http://127.0.0.1:$PORT/readyz
   for c in "$@"; do load "service-$name" http://127.0.0.1:$PORT "$c" 1 $SPID; done
   kill $SPID; wait $SPID 2>/dev/null || true
@@ -91,6 +92,9 @@ serve_load() { # name root concurrencies...
 inproc() { # name root batches
   $MOE bench --models "$2" --seconds "$D" --batch "$3" --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record "inproc-$1"; done
 }
+# Heads on executor threads instead of inline on the request's thread (--inline-heads false).
+EXTRA="--inline-heads false" serve_load threaded-heads models 16
+MOE_INLINE_HEADS=false inproc threaded-heads models 1,32
 if mkroot models global-ft19-logreg global-ft19; then
   inproc global-ft19 "$ROOTS/global-ft19" 1,8,32,64; serve_load global-ft19 "$ROOTS/global-ft19" 1 16
 fi

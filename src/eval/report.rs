@@ -28,7 +28,7 @@ pub struct ReportArgs {
     pub models: PathBuf,
     /// More model roots, skipped when absent: their registries are more MoE systems and their
     /// bundles more algorithm families (the candidate pool `scripts/rebuild-models.sh` builds).
-    #[arg(long, value_delimiter = ',', default_value = "build/models-all,build/candidates")]
+    #[arg(long, value_delimiter = ',', default_value = "build/models-all,build/candidates,build/fp32")]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).
     #[arg(long, default_value = "test")]
@@ -116,11 +116,14 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
         }
         for (algo, experts) in by_algo {
             let complete = experts.len() == classes.len();
-            let seen = families.iter().chain(&systems).any(|s| s.name == algo || s.experts == experts);
-            if complete && !seen {
+            let same_set = families.iter().chain(&systems).any(|s| s.root == *r && s.experts == experts);
+            if complete && !same_set {
+                // The same algorithm from another root (e.g. an fp32 build) is named after its root.
+                let taken = families.iter().any(|s| s.name == algo);
+                let dir = r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
                 families.push(System {
                     kind: if algo.starts_with("global-") { "global" } else { "moe" },
-                    name: algo,
+                    name: if taken { format!("{algo}@{dir}") } else { algo },
                     root: r.clone(),
                     experts,
                     gate: GateSpec::default(),

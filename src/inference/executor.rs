@@ -75,7 +75,11 @@ pub struct Executor {
     pub provider: &'static str,
     /// Short label for metrics: the first 12 hex digits of the graph hash.
     pub label: String,
-    tx: SyncSender<Job>,
+    /// The queue to the worker threads; None when the graph runs inline.
+    tx: Option<SyncSender<Job>>,
+    /// Inline graphs (heads, see `RuntimeConfig::inline_heads`): sessions the caller locks and runs.
+    inline: Vec<std::sync::Mutex<Worker>>,
+    next: AtomicUsize,
     depth: Arc<AtomicUsize>,
     /// Set when batching would change a text's result (see `probe`): texts then run one at a time.
     row_by_row: Arc<AtomicBool>,
@@ -168,6 +172,8 @@ impl Executor {
         let depth = Arc::new(AtomicUsize::new(0));
         let row_by_row = Arc::new(AtomicBool::new(false));
         let label = sha256.chars().take(12).collect::<String>();
+        let run_inline = cfg.inline_heads && matches!(role, GraphRole::Embedding { .. });
+        let mut inline = Vec::new();
         for (i, l) in loaded.drain(..).enumerate() {
             let worker = Worker {
                 session: l.session,
@@ -179,13 +185,17 @@ impl Executor {
                 label: label.clone(),
                 row_by_row: row_by_row.clone(),
             };
+            if run_inline {
+                inline.push(std::sync::Mutex::new(worker));
+                continue;
+            }
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("exec-{label}-{i}"))
                 .spawn(move || worker.run(&rx))
                 .map_err(|e| Error::Runtime(format!("cannot start executor thread: {e}")))?;
         }
-        tracing::info!(graph = %path.display(), provider, threads, sessions, "graph loaded");
+        tracing::info!(graph = %path.display(), provider, threads, sessions, inline = run_inline, "graph loaded");
         Ok(Arc::new(Executor {
             sha256: sha256.to_string(),
             path: path.to_path_buf(),
@@ -193,7 +203,9 @@ impl Executor {
             out_dim,
             provider,
             label,
-            tx,
+            tx: if run_inline { None } else { Some(tx) },
+            inline,
+            next: AtomicUsize::new(0),
             depth,
             row_by_row,
             probed: std::sync::Once::new(),
@@ -203,8 +215,12 @@ impl Executor {
     /// Queue a job; the receiver resolves when its batch has run.
     pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Matrix>>> {
         let (reply, rx) = oneshot::channel();
+        let Some(tx) = &self.tx else {
+            let _ = reply.send(self.run_inline(&input));
+            return Ok(rx);
+        };
         self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Job { input, reply }) {
+        match tx.try_send(Job { input, reply }) {
             Ok(()) => {
                 metrics::gauge!("moe_queue_depth", "graph" => self.label.clone())
                     .set(self.depth.load(Ordering::Relaxed) as f64);
@@ -218,6 +234,25 @@ impl Executor {
                 })
             }
         }
+    }
+
+    /// Run on the calling thread with the first free session (or wait for one): heads are a
+    /// few microseconds of work, less than handing them to another thread and back.
+    fn run_inline(&self, input: &Input) -> Result<Matrix> {
+        let n = self.inline.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let free = (0..n).find_map(|i| self.inline[(first + i) % n].try_lock().ok());
+        let mut worker = match free {
+            Some(w) => w,
+            None => self.inline[first].lock().map_err(|_| Error::Inference(format!("graph {} failed", self.label)))?,
+        };
+        let started = Instant::now();
+        let rows = input.rows();
+        let out = worker.run_batch(&[input], rows).map_err(Error::Inference);
+        metrics::histogram!("moe_batch_size", "graph" => self.label.clone()).record(rows as f64);
+        metrics::histogram!("moe_graph_run_seconds", "graph" => self.label.clone())
+            .record(started.elapsed().as_secs_f64());
+        out
     }
 
     pub async fn run(&self, input: Input) -> Result<Matrix> {
@@ -309,7 +344,8 @@ impl Worker {
         while let Some((jobs, rows)) = self.next_batch(rx) {
             self.depth.fetch_sub(jobs.len(), Ordering::Relaxed);
             let started = Instant::now();
-            let result = self.run_batch(&jobs, rows);
+            let inputs: Vec<&Input> = jobs.iter().map(|j| &j.input).collect();
+            let result = self.run_batch(&inputs, rows);
             let graph = self.label.clone();
             metrics::histogram!("moe_batch_size", "graph" => graph.clone()).record(rows as f64);
             metrics::histogram!("moe_graph_run_seconds", "graph" => graph.clone())
@@ -334,12 +370,12 @@ impl Worker {
         }
     }
 
-    fn run_batch(&mut self, jobs: &[Job], rows: usize) -> std::result::Result<Matrix, String> {
+    fn run_batch(&mut self, jobs: &[&Input], rows: usize) -> std::result::Result<Matrix, String> {
         match self.role.clone() {
             GraphRole::Tokens { inputs } => {
                 let mut all: Vec<&Encoded> = Vec::with_capacity(rows);
                 for j in jobs {
-                    let Input::Tokens(t) = &j.input else { return Err("embedding sent to a token graph".into()) };
+                    let Input::Tokens(t) = j else { return Err("embedding sent to a token graph".into()) };
                     all.extend(t.iter());
                 }
                 if !self.row_by_row.load(Ordering::Relaxed) {
@@ -355,7 +391,7 @@ impl Worker {
             GraphRole::Embedding { input, dim } => {
                 let mut buf = Vec::with_capacity(rows * dim);
                 for j in jobs {
-                    let Input::Embedding(m) = &j.input else { return Err("tokens sent to a head".into()) };
+                    let Input::Embedding(m) = j else { return Err("tokens sent to a head".into()) };
                     if m.cols != dim {
                         return Err(format!("embedding has {} columns, head takes {dim}", m.cols));
                     }

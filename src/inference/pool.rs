@@ -33,8 +33,9 @@ impl ExecutorPool {
         if let Some(e) = self.executors.lock().expect("pool lock").get(&key).and_then(Weak::upgrade) {
             return Ok(e);
         }
-        // Big graphs (token inputs) get the configured session pool; heads one session.
-        let sessions = if expect == Expect::Tokens { cfg.sessions() } else { 1 };
+        // Big graphs (token inputs) get the configured session pool; heads one session
+        // (Inline heads run on the callers' threads: one session per core so they rarely wait.)
+        let sessions = if expect == Expect::Tokens || cfg.inline_heads { cfg.sessions() } else { 1 };
         let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads, sessions)?;
         let mut map = self.executors.lock().expect("pool lock");
         map.retain(|_, w| w.strong_count() > 0);

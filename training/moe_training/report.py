@@ -17,6 +17,7 @@ NAMES = {
     "moe-models-all": "MoE, best expert per class (all algorithms)",
     "trunk-logreg": "MoE, all trunk-logreg (frozen trunk)",
     "trunk-mlp": "MoE, all trunk-mlp (frozen trunk)",
+    "trunk-logreg@fp32": "MoE, all trunk-logreg (frozen trunk, fp32)",
     "ft19-logreg": "MoE, all ft19-logreg (fine-tuned trunk)",
     "tokenbag": "MoE, all tokenbag",
     "finetune-minilm": "MoE, all finetune-minilm (19 fine-tuned models)",
@@ -31,6 +32,8 @@ BENCH = {
     "moe-models-all": ("service-models-all", "inproc-models-all"),
     "global-ft19-logreg": ("service-global-ft19", "inproc-global-ft19"),
     "global-finetune": ("service-global-finetune", "inproc-global-finetune"),
+    "trunk-logreg": ("service-int8-frozen", "inproc-int8-frozen"),
+    "trunk-logreg@fp32": ("service-fp32-frozen", "inproc-fp32-frozen"),
 }
 
 

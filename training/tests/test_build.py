@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
+from moe_training.bundle import slug
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,13 +74,30 @@ def test_selftest_values_are_what_onnxruntime_gives(built):
         assert np.max(np.abs(got - want)) < 1e-6
 
 
-def test_global_baselines_report_val_and_test(tmp_path):
+def test_global_baselines_are_column_head_bundles_equal_to_the_softmax(tmp_path):
     cmd = [sys.executable, "-m", "moe_training", "global", "--data", str(DATA), "--out", str(tmp_path), "--quick",
            "--finetune", "--max-steps", "2"]
     subprocess.run(cmd, cwd=ROOT, check=True)
     g = json.loads((tmp_path / "global.json").read_text())
-    for name in ("frozen-trunk-logreg19", "finetune-minilm-19way"):
+    classes = g["classes"]
+    for name in ("global-frozen-logreg", "global-finetune"):
         for split in ("val", "test"):
             assert 0.0 <= g["baselines"][name][split]["accuracy"] <= 1.0
             assert 0.0 <= g["baselines"][name][split]["macro_f1"] <= 1.0
-    assert (tmp_path / "global-finetune-minilm-int8.onnx").exists()
+        cards = [json.loads((tmp_path / f"{slug(c)}--{name}" / "card.json").read_text()) for c in classes]
+        assert [c["class"] for c in cards] == classes and all(c["kind"] == "head" for c in cards)
+    # Head k's probability is the global model's softmax for class k: the columns sum to one.
+    from moe_training.export import run_onnx, softmax_pos
+    from moe_training.tokens import encode
+    from tokenizers import Tokenizer
+
+    card = json.loads((tmp_path / f"{slug(classes[0])}--global-finetune" / "card.json").read_text())
+    tdir = tmp_path / "trunks" / card["trunk"]["id"]
+    tok = Tokenizer.from_file(str(tdir / "tokenizer.json"))
+    tok.no_padding()
+    z = run_onnx(tdir / "trunk.onnx", encode(tok, ["how to pack a suitcase"])).astype(np.float32)
+    assert z.shape == (1, len(classes))
+    probs = np.array([softmax_pos(run_onnx(tmp_path / f"{slug(c)}--global-finetune" / "head.onnx", {"embedding": z}))[0]
+                      for c in classes])
+    want = np.exp(z[0] - z[0].max()) / np.exp(z[0] - z[0].max()).sum()
+    assert np.max(np.abs(probs - want)) < 1e-5
