@@ -2,7 +2,7 @@
 # Benchmark harness: the in-process limit, the service at several concurrencies (single-text and
 # batch requests, batching on and off), and the Python peers, on the same machine in one run, with
 # test-split titles as input. Loopback only; every run is bounded in time.
-#   bench/run.sh            full run (about 9 minutes), writes docs/bench/results.json and docs/BENCHMARKS.md
+#   bench/run.sh            full run (about 10 minutes), writes docs/bench/results.json and docs/BENCHMARKS.md
 #   bench/run.sh --smoke    1-second runs into a temp folder (CI: it must run, not meet a number)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,11 @@ record() { # name, json line on stdin
   .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); d['name']=sys.argv[1]; print(json.dumps(d))" "$1" >> "$RES"
 }
 wait_http() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done; echo "no answer from $1" >&2; return 1; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+cpu_ticks() { # user+system ticks of a process and its children (uvicorn's workers)
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do t=$(( t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
+  echo "$t"
+}
 load() { # name url conc batch pid
   local t0 c0 out
   t0=$(date +%s.%N); c0=$(cpu_ticks "$5")
@@ -116,6 +120,20 @@ MOE_MODELS=models .venv/bin/uvicorn --log-level warning --port 18191 bench.peers
 wait_http http://127.0.0.1:18191/docs
 for c in 1 16; do load peer-a-torch-notebook http://127.0.0.1:18191 "$c" 1 $APID; done
 kill $APID; wait $APID 2>/dev/null || true
+
+# 5. The ratios the targets name, measured interleaved (service, peer b, in-process limit, service
+# with batch requests; three rounds) so that drift on a shared machine hits both sides alike.
+$MOE serve --port $PORT --models models > "$OUT/serve-paired.log" 2>&1 & PIDS+=($!); SPID=$!
+MOE_MODELS=models .venv/bin/uvicorn --log-level warning --workers "$(nproc)" --port 18190 bench.peers.ort_fastapi:app > "$OUT/peer-b-paired.log" 2>&1 & PIDS+=($!); BPID=$!
+wait_http http://127.0.0.1:$PORT/readyz; wait_http http://127.0.0.1:18190/docs
+for round in 1 2 3; do
+  load paired-service http://127.0.0.1:$PORT 16 1 $SPID
+  load paired-peer-b http://127.0.0.1:18190 16 1 $BPID
+  load paired-service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
+  $MOE bench --models models --seconds "$D" --batch 32 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record paired-inproc; done
+  echo "paired round $round done"
+done
+kill $SPID $BPID; wait $SPID $BPID 2>/dev/null || true
 
 .venv/bin/python - <<'PY' | record graph-bytes
 import json

@@ -68,6 +68,17 @@ fn card_of(root: &Path, bundle: &str) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::bundle(root.join(bundle), e.to_string()))
 }
 
+/// What a class -> bundle mapping computes: each bundle's graph hash and trunk id.
+fn signature(root: &Path, experts: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    experts
+        .values()
+        .map(|b| {
+            let card = card_of(root, b).unwrap_or(Value::Null);
+            (card["graph"]["sha256"].as_str().unwrap_or(b).to_string(), card["trunk"]["id"].to_string())
+        })
+        .collect()
+}
+
 fn discover(a: &ReportArgs) -> Result<Vec<System>> {
     let served = RegistryFile::read(&a.models)?;
     let classes: BTreeSet<String> = served.experts.keys().cloned().collect();
@@ -116,7 +127,10 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
         }
         for (algo, experts) in by_algo {
             let complete = experts.len() == classes.len();
-            let same_set = families.iter().chain(&systems).any(|s| s.root == *r && s.experts == experts);
+            // The same graphs (e.g. the served set's bundles, copied from the candidates) are not
+            // a new system; the same bundle names over other graphs (an fp32 build) are.
+            let sig = signature(r, &experts);
+            let same_set = families.iter().chain(&systems).any(|s| signature(&s.root, &s.experts) == sig);
             if complete && !same_set {
                 // The same algorithm from another root (e.g. an fp32 build) is named after its root.
                 let taken = families.iter().any(|s| s.name == algo);
