@@ -143,7 +143,7 @@ if os.path.exists(swap_path):
 prof_path = os.path.join(os.path.dirname(sys.argv[1]), "profile.txt")
 if PAIRED and os.path.exists(prof_path):
     prof = open(prof_path).read()
-    ort_share = next((float(l.split("%")[0]) for l in prof.splitlines() if "libonnxruntime" in l), None)
+    ort_share = next((float(l.split("%")[0]) for l in prof.splitlines() if "libonnxruntime" in l), None)  # batch 1
     ps = by["paired-service"]
     cpu_ms = median([10 * r["server_cpu_percent"] / r["requests_per_s"] for r in ps])  # ms of CPU per request
     if ort_share is not None:
@@ -161,6 +161,11 @@ if PAIRED and os.path.exists(prof_path):
           "allocations, the kernel's network path). Both sides run the same graph with the same runtime, so the ratio "
           "is capped by the graph's share; making the graph cheaper would speed up peer (b) as well (an fp32 trunk, "
           "batched, is slower on this CPU: see the fp32 rows).\n")
+        shares = [float(l.split("%")[0]) for l in prof.splitlines() if "libonnxruntime" in l or l.strip().endswith(" moe")]
+        if len(shares) >= 4:
+            p(f"With 16-title requests {shares[2]:.0f}% of the service's CPU is ONNX Runtime and {shares[3]:.0f}% the `moe` "
+              "binary (HTTP, JSON, tokenization, gate): the gap to the in-process limit in the target row is not the "
+              "service's own code; the rounds show how much the ratio moves from one 8-second run to the next.\n")
 p("## Notes\n")
 p("- Peer (a) is the notebook's `moe_predict` design: every expert a full model run in turn, PyTorch fp32, batch 1.")
 p("  The shipped experts exist only as ONNX, so each peer expert is the pretrained MiniLM-L6 encoder (same size)")

@@ -183,18 +183,18 @@ fn comparable_score(mode: ScoreMode, p: f32, t: f32) -> f32 {
     }
 }
 
+/// What gates are fitted and scored on: each expert's probabilities on a labelled split (expert-major),
+/// the experts' thresholds, the texts and their class indices.
+pub(crate) struct GateData<'a> {
+    pub probs: &'a [Vec<f32>],
+    pub thr: &'a [f32],
+    pub texts: &'a [String],
+    pub truth: &'a [usize],
+}
+
 /// Fit a length or stacking gate on the given rows (offset ln s so the fit targets w·s).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fit_gate(
-    kind: GateKind,
-    mode: ScoreMode,
-    l2: f32,
-    probs: &[Vec<f32>],
-    thr: &[f32],
-    texts: &[String],
-    truth: &[usize],
-    rows: &[usize],
-) -> GateWeights {
+pub(crate) fn fit_gate(kind: GateKind, mode: ScoreMode, l2: f32, d: &GateData, rows: &[usize]) -> GateWeights {
+    let GateData { probs, thr, texts, truth } = *d;
     let c = probs.len();
     let offset: Vec<Vec<f32>> = rows
         .iter()
@@ -216,21 +216,14 @@ pub(crate) fn fit_gate(
 }
 
 /// Predictions of a fitted gate by 5-fold cross-validation (row i is in fold i % 5).
-pub(crate) fn cv_predictions(
-    kind: GateKind,
-    mode: ScoreMode,
-    l2: f32,
-    probs: &[Vec<f32>],
-    thr: &[f32],
-    texts: &[String],
-    truth: &[usize],
-) -> Vec<(usize, bool)> {
+pub(crate) fn cv_predictions(kind: GateKind, mode: ScoreMode, l2: f32, d: &GateData) -> Vec<(usize, bool)> {
+    let texts = d.texts;
     let all: Vec<usize> = (0..texts.len()).collect();
     let mut preds = vec![(0usize, false); texts.len()];
     for fold in 0..5 {
         let train: Vec<usize> = all.iter().copied().filter(|i| i % 5 != fold).collect();
-        let weights = fit_gate(kind, mode, l2, probs, thr, texts, truth, &train);
-        let p = predictions(&Gate { score: mode, weights, disabled: None }, probs, thr, texts);
+        let weights = fit_gate(kind, mode, l2, d, &train);
+        let p = predictions(&Gate { score: mode, weights, disabled: None }, d.probs, d.thr, texts);
         for i in all.iter().copied().filter(|i| i % 5 == fold) {
             preds[i] = p[i];
         }
@@ -330,6 +323,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
     let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| probabilities(e, &texts)).collect::<Result<_>>()?;
     let thr: Vec<f32> = set.experts.iter().map(|e| e.threshold.unwrap_or(0.5)).collect();
     let all: Vec<usize> = (0..texts.len()).collect();
+    let data = GateData { probs: &probs, thr: &thr, texts: &texts, truth: &truth };
     let mut table = Vec::new();
     let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
@@ -339,7 +333,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
                 let preds = if kind == GateKind::Uniform {
                     predictions(&Gate::uniform(mode), &probs, &thr, &texts)
                 } else {
-                    cv_predictions(kind, mode, l2, &probs, &thr, &texts, &truth)
+                    cv_predictions(kind, mode, l2, &data)
                 };
                 let acc = accuracy(&preds, &truth);
                 let abstain = preds.iter().filter(|p| p.1).count();
@@ -356,7 +350,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
     }
     let (acc, kind, mode, l2) = best.expect("evaluated");
     let mut spec = GateSpec { kind, score: mode, ..Default::default() };
-    match fit_gate(kind, mode, l2, &probs, &thr, &texts, &truth, &all) {
+    match fit_gate(kind, mode, l2, &data, &all) {
         GateWeights::Length(ab) if kind == GateKind::Length => {
             spec.length = Some(LengthGate { params: classes.iter().cloned().zip(ab).collect() });
         }

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::cli::{bundle_names, cv_predictions, fit_gate, predictions};
+use super::cli::{GateData, bundle_names, cv_predictions, fit_gate, predictions};
 use super::data::{DataArgs, read_multi};
 use super::metrics::{at_threshold, auc, eer, multiclass, roc};
 use crate::config::RuntimeConfig;
@@ -432,12 +432,7 @@ fn labelled(data: &DataArgs, split: &str, classes: &[String]) -> Result<(Vec<Str
 
 /// Uniform vs length vs stacking gates (probability and margin scores) on the served set: fitted
 /// on val with the L2 strength chosen by 5-fold cross-validation on val, measured on the split.
-fn gate_table(
-    val: (&[Vec<f32>], &[String], &[usize]),
-    test: (&[Vec<f32>], &[String], &[usize]),
-    thr: &[f32],
-    classes: &[String],
-) -> Vec<Value> {
+fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value> {
     let mut table = Vec::new();
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
         for mode in [ScoreMode::Probability, ScoreMode::Margin] {
@@ -445,20 +440,20 @@ fn gate_table(
                 (Gate::uniform(mode), None)
             } else {
                 let cv_acc = |l2: f32| {
-                    let p = cv_predictions(kind, mode, l2, val.0, thr, val.1, val.2);
-                    p.iter().zip(val.2).filter(|(p, t)| p.0 == **t).count()
+                    let p = cv_predictions(kind, mode, l2, val);
+                    p.iter().zip(val.truth).filter(|(p, t)| p.0 == **t).count()
                 };
                 let l2 =
                     [0.001f32, 0.01, 0.1, 1.0].into_iter().max_by_key(|&l| (cv_acc(l), -(l * 1e3) as i64)).unwrap();
-                let all: Vec<usize> = (0..val.1.len()).collect();
-                let weights = fit_gate(kind, mode, l2, val.0, thr, val.1, val.2, &all);
+                let all: Vec<usize> = (0..val.texts.len()).collect();
+                let weights = fit_gate(kind, mode, l2, val, &all);
                 (Gate { score: mode, weights, disabled: None }, Some(l2))
             };
-            let preds = predictions(&gate, test.0, thr, test.1);
+            let preds = predictions(&gate, test.probs, test.thr, test.texts);
             let forced: Vec<usize> = preds.iter().map(|p| p.0).collect();
-            let m = multiclass(classes, test.2, &forced);
+            let m = multiclass(classes, test.truth, &forced);
             let answered: Vec<usize> = (0..forced.len()).filter(|&i| !preds[i].1).collect();
-            let right = answered.iter().filter(|&&i| forced[i] == test.2[i]).count();
+            let right = answered.iter().filter(|&&i| forced[i] == test.truth[i]).count();
             table.push(json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
                               "l2": l2, "fitted_on": if l2.is_some() { "val" } else { "nothing (no parameters)" },
                               "accuracy": m.accuracy, "macro_f1": m.macro_f1,
@@ -531,7 +526,8 @@ pub async fn report(a: ReportArgs) -> Result<()> {
         };
         if sys.name == "moe-served" {
             let vp = score(&set, &val_texts).await?;
-            gates = gate_table((&vp, &val_texts, &val_truth), (&probs, &texts, &truth), &thr, &classes);
+            let val = GateData { probs: &vp, thr: &thr, texts: &val_texts, truth: &val_truth };
+            gates = gate_table(&val, &GateData { probs: &probs, thr: &thr, texts: &texts, truth: &truth }, &classes);
         }
         let plotted = sys.name == "moe-served" || sys.kind == "global";
         out_systems.push(json!({
