@@ -155,6 +155,7 @@ print(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.releas
                   "git": rev, "wrk": (wrk.stdout + wrk.stderr).split("\n")[0], "seconds_per_run": int(os.environ.get("D", "0") or 0)}))
 PY
 if [ $SMOKE = 0 ]; then
+  if command -v perf >/dev/null; then bash bench/profile.sh > /dev/null || echo "profile skipped" >&2; fi
   .venv/bin/python bench/report.py "$RES" > docs/BENCHMARKS.md
   echo "wrote docs/BENCHMARKS.md"
 else
