@@ -193,7 +193,7 @@ def fig_confusion(report, a, b, out: Path):
 def fig_robustness(report, systems, out: Path):
     plt = _plt()
     names = ["clean"] + [p["name"] for p in report["perturbations"]]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     w = 0.8 / len(systems)
     for i, s in enumerate(systems):
         vals = [s["accuracy"]] + [r["accuracy"] for r in s["robustness"]]
@@ -202,7 +202,7 @@ def fig_robustness(report, systems, out: Path):
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0.4, 0.9)
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=5, ncol=2)
+    ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     ax.set_title("Robustness: accuracy on perturbed test titles")
     _save(fig, out)
 
