@@ -113,3 +113,44 @@ fn sessions_are_released_with_their_last_expert() {
     drop(b);
     assert_eq!(pool.live_executors(), 0);
 }
+
+/// Heads run inline on the caller's thread (the default) or on their executor threads: the same
+/// probabilities either way, for every expert of the shipped set, from several threads at once.
+#[test]
+fn inline_and_threaded_heads_agree() {
+    let root = common::default_models();
+    let texts: Vec<String> =
+        ["how to pack a suitcase", "how to bake sourdough bread", "how to train a puppy"].map(String::from).to_vec();
+    let run = |inline_heads: bool| {
+        let cfg = moe::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
+        let set = std::sync::Arc::new(ExpertSet::load(&ExecutorPool::default(), &cfg, &root, 1).unwrap());
+        let head = set.experts[0].head.as_ref().expect("the shipped experts are heads");
+        assert_eq!(head.inline(), inline_heads);
+        assert!(!set.experts[0].stage1.inline(), "trunks keep their executor threads");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        rt.block_on(async {
+            let calls: Vec<_> = (0..4)
+                .map(|_| {
+                    let (set, texts) = (set.clone(), texts.clone());
+                    tokio::spawn(async move { set.probabilities(&texts).await.unwrap().0 })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for c in calls {
+                out.push(c.await.unwrap());
+            }
+            out
+        })
+    };
+    let (inline, threaded) = (run(true), run(false));
+    assert_eq!(inline.len(), 4);
+    for (a, b) in inline.iter().zip(&threaded) {
+        assert_eq!(a.len(), 19);
+        for (x, y) in a.iter().zip(b) {
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() < 1e-6, "inline {p} vs threaded {q}");
+            }
+        }
+    }
+    assert_eq!(inline[0], inline[3], "concurrent inline calls agree");
+}

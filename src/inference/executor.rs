@@ -295,6 +295,11 @@ impl Executor {
         result
     }
 
+    /// Whether this graph runs on the caller's thread (see `RuntimeConfig::inline_heads`).
+    pub fn inline(&self) -> bool {
+        self.tx.is_none()
+    }
+
     pub fn row_by_row(&self) -> bool {
         self.row_by_row.load(Ordering::Relaxed)
     }
