@@ -28,12 +28,16 @@ print(f"## Test split ({report['data']['rows']} titles)\n")
 print("| configuration | test accuracy | test macro-F1 | sklearn cross-check (trainer) |")
 print("|---|---:|---:|---:|")
 d = systems["moe-served"]
-print(f"| **MoE, shipped default set** (`models/`: 19 `ft19-logreg` heads on one shared trunk, gate "
-      f"{d['gate']['kind']}/{d['gate']['score']}) | **{d['accuracy']:.3f}** | **{d['macro_f1']:.3f}** | |")
+print(
+    f"| **MoE, shipped default set** (`models/`: 19 `ft19-logreg` heads on one shared trunk, gate "
+    f"{d['gate']['kind']}/{d['gate']['score']}) | **{d['accuracy']:.3f}** | **{d['macro_f1']:.3f}** | |"
+)
 if "moe-models-all" in systems:
     m = systems["moe-models-all"]
-    print(f"| MoE, best candidate per class over every algorithm (two trunks plus full fine-tuned models; too large "
-          f"to ship) | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | |")
+    print(
+        f"| MoE, best candidate per class over every algorithm (two trunks plus full fine-tuned models; too large "
+        f"to ship) | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | |"
+    )
 for name, b in glob["baselines"].items():
     s = systems.get(name)
     served = f"{s['accuracy']:.3f} | {s['macro_f1']:.3f}" if s else "not in report | "
@@ -52,14 +56,19 @@ for cls, v in sel_all["classes"].items():
     cells = [f"{by[a]['eer']:.3f} / {by[a]['f1_at_eer']:.2f}" if a in by else "" for a in algos]
     ship = sel_ship["classes"].get(cls, {}).get("winner", "").split("--")[-1]
     print(f"| {cls} | " + " | ".join(cells) + f" | {v['winner'].split('--')[-1]} | {ship} |")
-mean = {a: sum(c["eer"] for v in sel_all["classes"].values() for c in v["candidates"] if c["algorithm"] == a)
-        / len(sel_all["classes"]) for a in algos}
+mean = {
+    a: sum(c["eer"] for v in sel_all["classes"].values() for c in v["candidates"] if c["algorithm"] == a)
+    / len(sel_all["classes"])
+    for a in algos
+}
 print("| **mean EER** | " + " | ".join(f"**{mean[a]:.3f}**" for a in algos) + " | | |")
 
 print("\n## Gate and score mode (validation accuracy of the shipped set)\n")
 print("| gate | score | L2 | val accuracy | abstained | evaluated by |")
 print("|---|---|---:|---:|---:|---|")
 for row in sel_ship["gate"]["table"]:
-    print(f"| {row['gate']} | {row['score']} | {row['l2']} | {row['val_accuracy']:.4f} | {row['val_abstained']} | "
-          f"{row['evaluation']} |")
+    print(
+        f"| {row['gate']} | {row['score']} | {row['l2']} | {row['val_accuracy']:.4f} | {row['val_abstained']} | "
+        f"{row['evaluation']} |"
+    )
 print("\nThe registry keeps the best row (ties keep the simpler gate).")

@@ -30,16 +30,27 @@ def tokenizer(path: Path, max_len: int) -> Tokenizer:
 
 def feeds(tok: Tokenizer, text: str) -> dict:
     e = tok.encode(text)
-    return {"input_ids": np.array([e.ids], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+    return {
+        "input_ids": np.array([e.ids], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids], dtype=np.int64),
+    }
 
 
 def answer(classes, probs, thresholds):
     passed = [p >= t for p, t in zip(probs, thresholds)]
     best = int(np.argmax(probs))
     label = max((i for i in range(len(probs)) if passed[i]), key=lambda i: probs[i], default=None)
-    return {"results": [{"label": None if label is None else classes[label], "abstained": label is None,
-                         "best_guess": classes[best],
-                         "experts": [{"class": c, "probability": float(p), "threshold": float(t), "passed": bool(ok)}
-                                     for c, p, t, ok in zip(classes, probs, thresholds, passed)]}]}
+    return {
+        "results": [
+            {
+                "label": None if label is None else classes[label],
+                "abstained": label is None,
+                "best_guess": classes[best],
+                "experts": [
+                    {"class": c, "probability": float(p), "threshold": float(t), "passed": bool(ok)}
+                    for c, p, t, ok in zip(classes, probs, thresholds, passed)
+                ],
+            }
+        ]
+    }

@@ -9,7 +9,6 @@ the memory and cache). The labels are not the service's (the encoder weights dif
 
 import os
 
-import numpy as np
 import onnx
 import torch
 from fastapi import FastAPI

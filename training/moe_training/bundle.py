@@ -41,19 +41,33 @@ def write_trunk(root: Path, name: str, graph: Path, tokenizer_json: Path, meta: 
     d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(graph, d / "trunk.onnx")
     shutil.copyfile(tokenizer_json, d / "tokenizer.json")
-    write_json(d / "trunk.json", {
-        "schema": CARD_SCHEMA,
-        "id": trunk_id,
-        "graph": {"file": "trunk.onnx", "sha256": sha},
-        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(d / "tokenizer.json")},
-        **meta,
-    })
+    write_json(
+        d / "trunk.json",
+        {
+            "schema": CARD_SCHEMA,
+            "id": trunk_id,
+            "graph": {"file": "trunk.onnx", "sha256": sha},
+            "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(d / "tokenizer.json")},
+            **meta,
+        },
+    )
     return trunk_id
 
 
-def write_bundle(root: Path, cls: str, algorithm: str, graph: Path, *, kind: str, max_seq_len: int,
-                 provenance: dict, selftest: list[dict], trunk: dict | None = None,
-                 tokenizer_json: Path | None = None, embedding_dim: int | None = None) -> Path:
+def write_bundle(
+    root: Path,
+    cls: str,
+    algorithm: str,
+    graph: Path,
+    *,
+    kind: str,
+    max_seq_len: int,
+    provenance: dict,
+    selftest: list[dict],
+    trunk: dict | None = None,
+    tokenizer_json: Path | None = None,
+    embedding_dim: int | None = None,
+) -> Path:
     """Write one bundle folder `<class-slug>--<algorithm>`; the card has no threshold yet
     (`moe calibrate` sets it on the served artefact, in the serving runtime)."""
     d = root / f"{slug(cls)}--{algorithm}"

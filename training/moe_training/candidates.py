@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from . import backbone
 from .export import OPSET, export_torch, quantize_int8, run_onnx, softmax_pos
-from .rebalance import rebalance
 
 # Default rebalancing per algorithm (overridable on the command line), and whether it is a trunk head.
 ALGORITHMS = {
@@ -70,8 +69,12 @@ def write_column_head(weights: np.ndarray, bias: np.ndarray, k: int, path: Path)
         "column_head",
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        [numpy_helper.from_array(weights.astype(np.float32), "W"), numpy_helper.from_array(bias.astype(np.float32), "B"),
-         numpy_helper.from_array(mask, "mask"), numpy_helper.from_array(pick, "pick")],
+        [
+            numpy_helper.from_array(weights.astype(np.float32), "W"),
+            numpy_helper.from_array(bias.astype(np.float32), "B"),
+            numpy_helper.from_array(mask, "mask"),
+            numpy_helper.from_array(pick, "pick"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="moe-training")
     model.ir_version = 8
@@ -101,8 +104,17 @@ def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str]
     y = torch.from_numpy(np.array([classes.index(c) for c in labels]))
     epochs = 1 if s.quick else s.global_epochs
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    step = _train_loop(model, names, tok, texts, epochs, s.finetune_lr, s, "global fine-tune",
-                       lambda out, i: torch.nn.functional.cross_entropy(out, y[i]))
+    step = _train_loop(
+        model,
+        names,
+        tok,
+        texts,
+        epochs,
+        s.finetune_lr,
+        s,
+        "global fine-tune",
+        lambda out, i: torch.nn.functional.cross_entropy(out, y[i]),
+    )
     return model, {"epochs": epochs, "steps": step, "lr": s.finetune_lr, "batch_size": s.batch_size}
 
 
@@ -167,8 +179,9 @@ def _write_linear_head(weights: np.ndarray, bias: np.ndarray, path: Path) -> Non
 class _Mlp(torch.nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                                       torch.nn.Linear(hidden, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(hidden, 1)
+        )
 
     def forward(self, embedding):
         return self.net(embedding)
@@ -184,7 +197,7 @@ def mlp_head(x: np.ndarray, y: np.ndarray, w: np.ndarray, s: TrainSettings, path
     for _ in range(epochs):
         perm = torch.randperm(len(xt))
         for b in range(0, len(xt), 128):
-            i = perm[b:b + 128]
+            i = perm[b : b + 128]
             z = model(xt[i])[:, 1]
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt[i], reduction="none") * wt[i]).mean()
             opt.zero_grad()
@@ -238,7 +251,7 @@ def _train_loop(model, names, tok, texts, epochs, lr, s: TrainSettings, desc: st
             for b in range(0, len(order), s.batch_size):
                 if step >= total:
                     break
-                i = order[b:b + s.batch_size]
+                i = order[b : b + s.batch_size]
                 feeds = backbone.encode(tok, [texts[j] for j in i])
                 loss = loss_of(model(*(torch.from_numpy(feeds[n]) for n in names)), i)
                 opt.zero_grad()
@@ -266,8 +279,7 @@ def tokenbag(tok, texts, y, w, s: TrainSettings, path: Path, parity_texts: list[
     _seed(s.seed)
     names = ["input_ids", "attention_mask"]
     model = backbone.BinaryFromScore(_TokenBag(tok.get_vocab_size(), s.tokenbag_dim))
-    steps = _train_token_model(model, names, tok, texts, y, w, 1 if s.quick else s.tokenbag_epochs, 5e-3, s,
-                               "tokenbag")
+    steps = _train_token_model(model, names, tok, texts, y, w, 1 if s.quick else s.tokenbag_epochs, 5e-3, s, "tokenbag")
     parity = _export_with_parity(model, names, tok, parity_texts, path, quantize=False)
     return {"dim": s.tokenbag_dim, "steps": steps, "optimizer": "AdamW lr 5e-3 linear decay", **parity}
 
@@ -278,8 +290,14 @@ def finetune(tok, texts, y, w, s: TrainSettings, path: Path, parity_texts: list[
     model = backbone.BinaryFromScore(_FineTuned(backbone.load_encoder()))
     steps = _train_token_model(model, names, tok, texts, y, w, s.finetune_epochs, s.finetune_lr, s, "finetune")
     parity = _export_with_parity(model, names, tok, parity_texts, path, quantize=True)
-    return {"epochs": s.finetune_epochs, "steps": steps, "lr": s.finetune_lr, "batch_size": s.batch_size,
-            "optimizer": "AdamW linear decay", **parity}
+    return {
+        "epochs": s.finetune_epochs,
+        "steps": steps,
+        "lr": s.finetune_lr,
+        "batch_size": s.batch_size,
+        "optimizer": "AdamW linear decay",
+        **parity,
+    }
 
 
 def _export_with_parity(model, names, tok, parity_texts, path: Path, quantize: bool) -> dict:
@@ -288,8 +306,10 @@ def _export_with_parity(model, names, tok, parity_texts, path: Path, quantize: b
         ref = softmax_pos(model(*(torch.from_numpy(feeds[n]) for n in names)).numpy())
     fp32 = path.with_suffix(".fp32.onnx") if quantize else path
     export_torch(model, feeds, names, "logits", fp32)
-    out = {"parity_inputs": len(parity_texts),
-           "parity_fp32_max_prob_diff": float(np.max(np.abs(ref - softmax_pos(run_onnx(fp32, feeds)))))}
+    out = {
+        "parity_inputs": len(parity_texts),
+        "parity_fp32_max_prob_diff": float(np.max(np.abs(ref - softmax_pos(run_onnx(fp32, feeds))))),
+    }
     if quantize:
         quantize_int8(fp32, path)
         p8 = softmax_pos(run_onnx(path, feeds))

@@ -25,9 +25,16 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _subsample(split, per_class: int, seed: int):
@@ -70,8 +77,13 @@ def build(args) -> None:
     for a in algos:
         if a not in candidates.ALGORITHMS:
             sys.exit(f"unknown algorithm {a!r}; choose from {', '.join(candidates.ALGORITHMS)}")
-    settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps,
-                                        finetune_epochs=args.finetune_epochs, tokenbag_dim=args.tokenbag_dim)
+    settings = candidates.TrainSettings(
+        seed=args.seed,
+        quick=args.quick,
+        max_steps=args.max_steps,
+        finetune_epochs=args.finetune_epochs,
+        tokenbag_dim=args.tokenbag_dim,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="moe-train-"))
@@ -79,11 +91,27 @@ def build(args) -> None:
     tok_path = work / "tokenizer.json"
     tok.save(str(tok_path))
     train, val = ds["train"], ds["val"]
-    data_info = {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source,
-                 "text_column": args.text_col, "label_column": args.label_col,
-                 "train_rows": len(train.texts), "val_rows": len(val.texts), "quick": args.quick}
-    manifest = {"started": bundle.utc_now(), "data": data_info, "versions": _versions(), "classes": classes,
-                "algorithms": algos, "settings": vars(settings), "seed": args.seed, "trunks": [], "bundles": []}
+    data_info = {
+        "file": Path(ds.source).name,
+        "sha256": ds.sha256,
+        "split": ds.split_source,
+        "text_column": args.text_col,
+        "label_column": args.label_col,
+        "train_rows": len(train.texts),
+        "val_rows": len(val.texts),
+        "quick": args.quick,
+    }
+    manifest = {
+        "started": bundle.utc_now(),
+        "data": data_info,
+        "versions": _versions(),
+        "classes": classes,
+        "algorithms": algos,
+        "settings": vars(settings),
+        "seed": args.seed,
+        "trunks": [],
+        "bundles": [],
+    }
 
     # Shared trunks needed by the requested head algorithms: "frozen" (pretrained MiniLM) and
     # "ft19" (MiniLM fine-tuned once as a multi-class classifier on train).
@@ -93,7 +121,10 @@ def build(args) -> None:
         encoder, extra = None, {}
         if name == "ft19":
             model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
-            encoder, extra = model.encoder, {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
+            encoder, extra = (
+                model.encoder,
+                {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}},
+            )
         graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
         if args.trunk_precision == "fp32":  # the unquantised export (batch-independent, larger)
             graph = work / f"trunk-{name}-fp32.onnx"
@@ -143,16 +174,22 @@ def build(args) -> None:
             seconds = round(time.time() - t0, 2)
             st = _selftest_texts(val.texts, val.labels, cls)
             provenance = {
-                "trainer": "moe_training", "created": bundle.utc_now(), "data": data_info,
-                "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)),
-                              "positives": int(y[idx].sum())},
+                "trainer": "moe_training",
+                "created": bundle.utc_now(),
+                "data": data_info,
+                "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)), "positives": int(y[idx].sum())},
                 "training": {**info, "seed": args.seed, "seconds": seconds},
                 "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
                 "trunk": trunks[tname]["ref"]["id"] if tname else None,
                 "versions": manifest["versions"],
             }
             d = bundle.write_bundle(
-                out, cls, algo, graph, kind=spec["kind"], max_seq_len=backbone.MAX_SEQ_LEN,
+                out,
+                cls,
+                algo,
+                graph,
+                kind=spec["kind"],
+                max_seq_len=backbone.MAX_SEQ_LEN,
                 provenance=provenance,
                 selftest=[{"text": t, "probability": p} for t, p in zip(st, probabilities(tname, graph, st))],
                 trunk=trunks[tname]["ref"] if tname else None,
@@ -197,14 +234,24 @@ def global_baselines(args) -> None:
     tok.save(str(tok_path))
     settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
     classes = ds.classes
-    data_info = {"file": Path(ds.source).name, "sha256": ds.sha256, "split": ds.split_source,
-                 "text_column": args.text_col, "label_column": args.label_col, "quick": args.quick}
+    data_info = {
+        "file": Path(ds.source).name,
+        "sha256": ds.sha256,
+        "split": ds.split_source,
+        "text_column": args.text_col,
+        "label_column": args.label_col,
+        "quick": args.quick,
+    }
     versions = _versions()
 
     def scores(pred_val, pred_test):
-        return {s: {"accuracy": float(accuracy_score(ds[s].labels, p)),
-                    "macro_f1": float(f1_score(ds[s].labels, p, average="macro"))}
-                for s, p in (("val", pred_val), ("test", pred_test))}
+        return {
+            s: {
+                "accuracy": float(accuracy_score(ds[s].labels, p)),
+                "macro_f1": float(f1_score(ds[s].labels, p, average="macro")),
+            }
+            for s, p in (("val", pred_val), ("test", pred_test))
+        }
 
     def one_at_a_time(graph, texts):  # as the service answers a text (int8 graphs are batch-dependent)
         return np.concatenate([run_onnx(graph, backbone.encode(tok, [t])) for t in texts])
@@ -216,14 +263,31 @@ def global_baselines(args) -> None:
             graph = work / f"{bundle.slug(cls)}--{algorithm}.onnx"
             candidates.write_column_head(w, b, k, graph)
             st = _selftest_texts(ds["val"].texts, ds["val"].labels, cls)
-            probs = [float(softmax_pos(run_onnx(graph, {"embedding": one_at_a_time(tdir / "trunk.onnx", [t])}))[0])
-                     for t in st]
-            provenance = {"trainer": "moe_training", "created": bundle.utc_now(), "data": data_info,
-                          "global_model": {**info, "classes": classes, "column": k, "seed": args.seed},
-                          "rebalance": {"method": "none"}, "trunk": trunk_id, "versions": versions}
-            bundle.write_bundle(out, cls, algorithm, graph, kind="head", max_seq_len=backbone.MAX_SEQ_LEN,
-                                provenance=provenance, selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
-                                trunk=ref, embedding_dim=int(w.shape[0]))
+            probs = [
+                float(softmax_pos(run_onnx(graph, {"embedding": one_at_a_time(tdir / "trunk.onnx", [t])}))[0])
+                for t in st
+            ]
+            provenance = {
+                "trainer": "moe_training",
+                "created": bundle.utc_now(),
+                "data": data_info,
+                "global_model": {**info, "classes": classes, "column": k, "seed": args.seed},
+                "rebalance": {"method": "none"},
+                "trunk": trunk_id,
+                "versions": versions,
+            }
+            bundle.write_bundle(
+                out,
+                cls,
+                algorithm,
+                graph,
+                kind="head",
+                max_seq_len=backbone.MAX_SEQ_LEN,
+                provenance=provenance,
+                selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
+                trunk=ref,
+                embedding_dim=int(w.shape[0]),
+            )
         print(f"wrote {len(classes)} {algorithm} column heads on {trunk_id}")
 
     result = {"data": data_info, "classes": classes, "versions": versions, "created": bundle.utc_now(), "baselines": {}}
@@ -237,8 +301,10 @@ def global_baselines(args) -> None:
         if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
             coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
         order = [list(clf.classes_).index(c) for c in classes]
-        info = {"model": f"{what} + one {len(classes)}-way logistic regression (C={args.logreg_c})",
-                "seconds": round(time.time() - t0, 1)}
+        info = {
+            "model": f"{what} + one {len(classes)}-way logistic regression (C={args.logreg_c})",
+            "seconds": round(time.time() - t0, 1),
+        }
         write_heads(algorithm, trunk_id, coef[order].T, icpt[order], info)
         result["baselines"][algorithm] = {**scores(clf.predict(emb["val"]), clf.predict(emb["test"])), **info}
         print(algorithm, result["baselines"][algorithm])
@@ -256,18 +322,36 @@ def global_baselines(args) -> None:
         fp32, q8 = work / "global-fp32.onnx", work / "global-int8.onnx"
         export_torch(model, feeds, names, "embedding", fp32)  # its 19 logits are the column heads' input
         quantize_int8(fp32, q8)
-        trunk_id = bundle.write_trunk(out, "minilm-l6-global19-int8", q8, tok_path, {
-            "backbone": "sentence-transformers/all-MiniLM-L6-v2", "licence": backbone.BACKBONES["minilm-l6"][1],
-            "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
-            "embedding_dim": len(classes), "max_seq_len": backbone.MAX_SEQ_LEN,
-            "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
-            "fine_tuned": {**info, "task": f"{len(classes)}-way classification on train"}, "created": bundle.utc_now()})
+        trunk_id = bundle.write_trunk(
+            out,
+            "minilm-l6-global19-int8",
+            q8,
+            tok_path,
+            {
+                "backbone": "sentence-transformers/all-MiniLM-L6-v2",
+                "licence": backbone.BACKBONES["minilm-l6"][1],
+                "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
+                "embedding_dim": len(classes),
+                "max_seq_len": backbone.MAX_SEQ_LEN,
+                "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
+                "fine_tuned": {**info, "task": f"{len(classes)}-way classification on train"},
+                "created": bundle.utc_now(),
+            },
+        )
         logits = {s: one_at_a_time(out / "trunks" / trunk_id / "trunk.onnx", ds[s].texts) for s in ("val", "test")}
         pred = {s: [classes[i] for i in logits[s].argmax(1)] for s in ("val", "test")}
-        desc = {"model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX", "training": info,
-                "seconds": round(time.time() - t0, 1)}
-        write_heads("global-finetune", trunk_id, np.eye(len(classes), dtype=np.float32),
-                    np.zeros(len(classes), dtype=np.float32), desc)
+        desc = {
+            "model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX",
+            "training": info,
+            "seconds": round(time.time() - t0, 1),
+        }
+        write_heads(
+            "global-finetune",
+            trunk_id,
+            np.eye(len(classes), dtype=np.float32),
+            np.zeros(len(classes), dtype=np.float32),
+            desc,
+        )
         result["baselines"]["global-finetune"] = {**scores(pred["val"], pred["test"]), **desc}
         print("global-finetune", result["baselines"]["global-finetune"])
     summary = Path(args.summary) if args.summary else out / "global.json"
@@ -318,8 +402,12 @@ def main(argv=None) -> None:
     b.add_argument("--ratio", type=float, default=0.0, help="negatives per positive for under/oversampling")
     b.add_argument("--finetune-epochs", type=int, default=2)
     b.add_argument("--tokenbag-dim", type=int, default=64)
-    b.add_argument("--trunk-precision", default="int8", choices=["int8", "fp32"],
-                   help="shared trunks as exported (fp32) or dynamically quantised (int8)")
+    b.add_argument(
+        "--trunk-precision",
+        default="int8",
+        choices=["int8", "fp32"],
+        help="shared trunks as exported (fp32) or dynamically quantised (int8)",
+    )
     b.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
     b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
     b.add_argument("--seed", type=int, default=42)

@@ -21,8 +21,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_torch(module, example: dict[str, np.ndarray], input_names: list[str],
-                 output_name: str, path: Path, batch_only: bool = False) -> None:
+def export_torch(
+    module,
+    example: dict[str, np.ndarray],
+    input_names: list[str],
+    output_name: str,
+    path: Path,
+    batch_only: bool = False,
+) -> None:
     """Legacy exporter, dynamic batch (and sequence) axes."""
     import onnx
     import torch
@@ -33,8 +39,16 @@ def export_torch(module, example: dict[str, np.ndarray], input_names: list[str],
     axes[output_name] = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=[output_name],
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     onnx.checker.check_model(str(path))
 
 
@@ -63,7 +77,7 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.nd
     n = len(next(iter(feeds.values())))
     outs = []
     for s in range(0, n, batch):
-        outs.append(sess.run(None, {k: feeds[k][s:s + batch] for k in names})[0])
+        outs.append(sess.run(None, {k: feeds[k][s : s + batch] for k in names})[0])
     return np.concatenate(outs, axis=0)
 
 

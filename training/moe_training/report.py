@@ -179,8 +179,15 @@ def fig_confusion(report, a, b, out: Path):
         for i in range(len(m)):
             for j in range(len(m)):
                 if s["confusion"][i][j]:
-                    ax.text(j, i, s["confusion"][i][j], ha="center", va="center", fontsize=5,
-                            color="white" if m[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        s["confusion"][i][j],
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color="white" if m[i, j] > 0.5 else "black",
+                    )
         ax.set_xticks(range(len(short)), short, rotation=90, fontsize=6)
         ax.set_yticks(range(len(short)), short, fontsize=6)
         ax.set_xlabel("predicted")
@@ -197,8 +204,13 @@ def fig_robustness(report, systems, out: Path):
     w = 0.8 / len(systems)
     for i, s in enumerate(systems):
         vals = [s["accuracy"]] + [r["accuracy"] for r in s["robustness"]]
-        ax.bar(np.arange(len(names)) + i * w - 0.4 + w / 2, vals, w, label=name(s),
-               hatch="//" if s["kind"] == "global" else None)
+        ax.bar(
+            np.arange(len(names)) + i * w - 0.4 + w / 2,
+            vals,
+            w,
+            label=name(s),
+            hatch="//" if s["kind"] == "global" else None,
+        )
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0.4, 0.9)
     ax.set_ylabel("accuracy")
@@ -245,11 +257,17 @@ def _cost_rows(systems, bench):
         best = max(inproc, key=lambda b: b["texts_per_s"]) if inproc else None
         if not (c16 or best):
             continue
-        out.append([name(s), pct(s["accuracy"]), f"{s['graph_bytes'] / 1e6:.0f}",
-                    f"{best['texts_per_s']:.0f} (batch {best['batch']})" if best else "not measured",
-                    f"{c16['requests_per_s']:.0f}" if c16 else "not measured",
-                    f"{c16['p99_ms']:.1f}" if c16 else "—",
-                    f"{c1['p50_ms']:.2f}" if c1 else "—"])
+        out.append(
+            [
+                name(s),
+                pct(s["accuracy"]),
+                f"{s['graph_bytes'] / 1e6:.0f}",
+                f"{best['texts_per_s']:.0f} (batch {best['batch']})" if best else "not measured",
+                f"{c16['requests_per_s']:.0f}" if c16 else "not measured",
+                f"{c16['p99_ms']:.1f}" if c16 else "—",
+                f"{c1['p50_ms']:.2f}" if c1 else "—",
+            ]
+        )
     return out
 
 
@@ -258,37 +276,51 @@ def headline(report, systems) -> str:
     g = _best_global(systems)
     best_moe = max((s for s in systems if s["kind"] == "moe"), key=lambda s: s["accuracy"])
     n = report["data"]["rows"]
-    parts = [f"On the {n} test titles the served MoE reaches accuracy {pct(served['accuracy'])}% and macro-F1 "
-             f"{pct(served['macro_f1'])}%."]
+    parts = [
+        f"On the {n} test titles the served MoE reaches accuracy {pct(served['accuracy'])}% and macro-F1 "
+        f"{pct(served['macro_f1'])}%."
+    ]
     if g is not None:
         d = served["accuracy"] - g["accuracy"]
         verdict = "beats" if d > 0 else ("ties" if d == 0 else "loses to")
-        parts.append(f"It {verdict} the strongest global classifier ({name(g)}: {pct(g['accuracy'])}% / "
-                     f"{pct(g['macro_f1'])}%) by {100 * abs(d):.1f} points ({round(abs(d) * n)} titles).")
+        parts.append(
+            f"It {verdict} the strongest global classifier ({name(g)}: {pct(g['accuracy'])}% / "
+            f"{pct(g['macro_f1'])}%) by {100 * abs(d):.1f} points ({round(abs(d) * n)} titles)."
+        )
         if best_moe is not served:
             d2 = best_moe["accuracy"] - g["accuracy"]
-            parts.append(f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
-                         f"against {g['graph_bytes'] / 1e6:.0f} MB) {'beats' if d2 > 0 else 'does not beat'} it "
-                         f"by {100 * d2:+.1f} points.")
+            parts.append(
+                f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
+                f"against {g['graph_bytes'] / 1e6:.0f} MB) {'beats' if d2 > 0 else 'does not beat'} it "
+                f"by {100 * d2:+.1f} points."
+            )
         for cov in (0.8, 0.6):
             a, b = _curve_at(served, cov), _curve_at(g, cov)
-            parts.append(f"Answering only {pct(a['coverage'])}% of titles, the MoE's own thresholds give "
-                         f"{pct(a['accuracy'])}% against {pct(b['accuracy'])}% for the global model's "
-                         f"max-probability rejection at {pct(b['coverage'])}%.")
+            parts.append(
+                f"Answering only {pct(a['coverage'])}% of titles, the MoE's own thresholds give "
+                f"{pct(a['accuracy'])}% against {pct(b['accuracy'])}% for the global model's "
+                f"max-probability rejection at {pct(b['coverage'])}%."
+            )
         rob = {r["perturbation"]: r["accuracy"] for r in served["robustness"]}
         grob = {r["perturbation"]: r["accuracy"] for r in g["robustness"]}
         worse = [p for p in rob if rob[p] < grob[p]]
-        parts.append(f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
-                     f"perturbations ({', '.join(worse) or 'none'}).")
+        parts.append(
+            f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
+            f"perturbations ({', '.join(worse) or 'none'})."
+        )
     a = served["ambiguous"]
     if a:
-        parts.append(f"On the {a['rows']} multi-category titles {a['mean_passed']:.1f} experts pass on average; label "
-                     f"precision {pct(a['label_precision'])}%, recall {pct(a['label_recall'])}%, exact label set "
-                     f"{pct(a['exact_set'])}%.")
+        parts.append(
+            f"On the {a['rows']} multi-category titles {a['mean_passed']:.1f} experts pass on average; label "
+            f"precision {pct(a['label_precision'])}%, recall {pct(a['label_recall'])}%, exact label set "
+            f"{pct(a['exact_set'])}%."
+        )
         if g is not None and g["ambiguous"]:
             b = g["ambiguous"]
-            parts.append(f"The global model's columns with thresholds set the same way give {b['mean_passed']:.1f} / "
-                         f"{pct(b['label_precision'])}% / {pct(b['label_recall'])}% / {pct(b['exact_set'])}%.")
+            parts.append(
+                f"The global model's columns with thresholds set the same way give {b['mean_passed']:.1f} / "
+                f"{pct(b['label_precision'])}% / {pct(b['label_recall'])}% / {pct(b['exact_set'])}%."
+            )
     return " ".join(parts)
 
 
@@ -298,8 +330,10 @@ def render(report: dict, bench: list[dict], out_md: Path, fig_dir: Path, command
     served = systems[0]
     g = _best_global(systems)
     rel = lambda p: Path(p).relative_to(out_md.parent).as_posix()  # noqa: E731
-    figs = {k: fig_dir / f"{k}.png" for k in ("accuracy", "roc", "det", "coverage", "confusion", "robustness",
-                                               "per_class_f1")}
+    figs = {
+        k: fig_dir / f"{k}.png"
+        for k in ("accuracy", "roc", "det", "coverage", "confusion", "robustness", "per_class_f1")
+    }
     fig_accuracy(systems, figs["accuracy"])
     fig_roc_det(report, served, g, figs["roc"], figs["det"])
     fig_coverage(systems, figs["coverage"])
@@ -307,110 +341,224 @@ def render(report: dict, bench: list[dict], out_md: Path, fig_dir: Path, command
     fig_robustness(report, systems, figs["robustness"])
     fig_per_class(report, served, g, figs["per_class_f1"])
 
-    md = [f"# Mixture of experts vs one global classifier\n",
-          f"Generated by `{command}` from `{report['data']['file']}` (sha256 `{report['data']['sha256'][:12]}`), split "
-          f"`{report['split']}` ({report['data']['rows']} titles), {report['created']}. Every score was computed by "
-          f"`moe report` through the service's own expert sets and ONNX Runtime ({served['provider']}); a global "
-          "classifier is served as 19 column heads of one multi-class model (exactly its softmax), so both sides "
-          "run through the same code. Thresholds were set on val at each expert's EER; gates were fitted on val.\n",
-          "## Headline\n", headline(report, systems) + "\n",
-          "## 1. Accuracy and F1\n",
-          "Forced answer: the gate's label, or its best guess when no expert passes.\n",
-          _table(["system", "kind", "algorithms", "accuracy %", "macro-F1 %", "graphs MB", "source"],
-                 [[name(s), s["kind"], ", ".join(s["algorithms"]), pct(s["accuracy"]), pct(s["macro_f1"]),
-                   f"{s['graph_bytes'] / 1e6:.0f}", f"`{s['source']}`"] for s in systems]),
-          f"\n![accuracy]({rel(figs['accuracy'])})\n",
-          "Per-class F1 (%) on test:\n",
-          _table(["class"] + [s["name"] for s in systems],
-                 [[c] + [pct(s["per_class"][k]["f1"]) for s in systems] for k, c in enumerate(report["classes"])]),
-          f"\n![per-class F1]({rel(figs['per_class_f1'])})\n"]
+    md = [
+        "# Mixture of experts vs one global classifier\n",
+        f"Generated by `{command}` from `{report['data']['file']}` (sha256 `{report['data']['sha256'][:12]}`), split "
+        f"`{report['split']}` ({report['data']['rows']} titles), {report['created']}. Every score was computed by "
+        f"`moe report` through the service's own expert sets and ONNX Runtime ({served['provider']}); a global "
+        "classifier is served as 19 column heads of one multi-class model (exactly its softmax), so both sides "
+        "run through the same code. Thresholds were set on val at each expert's EER; gates were fitted on val.\n",
+        "## Headline\n",
+        headline(report, systems) + "\n",
+        "## 1. Accuracy and F1\n",
+        "Forced answer: the gate's label, or its best guess when no expert passes.\n",
+        _table(
+            ["system", "kind", "algorithms", "accuracy %", "macro-F1 %", "graphs MB", "source"],
+            [
+                [
+                    name(s),
+                    s["kind"],
+                    ", ".join(s["algorithms"]),
+                    pct(s["accuracy"]),
+                    pct(s["macro_f1"]),
+                    f"{s['graph_bytes'] / 1e6:.0f}",
+                    f"`{s['source']}`",
+                ]
+                for s in systems
+            ],
+        ),
+        f"\n![accuracy]({rel(figs['accuracy'])})\n",
+        "Per-class F1 (%) on test:\n",
+        _table(
+            ["class"] + [s["name"] for s in systems],
+            [[c] + [pct(s["per_class"][k]["f1"]) for s in systems] for k, c in enumerate(report["classes"])],
+        ),
+        f"\n![per-class F1]({rel(figs['per_class_f1'])})\n",
+    ]
     for s in systems:
         md.append(f"<details><summary>{name(s)}: precision / recall / F1 per class</summary>\n")
-        md.append(_table(["class", "precision %", "recall %", "F1 %", "support"],
-                         [[c["class"], pct(c["precision"]), pct(c["recall"]), pct(c["f1"]), c["support"]]
-                          for c in s["per_class"]]))
+        md.append(
+            _table(
+                ["class", "precision %", "recall %", "F1 %", "support"],
+                [
+                    [c["class"], pct(c["precision"]), pct(c["recall"]), pct(c["f1"]), c["support"]]
+                    for c in s["per_class"]
+                ],
+            )
+        )
         md.append("\n</details>\n")
 
-    md += ["## 2. Experts: ROC, DET, EER\n",
-           f"Solid: {name(served)}; dashed: {name(g) if g else '—'} (its column for the class, one-vs-rest).\n",
-           f"![ROC]({rel(figs['roc'])})\n", f"![DET]({rel(figs['det'])})\n",
-           "Served experts on test: AUC, EER, the val-EER threshold in use and what it gives on test.\n",
-           _table(["class", "bundle", "AUC", "EER % (test)", "threshold (val EER)", "precision %", "recall %"],
-                  [[e["class"], f"`{served['bundles'][e['class']]}`", f"{e['auc']:.4f}", pct(e["eer"]),
-                    f"{e['threshold']:.4f}", pct(e["at_threshold"]["precision"]), pct(e["at_threshold"]["recall"])]
-                   for e in served["experts"]]),
-           "\nEER on test (%) per class and algorithm (the selection itself used val: docs/RESULTS.md):\n",
-           _table(["class"] + [s["name"] for s in systems],
-                  [[c] + [pct(s["experts"][k]["eer"]) for s in systems] for k, c in enumerate(report["classes"])]
-                  + [["**mean**"] + [f"**{pct(np.mean([e['eer'] for e in s['experts']]))}**" for s in systems]])]
+    md += [
+        "## 2. Experts: ROC, DET, EER\n",
+        f"Solid: {name(served)}; dashed: {name(g) if g else '—'} (its column for the class, one-vs-rest).\n",
+        f"![ROC]({rel(figs['roc'])})\n",
+        f"![DET]({rel(figs['det'])})\n",
+        "Served experts on test: AUC, EER, the val-EER threshold in use and what it gives on test.\n",
+        _table(
+            ["class", "bundle", "AUC", "EER % (test)", "threshold (val EER)", "precision %", "recall %"],
+            [
+                [
+                    e["class"],
+                    f"`{served['bundles'][e['class']]}`",
+                    f"{e['auc']:.4f}",
+                    pct(e["eer"]),
+                    f"{e['threshold']:.4f}",
+                    pct(e["at_threshold"]["precision"]),
+                    pct(e["at_threshold"]["recall"]),
+                ]
+                for e in served["experts"]
+            ],
+        ),
+        "\nEER on test (%) per class and algorithm (the selection itself used val: docs/RESULTS.md):\n",
+        _table(
+            ["class"] + [s["name"] for s in systems],
+            [[c] + [pct(s["experts"][k]["eer"]) for s in systems] for k, c in enumerate(report["classes"])]
+            + [["**mean**"] + [f"**{pct(np.mean([e['eer'] for e in s['experts']]))}**" for s in systems]],
+        ),
+    ]
 
     covs = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-    md += ["\n## 3. Decision control\n",
-           "### Abstention: coverage vs accuracy\n",
-           "The MoE abstains when no expert passes its threshold; shifting every threshold by the same amount in "
-           "logit space traces the curve (the answer is the best gate score among the experts that still pass). A "
-           "global model can only reject on its top probability. Accuracy (%) on the answered titles at equal coverage:\n",
-           _table(["system"] + [f"coverage {pct(c)}%" for c in covs] + ["at own thresholds: coverage / accuracy"],
-                  [[name(s)] + [pct(_curve_at(s, c)["accuracy"]) for c in covs]
-                   + [f"{pct(s['operating_point']['coverage'])} / {pct(s['operating_point']['accuracy'])}"
-                      if s["kind"] == "moe" else "— (no per-class thresholds)"] for s in systems]),
-           f"\n![coverage]({rel(figs['coverage'])})\n",
-           f"At the calibrated (val EER) thresholds an average of {served['mean_experts_passing']:.2f} served experts "
-           "pass per test title: EER thresholds favour recall, so the MoE almost never abstains unless asked to.\n"]
+    md += [
+        "\n## 3. Decision control\n",
+        "### Abstention: coverage vs accuracy\n",
+        "The MoE abstains when no expert passes its threshold; shifting every threshold by the same amount in "
+        "logit space traces the curve (the answer is the best gate score among the experts that still pass). A "
+        "global model can only reject on its top probability. Accuracy (%) on the answered titles at equal coverage:\n",
+        _table(
+            ["system"] + [f"coverage {pct(c)}%" for c in covs] + ["at own thresholds: coverage / accuracy"],
+            [
+                [name(s)]
+                + [pct(_curve_at(s, c)["accuracy"]) for c in covs]
+                + [
+                    f"{pct(s['operating_point']['coverage'])} / {pct(s['operating_point']['accuracy'])}"
+                    if s["kind"] == "moe"
+                    else "— (no per-class thresholds)"
+                ]
+                for s in systems
+            ],
+        ),
+        f"\n![coverage]({rel(figs['coverage'])})\n",
+        f"At the calibrated (val EER) thresholds an average of {served['mean_experts_passing']:.2f} served experts "
+        "pass per test title: EER thresholds favour recall, so the MoE almost never abstains unless asked to.\n",
+    ]
     amb = [s for s in systems if s["ambiguous"]]
     if amb:
         a = served["ambiguous"]
-        md += ["### Multi-label: the titles listed under several categories\n",
-               f"{a['rows']} `{report['ambiguous']['split']}` titles with 2+ true categories. An expert passes when its "
-               "probability reaches its threshold (for a global model: its column's threshold, set the same way).\n",
-               _table(["system", "experts passing (mean)", "0 / 1 / 2 / 3+ pass", "a true label passes %",
-                       "all passing are true %", "exact set %", "label precision %", "label recall %",
-                       "top-1 is a true label %"],
-                      [[name(s), f"{s['ambiguous']['mean_passed']:.2f}",
+        md += [
+            "### Multi-label: the titles listed under several categories\n",
+            f"{a['rows']} `{report['ambiguous']['split']}` titles with 2+ true categories. An expert passes when its "
+            "probability reaches its threshold (for a global model: its column's threshold, set the same way).\n",
+            _table(
+                [
+                    "system",
+                    "experts passing (mean)",
+                    "0 / 1 / 2 / 3+ pass",
+                    "a true label passes %",
+                    "all passing are true %",
+                    "exact set %",
+                    "label precision %",
+                    "label recall %",
+                    "top-1 is a true label %",
+                ],
+                [
+                    [
+                        name(s),
+                        f"{s['ambiguous']['mean_passed']:.2f}",
                         " / ".join(str(s["ambiguous"]["passed_histogram"][k]) for k in ("0", "1", "2", "3+")),
-                        pct(s["ambiguous"]["any_true_passed"]), pct(s["ambiguous"]["all_passed_true"]),
-                        pct(s["ambiguous"]["exact_set"]), pct(s["ambiguous"]["label_precision"]),
-                        pct(s["ambiguous"]["label_recall"]), pct(s["ambiguous"]["top1_in_labels"])] for s in amb]),
-               "\nExamples (served set):\n",
-               _table(["title", "true categories", "experts passing"],
-                      [[report["ambiguous"]["texts"][e["row"]], ", ".join(e["labels"]), ", ".join(e["passed"])]
-                       for e in a["examples"]])]
+                        pct(s["ambiguous"]["any_true_passed"]),
+                        pct(s["ambiguous"]["all_passed_true"]),
+                        pct(s["ambiguous"]["exact_set"]),
+                        pct(s["ambiguous"]["label_precision"]),
+                        pct(s["ambiguous"]["label_recall"]),
+                        pct(s["ambiguous"]["top1_in_labels"]),
+                    ]
+                    for s in amb
+                ],
+            ),
+            "\nExamples (served set):\n",
+            _table(
+                ["title", "true categories", "experts passing"],
+                [
+                    [report["ambiguous"]["texts"][e["row"]], ", ".join(e["labels"]), ", ".join(e["passed"])]
+                    for e in a["examples"]
+                ],
+            ),
+        ]
 
-    md += ["\n## 4. Gates on the served experts\n",
-           "Fitted gates: weights per class fitted on val (L2 strength chosen by 5-fold cross-validation on val), "
-           "measured on test.\n",
-           _table(["gate", "score", "L2", "accuracy %", "macro-F1 %", "coverage %", "accuracy when answered %"],
-                  [[x["gate"], x["score"], "—" if x["l2"] is None else f"{x['l2']:g}", pct(x["accuracy"]),
-                    pct(x["macro_f1"]), pct(x["coverage"]), pct(x["accuracy_when_answered"])]
-                   for x in report["gates"]])]
+    md += [
+        "\n## 4. Gates on the served experts\n",
+        "Fitted gates: weights per class fitted on val (L2 strength chosen by 5-fold cross-validation on val), "
+        "measured on test.\n",
+        _table(
+            ["gate", "score", "L2", "accuracy %", "macro-F1 %", "coverage %", "accuracy when answered %"],
+            [
+                [
+                    x["gate"],
+                    x["score"],
+                    "—" if x["l2"] is None else f"{x['l2']:g}",
+                    pct(x["accuracy"]),
+                    pct(x["macro_f1"]),
+                    pct(x["coverage"]),
+                    pct(x["accuracy_when_answered"]),
+                ]
+                for x in report["gates"]
+            ],
+        ),
+    ]
 
-    md += ["\n## 5. Robustness\n",
-           f"The data set is lower-cased without punctuation; real traffic is not. Perturbations (seed {report['seed']}):\n",
-           _table(["perturbation", "what", "example"],
-                  [[p["name"], p["what"], f"{p['examples'][0][1]}"] for p in report["perturbations"]]),
-           "\nAccuracy % (and share of predictions unchanged from the clean title):\n",
-           _table(["system", "clean"] + [p["name"] for p in report["perturbations"]],
-                  [[name(s), pct(s["accuracy"])] + [f"{pct(r['accuracy'])} ({pct(r['unchanged_predictions'])})"
-                                                    for r in s["robustness"]] for s in systems]),
-           f"\n![robustness]({rel(figs['robustness'])})\n"]
+    md += [
+        "\n## 5. Robustness\n",
+        f"The data set is lower-cased without punctuation; real traffic is not. Perturbations (seed {report['seed']}):\n",
+        _table(
+            ["perturbation", "what", "example"],
+            [[p["name"], p["what"], f"{p['examples'][0][1]}"] for p in report["perturbations"]],
+        ),
+        "\nAccuracy % (and share of predictions unchanged from the clean title):\n",
+        _table(
+            ["system", "clean"] + [p["name"] for p in report["perturbations"]],
+            [
+                [name(s), pct(s["accuracy"])]
+                + [f"{pct(r['accuracy'])} ({pct(r['unchanged_predictions'])})" for r in s["robustness"]]
+                for s in systems
+            ],
+        ),
+        f"\n![robustness]({rel(figs['robustness'])})\n",
+    ]
 
     cost = _cost_rows(systems, bench)
-    md += ["## 6. Cost\n",
-           "Measured by `bench/run.sh` (docs/BENCHMARKS.md) on the same machine; accuracy from this report.\n"]
+    md += [
+        "## 6. Cost\n",
+        "Measured by `bench/run.sh` (docs/BENCHMARKS.md) on the same machine; accuracy from this report.\n",
+    ]
     if cost:
-        md.append(_table(["system", "accuracy %", "graphs MB", "in-process texts/s (best batch)",
-                          "service req/s at concurrency 16", "p99 ms at 16", "p50 ms at 1"], cost))
+        md.append(
+            _table(
+                [
+                    "system",
+                    "accuracy %",
+                    "graphs MB",
+                    "in-process texts/s (best batch)",
+                    "service req/s at concurrency 16",
+                    "p99 ms at 16",
+                    "p50 ms at 1",
+                ],
+                cost,
+            )
+        )
         unmeasured = [name(s) for s in systems if s["name"] not in BENCH]
         md.append(f"\nNot benchmarked through the service: {', '.join(unmeasured)}.\n")
     else:
         md.append("No benchmark results found (run `bench/run.sh`).\n")
 
-    md += ["## 7. Confusion matrices\n", f"![confusion]({rel(figs['confusion'])})\n",
-           "## Reproduce\n",
-           "```\nscripts/report.sh          # moe report (JSON) + this page and its figures\n```\n",
-           "Inputs: the committed `models/` (served set, global column heads and their trunks) and the data set; "
-           "families and the best-per-class MoE come from `build/candidates` and `build/models-all`, which "
-           "`scripts/rebuild-models.sh` rebuilds (the report lists only the systems it found).\n"]
+    md += [
+        "## 7. Confusion matrices\n",
+        f"![confusion]({rel(figs['confusion'])})\n",
+        "## Reproduce\n",
+        "```\nscripts/report.sh          # moe report (JSON) + this page and its figures\n```\n",
+        "Inputs: the committed `models/` (served set, global column heads and their trunks) and the data set; "
+        "families and the best-per-class MoE come from `build/candidates` and `build/models-all`, which "
+        "`scripts/rebuild-models.sh` rebuilds (the report lists only the systems it found).\n",
+    ]
     out_md.write_text("\n".join(md) + "\n", encoding="utf-8")
 
 

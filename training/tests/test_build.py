@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA
 from moe_training.bundle import slug
 
@@ -17,17 +16,38 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("candidates")
-    cmd = [sys.executable, "-m", "moe_training", "build", "--data", str(DATA), "--out", str(out), "--quick",
-           "--classes", "Travel", "--algorithms", "trunk-logreg,trunk-mlp,tokenbag,finetune-minilm,ft19-logreg",
-           "--max-steps", "2", "--tokenbag-dim", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe_training",
+        "build",
+        "--data",
+        str(DATA),
+        "--out",
+        str(out),
+        "--quick",
+        "--classes",
+        "Travel",
+        "--algorithms",
+        "trunk-logreg,trunk-mlp,tokenbag,finetune-minilm,ft19-logreg",
+        "--max-steps",
+        "2",
+        "--tokenbag-dim",
+        "8",
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return out
 
 
 def test_every_algorithm_writes_a_bundle(built):
     names = sorted(p.name for p in built.iterdir() if (p / "card.json").exists())
-    assert names == ["travel--finetune-minilm", "travel--ft19-logreg", "travel--tokenbag", "travel--trunk-logreg",
-                     "travel--trunk-mlp"]
+    assert names == [
+        "travel--finetune-minilm",
+        "travel--ft19-logreg",
+        "travel--tokenbag",
+        "travel--trunk-logreg",
+        "travel--trunk-mlp",
+    ]
     trunks = sorted(t.name for t in (built / "trunks").iterdir())
     assert len(trunks) == 2 and trunks[0].startswith("minilm-l6-ft19-int8-") and trunks[1].startswith("minilm-l6-int8-")
     manifest = json.loads(next(built.glob("manifest-*.json")).read_text())
@@ -67,16 +87,33 @@ def test_selftest_values_are_what_onnxruntime_gives(built):
     for name in ("travel--trunk-logreg", "travel--ft19-logreg", "travel--finetune-minilm", "travel--tokenbag"):
         card = json.loads((built / name / "card.json").read_text())
         texts = [s["text"] for s in card["selftest"]]
-        out = subprocess.run([sys.executable, "-m", "moe_training", "reference", "--root", str(built),
-                              "--bundle", name, *texts], cwd=ROOT, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "moe_training", "reference", "--root", str(built), "--bundle", name, *texts],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         got = np.array(json.loads(out.stdout)["probabilities"])
         want = np.array([s["probability"] for s in card["selftest"]])
         assert np.max(np.abs(got - want)) < 1e-6
 
 
 def test_global_baselines_are_column_head_bundles_equal_to_the_softmax(tmp_path):
-    cmd = [sys.executable, "-m", "moe_training", "global", "--data", str(DATA), "--out", str(tmp_path), "--quick",
-           "--finetune", "--max-steps", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "moe_training",
+        "global",
+        "--data",
+        str(DATA),
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--finetune",
+        "--max-steps",
+        "2",
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True)
     g = json.loads((tmp_path / "global.json").read_text())
     classes = g["classes"]
@@ -97,7 +134,11 @@ def test_global_baselines_are_column_head_bundles_equal_to_the_softmax(tmp_path)
     tok.no_padding()
     z = run_onnx(tdir / "trunk.onnx", encode(tok, ["how to pack a suitcase"])).astype(np.float32)
     assert z.shape == (1, len(classes))
-    probs = np.array([softmax_pos(run_onnx(tmp_path / f"{slug(c)}--global-finetune" / "head.onnx", {"embedding": z}))[0]
-                      for c in classes])
+    probs = np.array(
+        [
+            softmax_pos(run_onnx(tmp_path / f"{slug(c)}--global-finetune" / "head.onnx", {"embedding": z}))[0]
+            for c in classes
+        ]
+    )
     want = np.exp(z[0] - z[0].max()) / np.exp(z[0] - z[0].max()).sum()
     assert np.max(np.abs(probs - want)) < 1e-5

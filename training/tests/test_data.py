@@ -1,10 +1,8 @@
 import csv
 
 import pytest
-
-from moe_training.data import load_dataset, stratified_split
-
 from conftest import DATA
+from moe_training.data import load_dataset, stratified_split
 
 
 def test_wikihow_splits_as_given():

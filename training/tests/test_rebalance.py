@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from moe_training.rebalance import rebalance
 
 Y = np.array([True] * 10 + [False] * 90)

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
-                             roc_auc_score, roc_curve)
-
 from conftest import DATA
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING = REPO / "training"
@@ -37,11 +42,29 @@ def small(tmp_path_factory):
         w.writeheader()
         w.writerows(keep)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    subprocess.run([sys.executable, "-m", "moe_training", "global", "--data", str(data), "--out", str(d / "global"),
-                    "--quick"], cwd=TRAINING, check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "moe_training", "global", "--data", str(data), "--out", str(d / "global"), "--quick"],
+        cwd=TRAINING,
+        check=True,
+        env=env,
+    )
     subprocess.run([str(MOE), "calibrate", "--models", str(d / "global"), "--data", str(data)], check=True, env=env)
-    subprocess.run([str(MOE), "report", "--models", str(FIXTURES), "--extra-roots", str(d / "global"), "--data",
-                    str(data), "--out", str(d / "report.json")], check=True, env=env)
+    subprocess.run(
+        [
+            str(MOE),
+            "report",
+            "--models",
+            str(FIXTURES),
+            "--extra-roots",
+            str(d / "global"),
+            "--data",
+            str(data),
+            "--out",
+            str(d / "report.json"),
+        ],
+        check=True,
+        env=env,
+    )
     return d, json.loads((d / "report.json").read_text())
 
 
@@ -73,7 +96,10 @@ def test_report_finds_the_served_set_a_family_and_the_global_model(small):
     _, r = small
     assert r["classes"] == CLASSES
     assert [(s["name"], s["kind"]) for s in r["systems"]] == [
-        ("moe-served", "moe"), ("tokenbag", "moe"), ("global-frozen-logreg", "global")]
+        ("moe-served", "moe"),
+        ("tokenbag", "moe"),
+        ("global-frozen-logreg", "global"),
+    ]
     assert r["systems"][1]["bundles"] == {"Health": "health--tokenbag-b", "Travel": "travel--tokenbag-b"}
     assert len(r["truth"]) == r["data"]["rows"] > 40
 
@@ -88,7 +114,9 @@ def test_classification_numbers_match_sklearn(small):
         assert s["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=labels, zero_division=0))
         prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
         for k, c in enumerate(s["per_class"]):
-            assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx((prec[k], rec[k], f1[k], sup[k]))
+            assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx(
+                (prec[k], rec[k], f1[k], sup[k])
+            )
         assert s["confusion"] == confusion_matrix(y, pred, labels=labels).tolist()
 
 
@@ -157,18 +185,34 @@ def test_the_page_and_its_figures_are_drawn_from_the_json(small):
     d, r = small
     out = d / "page" / "REPORT.md"
     out.parent.mkdir()
-    bench = [{"name": "service", "concurrency": 16, "batch": 1, "requests_per_s": 1000.0, "p99_ms": 30.0},
-             {"name": "inproc", "batch": 32, "texts_per_s": 1400.0}]
+    bench = [
+        {"name": "service", "concurrency": 16, "batch": 1, "requests_per_s": 1000.0, "p99_ms": 30.0},
+        {"name": "inproc", "batch": 32, "texts_per_s": 1400.0},
+    ]
     render(r, bench, out, d / "page" / "fig", "test")
     text = out.read_text()
     served = r["systems"][0]
     assert f"reaches accuracy {100 * served['accuracy']:.1f}%" in text
-    for section in ("## 1. Accuracy", "## 2. Experts", "## 3. Decision control", "## 4. Gates", "## 5. Robustness",
-                    "## 6. Cost", "## 7. Confusion"):
+    for section in (
+        "## 1. Accuracy",
+        "## 2. Experts",
+        "## 3. Decision control",
+        "## 4. Gates",
+        "## 5. Robustness",
+        "## 6. Cost",
+        "## 7. Confusion",
+    ):
         assert section in text
     assert "| MoE, served default set | " in text and "1000 |" in text
     figs = sorted(p.name for p in (d / "page" / "fig").iterdir())
-    assert figs == ["accuracy.png", "confusion.png", "coverage.png", "det.png", "per_class_f1.png", "robustness.png",
-                    "roc.png"]
+    assert figs == [
+        "accuracy.png",
+        "confusion.png",
+        "coverage.png",
+        "det.png",
+        "per_class_f1.png",
+        "robustness.png",
+        "roc.png",
+    ]
     assert all((d / "page" / "fig" / f).stat().st_size > 5000 for f in figs)
     assert "](fig/roc.png)" in text
