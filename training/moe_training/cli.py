@@ -49,6 +49,29 @@ def _subsample(split, per_class: int, seed: int):
     split.labels = [split.labels[i] for i in keep]
 
 
+def _workdir(prefix: str):
+    """A scratch folder holding the backbone's tokenizer.json (copied into every bundle and trunk)."""
+    from . import backbone
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    tok = backbone.load_tokenizer()
+    tok.save(str(work / "tokenizer.json"))
+    return work, tok, work / "tokenizer.json"
+
+
+def _data_info(ds, args, **extra) -> dict:
+    """Where the training data came from, as cards and manifests record it."""
+    return {
+        "file": Path(ds.source).name,
+        "sha256": ds.sha256,
+        "split": ds.split_source,
+        "text_column": args.text_col,
+        "label_column": args.label_col,
+        "quick": args.quick,
+        **extra,
+    }
+
+
 def _selftest_texts(texts: list[str], labels: list[str], cls: str) -> list[str]:
     pos = [t for t, y in zip(texts, labels) if y == cls][:2]
     neg = [t for t, y in zip(texts, labels) if y != cls][:2]
@@ -86,21 +109,9 @@ def build(args) -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="moe-train-"))
-    tok = backbone.load_tokenizer()
-    tok_path = work / "tokenizer.json"
-    tok.save(str(tok_path))
+    work, tok, tok_path = _workdir("moe-train-")
     train, val = ds["train"], ds["val"]
-    data_info = {
-        "file": Path(ds.source).name,
-        "sha256": ds.sha256,
-        "split": ds.split_source,
-        "text_column": args.text_col,
-        "label_column": args.label_col,
-        "train_rows": len(train.texts),
-        "val_rows": len(val.texts),
-        "quick": args.quick,
-    }
+    data_info = _data_info(ds, args, train_rows=len(train.texts), val_rows=len(val.texts))
     manifest = {
         "started": bundle.utc_now(),
         "data": data_info,
@@ -228,20 +239,10 @@ def global_baselines(args) -> None:
             _subsample(ds[split], n, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = backbone.load_tokenizer()
-    work = Path(tempfile.mkdtemp(prefix="moe-global-"))
-    tok_path = work / "tokenizer.json"
-    tok.save(str(tok_path))
+    work, tok, tok_path = _workdir("moe-global-")
     settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
     classes = ds.classes
-    data_info = {
-        "file": Path(ds.source).name,
-        "sha256": ds.sha256,
-        "split": ds.split_source,
-        "text_column": args.text_col,
-        "label_column": args.label_col,
-        "quick": args.quick,
-    }
+    data_info = _data_info(ds, args)
     versions = _versions()
 
     def scores(pred_val, pred_test):
