@@ -161,6 +161,14 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
 /// Predicted index per row (the label, or the best guess when the gate abstains) and whether it
 /// abstained.
 pub(crate) fn predictions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[String]) -> Vec<(usize, bool)> {
+    decisions(gate, probs, thresholds, texts)
+        .iter()
+        .map(|d| (d.label.unwrap_or(d.best_guess), d.label.is_none()))
+        .collect()
+}
+
+/// The gate's full decision per text (`probs` is expert-major: probs[k][i]).
+pub(crate) fn decisions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[String]) -> Vec<gate::Decision> {
     texts
         .iter()
         .enumerate()
@@ -170,8 +178,7 @@ pub(crate) fn predictions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], t
                 .zip(thresholds)
                 .map(|(p, &threshold)| ExpertOutput { probability: p[i], threshold })
                 .collect();
-            let d = gate::decide(gate, &outs, gate::words(t));
-            (d.label.unwrap_or(d.best_guess), d.label.is_none())
+            gate::decide(gate, &outs, gate::words(t))
         })
         .collect()
 }
@@ -315,11 +322,8 @@ pub fn select(a: SelectArgs) -> Result<()> {
     // Choose the gate and score mode by validation accuracy; fitted gates are scored by 5-fold
     // cross-validation on val (fitting and scoring on the same rows would flatter them).
     let set = ExpertSet::load(&pool, &a.runtime, &a.out, 0)?;
-    let val = a.data.read("val")?;
     let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
-    let keep: Vec<usize> = (0..val.texts.len()).filter(|&i| classes.contains(&val.labels[i])).collect();
-    let texts: Vec<String> = keep.iter().map(|&i| val.texts[i].clone()).collect();
-    let truth: Vec<usize> = keep.iter().map(|&i| classes.iter().position(|c| *c == val.labels[i]).unwrap()).collect();
+    let (texts, truth) = a.data.read("val")?.labelled(&classes);
     let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| probabilities(e, &texts)).collect::<Result<_>>()?;
     let thr: Vec<f32> = set.experts.iter().map(|e| e.threshold.unwrap_or(0.5)).collect();
     let all: Vec<usize> = (0..texts.len()).collect();

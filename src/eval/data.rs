@@ -27,6 +27,17 @@ pub struct Rows {
     pub labels: Vec<String>,
 }
 
+impl Rows {
+    /// The rows whose label is one of `classes`: their texts and class indices.
+    pub fn labelled(self, classes: &[String]) -> (Vec<String>, Vec<usize>) {
+        self.texts
+            .into_iter()
+            .zip(self.labels)
+            .filter_map(|(t, l)| classes.iter().position(|c| *c == l).map(|k| (t, k)))
+            .unzip()
+    }
+}
+
 impl DataArgs {
     /// Rows of one split; rows with an empty label (multi-label / ambiguous) are skipped.
     pub fn read(&self, split: &str) -> Result<Rows> {

@@ -11,13 +11,13 @@ use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::cli::{GateData, bundle_names, cv_predictions, fit_gate, predictions};
+use super::cli::{GateData, bundle_names, cv_predictions, decisions, fit_gate, predictions};
 use super::data::{DataArgs, read_multi};
 use super::metrics::{at_threshold, auc, eer, multiclass, roc};
 use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
 use crate::experts::registry::{REGISTRY_SCHEMA, RegistryFile};
-use crate::gate::{self, Decision, ExpertOutput, Gate, GateKind, GateSpec, ScoreMode};
+use crate::gate::{self, Decision, Gate, GateKind, GateSpec, ScoreMode};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
@@ -60,6 +60,8 @@ struct System {
     experts: BTreeMap<String, String>,
     gate: GateSpec,
     source: String,
+    /// What it computes (see `signature`): two systems with the same one are the same system.
+    signature: Vec<(String, String)>,
 }
 
 fn card_of(root: &Path, bundle: &str) -> Result<Value> {
@@ -89,6 +91,7 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
         experts: served.experts.clone(),
         gate: served.gate.clone(),
         source: RegistryFile::path(&a.models).display().to_string(),
+        signature: signature(&a.models, &served.experts),
     }];
     let mut roots = vec![a.models.clone()];
     for r in &a.extra_roots {
@@ -106,6 +109,7 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
                 name: format!("moe-{name}"),
                 kind: "moe",
                 root: r.clone(),
+                signature: signature(r, &reg.experts),
                 experts: reg.experts,
                 gate: reg.gate,
                 source: RegistryFile::path(r).display().to_string(),
@@ -130,7 +134,7 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
             // The same graphs (e.g. the served set's bundles, copied from the candidates) are not
             // a new system; the same bundle names over other graphs (an fp32 build) are.
             let sig = signature(r, &experts);
-            let same_set = families.iter().chain(&systems).any(|s| signature(&s.root, &s.experts) == sig);
+            let same_set = families.iter().chain(&systems).any(|s| s.signature == sig);
             if complete && !same_set {
                 // The same algorithm from another root (e.g. an fp32 build) is named after its root.
                 let taken = families.iter().any(|s| s.name == algo);
@@ -142,6 +146,7 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
                     experts,
                     gate: GateSpec::default(),
                     source: r.display().to_string(),
+                    signature: sig,
                 });
             }
         }
@@ -161,16 +166,6 @@ async fn score(set: &ExpertSet, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         }
     }
     Ok(out)
-}
-
-fn decisions(g: &Gate, probs: &[Vec<f32>], thr: &[f32], texts: &[String]) -> Vec<Decision> {
-    (0..texts.len())
-        .map(|i| {
-            let outs: Vec<ExpertOutput> =
-                probs.iter().zip(thr).map(|(p, &threshold)| ExpertOutput { probability: p[i], threshold }).collect();
-            gate::decide(g, &outs, gate::words(&texts[i]))
-        })
-        .collect()
 }
 
 /// How a system trades coverage for accuracy: each row's confidence, and its answer when
@@ -416,20 +411,6 @@ fn rows_of(v: &[Vec<f32>], rows: usize) -> Vec<Vec<f64>> {
     (0..rows).map(|i| v.iter().map(|p| p[i] as f64).collect()).collect()
 }
 
-/// Rows of a split whose label is one of the classes, with the class index.
-fn labelled(data: &DataArgs, split: &str, classes: &[String]) -> Result<(Vec<String>, Vec<usize>)> {
-    let rows = data.read(split)?;
-    let mut texts = Vec::new();
-    let mut truth = Vec::new();
-    for (t, l) in rows.texts.into_iter().zip(rows.labels) {
-        if let Some(k) = classes.iter().position(|c| *c == l) {
-            texts.push(t);
-            truth.push(k);
-        }
-    }
-    Ok((texts, truth))
-}
-
 /// Uniform vs length vs stacking gates (probability and margin scores) on the served set: fitted
 /// on val with the L2 strength chosen by 5-fold cross-validation on val, measured on the split.
 fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value> {
@@ -470,14 +451,13 @@ pub async fn report(a: ReportArgs) -> Result<()> {
     }
     let systems = discover(&a)?;
     let classes: Vec<String> = systems[0].experts.keys().cloned().collect();
-    let (texts, truth) = labelled(&a.data, &a.split, &classes)?;
-    let (val_texts, val_truth) = labelled(&a.data, "val", &classes)?;
+    let (texts, truth) = a.data.read(&a.split)?.labelled(&classes);
+    let (val_texts, val_truth) = a.data.read("val")?.labelled(&classes);
     let amb = read_multi(&a.data.data, &a.data.text_col, &a.all_labels_col, &a.data.split_col, &a.ambiguous_split)?;
     let perturbed = perturbations(&texts, a.seed);
     let pool = ExecutorPool::default();
     let mut out_systems = Vec::new();
     let mut gates = Vec::new();
-    let mut served_coverage = None;
     for sys in &systems {
         let started = std::time::Instant::now();
         let reg = RegistryFile {
@@ -495,16 +475,11 @@ pub async fn report(a: ReportArgs) -> Result<()> {
         let m = multiclass(&classes, &truth, &forced);
         let ab = abstention(sys.kind, &probs, &thr, &dec);
         let own = at_cut(&ab, &truth, if sys.kind == "moe" { 0.0 } else { f32::MIN });
-        if sys.name == "moe-served" {
-            served_coverage = own["coverage"].as_f64();
-        }
         let curve: Vec<Value> = (0..=35).map(|i| at_coverage(&ab, &truth, 1.0 - i as f64 * 0.02)).collect();
-        let at_served = served_coverage.map(|c| at_coverage(&ab, &truth, c));
         let mut robustness = Vec::new();
         for (name, _, variant) in &perturbed {
             let p = score(&set, variant).await?;
-            let d = decisions(&set.gate, &p, &thr, variant);
-            let f: Vec<usize> = d.iter().map(|d| d.label.unwrap_or(d.best_guess)).collect();
+            let f: Vec<usize> = predictions(&set.gate, &p, &thr, variant).iter().map(|p| p.0).collect();
             let pm = multiclass(&classes, &truth, &f);
             let same = f.iter().zip(&forced).filter(|(x, y)| x == y).count() as f64 / f.len().max(1) as f64;
             robustness.push(json!({"perturbation": name, "accuracy": pm.accuracy, "macro_f1": pm.macro_f1,
@@ -536,7 +511,7 @@ pub async fn report(a: ReportArgs) -> Result<()> {
             "bundles": sys.experts, "graph_bytes": graph_bytes(sys), "provider": set.experts[0].provider(),
             "accuracy": m.accuracy, "macro_f1": m.macro_f1, "per_class": m.per_class,
             "confusion": confusion(classes.len(), &truth, &forced),
-            "operating_point": own, "coverage_curve": curve, "at_served_coverage": at_served,
+            "operating_point": own, "coverage_curve": curve,
             "mean_experts_passing": single,
             "experts": expert_rows(&classes, &probs, &thr, &truth, plotted),
             "robustness": robustness, "ambiguous": ambiguous,
