@@ -49,6 +49,14 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
+def _save_graph(graph, path: Path) -> None:
+    """A hand-built head graph as a checked ONNX model (opset and IR version the service loads)."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="moe-training")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def write_column_head(weights: np.ndarray, bias: np.ndarray, k: int, path: Path) -> None:
     """One class of a multi-class classifier as a one-vs-all expert head: z = W.x + b over all C
     classes, logits = [logsumexp_{j != k} z_j, z_k], so softmax(logits)[1] == softmax(z)[k] exactly.
@@ -76,10 +84,7 @@ def write_column_head(weights: np.ndarray, bias: np.ndarray, k: int, path: Path)
             numpy_helper.from_array(pick, "pick"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="moe-training")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    _save_graph(graph, path)
 
 
 # ---------------------------------------------------------------- shared trunk
@@ -170,10 +175,7 @@ def _write_linear_head(weights: np.ndarray, bias: np.ndarray, path: Path) -> Non
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
         [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="moe-training")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    _save_graph(graph, path)
 
 
 class _Mlp(torch.nn.Module):

@@ -49,6 +49,21 @@ def _subsample(split, per_class: int, seed: int):
     split.labels = [split.labels[i] for i in keep]
 
 
+def _probabilities(tok, trunk: Path | None, graph: Path, texts: list[str]) -> list[float]:
+    """A bundle's positive probability per text, one text per run as the service answers it (int8
+    graphs are batch-dependent); `trunk` is the shared trunk a head reads, None for a full model."""
+    from . import backbone
+    from .export import run_onnx, softmax_pos
+
+    out = []
+    for t in texts:
+        feeds = backbone.encode(tok, [t])
+        if trunk is not None:
+            feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
+        out.append(float(softmax_pos(run_onnx(graph, feeds))[0]))
+    return out
+
+
 def _workdir(prefix: str):
     """A scratch folder holding the backbone's tokenizer.json (copied into every bundle and trunk)."""
     from . import backbone
@@ -83,7 +98,7 @@ def build(args) -> None:
 
     from . import backbone, bundle, candidates
     from .data import load_dataset
-    from .export import run_onnx, softmax_pos
+    from .export import run_onnx
     from .rebalance import rebalance
 
     torch.set_num_threads(args.threads)
@@ -151,16 +166,6 @@ def build(args) -> None:
         manifest["trunks"].append({"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]})
         print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
 
-    def probabilities(trunk: str | None, graph: Path, texts: list[str]) -> list[float]:
-        """One text per run, as the service answers it (int8 graphs are batch-dependent)."""
-        out = []
-        for t in texts:
-            feeds = backbone.encode(tok, [t])
-            if trunk is not None:
-                feeds = {"embedding": run_onnx(trunks[trunk]["path"], feeds).astype(np.float32)}
-            out.append(float(softmax_pos(run_onnx(graph, feeds))[0]))
-        return out
-
     y_all = np.array(train.labels)
     for cls in classes:
         y = y_all == cls
@@ -202,7 +207,10 @@ def build(args) -> None:
                 kind=spec["kind"],
                 max_seq_len=backbone.MAX_SEQ_LEN,
                 provenance=provenance,
-                selftest=[{"text": t, "probability": p} for t, p in zip(st, probabilities(tname, graph, st))],
+                selftest=[
+                    {"text": t, "probability": p}
+                    for t, p in zip(st, _probabilities(tok, trunks[tname]["path"] if tname else None, graph, st))
+                ],
                 trunk=trunks[tname]["ref"] if tname else None,
                 tokenizer_json=tok_path if spec["kind"] == "full" else None,
                 embedding_dim=int(x_train.shape[1]) if tname else None,
@@ -230,7 +238,7 @@ def global_baselines(args) -> None:
 
     from . import backbone, bundle, candidates
     from .data import load_dataset
-    from .export import export_torch, quantize_int8, run_onnx, softmax_pos
+    from .export import export_torch, quantize_int8, run_onnx
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
@@ -264,10 +272,7 @@ def global_baselines(args) -> None:
             graph = work / f"{bundle.slug(cls)}--{algorithm}.onnx"
             candidates.write_column_head(w, b, k, graph)
             st = _selftest_texts(ds["val"].texts, ds["val"].labels, cls)
-            probs = [
-                float(softmax_pos(run_onnx(graph, {"embedding": one_at_a_time(tdir / "trunk.onnx", [t])}))[0])
-                for t in st
-            ]
+            probs = _probabilities(tok, tdir / "trunk.onnx", graph, st)
             provenance = {
                 "trainer": "moe_training",
                 "created": bundle.utc_now(),
