@@ -43,49 +43,8 @@ load() { # name url conc batch pid
   echo "$1 c=$3 batch=$4: $out"
 }
 
-# 1. The limit: the expert set through the service's executors, no HTTP.
-# concurrency 1: the latency of one request; concurrency 4 (>= sessions per graph): the throughput limit.
-$MOE bench --models models --seconds "$D" --batch 1 --concurrency 1 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-latency; done
-$MOE bench --models models --seconds "$D" --batch 1,8,32,64 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc; done
-root1=$(mktemp -d); cp -r models/. "$root1/"
-.venv/bin/python - "$root1/registry.json" <<'PY'
-import json, sys
-p = sys.argv[1]; r = json.load(open(p)); k = sorted(r["experts"])[0]
-r["experts"] = {k: r["experts"][k]}; r["gate"] = {"kind": "uniform"}; r.pop("history", None)
-json.dump(r, open(p, "w"))
-PY
-$MOE bench --models "$root1" --seconds "$D" --batch 1,8,32,64 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-one-head; done
-
-# Full-model experts against shared-trunk heads: the best-per-class set over every algorithm
-# (build/models-all from scripts/rebuild-models.sh: two trunks plus per-class fine-tuned MiniLMs).
-if [ -f build/models-all/registry.json ]; then
-  $MOE bench --models build/models-all --seconds "$D" --batch 1,8 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record inproc-models-all; done
-fi
-
-# 2. The service.
 PORT=18180
-$MOE serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
-wait_http http://127.0.0.1:$PORT/readyz
-for c in 1 4 16 64; do load service http://127.0.0.1:$PORT "$c" 1 $SPID; done
-load service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
-.venv/bin/python -c "import json, re, sys; t = open(sys.argv[1]).read(); print(json.dumps({k: int(re.search(k + r':\s+(\d+)', t).group(1)) for k in ('VmHWM', 'VmRSS')}))" "/proc/$SPID/status" | record service-memory-kb
-kill $SPID; wait $SPID 2>/dev/null || true
-$MOE serve --port $PORT --models models --max-batch 1 > "$OUT/serve-nobatch.log" 2>&1 & PIDS+=($!); SPID=$!
-wait_http http://127.0.0.1:$PORT/readyz
-load service-no-batching http://127.0.0.1:$PORT 16 1 $SPID
-kill $SPID; wait $SPID 2>/dev/null || true
-$MOE serve --port $PORT --models models --sessions 1 --intra-threads "$(nproc)" > "$OUT/serve-1session.log" 2>&1 & PIDS+=($!); SPID=$!
-wait_http http://127.0.0.1:$PORT/readyz
-for c in 1 16; do load service-1-session http://127.0.0.1:$PORT "$c" 1 $SPID; done
-kill $SPID; wait $SPID 2>/dev/null || true
-
-# 3. Other expert sets through the same service and in-process: the global classifier (19 column
-# heads of one 19-way model; on the MoE's own trunk, and the fine-tuned 19-way MiniLM), the fp32 vs
-# int8 frozen trunk (trunk-logreg heads; build/fp32 from `moe_training build --trunk-precision fp32`),
-# and the full-model best-per-class set. Sets whose bundles are absent are skipped.
-ROOTS=$(mktemp -d)
-mkroot() { .venv/bin/python bench/make_root.py "$1" "$ROOTS/$3" "$2" > /dev/null 2>&1; }
-serve_load() { # name root concurrencies...
+serve_load() { # name root concurrencies... (EXTRA: more serve flags); records service-<name>
   local name=$1 root=$2; shift 2
   # shellcheck disable=SC2086 # EXTRA: more serve flags, word-split on purpose
   $MOE serve --port $PORT --models "$root" ${EXTRA:-} > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
@@ -93,20 +52,56 @@ serve_load() { # name root concurrencies...
   for c in "$@"; do load "service-$name" http://127.0.0.1:$PORT "$c" 1 $SPID; done
   kill $SPID; wait $SPID 2>/dev/null || true
 }
-inproc() { # name root batches
-  $MOE bench --models "$2" --seconds "$D" --batch "$3" --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record "inproc-$1"; done
+inproc() { # record-name root batches [in-flight calls, default 4]: `moe bench`, no HTTP
+  $MOE bench --models "$2" --seconds "$D" --batch "$3" --concurrency "${4:-4}" --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record "$1"; done
 }
+
+# 1. The limit: the expert set through the service's executors, no HTTP.
+# concurrency 1: the latency of one request; concurrency 4 (>= sessions per graph): the throughput limit.
+inproc inproc-latency models 1 1
+inproc inproc models 1,8,32,64
+root1=$(mktemp -d); cp -r models/. "$root1/"
+.venv/bin/python - "$root1/registry.json" <<'PY'
+import json, sys
+p = sys.argv[1]; r = json.load(open(p)); k = sorted(r["experts"])[0]
+r["experts"] = {k: r["experts"][k]}; r["gate"] = {"kind": "uniform"}; r.pop("history", None)
+json.dump(r, open(p, "w"))
+PY
+inproc inproc-one-head "$root1" 1,8,32,64
+
+# Full-model experts against shared-trunk heads: the best-per-class set over every algorithm
+# (build/models-all from scripts/rebuild-models.sh: two trunks plus per-class fine-tuned MiniLMs).
+if [ -f build/models-all/registry.json ]; then
+  inproc inproc-models-all build/models-all 1,8
+fi
+
+# 2. The service.
+$MOE serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
+wait_http http://127.0.0.1:$PORT/readyz
+for c in 1 4 16 64; do load service http://127.0.0.1:$PORT "$c" 1 $SPID; done
+load service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
+.venv/bin/python -c "import json, re, sys; t = open(sys.argv[1]).read(); print(json.dumps({k: int(re.search(k + r':\s+(\d+)', t).group(1)) for k in ('VmHWM', 'VmRSS')}))" "/proc/$SPID/status" | record service-memory-kb
+kill $SPID; wait $SPID 2>/dev/null || true
+EXTRA="--max-batch 1" serve_load no-batching models 16
+EXTRA="--sessions 1 --intra-threads $(nproc)" serve_load 1-session models 1 16
+
+# 3. Other expert sets through the same service and in-process: the global classifier (19 column
+# heads of one 19-way model; on the MoE's own trunk, and the fine-tuned 19-way MiniLM), the fp32 vs
+# int8 frozen trunk (trunk-logreg heads; build/fp32 from `moe_training build --trunk-precision fp32`),
+# and the full-model best-per-class set. Sets whose bundles are absent are skipped.
+ROOTS=$(mktemp -d)
+mkroot() { .venv/bin/python bench/make_root.py "$1" "$ROOTS/$3" "$2" > /dev/null 2>&1; }
 # Heads on executor threads instead of inline on the request's thread (--inline-heads false).
 EXTRA="--inline-heads false" serve_load threaded-heads models 16
-MOE_INLINE_HEADS=false inproc threaded-heads models 1,32
+MOE_INLINE_HEADS=false inproc inproc-threaded-heads models 1,32
 if mkroot models global-ft19-logreg global-ft19; then
-  inproc global-ft19 "$ROOTS/global-ft19" 1,8,32,64; serve_load global-ft19 "$ROOTS/global-ft19" 1 16
+  inproc inproc-global-ft19 "$ROOTS/global-ft19" 1,8,32,64; serve_load global-ft19 "$ROOTS/global-ft19" 1 16
 fi
 if mkroot models global-finetune global-finetune; then
-  inproc global-finetune "$ROOTS/global-finetune" 1,32; serve_load global-finetune "$ROOTS/global-finetune" 16
+  inproc inproc-global-finetune "$ROOTS/global-finetune" 1,32; serve_load global-finetune "$ROOTS/global-finetune" 16
 fi
 if mkroot build/candidates trunk-logreg int8-frozen && mkroot build/fp32 trunk-logreg fp32-frozen; then
-  for p in int8-frozen fp32-frozen; do inproc "$p" "$ROOTS/$p" 1,8,32,64; serve_load "$p" "$ROOTS/$p" 16; done
+  for p in int8-frozen fp32-frozen; do inproc "inproc-$p" "$ROOTS/$p" 1,8,32,64; serve_load "$p" "$ROOTS/$p" 16; done
 fi
 if [ -f build/models-all/registry.json ]; then serve_load models-all build/models-all 1 16; fi
 rm -rf "$ROOTS" "$root1"
@@ -130,7 +125,7 @@ for round in 1 2 3; do
   load paired-service http://127.0.0.1:$PORT 16 1 $SPID
   load paired-peer-b http://127.0.0.1:18190 16 1 $BPID
   load paired-service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
-  $MOE bench --models models --seconds "$D" --batch 32 --concurrency 4 --data "$DATA" 2>/dev/null | while read -r l; do echo "$l" | record paired-inproc; done
+  inproc paired-inproc models 32
   echo "paired round $round done"
 done
 kill $SPID $BPID; wait $SPID $BPID 2>/dev/null || true
