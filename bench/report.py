@@ -68,7 +68,7 @@ p("- reproduce: `bench/run.sh` (about 10 minutes; runs `bench/profile.sh` when p
 p(
     "  `--smoke` for 1-second runs); `bench/swap.sh` for the swap rows. Rows over build/ need `scripts/rebuild-models.sh` (candidates, best-per-class set) and, for fp32,"
 )
-p("  `cd training && ../.venv/bin/python -m moe_training build --data ../../shared/data/wikihow19_titles.csv")
+p("  `cd training && ../.venv/bin/python -m moe_training build --data ../data/wikihow19_titles.csv")
 p("  --out ../build/fp32 --algorithms trunk-logreg --trunk-precision fp32` then `moe calibrate --models build/fp32`\n")
 p("## Targets\n")
 p("| target | measured | ratio | met |")

@@ -11,7 +11,7 @@ D=${BENCH_SECONDS:-8}; [ $SMOKE = 1 ] && D=1; export D
 OUT=docs/bench; [ $SMOKE = 1 ] && OUT=$(mktemp -d)
 mkdir -p "$OUT"
 RES="$OUT/results.jsonl"; : > "$RES"
-DATA=${MOE_DATA:-../shared/data/wikihow19_titles.csv}
+DATA=${MOE_DATA:-data/wikihow19_titles.csv}
 MOE=target/release/moe
 command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null); }
 .venv/bin/pip install -q -r bench/requirements.txt

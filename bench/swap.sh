@@ -12,7 +12,7 @@ root=$(mktemp -d)
 cp -r models/. "$root/"
 cp -r "$C/travel--finetune-minilm" "$C/travel--tokenbag" "$root/"
 TEXTS=$(mktemp)
-.venv/bin/python - "${MOE_DATA:-../shared/data/wikihow19_titles.csv}" "$TEXTS" <<'PY'
+.venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$TEXTS" <<'PY'
 import csv, sys
 open(sys.argv[2], "w").write("\n".join(r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test") + "\n")
 PY

@@ -5,7 +5,7 @@
 # Needs the trainer's venv (scripts/setup.sh --train) and a built `moe`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${MOE_DATA:-../shared/data/wikihow19_titles.csv}
+DATA=${MOE_DATA:-data/wikihow19_titles.csv}
 MOE=${MOE_BIN:-target/release/moe}
 a=$(mktemp -d) b=$(mktemp -d)
 trap 'rm -rf "$a" "$b"' EXIT

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --train
 export OMP_WAIT_POLICY=PASSIVE
-DATA=${MOE_DATA:-../shared/data/wikihow19_titles.csv}
+DATA=${MOE_DATA:-data/wikihow19_titles.csv}
 ALGORITHMS=${ALGORITHMS:-trunk-logreg,trunk-mlp,tokenbag,ft19-logreg,finetune-minilm}
 # What may ship: heads on ONE shared trunk keep models/ small (about 24 MB); the other candidates
 # still compete in build/models-all, the selection evidence.

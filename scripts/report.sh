@@ -7,7 +7,7 @@
 # report covers the committed models/ only. About 2 minutes with build/, 30 s without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${MOE_DATA:-../shared/data/wikihow19_titles.csv}
+DATA=${MOE_DATA:-data/wikihow19_titles.csv}
 .venv/bin/python -c "import matplotlib, scipy" 2>/dev/null || scripts/setup.sh --train
 [ -x target/release/moe ] || cargo build --release --locked
 export OMP_WAIT_POLICY=PASSIVE

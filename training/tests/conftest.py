@@ -5,4 +5,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-DATA = Path(os.environ.get("MOE_DATA", Path(__file__).resolve().parents[2].parent / "shared/data/wikihow19_titles.csv"))
+DATA = Path(os.environ.get("MOE_DATA", Path(__file__).resolve().parents[2] / "data/wikihow19_titles.csv"))
