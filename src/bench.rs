@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use crate::config::{Limits, RuntimeConfig};
-use crate::core::Core;
+use crate::config::RuntimeConfig;
+use crate::core::ExpertSet;
 use crate::eval::data::DataArgs;
+use crate::experts::RegistryFile;
+use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+/// What `moe bench` measures.
+#[derive(Debug, Clone, Args)]
+pub struct BenchOptions {
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
     /// Texts come from this split, in file order (a fixed input set).
@@ -30,16 +33,18 @@ pub struct BenchArgs {
     /// In-flight calls at once (batches overlap across graphs as in the service).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeConfig,
 }
 
-pub async fn run(a: BenchArgs) -> Result<()> {
-    let core = Core::new(a.models.clone(), a.runtime.clone(), Limits::default());
-    let c = core.clone();
-    tokio::task::spawn_blocking(move || c.load_registry()).await.map_err(|e| Error::Runtime(e.to_string()))??;
+/// Load the model root's registry set (as the service does, without its state folder) and time
+/// `ExpertSet::probabilities`, the service's inference path, at each batch size.
+pub async fn run(a: &BenchOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Result<()> {
+    let (models, runtime) = (a.models.clone(), runtime.clone());
+    let set = tokio::task::spawn_blocking(move || {
+        let pool = ExecutorPool::default();
+        ExpertSet::load(&pool, &runtime, &models, &RegistryFile::read(&models)?)
+    })
+    .await??;
+    let set = std::sync::Arc::new(set);
     let texts = match &a.texts {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| Error::io(p, e))?
@@ -47,12 +52,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             .filter(|l| !l.trim().is_empty())
             .map(str::to_string)
             .collect(),
-        None => a.data.read(&a.split)?.texts,
+        None => data.read(&a.split)?.texts,
     };
     if texts.is_empty() {
         return Err(Error::BadRequest("no texts to benchmark".into()));
     }
-    let set = core.snapshot()?;
     for &b in &a.batch {
         let batch: Vec<String> = texts.iter().cycle().take(b).cloned().collect();
         set.probabilities(&batch).await?; // warm this shape
@@ -76,7 +80,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             });
         }
         while let Some(r) = tasks.join_next().await {
-            lat.extend(r.map_err(|e| Error::Runtime(e.to_string()))??);
+            lat.extend(r??);
         }
         let secs = started.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);

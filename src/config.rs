@@ -1,31 +1,10 @@
-//! All configuration, in one clap struct per subcommand; every flag has an env fallback.
+//! Runtime configuration shared by the server and the offline commands: how graphs run
+//! (`RuntimeConfig`) and what one request may ask (`Limits`). Every flag has an env fallback. The
+//! command line itself (`Cli`, the subcommands) lives in `main.rs`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "moe", version, about = "Mixture-of-experts text classification service")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve the experts named by the registry over HTTP.
-    Serve(ServeConfig),
-    /// Evaluate one bundle on a data split: ROC, AUC, EER and its threshold, F1 (prints JSON).
-    Eval(crate::eval::cli::EvalArgs),
-    /// Write each bundle's validation EER threshold and metrics into its card.
-    Calibrate(crate::eval::cli::CalibrateArgs),
-    /// Keep the best calibrated candidate per class, fit the gate, write a model root.
-    Select(crate::eval::cli::SelectArgs),
-    /// Classify a whole split with a model root, through the service's core (accuracy, macro-F1).
-    Report(crate::eval::report::ReportArgs),
-    /// The in-process limit: the expert set through the service's executors, no HTTP (JSON lines).
-    Bench(crate::bench::BenchArgs),
-}
+use clap::Args;
 
 /// Runtime settings shared by the server and the evaluation commands.
 #[derive(Debug, Clone, Args)]
@@ -103,30 +82,6 @@ impl Default for RuntimeConfig {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ServeConfig {
-    #[arg(long, env = "MOE_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, env = "MOE_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// Model root: holds registry.json, the bundles and trunks/.
-    #[arg(long, env = "MOE_MODELS", default_value = "models")]
-    pub models: PathBuf,
-    /// Bearer token for the admin (mutating) routes; without it they are disabled.
-    #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    #[command(flatten)]
-    pub limits: Limits,
-    #[command(flatten)]
-    pub runtime: RuntimeConfig,
-    /// Validation data for automatic selection (`POST /experts/{class}/select`).
-    #[command(flatten)]
-    pub data: crate::eval::data::DataArgs,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "MOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
@@ -144,6 +99,14 @@ pub struct Limits {
     /// Deadline for one classify request, in milliseconds (503 after it).
     #[arg(long, env = "MOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Admission control: most texts being classified at once, over all requests. A request that
+    /// would go over is refused at once (503 with Retry-After) before any tokenization.
+    #[arg(long, env = "MOE_MAX_IN_FLIGHT_TEXTS", default_value_t = 1024)]
+    pub max_in_flight_texts: usize,
+    /// Requests waiting to be scored by shadow candidates; when full, shadow scoring of a request
+    /// is skipped (counted in moe_shadow_dropped_total), never the answer delayed.
+    #[arg(long, env = "MOE_SHADOW_QUEUE", default_value_t = 256)]
+    pub shadow_queue: usize,
 }
 
 impl Default for Limits {
@@ -154,6 +117,8 @@ impl Default for Limits {
             max_texts: 64,
             max_text_chars: 10_000,
             request_timeout_ms: 10_000,
+            max_in_flight_texts: 1024,
+            shadow_queue: 256,
         }
     }
 }

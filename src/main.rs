@@ -1,12 +1,115 @@
+//! The `moe` command line: every subcommand, its flags (each with an env fallback), and the
+//! server's start-up and shutdown. The library holds everything else.
+
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
-use moe::config::{Cli, Command, ServeConfig};
-use moe::core::Core;
+use clap::{Args, Parser, Subcommand};
+use moe::bench::BenchOptions;
+use moe::config::{Limits, RuntimeConfig};
+use moe::core::{Core, Paths};
+use moe::eval::data::DataArgs;
+use moe::eval::report::ReportOptions;
+use moe::eval::select::SelectOptions;
 use moe::http::{AppState, app};
 use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "moe", version, about = "Mixture-of-experts text classification service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the experts named by the registry over HTTP.
+    Serve(ServeArgs),
+    /// Evaluate one bundle on a data split: ROC, AUC, EER and its threshold, F1 (prints JSON).
+    Eval(EvalArgs),
+    /// Write each bundle's validation EER threshold and metrics into its card.
+    Calibrate(CalibrateArgs),
+    /// Keep the best calibrated candidate per class, fit the gate, write a model root.
+    Select(WithData<SelectOptions>),
+    /// Score every system (served MoE, families, global baselines) on a split; writes JSON.
+    Report(WithData<ReportOptions>),
+    /// The in-process limit: the expert set through the service's executors, no HTTP (JSON lines).
+    Bench(WithData<BenchOptions>),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long, env = "MOE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "MOE_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Model root: the bundles, trunks/ and the shipped registry.json (never written by the service).
+    #[arg(long, env = "MOE_MODELS", default_value = "models")]
+    models: PathBuf,
+    /// State folder: the live registry (active set, history), seeded from the model root's
+    /// registry.json on the first start. Remove its registry.json to go back to the shipped set.
+    #[arg(long, env = "MOE_STATE", default_value = "state")]
+    state: PathBuf,
+    /// Bearer token for the admin (mutating) routes; without it they are disabled.
+    #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+    /// Labelled data for automatic selection (`POST /experts/{class}/select`); when the file is
+    /// absent the service still starts and selection answers 400.
+    #[command(flatten)]
+    data: DataArgs,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
+    log_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Model root holding the bundle (and trunks/).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Bundle folder name under the model root.
+    #[arg(long)]
+    bundle: String,
+    #[arg(long, default_value = "val")]
+    split: String,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Args)]
+struct CalibrateArgs {
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Bundles to calibrate (default: every bundle folder in the model root).
+    #[arg(long, value_delimiter = ',')]
+    bundles: Vec<String>,
+    /// Thresholds are set on this split; never on test.
+    #[arg(long, default_value = "val", value_parser = ["val", "train"])]
+    split: String,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+}
+
+/// A subcommand's own options plus the data and runtime flags every offline command shares.
+#[derive(Debug, Args)]
+struct WithData<T: Args> {
+    #[command(flatten)]
+    options: T,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+}
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
@@ -14,55 +117,48 @@ fn init_tracing(json: bool) {
     if json { b.json().init() } else { b.init() }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let log_json = matches!(&cli.command, Command::Serve(a) if a.log_json);
+    init_tracing(log_json);
     match cli.command {
-        Command::Serve(cfg) => {
-            init_tracing(cfg.log_json);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
-        }
+        Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Eval(a) => {
-            init_tracing(false);
-            Ok(moe::eval::cli::eval(a)?)
+            let out = moe::eval::evaluate::eval_bundle(&a.models, &a.bundle, &a.split, &a.data, &a.runtime)?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
         }
         Command::Calibrate(a) => {
-            init_tracing(false);
-            Ok(moe::eval::cli::calibrate(a)?)
+            Ok(moe::eval::evaluate::calibrate(&a.models, &a.bundles, &a.split, &a.data, &a.runtime)?)
         }
-        Command::Select(a) => {
-            init_tracing(false);
-            Ok(moe::eval::cli::select(a)?)
-        }
-        Command::Bench(a) => {
-            init_tracing(false);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::bench::run(a))?;
-            Ok(())
-        }
-        Command::Report(a) => {
-            init_tracing(false);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(moe::eval::report::report(a))?;
-            Ok(())
-        }
+        Command::Select(a) => Ok(moe::eval::select::select(&a.options, &a.data, &a.runtime)?),
+        Command::Report(a) => Ok(moe::eval::report::report(&a.options, &a.data, &a.runtime)?),
+        Command::Bench(a) => Ok(runtime()?.block_on(moe::bench::run(&a.options, &a.data, &a.runtime))?),
     }
 }
 
 /// Bind first (so /healthz answers and /readyz says "loading"), load and warm the experts off the
 /// async workers, then serve until SIGINT/SIGTERM, finishing in-flight requests.
-async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port).parse().context("--host/--port")?;
-    let core = Core::new(cfg.models.clone(), cfg.runtime.clone(), cfg.limits.clone());
-    let _ = core.data.set(cfg.data.clone());
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse().context("--host/--port")?;
+    let core = Core::new(Paths::new(&a.models, &a.state), a.runtime.clone(), a.limits.clone());
+    let data = a.data.available().then(|| a.data.clone());
+    if data.is_none() {
+        tracing::warn!(data = %a.data.data.display(), "no labelled data: selection jobs are disabled (--data / MOE_DATA)");
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, models = %cfg.models.display(), "listening; loading experts");
+    tracing::info!(%addr, models = %a.models.display(), state = %a.state.display(), "listening; loading experts");
     let loader = {
         let core = core.clone();
         tokio::task::spawn_blocking(move || core.load_registry())
     };
-    let server = tokio::spawn(
-        axum::serve(listener, app(AppState::new(core).with_admin_token(cfg.admin_token.clone())))
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future(),
-    );
+    let state = AppState::new(core).with_data(data).with_admin_token(a.admin_token.clone());
+    let server =
+        tokio::spawn(axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).into_future());
     // A bad registry or bundle at start is fatal (non-zero exit), never a silent fallback.
     loader.await.context("loader panicked")?.context("loading the experts")?;
     tracing::info!("ready");

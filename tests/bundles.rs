@@ -5,7 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use moe::core::{Expert, ExpertSet};
+use moe::core::ExpertSet;
+use moe::expert::Expert;
 use moe::inference::ExecutorPool;
 
 fn load(root: &Path, bundle: &str) -> Result<Expert, String> {
@@ -86,16 +87,21 @@ fn symlinks_out_of_the_root_are_refused() {
     std::fs::remove_dir_all(outside).unwrap();
 }
 
+/// The set a model root's registry names, as the offline tools load it.
+fn load_set(cfg: &moe::config::RuntimeConfig, root: &std::path::Path) -> moe::Result<ExpertSet> {
+    ExpertSet::load(&ExecutorPool::default(), cfg, root, &moe::experts::RegistryFile::read(root)?)
+}
+
 #[test]
 fn registry_must_match_the_cards() {
     let root = common::copy_root(&common::fixture_models(), "registry");
     common::edit_json(&root.join("registry.json"), |r| {
         r["experts"]["Travel"] = "health--tokenbag".into();
     });
-    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1).err().unwrap().to_string();
+    let err = load_set(&common::runtime(), &root).err().unwrap().to_string();
     assert!(err.contains("registry.json") && err.contains("\"Travel\""), "{err}");
     common::replace_file(&root.join("registry.json"), b"[]");
-    let err = ExpertSet::load(&ExecutorPool::default(), &common::runtime(), &root, 1).err().unwrap().to_string();
+    let err = load_set(&common::runtime(), &root).err().unwrap().to_string();
     assert!(err.contains("registry.json") && err.contains("bad JSON"), "{err}");
     std::fs::remove_dir_all(root).unwrap();
 }
@@ -123,7 +129,7 @@ fn inline_and_threaded_heads_agree() {
         ["how to pack a suitcase", "how to bake sourdough bread", "how to train a puppy"].map(String::from).to_vec();
     let run = |inline_heads: bool| {
         let cfg = moe::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
-        let set = std::sync::Arc::new(ExpertSet::load(&ExecutorPool::default(), &cfg, &root, 1).unwrap());
+        let set = std::sync::Arc::new(load_set(&cfg, &root).unwrap());
         let head = set.experts[0].head.as_ref().expect("the shipped experts are heads");
         assert_eq!(head.inline(), inline_heads);
         assert!(!set.experts[0].stage1.inline(), "trunks keep their executor threads");

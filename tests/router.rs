@@ -6,7 +6,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use moe::config::Limits;
-use moe::core::Core;
 use moe::http::{AppState, app};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -93,7 +92,7 @@ async fn refusals_use_one_error_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_loaded() {
-    let core = Core::new(common::fixture_models(), common::runtime(), Limits::default());
+    let core = common::core(&common::fixture_models(), Limits::default());
     let r = app(AppState::new(core.clone()));
     let (s, v, _) = call(r.clone(), get("/healthz")).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));

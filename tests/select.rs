@@ -5,30 +5,16 @@ mod common;
 
 use std::path::Path;
 
-use moe::eval::cli::{SelectArgs, select};
-use moe::eval::data::DataArgs;
-use moe::experts::RegistryFile;
+use moe::eval::select::{SelectOptions, select};
+use moe::experts::{Metric, RegistryFile};
 use serde_json::Value;
 
-fn data() -> DataArgs {
-    DataArgs {
-        data: common::repo().join("../shared/data/wikihow19_titles.csv"),
-        text_col: "title".into(),
-        label_col: "label".into(),
-        split_col: "split".into(),
-    }
+fn options(candidates: &Path, out: &Path, metric: Metric) -> SelectOptions {
+    SelectOptions { candidates: candidates.to_path_buf(), out: out.to_path_buf(), metric, algorithms: vec![] }
 }
 
-fn run(candidates: &Path, out: &Path, metric: &str) -> RegistryFile {
-    select(SelectArgs {
-        candidates: candidates.to_path_buf(),
-        out: out.to_path_buf(),
-        metric: metric.into(),
-        algorithms: vec![],
-        data: data(),
-        runtime: common::runtime(),
-    })
-    .unwrap();
+fn run(candidates: &Path, out: &Path, metric: Metric) -> RegistryFile {
+    select(&options(candidates, out, metric), &common::data(), &common::runtime()).unwrap();
     RegistryFile::read(out).unwrap()
 }
 
@@ -44,7 +30,8 @@ fn keeps_the_best_candidate_per_class() {
     std::fs::remove_file(cands.join("registry.json")).unwrap();
     let out = std::env::temp_dir().join(format!("moe-test-select-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    for (metric, path, lower_is_better) in [("eer", vec!["eer"], true), ("f1", vec!["at_eer", "f1"], false)] {
+    for (metric, path, lower_is_better) in [(Metric::Eer, vec!["eer"], true), (Metric::F1, vec!["at_eer", "f1"], false)]
+    {
         let reg = run(&cands, &out, metric);
         for (class, slug) in [("Travel", "travel"), ("Health", "health")] {
             let (a, b) = (format!("{slug}--tokenbag"), format!("{slug}--tokenbag-b"));
@@ -53,10 +40,10 @@ fn keeps_the_best_candidate_per_class() {
             assert_eq!(reg.experts[class], want, "{metric}: {class} ({va} vs {vb})");
             assert!(out.join(&want).join("card.json").is_file());
         }
-        assert_eq!(moe::eval::cli::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
+        assert_eq!(moe::eval::evaluate::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
         let evidence: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap()).unwrap();
-        assert_eq!(evidence["metric"], metric);
+        assert_eq!(evidence["metric"], metric.name());
         assert_eq!(evidence["classes"]["Travel"]["candidates"].as_array().unwrap().len(), 2);
         assert!(reg.gate.selected_by.is_some(), "the gate choice is recorded");
     }
@@ -65,23 +52,15 @@ fn keeps_the_best_candidate_per_class() {
     common::edit_json(&cands.join("travel--tokenbag-b/card.json"), |c| {
         c["metrics"]["val"]["report"]["eer"] = eer.into();
     });
-    let reg = run(&cands, &out, "eer");
+    let reg = run(&cands, &out, Metric::Eer);
     assert_eq!(reg.experts["Travel"], "travel--tokenbag-b");
     // The selected root serves.
     let set =
-        moe::core::ExpertSet::load(&moe::inference::ExecutorPool::default(), &common::runtime(), &out, 1).unwrap();
+        moe::core::ExpertSet::load(&moe::inference::ExecutorPool::default(), &common::runtime(), &out, &reg).unwrap();
     assert_eq!(set.experts.len(), 2);
     // Uncalibrated candidates are refused.
     common::edit_json(&cands.join("health--tokenbag/card.json"), |c| c["threshold"] = Value::Null);
-    let err = select(SelectArgs {
-        candidates: cands.clone(),
-        out: out.clone(),
-        metric: "eer".into(),
-        algorithms: vec![],
-        data: data(),
-        runtime: common::runtime(),
-    })
-    .unwrap_err();
+    let err = select(&options(&cands, &out, Metric::Eer), &common::data(), &common::runtime()).unwrap_err();
     assert!(err.to_string().contains("not calibrated"), "{err}");
     std::fs::remove_dir_all(cands).unwrap();
     std::fs::remove_dir_all(out).unwrap();

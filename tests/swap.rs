@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use moe::config::Limits;
+use moe::control::swap::{Swap, swap};
 use moe::core::Core;
 use moe::http::{AppState, app};
 use serde_json::{Value, json};
@@ -14,9 +15,12 @@ use serde_json::{Value, json};
 const TOKEN: &str = "s3cret-token";
 
 async fn serve_admin(core: Arc<Core>, token: Option<&str>) -> String {
+    serve_with(AppState::new(core).with_admin_token(token.map(str::to_string))).await
+}
+
+async fn serve_with(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new(core).with_admin_token(token.map(str::to_string));
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
     format!("http://{addr}")
 }
@@ -132,7 +136,9 @@ async fn refused_swaps_change_nothing() {
     let core = common::loaded_core(&root, Limits::default()).await;
     let base = serve_admin(core.clone(), Some(TOKEN)).await;
     let c = reqwest::Client::new();
-    let registry_before = std::fs::read(root.join("registry.json")).unwrap();
+    let live = moe::experts::RegistryFile::path(&core.paths.state);
+    let (shipped_before, registry_before) =
+        (std::fs::read(root.join("registry.json")).unwrap(), std::fs::read(&live).unwrap());
     let version: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
     let version = version["version"].as_str().unwrap().to_string();
     let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
@@ -161,8 +167,8 @@ async fn refused_swaps_change_nothing() {
     }
     // Two swaps of the same class at once: one wins, the other gets 409.
     let (a, b) = tokio::join!(
-        core.swap("Travel", moe::admin::SwapRequest { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
-        core.swap("Travel", moe::admin::SwapRequest { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
+        swap(&core, "Travel", Swap { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
+        swap(&core, "Travel", Swap { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
     );
     assert!(a.is_ok());
     assert!(matches!(b, Err(moe::Error::Conflict(_))), "{b:?}");
@@ -184,7 +190,8 @@ async fn refused_swaps_change_nothing() {
         c.get(format!("{base}/experts/Travel")).send().await.unwrap().json::<Value>().await.unwrap()["version"],
         version.as_str()
     );
-    assert_ne!(std::fs::read(root.join("registry.json")).unwrap(), registry_before, "history was recorded");
+    assert_ne!(std::fs::read(&live).unwrap(), registry_before, "history was recorded in the state folder");
+    assert_eq!(std::fs::read(root.join("registry.json")).unwrap(), shipped_before, "the shipped registry is untouched");
 
     // Without a configured token the admin routes are disabled.
     let closed = serve_admin(core, None).await;
@@ -203,8 +210,10 @@ async fn restart_rollback_delete_and_new_slots() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["previous_bundle"], "travel--tokenbag");
 
-    // A restart serves exactly what was active.
-    let restarted = common::loaded_core(&root, Limits::default()).await;
+    // A restart (same state folder) serves exactly what was active.
+    let restarted = moe::core::Core::new(core.paths.clone(), common::runtime(), Limits::default());
+    let r = restarted.clone();
+    tokio::task::spawn_blocking(move || r.load_registry()).await.unwrap().unwrap();
     assert_eq!(restarted.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag-b");
 
     // Rollback restores the previous bundle; history records every step.
@@ -281,13 +290,8 @@ async fn automatic_selection_swaps_to_the_better_bundle() {
     // Start on the worse Travel expert (validation EER 0.58 against 0.52 for travel--tokenbag).
     common::edit_json(&root.join("registry.json"), |r| r["experts"]["Travel"] = "travel--tokenbag-b".into());
     let core = common::loaded_core(&root, Limits::default()).await;
-    let _ = core.data.set(moe::eval::data::DataArgs {
-        data: common::repo().join("../shared/data/wikihow19_titles.csv"),
-        text_col: "title".into(),
-        label_col: "label".into(),
-        split_col: "split".into(),
-    });
-    let base = serve_admin(core, Some(TOKEN)).await;
+    let state = AppState::new(core).with_data(Some(common::data())).with_admin_token(Some(TOKEN.into()));
+    let base = serve_with(state).await;
     let c = reqwest::Client::new();
     let res = c.post(format!("{base}/experts/Travel/select")).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 202);

@@ -1,43 +1,36 @@
-//! The registry's mutations: swap, delete, rollback. A new bundle is loaded, validated and warmed
-//! off the hot path; then, under a short lock, a NEW expert set equal to the current one with that
-//! class replaced is built, the registry file is written atomically, and the set is stored with
-//! one atomic swap. A failure at any step before the store changes nothing. Requests in flight
-//! finish on the set they started with; executors no set uses any more shut down when it drops.
+//! Swap, delete, rollback. A new bundle is loaded, validated and warmed off the hot path (one change
+//! per class at a time, 409 for a second); the change itself is one `Core::commit`, which writes
+//! the registry and installs the new set atomically. A refusal at any step changes nothing.
+//! Requests in flight finish on the set they started with; executors no set uses any more shut
+//! down when the last set holding them drops.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::core::{Core, Expert, ExpertSet, now_rfc3339};
-use crate::experts::card::check_name;
-use crate::experts::registry::HistoryEntry;
+use crate::core::{Change, Committed, Core};
+use crate::expert::Expert;
+use crate::experts::Metric;
 use crate::{Error, Result};
 
-/// Body of `PUT /experts/{class}`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SwapRequest {
+/// A quality bound on the candidate's validation metric (a minimum, a maximum for EER).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinMetric {
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// What a swap asks for, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Swap {
     /// Bundle folder name under the model root.
     pub bundle: String,
     /// Optimistic concurrency: refuse (409) unless the class's active version is this one.
-    #[serde(default)]
     pub expected_version: Option<String>,
-    /// Quality gate on the candidate's validation metrics (from its calibrated card).
-    #[serde(default)]
     pub min_metric: Option<MinMetric>,
-    /// Quality gate: refuse unless the candidate's validation EER is not worse than the current one's.
-    #[serde(default)]
+    /// Refuse unless the candidate's validation EER is not worse than the active expert's.
     pub not_worse: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MinMetric {
-    /// "auc", "f1" (at the EER threshold), "accuracy" (at the EER threshold) or "eer" (a maximum).
-    pub metric: String,
-    pub value: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,37 +44,44 @@ pub struct SwapOutcome {
     pub took_ms: f64,
 }
 
-/// A validation-split metric from a calibrated card: (value, higher_is_better).
-fn val_metric(e: &Expert, metric: &str) -> Result<(f64, bool)> {
-    let r = e.card.metrics.get("val").and_then(|v| v.get("report"));
-    let get = |path: &[&str]| path.iter().try_fold(r?, |v, k| v.get(k)).and_then(|v| v.as_f64());
-    let (v, up) = match metric {
-        "eer" => (get(&["eer"]), false),
-        "auc" => (get(&["auc"]), true),
-        "f1" => (get(&["at_eer", "f1"]), true),
-        "accuracy" => (get(&["at_eer", "accuracy"]), true),
-        other => return Err(Error::BadRequest(format!("unknown metric {other:?} (eer, auc, f1, accuracy)"))),
-    };
-    let v = v.ok_or_else(|| Error::QualityGate(format!("bundle {} has no validation {metric}", e.bundle)))?;
-    Ok((v, up))
+impl SwapOutcome {
+    fn new(class: &str, c: &Committed, started: Instant) -> SwapOutcome {
+        let now = c.set.get(class);
+        SwapOutcome {
+            class: class.to_string(),
+            bundle: now.map(|e| e.bundle.clone()),
+            version: now.map(|e| e.card.version.clone()),
+            previous_bundle: c.previous.as_ref().map(|e| e.bundle.clone()),
+            previous_version: c.previous.as_ref().map(|e| e.card.version.clone()),
+            generation: c.set.generation,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        }
+    }
 }
 
-fn quality_gate(req: &SwapRequest, new: &Expert, current: Option<&Expert>) -> Result<()> {
+/// A validation-split metric from a calibrated card.
+fn val_metric(e: &Expert, metric: Metric) -> Result<f64> {
+    e.card
+        .report("val")
+        .map(|r| metric.of(r))
+        .ok_or_else(|| Error::QualityGate(format!("bundle {} has no validation {metric}", e.bundle)))
+}
+
+fn quality_gate(req: &Swap, new: &Expert, current: Option<&Expert>) -> Result<()> {
     if let Some(m) = &req.min_metric {
-        let (v, up) = val_metric(new, &m.metric)?;
-        if (up && v < m.value) || (!up && v > m.value) {
+        let v = val_metric(new, m.metric)?;
+        if !m.metric.meets(v, m.value) {
             return Err(Error::QualityGate(format!(
                 "{} has validation {} {v:.4}, the gate asks {} {}",
                 new.bundle,
                 m.metric,
-                if up { ">=" } else { "<=" },
+                if m.metric.higher_is_better() { ">=" } else { "<=" },
                 m.value
             )));
         }
     }
     if let (true, Some(cur)) = (req.not_worse, current) {
-        let (new_eer, _) = val_metric(new, "eer")?;
-        let (cur_eer, _) = val_metric(cur, "eer")?;
+        let (new_eer, cur_eer) = (val_metric(new, Metric::Eer)?, val_metric(cur, Metric::Eer)?);
         if new_eer > cur_eer {
             return Err(Error::QualityGate(format!(
                 "{} has validation EER {new_eer:.4}, worse than the active {} ({cur_eer:.4})",
@@ -92,138 +92,71 @@ fn quality_gate(req: &SwapRequest, new: &Expert, current: Option<&Expert>) -> Re
     Ok(())
 }
 
-impl Core {
-    /// One change per class at a time: a second one gets 409 instead of waiting.
-    pub(crate) fn lock_class(&self, class: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = self.class_locks.lock().expect("class locks").entry(class.to_string()).or_default().clone();
-        lock.try_lock_owned().map_err(|_| Error::Conflict(format!("another change of {class:?} is running")))
+/// Load a bundle and check it is an expert for `class`.
+pub async fn load_for(core: &Arc<Core>, class: &str, bundle: &str) -> Result<Expert> {
+    let expert = core.load_expert(bundle).await?;
+    if expert.class != class {
+        return Err(Error::bundle(
+            core.root().join(bundle).join("card.json"),
+            format!("is an expert for {:?}, not {class:?}", expert.class),
+        ));
     }
+    Ok(expert)
+}
 
-    /// Load, validate and warm a bundle on a blocking thread.
-    pub(crate) async fn load_expert(self: &Arc<Self>, bundle: &str) -> Result<Expert> {
-        check_name(bundle).map_err(|r| Error::bundle(&self.root, r))?;
-        let (core, name) = (self.clone(), bundle.to_string());
-        tokio::task::spawn_blocking(move || Expert::load(&core.pool, &core.runtime, &core.root, &name, true))
-            .await
-            .map_err(|e| Error::Runtime(format!("loader panicked: {e}")))?
-    }
+/// `PUT /experts/{class}`: an unknown class gets a new slot.
+pub async fn swap(core: &Arc<Core>, class: &str, req: Swap) -> Result<SwapOutcome> {
+    swap_as(core, class, req, "swap").await
+}
 
-    /// Replace (or add) `class` with `expert` (None: remove it); persist, then store atomically.
-    fn install(
-        &self,
-        class: &str,
-        expert: Option<Expert>,
-        action: &str,
-    ) -> Result<(Arc<ExpertSet>, Option<Arc<Expert>>)> {
-        let mut reg = self.install.lock().expect("install lock");
-        let current = self.snapshot()?;
-        let previous = current.get(class).cloned();
-        let mut experts: Vec<Arc<Expert>> = current.experts.iter().filter(|e| e.class != class).cloned().collect();
-        let mut next = reg.clone();
-        let entry = HistoryEntry {
-            bundle: expert.as_ref().map(|e| e.bundle.clone()),
-            version: expert.as_ref().map(|e| e.card.version.clone()),
-            at: now_rfc3339(),
-            action: action.to_string(),
-        };
-        match expert {
-            Some(e) => {
-                next.experts.insert(class.to_string(), e.bundle.clone());
-                experts.push(Arc::new(e));
-            }
-            None => {
-                next.experts.remove(class);
-            }
-        }
-        if experts.is_empty() {
-            return Err(Error::Conflict("cannot remove the last expert".into()));
-        }
-        next.history.entry(class.to_string()).or_default().push(entry);
-        next.write(&self.root)?; // a failed write leaves memory and disk as they were
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut set = ExpertSet::new(experts, next.gate.clone(), generation);
-        // Shadows stay attached across swaps, except on a deleted class.
-        set.shadows =
-            current.shadows.iter().filter(|s| s.class != class || set.get(class).is_some()).cloned().collect();
-        let set = Arc::new(set);
-        self.set.store(Some(set.clone()));
-        *reg = next;
-        Ok((set, previous))
-    }
+/// Install an already loaded expert and drop the class's shadow, in one change.
+pub async fn promote(core: &Arc<Core>, class: &str, expert: Arc<Expert>) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let _guard = core.lock_class(class)?;
+    let committed = core.commit(Change::Install { expert, action: "swap", drop_shadow: true }).await?;
+    Ok(SwapOutcome::new(class, &committed, started))
+}
 
-    fn outcome(class: &str, set: &ExpertSet, previous: Option<Arc<Expert>>, started: Instant) -> SwapOutcome {
-        let now = set.get(class);
-        SwapOutcome {
-            class: class.to_string(),
-            bundle: now.map(|e| e.bundle.clone()),
-            version: now.map(|e| e.card.version.clone()),
-            previous_bundle: previous.as_ref().map(|e| e.bundle.clone()),
-            previous_version: previous.as_ref().map(|e| e.card.version.clone()),
-            generation: set.generation,
-            took_ms: started.elapsed().as_secs_f64() * 1e3,
+/// A swap recorded in the history under `action` ("swap", "select", "promote").
+pub async fn swap_as(core: &Arc<Core>, class: &str, req: Swap, action: &'static str) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let _guard = core.lock_class(class)?;
+    let active = core.snapshot()?.get(class).cloned();
+    if let Some(want) = &req.expected_version {
+        let have = active.as_ref().map(|e| e.card.version.as_str());
+        if have != Some(want.as_str()) {
+            return Err(Error::Conflict(format!("{class:?} is at version {have:?}, not {want:?}")));
         }
     }
+    let expert = load_for(core, class, &req.bundle).await?;
+    quality_gate(&req, &expert, active.as_deref())?;
+    let committed = core.commit(Change::Install { expert: Arc::new(expert), action, drop_shadow: false }).await?;
+    tracing::info!(class, bundle = %req.bundle, generation = committed.set.generation, action, "expert installed");
+    Ok(SwapOutcome::new(class, &committed, started))
+}
 
-    /// `PUT /experts/{class}`: an unknown class gets a new slot.
-    pub async fn swap(self: &Arc<Self>, class: &str, req: SwapRequest) -> Result<SwapOutcome> {
-        let started = Instant::now();
-        let _guard = self.lock_class(class)?;
-        let current = self.snapshot()?;
-        let active = current.get(class).cloned();
-        if let Some(want) = &req.expected_version {
-            let have = active.as_ref().map(|e| e.card.version.as_str());
-            if have != Some(want.as_str()) {
-                return Err(Error::Conflict(format!("{class:?} is at version {have:?}, not {want:?}")));
-            }
-        }
-        let expert = self.load_expert(&req.bundle).await?;
-        if expert.class != class {
-            return Err(Error::bundle(
-                self.root.join(&req.bundle).join("card.json"),
-                format!("is an expert for {:?}, not {class:?}", expert.class),
-            ));
-        }
-        quality_gate(&req, &expert, active.as_deref())?;
-        let (set, previous) = self.install(class, Some(expert), "swap")?;
-        tracing::info!(class, bundle = %req.bundle, generation = set.generation, "expert swapped");
-        Ok(Self::outcome(class, &set, previous, started))
-    }
+/// `DELETE /experts/{class}`.
+pub async fn delete(core: &Arc<Core>, class: &str) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let _guard = core.lock_class(class)?;
+    let committed = core.commit(Change::Remove { class: class.to_string() }).await?;
+    Ok(SwapOutcome::new(class, &committed, started))
+}
 
-    /// `DELETE /experts/{class}`.
-    pub async fn delete(self: &Arc<Self>, class: &str) -> Result<SwapOutcome> {
-        let started = Instant::now();
-        let _guard = self.lock_class(class)?;
-        if self.snapshot()?.get(class).is_none() {
-            return Err(Error::UnknownClass(class.to_string()));
-        }
-        let (set, previous) = self.install(class, None, "delete")?;
-        Ok(Self::outcome(class, &set, previous, started))
-    }
-
-    /// `POST /experts/{class}/rollback`: back to the bundle active before the current one.
-    pub async fn rollback(self: &Arc<Self>, class: &str) -> Result<SwapOutcome> {
-        let started = Instant::now();
-        let _guard = self.lock_class(class)?;
-        let history = self.history(class)?;
-        let current = history.last().and_then(|h| h.bundle.clone());
-        let target = history
-            .iter()
-            .rev()
-            .skip(1)
-            .find_map(|h| h.bundle.clone().filter(|b| Some(b) != current.as_ref()))
-            .ok_or_else(|| Error::Conflict(format!("{class:?} has no earlier bundle to roll back to")))?;
-        let expert = self.load_expert(&target).await?;
-        let (set, previous) = self.install(class, Some(expert), "rollback")?;
-        Ok(Self::outcome(class, &set, previous, started))
-    }
-
-    pub fn history(&self, class: &str) -> Result<Vec<HistoryEntry>> {
-        self.install
-            .lock()
-            .expect("install lock")
-            .history
-            .get(class)
-            .cloned()
-            .ok_or_else(|| Error::UnknownClass(class.to_string()))
-    }
+/// `POST /experts/{class}/rollback`: back to the bundle active before the current one.
+pub async fn rollback(core: &Arc<Core>, class: &str) -> Result<SwapOutcome> {
+    let started = Instant::now();
+    let _guard = core.lock_class(class)?;
+    let history = core.history(class)?;
+    let current = history.last().and_then(|h| h.bundle.clone());
+    let target = history
+        .iter()
+        .rev()
+        .skip(1)
+        .find_map(|h| h.bundle.clone().filter(|b| Some(b) != current.as_ref()))
+        .ok_or_else(|| Error::Conflict(format!("{class:?} has no earlier bundle to roll back to")))?;
+    let expert = load_for(core, class, &target).await?;
+    let committed =
+        core.commit(Change::Install { expert: Arc::new(expert), action: "rollback", drop_shadow: false }).await?;
+    Ok(SwapOutcome::new(class, &committed, started))
 }

@@ -8,7 +8,10 @@ use std::io::Read;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
-use crate::admin::{SwapOutcome, SwapRequest};
+use bytes::Bytes;
+
+use super::swap::{Swap, SwapOutcome, swap};
+use crate::clock::now_rfc3339;
 use crate::core::Core;
 use crate::experts::card::check_name;
 use crate::{Error, Result};
@@ -23,7 +26,7 @@ fn bad(reason: impl Into<String>) -> Error {
 /// Unpack into `<root>/<bundle>`; returns the bundle's folder name.
 pub fn unpack(root: &Path, archive: &[u8]) -> Result<String> {
     let limit = (archive.len() as u64 * MAX_EXPANSION).min(4 << 30);
-    let staging = root.join(format!(".upload-{}-{}", std::process::id(), crate::core::now_rfc3339().replace(':', "")));
+    let staging = root.join(format!(".upload-{}-{}", std::process::id(), now_rfc3339().replace(':', "")));
     let staging = tempdir_unique(staging)?;
     let result = (|| {
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
@@ -84,25 +87,18 @@ fn tempdir_unique(base: std::path::PathBuf) -> Result<std::path::PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::Runtime("cannot create an upload folder in the model root".into()))
+    Err(Error::Internal("cannot create an upload folder in the model root".into()))
 }
 
-impl Core {
-    /// Unpack an uploaded bundle and swap it in; a bundle that fails is removed again.
-    pub async fn swap_archive(
-        self: &Arc<Self>,
-        class: &str,
-        archive: axum::body::Bytes,
-        guards: SwapRequest,
-    ) -> Result<SwapOutcome> {
-        let root = self.root.clone();
-        let name = tokio::task::spawn_blocking(move || unpack(&root, &archive))
-            .await
-            .map_err(|e| Error::Runtime(format!("unpacking panicked: {e}")))??;
-        let result = self.swap(class, SwapRequest { bundle: name.clone(), ..guards }).await;
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(self.root.join(&name));
-        }
-        result
+/// Unpack an uploaded bundle into the model root and swap it in; a bundle that fails is removed
+/// again (on a blocking thread, like the unpacking).
+pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Bytes, guards: Swap) -> Result<SwapOutcome> {
+    let root = core.root().to_path_buf();
+    let name = tokio::task::spawn_blocking(move || unpack(&root, &archive)).await??;
+    let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
+    if result.is_err() {
+        let dir = core.root().join(&name);
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await?.ok();
     }
+    result
 }

@@ -8,8 +8,8 @@ use crate::{Error, Result};
 
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Labelled CSV (header row).
-    #[arg(long, env = "MOE_DATA", default_value = "../shared/data/wikihow19_titles.csv")]
+    /// Labelled CSV (header row); the default is the repository's own copy (data/README.md).
+    #[arg(long, env = "MOE_DATA", default_value = "data/wikihow19_titles.csv")]
     pub data: PathBuf,
     #[arg(long, default_value = "title")]
     pub text_col: String,
@@ -45,9 +45,23 @@ impl DataArgs {
     }
 }
 
+/// Open a labelled CSV; a missing file says which flag names it.
+fn open(path: &Path) -> Result<csv::Reader<std::fs::File>> {
+    csv::Reader::from_path(path).map_err(|e| {
+        Error::BadRequest(format!("{}: {e} (labelled data is named by --data / MOE_DATA)", path.display()))
+    })
+}
+
+impl DataArgs {
+    /// Whether the data file exists (the service starts without it; selection jobs then refuse).
+    pub fn available(&self) -> bool {
+        self.data.is_file()
+    }
+}
+
 pub fn read_split(path: &Path, text_col: &str, label_col: &str, split_col: &str, split: &str) -> Result<Rows> {
     let bad = |r: String| Error::BadRequest(format!("{}: {r}", path.display()));
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let mut rdr = open(path)?;
     let header = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
     let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| bad(format!("no column {name:?}")));
     let (t, l, s) = (col(text_col)?, col(label_col)?, col(split_col)?);
@@ -70,7 +84,7 @@ pub fn read_split(path: &Path, text_col: &str, label_col: &str, split_col: &str,
 /// `|`-separated column. An absent column or split gives no rows (the caller reports it).
 pub fn read_multi(path: &Path, text_col: &str, labels_col: &str, split_col: &str, split: &str) -> Result<MultiRows> {
     let bad = |r: String| Error::BadRequest(format!("{}: {r}", path.display()));
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let mut rdr = open(path)?;
     let header = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
     let col = |name: &str| header.iter().position(|h| h == name);
     let mut rows = MultiRows::default();

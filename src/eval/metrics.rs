@@ -10,6 +10,8 @@
 //! alpha (FPR_k - FPR_{k-1}), and the threshold is interpolated the same way between t_{k-1} and
 //! t_k (the +inf of the first point is read as 1.0, the largest probability).
 
+pub use crate::experts::metrics::{BinaryMetrics, BinaryReport};
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RocPoint {
     pub threshold: f64,
@@ -76,20 +78,6 @@ pub fn eer(roc: &[RocPoint]) -> Eer {
     Eer { eer: last.fpr, threshold: thr(last) }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
-pub struct BinaryMetrics {
-    pub threshold: f64,
-    pub accuracy: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub tp: usize,
-    pub fp: usize,
-    pub tn: usize,
-    #[serde(rename = "fn")]
-    pub fn_: usize,
-}
-
 pub fn at_threshold(scores: &[f32], labels: &[bool], threshold: f64) -> BinaryMetrics {
     let mut m = BinaryMetrics { threshold, ..Default::default() };
     for (&s, &y) in scores.iter().zip(labels) {
@@ -106,18 +94,6 @@ pub fn at_threshold(scores: &[f32], labels: &[bool], threshold: f64) -> BinaryMe
     m.recall = div(m.tp, m.tp + m.fn_);
     m.f1 = if m.precision + m.recall > 0.0 { 2.0 * m.precision * m.recall / (m.precision + m.recall) } else { 0.0 };
     m
-}
-
-/// Everything `moe eval` reports for one bundle on one split.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BinaryReport {
-    pub rows: usize,
-    pub positives: usize,
-    pub auc: f64,
-    pub eer: f64,
-    pub eer_threshold: f64,
-    pub at_eer: BinaryMetrics,
-    pub at_0_5: BinaryMetrics,
 }
 
 pub fn binary_report(scores: &[f32], labels: &[bool]) -> BinaryReport {

@@ -1,8 +1,11 @@
-//! Evaluation shared by the CLI and the service: ROC / AUC / EER, thresholds, classification
-//! metrics, gate fitting, calibration and selection.
+//! Evaluation on the served artefacts, in the serving runtime: ROC / AUC / EER and classification
+//! metrics (`metrics`), one bundle on a split and calibration (`evaluate`), the gate on a split
+//! (`gating`, `fit`), selection of a model root (`select`) and the MoE-vs-global report (`report`).
 
-pub mod cli;
 pub mod data;
+pub mod evaluate;
 pub mod fit;
+pub mod gating;
 pub mod metrics;
 pub mod report;
+pub mod select;

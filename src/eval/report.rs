@@ -11,18 +11,20 @@ use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::cli::{GateData, bundle_names, cv_predictions, decisions, fit_gate, predictions};
 use super::data::{DataArgs, read_multi};
+use super::evaluate::bundle_names;
+use super::gating::{GateData, cv_predictions, decisions, fit_gate, predictions};
 use super::metrics::{at_threshold, auc, eer, multiclass, roc};
 use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
-use crate::experts::registry::{REGISTRY_SCHEMA, RegistryFile};
+use crate::experts::registry::RegistryFile;
 use crate::gate::{self, Decision, Gate, GateKind, GateSpec, ScoreMode};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
-#[derive(Debug, Args)]
-pub struct ReportArgs {
+/// What `moe report` compares and where it writes.
+#[derive(Debug, Clone, Args)]
+pub struct ReportOptions {
     /// The served model root: its registry is "the served MoE"; its other bundles form families.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
@@ -44,10 +46,6 @@ pub struct ReportArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "docs/report/report.json")]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub runtime: RuntimeConfig,
 }
 
 /// One classifier under comparison: a class -> bundle mapping in a model root, and its gate.
@@ -81,7 +79,7 @@ fn signature(root: &Path, experts: &BTreeMap<String, String>) -> Vec<(String, St
         .collect()
 }
 
-fn discover(a: &ReportArgs) -> Result<Vec<System>> {
+fn discover(a: &ReportOptions) -> Result<Vec<System>> {
     let served = RegistryFile::read(&a.models)?;
     let classes: BTreeSet<String> = served.experts.keys().cloned().collect();
     let mut systems = vec![System {
@@ -157,10 +155,10 @@ fn discover(a: &ReportArgs) -> Result<Vec<System>> {
 }
 
 /// Per expert (sorted by class), the probabilities for each text.
-async fn score(set: &ExpertSet, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+fn score(set: &ExpertSet, texts: &[String]) -> Result<Vec<Vec<f32>>> {
     let mut out = vec![Vec::with_capacity(texts.len()); set.experts.len()];
     for chunk in texts.chunks(64) {
-        let (p, _) = set.probabilities(chunk).await?;
+        let p = set.probabilities_blocking(chunk)?;
         for (k, v) in p.into_iter().enumerate() {
             out[k].extend(v);
         }
@@ -445,31 +443,27 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value>
     table
 }
 
-pub async fn report(a: ReportArgs) -> Result<()> {
+/// `moe report` (blocking): score every system on the split and write the JSON.
+pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Result<()> {
     if a.split == "val" || a.split == "train" {
         return Err(Error::BadRequest(format!("--split {}: gates and thresholds are fitted there", a.split)));
     }
-    let systems = discover(&a)?;
+    let systems = discover(a)?;
     let classes: Vec<String> = systems[0].experts.keys().cloned().collect();
-    let (texts, truth) = a.data.read(&a.split)?.labelled(&classes);
-    let (val_texts, val_truth) = a.data.read("val")?.labelled(&classes);
-    let amb = read_multi(&a.data.data, &a.data.text_col, &a.all_labels_col, &a.data.split_col, &a.ambiguous_split)?;
+    let (texts, truth) = data.read(&a.split)?.labelled(&classes);
+    let (val_texts, val_truth) = data.read("val")?.labelled(&classes);
+    let amb = read_multi(&data.data, &data.text_col, &a.all_labels_col, &data.split_col, &a.ambiguous_split)?;
     let perturbed = perturbations(&texts, a.seed);
     let pool = ExecutorPool::default();
     let mut out_systems = Vec::new();
     let mut gates = Vec::new();
     for sys in &systems {
         let started = std::time::Instant::now();
-        let reg = RegistryFile {
-            schema: REGISTRY_SCHEMA,
-            experts: sys.experts.clone(),
-            gate: sys.gate.clone(),
-            history: BTreeMap::new(),
-        };
-        let set = tokio::task::block_in_place(|| ExpertSet::load_from(&pool, &a.runtime, &sys.root, &reg, 0))?;
-        let thr: Vec<f32> = set.experts.iter().map(|e| e.threshold.unwrap_or(0.5)).collect();
+        let reg = RegistryFile { experts: sys.experts.clone(), gate: sys.gate.clone(), ..RegistryFile::empty() };
+        let set = ExpertSet::load(&pool, runtime, &sys.root, &reg)?;
+        let thr = set.thresholds.clone();
         let algorithms: BTreeSet<String> = set.experts.iter().map(|e| e.card.algorithm.clone()).collect();
-        let probs = score(&set, &texts).await?;
+        let probs = score(&set, &texts)?;
         let dec = decisions(&set.gate, &probs, &thr, &texts);
         let forced: Vec<usize> = dec.iter().map(|d| d.label.unwrap_or(d.best_guess)).collect();
         let m = multiclass(&classes, &truth, &forced);
@@ -478,7 +472,7 @@ pub async fn report(a: ReportArgs) -> Result<()> {
         let curve: Vec<Value> = (0..=35).map(|i| at_coverage(&ab, &truth, 1.0 - i as f64 * 0.02)).collect();
         let mut robustness = Vec::new();
         for (name, _, variant) in &perturbed {
-            let p = score(&set, variant).await?;
+            let p = score(&set, variant)?;
             let f: Vec<usize> = predictions(&set.gate, &p, &thr, variant).iter().map(|p| p.0).collect();
             let pm = multiclass(&classes, &truth, &f);
             let same = f.iter().zip(&forced).filter(|(x, y)| x == y).count() as f64 / f.len().max(1) as f64;
@@ -488,7 +482,7 @@ pub async fn report(a: ReportArgs) -> Result<()> {
         let ambiguous = if amb.texts.is_empty() {
             Value::Null
         } else {
-            let p = score(&set, &amb.texts).await?;
+            let p = score(&set, &amb.texts)?;
             let d = decisions(&set.gate, &p, &thr, &amb.texts);
             let mut v = multi_label(&classes, &p, &thr, &d, &amb.labels);
             v["scores"] = json!(rows_of(&p, amb.texts.len()));
@@ -500,7 +494,7 @@ pub async fn report(a: ReportArgs) -> Result<()> {
             n as f64 / texts.len().max(1) as f64
         };
         if sys.name == "moe-served" {
-            let vp = score(&set, &val_texts).await?;
+            let vp = score(&set, &val_texts)?;
             let val = GateData { probs: &vp, thr: &thr, texts: &val_texts, truth: &val_truth };
             gates = gate_table(&val, &GateData { probs: &probs, thr: &thr, texts: &texts, truth: &truth }, &classes);
         }
@@ -527,10 +521,10 @@ pub async fn report(a: ReportArgs) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let bytes = std::fs::read(&a.data.data).map_err(|e| Error::io(&a.data.data, e))?;
+    let bytes = std::fs::read(&data.data).map_err(|e| Error::io(&data.data, e))?;
     let report = json!({
-        "schema": 1, "created": crate::core::now_rfc3339(), "split": a.split, "seed": a.seed,
-        "data": {"file": a.data.data.file_name().map(|f| f.to_string_lossy().to_string()),
+        "schema": 1, "created": crate::clock::now_rfc3339(), "split": a.split, "seed": a.seed,
+        "data": {"file": data.data.file_name().map(|f| f.to_string_lossy().to_string()),
                  "sha256": hex::encode(Sha256::digest(&bytes)), "rows": texts.len(), "val_rows": val_texts.len()},
         "classes": classes, "truth": truth,
         "ambiguous": {"split": a.ambiguous_split, "texts": amb.texts, "labels": amb.labels},

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::metrics::{BinaryReport, SplitMetrics};
 use crate::{Error, Result};
 
 pub const CARD_SCHEMA: u32 = 1;
@@ -58,8 +59,9 @@ pub struct Card {
     pub graph: FileRef,
     pub max_seq_len: usize,
     pub threshold: Option<Threshold>,
+    /// Per split (e.g. "val"), what `moe calibrate` measured in the serving runtime.
     #[serde(default)]
-    pub metrics: serde_json::Value,
+    pub metrics: BTreeMap<String, SplitMetrics>,
     #[serde(default)]
     pub provenance: serde_json::Value,
     #[serde(default)]
@@ -184,6 +186,11 @@ impl Card {
             return bad(format!("threshold {} is not in (0, 1)", t.value));
         }
         Ok(())
+    }
+
+    /// The report of one split, if the card was calibrated on it.
+    pub fn report(&self, split: &str) -> Option<&BinaryReport> {
+        self.metrics.get(split).map(|m| &m.report)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {

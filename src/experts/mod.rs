@@ -1,7 +1,10 @@
-//! Expert bundles (cards, files, validation) and the registry that names the active set.
+//! Expert bundles (cards, files, validation), the metrics a card records, and the registry that
+//! names the active set.
 
 pub mod card;
+pub mod metrics;
 pub mod registry;
 
 pub use card::{BundleFiles, Card, Kind, TrunkCard};
+pub use metrics::{BinaryReport, Metric};
 pub use registry::{GateSpec, RegistryFile};

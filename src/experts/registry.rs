@@ -1,9 +1,14 @@
-//! `registry.json` in the model root: the active bundle of each class and the gate.
+//! `registry.json`: the active bundle of each class, the gate, and each class's history.
+//!
+//! Two copies with one format: the model root's `registry.json` is the shipped default (written by
+//! `moe select`, tracked in git, never written by the service); the state folder's is the live
+//! one, seeded from the shipped one on the first start and rewritten atomically on every change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 pub use crate::gate::GateSpec;
 use crate::{Error, Result};
@@ -21,6 +26,9 @@ pub struct RegistryFile {
     /// Per class, every bundle installed, oldest first (the last entry is the active one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub history: BTreeMap<String, Vec<HistoryEntry>>,
+    /// In a live registry: SHA-256 of the shipped registry it was seeded from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,7 +41,51 @@ pub struct HistoryEntry {
     pub action: String,
 }
 
+impl HistoryEntry {
+    pub fn new(bundle: Option<&str>, version: Option<&str>, action: &str) -> HistoryEntry {
+        HistoryEntry {
+            bundle: bundle.map(str::to_string),
+            version: version.map(str::to_string),
+            at: crate::clock::now_rfc3339(),
+            action: action.to_string(),
+        }
+    }
+}
+
 impl RegistryFile {
+    /// A registry naming nothing (before the first load).
+    pub fn empty() -> RegistryFile {
+        RegistryFile {
+            schema: REGISTRY_SCHEMA,
+            experts: BTreeMap::new(),
+            gate: GateSpec::default(),
+            history: BTreeMap::new(),
+            seeded_from: None,
+        }
+    }
+
+    /// The live registry in `state`; on the first start (none there yet) a copy of the shipped
+    /// registry of `models`, written into `state` (created if missing).
+    pub fn open_state(state: &Path, models: &Path) -> Result<RegistryFile> {
+        let shipped = Self::path(models);
+        let shipped_hash = std::fs::read(&shipped).ok().map(|b| hex::encode(Sha256::digest(&b)));
+        if Self::path(state).is_file() {
+            let reg = Self::read(state)?;
+            if shipped_hash.is_some() && reg.seeded_from != shipped_hash {
+                tracing::warn!(state = %Self::path(state).display(), shipped = %shipped.display(),
+                    "the shipped registry changed since the state was seeded; serving the state \
+                     (remove the state registry to start from the shipped one)");
+            }
+            return Ok(reg);
+        }
+        let mut reg = Self::read(models)?;
+        reg.seeded_from = shipped_hash;
+        std::fs::create_dir_all(state).map_err(|e| Error::io(state, e))?;
+        reg.write(state)?;
+        tracing::info!(from = %shipped.display(), to = %Self::path(state).display(), "live registry seeded");
+        Ok(reg)
+    }
+
     pub fn path(root: &Path) -> PathBuf {
         root.join(REGISTRY_FILE)
     }
@@ -71,14 +123,32 @@ mod tests {
         assert!(e.contains("registry.json") && e.contains("cannot read"), "{e}");
         std::fs::write(dir.join(REGISTRY_FILE), "{not json").unwrap();
         assert!(RegistryFile::read(&dir).unwrap_err().to_string().contains("bad JSON"));
-        let reg = RegistryFile {
-            schema: 1,
-            experts: [("Travel".to_string(), "travel--x".to_string())].into(),
-            gate: GateSpec::default(),
-            history: BTreeMap::new(),
-        };
+        let reg =
+            RegistryFile { experts: [("Travel".to_string(), "travel--x".to_string())].into(), ..RegistryFile::empty() };
         reg.write(&dir).unwrap();
         assert_eq!(RegistryFile::read(&dir).unwrap(), reg);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn state_is_seeded_once_and_the_shipped_registry_is_never_written() {
+        let base = std::env::temp_dir().join(format!("moe-reg-state-{}", std::process::id()));
+        let (models, state) = (base.join("models"), base.join("state"));
+        std::fs::create_dir_all(&models).unwrap();
+        let shipped =
+            RegistryFile { experts: [("Travel".to_string(), "travel--x".to_string())].into(), ..RegistryFile::empty() };
+        shipped.write(&models).unwrap();
+        let before = std::fs::read(RegistryFile::path(&models)).unwrap();
+        let seeded = RegistryFile::open_state(&state, &models).unwrap();
+        assert_eq!(seeded.experts, shipped.experts);
+        assert_eq!(seeded.seeded_from.as_deref(), Some(hex::encode(Sha256::digest(&before)).as_str()));
+        // A change of the live registry stays in the state folder ...
+        let mut live = seeded.clone();
+        live.experts.insert("Travel".into(), "travel--y".into());
+        live.write(&state).unwrap();
+        assert_eq!(RegistryFile::open_state(&state, &models).unwrap().experts["Travel"], "travel--y");
+        // ... and the shipped file is byte-for-byte what it was.
+        assert_eq!(std::fs::read(RegistryFile::path(&models)).unwrap(), before);
+        std::fs::remove_dir_all(base).unwrap();
     }
 }

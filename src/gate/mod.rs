@@ -183,6 +183,14 @@ pub fn words(text: &str) -> usize {
     text.split_whitespace().count()
 }
 
+/// s_i: an expert's probability made comparable across experts (see the module doc).
+pub fn comparable_score(mode: ScoreMode, probability: f32, threshold: f32) -> f32 {
+    match mode {
+        ScoreMode::Probability => probability,
+        ScoreMode::Margin => sigmoid(logit(probability) - logit(threshold)),
+    }
+}
+
 pub fn weights(gate: &Gate, out: &[ExpertOutput], words: usize) -> Vec<f32> {
     let n = out.len();
     match &gate.weights {
@@ -206,17 +214,8 @@ pub fn weights(gate: &Gate, out: &[ExpertOutput], words: usize) -> Vec<f32> {
 pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
     assert!(!out.is_empty(), "decide needs at least one expert");
     let w = weights(gate, out, words);
-    let scores: Vec<f32> = out
-        .iter()
-        .zip(&w)
-        .map(|(o, w)| {
-            let s = match gate.score {
-                ScoreMode::Probability => o.probability,
-                ScoreMode::Margin => sigmoid(logit(o.probability) - logit(o.threshold)),
-            };
-            w * s
-        })
-        .collect();
+    let scores: Vec<f32> =
+        out.iter().zip(&w).map(|(o, w)| w * comparable_score(gate.score, o.probability, o.threshold)).collect();
     let passed: Vec<bool> = out.iter().map(|o| o.probability >= o.threshold).collect();
     let argmax = |keep: &dyn Fn(usize) -> bool| {
         (0..out.len()).filter(|&i| keep(i)).fold(None, |best: Option<usize>, i| match best {

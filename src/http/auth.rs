@@ -6,17 +6,17 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::Error;
+use super::error::ApiError;
 
 /// Present in a handler's arguments = the request carried the configured admin token.
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = state.admin_token.as_deref() else {
-            return Err(Error::AdminDisabled);
+            return Err(ApiError::AdminDisabled);
         };
         let given = parts
             .headers
@@ -25,6 +25,6 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         // Constant time in the token's content (the length is not secret).
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) { Ok(Admin) } else { Err(Error::Unauthorized) }
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) { Ok(Admin) } else { Err(ApiError::Unauthorized) }
     }
 }

@@ -1,26 +1,22 @@
-//! Request and response bodies (see openapi.yaml).
+//! Request and response bodies: the HTTP contract (openapi.yaml). Requests are checked into typed
+//! values by `http::validate`; responses are built from the core's records here.
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Expert, ExpertSet, TextResult};
-use crate::{Error, Result};
+pub use crate::control::jobs::Job;
+pub use crate::control::swap::SwapOutcome;
+use crate::core::set::SHADOW_BUCKETS;
+use crate::core::{ExpertSet, Shadow, TextResult};
+use crate::expert::Expert;
+use crate::experts::Metric;
+use crate::experts::metrics::SplitMetrics;
 
+/// `POST /classify`: one text or a batch.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     pub text: Option<String>,
     pub texts: Option<Vec<String>>,
-}
-
-impl ClassifyRequest {
-    pub fn into_texts(self) -> Result<Vec<String>> {
-        match (self.text, self.texts) {
-            (Some(t), None) => Ok(vec![t]),
-            (None, Some(ts)) => Ok(ts),
-            (Some(_), Some(_)) => Err(Error::BadRequest("send either \"text\" or \"texts\", not both".into())),
-            (None, None) => Err(Error::BadRequest("missing \"text\" (a string) or \"texts\" (a list)".into())),
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +25,83 @@ pub struct ClassifyResponse {
     pub took_ms: f64,
     /// Generation of the expert set that answered (changes on every swap).
     pub generation: u64,
+}
+
+/// `PUT /experts/{class}` with a JSON body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapBody {
+    /// Bundle folder name under the model root.
+    pub bundle: String,
+    #[serde(default)]
+    pub expected_version: Option<String>,
+    #[serde(default)]
+    pub min_metric: Option<MinMetricBody>,
+    #[serde(default)]
+    pub not_worse: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinMetricBody {
+    /// "auc", "f1" (at the EER threshold), "accuracy" (at the EER threshold) or "eer" (a maximum).
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// Query of `PUT /experts/{class}` with an archive body.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    pub expected_version: Option<String>,
+}
+
+/// `POST /experts/{class}/select`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectBody {
+    /// "eer" (default, lower is better), "auc", "f1" or "accuracy" (at the EER threshold).
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
+}
+
+/// `PUT /experts/{class}/shadow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowBody {
+    pub bundle: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShadowInfo {
+    pub bundle: String,
+    pub version: String,
+    pub algorithm: String,
+    pub threshold: f32,
+    pub loaded_at: String,
+    pub texts: u64,
+    pub agreement_rate: Option<f64>,
+    pub mean_abs_probability_diff: Option<f64>,
+    pub probability_histogram: [u64; SHADOW_BUCKETS],
+}
+
+impl From<&Shadow> for ShadowInfo {
+    fn from(sh: &Shadow) -> Self {
+        let s = sh.stats();
+        let n = s.texts as f64;
+        ShadowInfo {
+            bundle: sh.expert.bundle.clone(),
+            version: sh.expert.card.version.clone(),
+            algorithm: sh.expert.card.algorithm.clone(),
+            threshold: sh.threshold,
+            loaded_at: sh.expert.loaded_at.clone(),
+            texts: s.texts,
+            agreement_rate: (s.texts > 0).then(|| s.agreements as f64 / n),
+            mean_abs_probability_diff: (s.texts > 0).then(|| s.sum_abs_probability_diff / n),
+            probability_histogram: s.probability_histogram,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -40,18 +113,18 @@ pub struct ExpertInfo {
     pub kind: crate::experts::Kind,
     pub threshold: Option<f32>,
     pub threshold_method: Option<String>,
-    pub metrics: serde_json::Value,
+    pub metrics: std::collections::BTreeMap<String, SplitMetrics>,
     pub provider: &'static str,
     pub loaded_at: String,
     pub trunk: Option<String>,
     pub max_seq_len: usize,
     /// A candidate scoring live traffic beside this expert, with its agreement statistics.
-    pub shadow: Option<crate::shadow::ShadowInfo>,
+    pub shadow: Option<ShadowInfo>,
 }
 
 impl ExpertInfo {
     pub fn in_set(e: &Expert, set: &ExpertSet) -> ExpertInfo {
-        ExpertInfo { shadow: set.shadow(&e.class).map(|s| s.info()), ..ExpertInfo::from(e) }
+        ExpertInfo { shadow: set.shadow(&e.class).map(|s| ShadowInfo::from(s.as_ref())), ..ExpertInfo::from(e) }
     }
 }
 
@@ -103,4 +176,10 @@ impl From<&ExpertSet> for ExpertList {
             generation: s.generation,
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct History {
+    pub class: String,
+    pub history: Vec<crate::experts::registry::HistoryEntry>,
 }

@@ -1,5 +1,7 @@
 //! The one place where errors become HTTP statuses, with one JSON shape:
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! `{"error": {"code": "...", "message": "..."}}`. `ApiError` adds the failures only HTTP has
+//! (media type, body size, authentication, routing) to the library's `Error`, whose causes it
+//! keeps.
 
 use axum::Json;
 use axum::extract::FromRequest;
@@ -10,39 +12,81 @@ use serde_json::json;
 
 use crate::Error;
 
-impl Error {
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] Error),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("request body is larger than the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)")]
+    PayloadTooLarge,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("admin routes are disabled: start the service with --admin-token / MOE_ADMIN_TOKEN")]
+    AdminDisabled,
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::Core(Error::BadRequest(message.into()))
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
+        let e = match self {
+            ApiError::UnsupportedMediaType(_) => return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::MethodNotAllowed => return (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge => return (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized => return (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::AdminDisabled => return (StatusCode::FORBIDDEN, "admin_disabled"),
+            ApiError::Core(e) => e,
+        };
+        match e {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::UnknownClass(_) => (StatusCode::NOT_FOUND, "unknown_class"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Error::InvalidBundle { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle"),
+            Error::InvalidBundle { .. } | Error::InvalidGraph { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle")
+            }
             Error::QualityGate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "quality_gate_failed"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Error::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             Error::InvalidRegistry { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "invalid_registry"),
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            Error::Inference(_) | Error::Runtime(_) | Error::Io { .. } => {
+            Error::Ort { .. } | Error::Tokenizer(_) | Error::Internal(_) | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         }
     }
 }
 
-impl IntoResponse for Error {
+/// The message with its chain of causes ("a: b: c"), skipping causes already in the message.
+fn message(e: &ApiError) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg = format!("{msg}: {s_msg}");
+        }
+        source = s.source();
+    }
+    msg
+}
+
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         metrics::counter!("moe_errors_total", "code" => code).increment(1);
+        let message = message(&self);
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %message, "request failed");
         }
-        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let body = Json(json!({"error": {"code": code, "message": message}}));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             return (status, [(header::RETRY_AFTER, "1")], body).into_response();
         }
@@ -55,17 +99,17 @@ impl IntoResponse for Error {
 
 /// `Json` whose rejections use the service's error shape (400 / 413 / 415).
 #[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-impl From<JsonRejection> for Error {
+impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Error::UnsupportedMediaType("expected Content-Type: application/json".into())
+                ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
             }
-            _ => Error::BadRequest(format!("invalid JSON body: {}", r.body_text())),
+            _ => ApiError::bad_request(format!("invalid JSON body: {}", r.body_text())),
         }
     }
 }

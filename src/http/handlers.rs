@@ -1,4 +1,5 @@
-//! Thin handlers: parse, call the core, shape the answer.
+//! Thin handlers: parse, validate into typed values, call the core or a control part, shape the
+//! answer.
 
 use std::time::Instant;
 
@@ -12,38 +13,36 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Admin;
-use super::dto::{ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList};
-use super::error::ApiJson;
-use crate::admin::{SwapOutcome, SwapRequest};
-use crate::experts::registry::HistoryEntry;
-use crate::jobs::{Job, SelectRequest};
-use crate::shadow::ShadowInfo;
-use crate::{Error, Result};
+use super::dto::{
+    ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
+    SwapBody, SwapOutcome, UploadQuery,
+};
+use super::error::{ApiError, ApiJson, ApiResult};
+use crate::Error;
+use crate::control::swap::Swap;
+use crate::control::{shadow, swap, upload};
 
 pub async fn classify(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ClassifyRequest>,
-) -> Result<Json<ClassifyResponse>> {
+) -> ApiResult<Json<ClassifyResponse>> {
     let started = Instant::now();
-    let texts = req.into_texts()?;
-    let (results, generation) = s.core.classify(texts).await?;
+    let valid = req.validate(&s.core.limits)?;
+    let (results, generation) = s.core.classify(valid.texts).await?;
     Ok(Json(ClassifyResponse { results, took_ms: started.elapsed().as_secs_f64() * 1e3, generation }))
 }
 
-pub async fn list_experts(State(s): State<AppState>) -> Result<Json<ExpertList>> {
+pub async fn list_experts(State(s): State<AppState>) -> ApiResult<Json<ExpertList>> {
     Ok(Json(ExpertList::from(s.core.snapshot()?.as_ref())))
 }
 
-pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<ExpertInfo>> {
+pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<ExpertInfo>> {
     let set = s.core.snapshot()?;
     let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
     Ok(Json(ExpertInfo::in_set(e, &set)))
 }
 
-#[derive(serde::Deserialize)]
-pub struct UploadQuery {
-    pub expected_version: Option<String>,
-}
+const ARCHIVE_TYPES: [&str; 3] = ["application/gzip", "application/x-gzip", "application/x-tar+gzip"];
 
 /// A JSON body names a bundle in the model root; an `application/gzip` body is a bundle archive.
 pub async fn swap_expert(
@@ -52,26 +51,25 @@ pub async fn swap_expert(
     Path(class): Path<String>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<SwapOutcome>> {
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SwapOutcome>> {
     let body = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
-        _ => Error::BadRequest(r.body_text()),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::bad_request(r.body_text()),
     })?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let outcome =
-        if ["application/gzip", "application/x-gzip", "application/x-tar+gzip"].iter().any(|t| ct.starts_with(t)) {
-            let guards = SwapRequest { expected_version: q.expected_version, ..Default::default() };
-            s.core.swap_archive(&class, body, guards).await?
-        } else if ct.starts_with("application/json") {
-            let req: SwapRequest =
-                serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
-            s.core.swap(&class, req).await?
-        } else {
-            return Err(Error::UnsupportedMediaType(
-                "expected application/json (a bundle name) or application/gzip (a bundle archive)".into(),
-            ));
-        };
+    let outcome = if ARCHIVE_TYPES.iter().any(|t| ct.starts_with(t)) {
+        let guards = Swap { expected_version: q.expected_version, ..Default::default() };
+        upload::swap_archive(&s.core, &class, body, guards).await?
+    } else if ct.starts_with("application/json") {
+        let req: SwapBody =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        swap::swap(&s.core, &class, req.validate()?).await?
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected application/json (a bundle name) or application/gzip (a bundle archive)".into(),
+        ));
+    };
     Ok(Json(outcome))
 }
 
@@ -79,64 +77,62 @@ pub async fn delete_expert(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
-) -> Result<Json<SwapOutcome>> {
-    Ok(Json(s.core.delete(&class).await?))
+) -> ApiResult<Json<SwapOutcome>> {
+    Ok(Json(swap::delete(&s.core, &class).await?))
 }
 
-pub async fn rollback(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<SwapOutcome>> {
-    Ok(Json(s.core.rollback(&class).await?))
+pub async fn rollback(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<SwapOutcome>> {
+    Ok(Json(swap::rollback(&s.core, &class).await?))
 }
 
 pub async fn select(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
-    ApiJson(req): ApiJson<SelectRequest>,
-) -> Result<(StatusCode, Json<Job>)> {
-    Ok((StatusCode::ACCEPTED, Json(s.core.start_select(&class, req)?)))
+    ApiJson(req): ApiJson<SelectBody>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?)?)))
 }
 
-pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> Result<Json<Job>> {
-    s.core.jobs.get(id).map(Json).ok_or_else(|| Error::NotFound(format!("job {id}")))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShadowRequest {
-    pub bundle: String,
+pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult<Json<Job>> {
+    Ok(Json(s.jobs.get(id).ok_or_else(|| Error::NotFound(format!("job {id}")))?))
 }
 
 pub async fn attach_shadow(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
-    ApiJson(req): ApiJson<ShadowRequest>,
-) -> Result<Json<ShadowInfo>> {
-    Ok(Json(s.core.attach_shadow(&class, &req.bundle).await?))
+    ApiJson(req): ApiJson<ShadowBody>,
+) -> ApiResult<Json<ShadowInfo>> {
+    Ok(Json(ShadowInfo::from(shadow::attach(&s.core, &class, &req.bundle).await?.as_ref())))
 }
 
-pub async fn drop_shadow(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<ShadowInfo>> {
-    Ok(Json(s.core.drop_shadow(&class)?))
+pub async fn drop_shadow(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(class): Path<String>,
+) -> ApiResult<Json<ShadowInfo>> {
+    Ok(Json(ShadowInfo::from(shadow::drop(&s.core, &class).await?.as_ref())))
 }
 
 pub async fn promote_shadow(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
-) -> Result<Json<SwapOutcome>> {
-    Ok(Json(s.core.promote_shadow(&class).await?))
+) -> ApiResult<Json<SwapOutcome>> {
+    Ok(Json(shadow::promote(&s.core, &class).await?))
 }
 
-pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> Result<Json<Value>> {
-    let h: Vec<HistoryEntry> = s.core.history(&class)?;
-    Ok(Json(json!({"class": class, "history": h})))
+pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<History>> {
+    let history = s.core.history(&class)?;
+    Ok(Json(History { class, history }))
 }
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>> {
+pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let set = s.core.snapshot()?;
     Ok(Json(json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation})))
 }
@@ -149,10 +145,10 @@ pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], include_str!("../../openapi.yaml"))
 }
 
-pub async fn not_found() -> Error {
-    Error::NotFound("no such route".into())
+pub async fn not_found() -> ApiError {
+    Error::NotFound("no such route".into()).into()
 }
 
-pub async fn method_not_allowed() -> Error {
-    Error::MethodNotAllowed
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

@@ -1,10 +1,13 @@
-//! The HTTP layer: router, thin handlers, DTOs, the JSON error shape, metrics.
+//! The HTTP layer: router, thin handlers, DTOs and their validation, the JSON error shape,
+//! metrics. It calls the core (classify, snapshots) and the control parts (swaps, shadows, jobs);
+//! nothing below it imports it.
 
 pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -15,19 +18,31 @@ use axum::middleware;
 use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
 
+use crate::control::jobs::Jobs;
 use crate::core::Core;
+use crate::eval::data::DataArgs;
 
 #[derive(Clone)]
 pub struct AppState {
     pub core: Arc<Core>,
+    /// Selection jobs (evaluate on the validation split of the configured data).
+    pub jobs: Arc<Jobs>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token of the admin routes; None disables them (403).
     pub admin_token: Option<Arc<str>>,
 }
 
 impl AppState {
+    /// State without selection data (selection jobs answer 400) and without admin routes (403).
     pub fn new(core: Arc<Core>) -> AppState {
-        AppState { core, metrics: metrics::prometheus(), admin_token: None }
+        let jobs = Jobs::new(core.clone(), None);
+        AppState { core, jobs, metrics: metrics::prometheus(), admin_token: None }
+    }
+
+    /// Labelled data whose validation split selection jobs evaluate on.
+    pub fn with_data(mut self, data: Option<DataArgs>) -> AppState {
+        self.jobs = Jobs::new(self.core.clone(), data);
+        self
     }
 
     pub fn with_admin_token(mut self, token: Option<String>) -> AppState {

@@ -1,6 +1,9 @@
 //! One executor per distinct graph: a dedicated thread owns the ONNX Runtime session
 //! (`Session::run` needs `&mut self`) and runs batches of the jobs queued to it. Requests talk to
 //! it through a bounded channel with a oneshot reply; when the queue is full they get 503.
+//! A job whose requester has gone (timed out, disconnected: its reply receiver is dropped) is
+//! skipped when its batch is collected, so an overloaded service does not spend CPU on answers
+//! nobody will read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use tokio::sync::oneshot;
 use super::runtime::load_session;
 use super::tokenize::Encoded;
 use crate::config::RuntimeConfig;
+use crate::error::lock;
 use crate::{Error, Result};
 
 pub const TOKEN_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
@@ -193,7 +197,7 @@ impl Executor {
             std::thread::Builder::new()
                 .name(format!("exec-{label}-{i}"))
                 .spawn(move || worker.run(&rx))
-                .map_err(|e| Error::Runtime(format!("cannot start executor thread: {e}")))?;
+                .map_err(|e| Error::Internal(format!("cannot start executor thread: {e}")))?;
         }
         tracing::info!(graph = %path.display(), provider, threads, sessions, inline = run_inline, "graph loaded");
         Ok(Arc::new(Executor {
@@ -230,7 +234,7 @@ impl Executor {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
                     TrySendError::Full(_) => Error::Overloaded(format!("graph {} queue is full", self.label)),
-                    TrySendError::Disconnected(_) => Error::Inference(format!("graph {} stopped", self.label)),
+                    TrySendError::Disconnected(_) => Error::Internal(format!("graph {} stopped", self.label)),
                 })
             }
         }
@@ -242,13 +246,10 @@ impl Executor {
         let n = self.inline.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let free = (0..n).find_map(|i| self.inline[(first + i) % n].try_lock().ok());
-        let mut worker = match free {
-            Some(w) => w,
-            None => self.inline[first].lock().map_err(|_| Error::Inference(format!("graph {} failed", self.label)))?,
-        };
+        let mut worker = free.unwrap_or_else(|| lock(&self.inline[first]));
         let started = Instant::now();
         let rows = input.rows();
-        let out = worker.run_batch(&[input], rows).map_err(Error::Inference);
+        let out = worker.run_batch(&[input], rows);
         metrics::histogram!("moe_batch_size", "graph" => self.label.clone()).record(rows as f64);
         metrics::histogram!("moe_graph_run_seconds", "graph" => self.label.clone())
             .record(started.elapsed().as_secs_f64());
@@ -257,13 +258,13 @@ impl Executor {
 
     pub async fn run(&self, input: Input) -> Result<Matrix> {
         let rx = self.submit(input)?;
-        rx.await.map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+        rx.await.map_err(|_| Error::Internal(format!("graph {} dropped the job", self.label)))?
     }
 
     /// For command-line tools outside an async runtime.
     pub fn run_blocking(&self, input: Input) -> Result<Matrix> {
         let rx = self.submit(input)?;
-        rx.blocking_recv().map_err(|_| Error::Inference(format!("graph {} dropped the job", self.label)))?
+        rx.blocking_recv().map_err(|_| Error::Internal(format!("graph {} dropped the job", self.label)))?
     }
 
     /// A text's result must not depend on what it is batched with. Graphs with dynamic int8
@@ -321,23 +322,33 @@ struct Worker {
 }
 
 impl Worker {
-    /// Takes the next batch from the shared queue (holding its lock only while collecting).
+    /// Takes the next batch from the shared queue (holding its lock only while collecting). Jobs
+    /// whose requester has gone are dropped here, uncomputed.
     fn next_batch(&self, rx: &std::sync::Mutex<Receiver<Job>>) -> Option<(Vec<Job>, usize)> {
-        let rx = rx.lock().ok()?;
-        let first = rx.recv().ok()?;
-        let mut rows = first.input.rows();
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + self.max_wait;
+        let rx = lock(rx);
+        let mut jobs = Vec::new();
+        let mut rows = 0;
+        let mut deadline = None;
         while rows < self.max_batch {
-            let next = match rx.try_recv() {
-                Ok(j) => Some(j),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline { None } else { rx.recv_timeout(deadline - now).ok() }
+            let next = if jobs.is_empty() {
+                Some(rx.recv().ok()?)
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        let until = *deadline.get_or_insert(now + self.max_wait);
+                        if now >= until { None } else { rx.recv_timeout(until - now).ok() }
+                    }
                 }
             };
             let Some(j) = next else { break };
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            if j.reply.is_closed() {
+                metrics::counter!("moe_jobs_skipped_total", "graph" => self.label.clone()).increment(1);
+                continue;
+            }
             rows += j.input.rows();
             jobs.push(j);
         }
@@ -347,7 +358,6 @@ impl Worker {
     /// Runs until every sender is gone (the executor was dropped); queued jobs are finished first.
     fn run(mut self, rx: &std::sync::Mutex<Receiver<Job>>) {
         while let Some((jobs, rows)) = self.next_batch(rx) {
-            self.depth.fetch_sub(jobs.len(), Ordering::Relaxed);
             let started = Instant::now();
             let inputs: Vec<&Input> = jobs.iter().map(|j| &j.input).collect();
             let result = self.run_batch(&inputs, rows);
@@ -368,19 +378,21 @@ impl Worker {
                 }
                 Err(e) => {
                     for job in jobs {
-                        let _ = job.reply.send(Err(Error::Inference(e.to_string())));
+                        let _ = job.reply.send(Err(e.share()));
                     }
                 }
             }
         }
     }
 
-    fn run_batch(&mut self, jobs: &[&Input], rows: usize) -> std::result::Result<Matrix, String> {
+    fn run_batch(&mut self, jobs: &[&Input], rows: usize) -> Result<Matrix> {
         match self.role.clone() {
             GraphRole::Tokens { inputs } => {
                 let mut all: Vec<&Encoded> = Vec::with_capacity(rows);
                 for j in jobs {
-                    let Input::Tokens(t) = j else { return Err("embedding sent to a token graph".into()) };
+                    let Input::Tokens(t) = j else {
+                        return Err(Error::Internal("embedding sent to a token graph".into()));
+                    };
                     all.extend(t.iter());
                 }
                 if !self.row_by_row.load(Ordering::Relaxed) {
@@ -396,24 +408,28 @@ impl Worker {
             GraphRole::Embedding { input, dim } => {
                 let mut buf = Vec::with_capacity(rows * dim);
                 for j in jobs {
-                    let Input::Embedding(m) = j else { return Err("tokens sent to a head".into()) };
+                    let Input::Embedding(m) = j else { return Err(Error::Internal("tokens sent to a head".into())) };
                     if m.cols != dim {
-                        return Err(format!("embedding has {} columns, head takes {dim}", m.cols));
+                        return Err(Error::Internal(format!("embedding has {} columns, head takes {dim}", m.cols)));
                     }
                     buf.extend_from_slice(&m.data);
                 }
-                let t = Tensor::from_array(([rows, dim], buf)).map_err(|e| e.to_string())?;
+                let t = Tensor::from_array(([rows, dim], buf)).map_err(|e| self.ort_error("input tensor", e))?;
                 let out = self
                     .session
                     .run(vec![(input, ort::session::SessionInputValue::from(t))])
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Error::ort(format!("running graph {}", self.label), e))?;
                 extract(&out, rows, self.out_dim)
             }
         }
     }
 
     /// One session run over these texts, padded to the longest.
-    fn run_tokens(&mut self, inputs: &[String], rows: &[&Encoded]) -> std::result::Result<Matrix, String> {
+    fn ort_error(&self, what: &str, e: ort::Error) -> Error {
+        Error::ort(format!("graph {}: {what}", self.label), e)
+    }
+
+    fn run_tokens(&mut self, inputs: &[String], rows: &[&Encoded]) -> Result<Matrix> {
         let seq = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
         let mut feeds = Vec::with_capacity(inputs.len());
         for name in inputs {
@@ -426,18 +442,18 @@ impl Worker {
                 };
                 buf[r * seq..r * seq + src.len()].copy_from_slice(src);
             }
-            let t = Tensor::from_array(([rows.len(), seq], buf)).map_err(|e| e.to_string())?;
+            let t = Tensor::from_array(([rows.len(), seq], buf)).map_err(|e| self.ort_error("input tensor", e))?;
             feeds.push((name.clone(), ort::session::SessionInputValue::from(t)));
         }
-        let out = self.session.run(feeds).map_err(|e| e.to_string())?;
+        let out = self.session.run(feeds).map_err(|e| Error::ort(format!("running graph {}", self.label), e))?;
         extract(&out, rows.len(), self.out_dim)
     }
 }
 
-fn extract(out: &ort::session::SessionOutputs<'_>, rows: usize, out_dim: usize) -> std::result::Result<Matrix, String> {
-    let (shape, data) = out[0].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+fn extract(out: &ort::session::SessionOutputs<'_>, rows: usize, out_dim: usize) -> Result<Matrix> {
+    let (shape, data) = out[0].try_extract_tensor::<f32>().map_err(|e| Error::ort("reading the graph output", e))?;
     if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != out_dim {
-        return Err(format!("graph returned shape {:?}, expected [{rows}, {out_dim}]", &shape[..]));
+        return Err(Error::Internal(format!("graph returned shape {:?}, expected [{rows}, {out_dim}]", &shape[..])));
     }
     Ok(Matrix { rows, cols: out_dim, data: data.to_vec() })
 }

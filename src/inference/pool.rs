@@ -10,6 +10,7 @@ use super::executor::{Executor, Expect};
 use super::tokenize::TokenizerHandle;
 use crate::Result;
 use crate::config::RuntimeConfig;
+use crate::error::lock;
 
 #[derive(Default)]
 pub struct ExecutorPool {
@@ -30,14 +31,14 @@ impl ExecutorPool {
         threads: usize,
     ) -> Result<Arc<Executor>> {
         let key = format!("{sha256}:{expect:?}");
-        if let Some(e) = self.executors.lock().expect("pool lock").get(&key).and_then(Weak::upgrade) {
+        if let Some(e) = lock(&self.executors).get(&key).and_then(Weak::upgrade) {
             return Ok(e);
         }
         // Big graphs (token inputs) get the configured session pool; heads one session
         // (Inline heads run on the callers' threads: one session per core so they rarely wait.)
         let sessions = if expect == Expect::Tokens || cfg.inline_heads { cfg.sessions() } else { 1 };
         let fresh = Executor::start(cfg, path, sha256, expect, out_dim, threads, sessions)?;
-        let mut map = self.executors.lock().expect("pool lock");
+        let mut map = lock(&self.executors);
         map.retain(|_, w| w.strong_count() > 0);
         match map.get(&key).and_then(Weak::upgrade) {
             Some(existing) => Ok(existing),
@@ -50,7 +51,7 @@ impl ExecutorPool {
 
     pub fn tokenizer(&self, path: &Path, sha256: &str, max_len: usize) -> Result<Arc<TokenizerHandle>> {
         let key = (sha256.to_string(), max_len);
-        let mut map = self.tokenizers.lock().expect("pool lock");
+        let mut map = lock(&self.tokenizers);
         if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
             return Ok(t);
         }
@@ -62,6 +63,6 @@ impl ExecutorPool {
 
     /// Executors alive now (used by tests to prove swapped-out sessions are released).
     pub fn live_executors(&self) -> usize {
-        self.executors.lock().expect("pool lock").values().filter(|w| w.strong_count() > 0).count()
+        lock(&self.executors).values().filter(|w| w.strong_count() > 0).count()
     }
 }

@@ -10,7 +10,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use crate::config::RuntimeConfig;
 use crate::{Error, Result};
 
-static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+static ENV: OnceLock<Result<ort::environment::Environment>> = OnceLock::new();
 
 /// Where libonnxruntime is looked for when ORT_DYLIB_PATH / --ort-lib is not given: the project's
 /// own venv (made by `scripts/setup.sh`) relative to the working directory, the executable and the
@@ -49,11 +49,11 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(Error::Runtime(format!("ORT_DYLIB_PATH / --ort-lib {} is not a file", p.display())))
+            Err(Error::Internal(format!("ORT_DYLIB_PATH / --ort-lib {} is not a file", p.display())))
         };
     }
     candidates().into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        Error::Runtime(
+        Error::Internal(
             "libonnxruntime not found: set ORT_DYLIB_PATH, or run scripts/setup.sh \
              (python3 -m venv .venv && .venv/bin/pip install onnxruntime==1.32.0)"
                 .into(),
@@ -61,17 +61,18 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
-/// Load ONNX Runtime once per process (ort allows one environment per process).
+/// Load ONNX Runtime once per process (ort allows one environment per process). A failure is
+/// remembered and answered the same way to every later caller.
 pub fn environment(cfg: &RuntimeConfig) -> Result<&'static ort::environment::Environment> {
     ENV.get_or_init(|| {
-        let lib = find_library(cfg.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
-        let env = builder.with_name("moe").build().map_err(|e| e.to_string())?;
+        let lib = find_library(cfg.ort_lib.as_deref())?;
+        let builder = ort::init_from(&lib).map_err(|e| Error::Internal(format!("loading ONNX Runtime: {e}")))?;
+        let env = builder.with_name("moe").build().map_err(|e| Error::ort("creating the environment", e))?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         Ok(env)
     })
     .as_ref()
-    .map_err(|e| Error::Runtime(e.clone()))
+    .map_err(Error::share)
 }
 
 /// A committed session and the provider it runs on.
@@ -107,7 +108,7 @@ fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: bool, 
 /// CPU is the logged fallback; with `cuda` a CUDA failure is an error.
 pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<LoadedSession> {
     let env = environment(cfg)?;
-    let err = |e: String| Error::bundle(path, format!("ONNX Runtime refused the graph: {e}"));
+    let err = |e: ort::Error| Error::InvalidGraph { path: path.to_path_buf(), source: std::sync::Arc::new(e) };
     #[cfg(feature = "cuda")]
     if cfg.provider != "cpu" {
         match commit_cuda(env, threads, cfg.intra_op_spinning, path) {
@@ -115,7 +116,7 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
                 return Ok(LoadedSession { session, provider: "CUDA" });
             }
             Err(e) if cfg.provider == "cuda" => {
-                return Err(err(format!("CUDA execution provider: {e}")));
+                return Err(Error::ort(format!("{}: CUDA execution provider", path.display()), e));
             }
             Err(e) => {
                 tracing::warn!(graph = %path.display(), error = %e, "CUDA unavailable, falling back to CPU")
@@ -124,10 +125,9 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     }
     #[cfg(not(feature = "cuda"))]
     if cfg.provider == "cuda" {
-        return Err(Error::Runtime("--provider cuda needs a build with `--features cuda`".into()));
+        return Err(Error::Internal("--provider cuda needs a build with `--features cuda`".into()));
     }
-    let session = builder(env, threads, cfg.intra_op_spinning)
-        .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|e| err(e.to_string()))?;
+    let session =
+        builder(env, threads, cfg.intra_op_spinning).and_then(|mut b| b.commit_from_file(path)).map_err(err)?;
     Ok(LoadedSession { session, provider: "CPU" })
 }

@@ -35,7 +35,7 @@ impl TokenizerHandle {
     }
 
     pub fn encode(&self, text: &str) -> Result<Encoded> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::Inference(format!("tokenizer: {e}")))?;
+        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::Tokenizer(e.into()))?;
         let conv = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         Ok(Encoded {
             ids: conv(enc.get_ids()),

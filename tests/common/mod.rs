@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moe::config::{Limits, RuntimeConfig};
-use moe::core::Core;
+use moe::core::{Core, Paths};
 use moe::http::{AppState, app};
 
 pub fn repo() -> PathBuf {
@@ -26,9 +26,23 @@ pub fn runtime() -> RuntimeConfig {
     RuntimeConfig { intra_threads: Some(1), sessions: Some(1), ..RuntimeConfig::default() }
 }
 
+/// A fresh, empty state folder for one core (the live registry is seeded there).
+pub fn state_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("moe-state-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A core serving `root` with its own fresh state folder (not loaded yet).
+pub fn core(root: &Path, limits: Limits) -> Arc<Core> {
+    Core::new(Paths::new(root, state_dir("core")), runtime(), limits)
+}
+
 /// A core with the registry of `root` loaded (loading blocks, so it runs off the async workers).
 pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
-    let core = Core::new(root.to_path_buf(), runtime(), limits);
+    let core = core(root, limits);
     let c = core.clone();
     tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().expect("registry loads");
     core
@@ -74,6 +88,16 @@ pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     replace_file(path, serde_json::to_string_pretty(&v).unwrap().as_bytes());
+}
+
+/// The repository's labelled data (data/README.md).
+pub fn data() -> moe::eval::data::DataArgs {
+    moe::eval::data::DataArgs {
+        data: repo().join("data/wikihow19_titles.csv"),
+        text_col: "title".into(),
+        label_col: "label".into(),
+        split_col: "split".into(),
+    }
 }
 
 pub fn python() -> PathBuf {

@@ -1,0 +1,107 @@
+//! Validation at the edge: request bodies become typed values the core can trust (like TGI's
+//! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
+
+use super::dto::{ClassifyRequest, SelectBody, SwapBody};
+use super::error::{ApiError, ApiResult};
+use crate::config::Limits;
+use crate::control::jobs::Selection;
+use crate::control::swap::{MinMetric, Swap};
+
+/// Texts that passed every limit: 1..=max_texts texts, none blank, none over max_text_chars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidClassify {
+    pub texts: Vec<String>,
+}
+
+impl ClassifyRequest {
+    pub fn validate(self, l: &Limits) -> ApiResult<ValidClassify> {
+        let texts = match (self.text, self.texts) {
+            (Some(t), None) => vec![t],
+            (None, Some(ts)) => ts,
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("send either \"text\" or \"texts\", not both")),
+            (None, None) => return Err(ApiError::bad_request("missing \"text\" (a string) or \"texts\" (a list)")),
+        };
+        if texts.is_empty() {
+            return Err(ApiError::bad_request("no text given: send {\"text\": \"...\"} or {\"texts\": [...]}"));
+        }
+        if texts.len() > l.max_texts {
+            return Err(ApiError::bad_request(format!("{} texts given, the limit is {}", texts.len(), l.max_texts)));
+        }
+        for (i, t) in texts.iter().enumerate() {
+            if t.trim().is_empty() {
+                return Err(ApiError::bad_request(format!("text {i} is empty")));
+            }
+            let n = t.chars().count();
+            if n > l.max_text_chars {
+                return Err(ApiError::bad_request(format!(
+                    "text {i} has {n} characters, the limit is {}",
+                    l.max_text_chars
+                )));
+            }
+        }
+        Ok(ValidClassify { texts })
+    }
+}
+
+impl SwapBody {
+    pub fn validate(self) -> ApiResult<Swap> {
+        if self.bundle.trim().is_empty() {
+            return Err(ApiError::bad_request("\"bundle\" is empty"));
+        }
+        if let Some(m) = &self.min_metric
+            && !m.value.is_finite()
+        {
+            return Err(ApiError::bad_request("\"min_metric.value\" must be a finite number"));
+        }
+        Ok(Swap {
+            bundle: self.bundle,
+            expected_version: self.expected_version,
+            min_metric: self.min_metric.map(|m| MinMetric { metric: m.metric, value: m.value }),
+            not_worse: self.not_worse,
+        })
+    }
+}
+
+impl SelectBody {
+    pub fn validate(self) -> ApiResult<Selection> {
+        if self.candidates.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(ApiError::bad_request(
+                "\"candidates\" is empty: omit it to consider every bundle of the class",
+            ));
+        }
+        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: Option<&str>, texts: Option<Vec<&str>>) -> ClassifyRequest {
+        ClassifyRequest {
+            text: text.map(str::to_string),
+            texts: texts.map(|v| v.into_iter().map(str::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn classify_limits_are_checked_once_into_a_typed_value() {
+        let l = Limits { max_texts: 2, max_text_chars: 5, ..Limits::default() };
+        assert_eq!(req(Some("hello"), None).validate(&l).unwrap().texts, vec!["hello"]);
+        assert_eq!(req(None, Some(vec!["a", "b"])).validate(&l).unwrap().texts, vec!["a", "b"]);
+        for (r, why) in [
+            (req(None, None), "missing"),
+            (req(Some("a"), Some(vec!["b"])), "not both"),
+            (req(None, Some(vec![])), "no text"),
+            (req(None, Some(vec!["a", "b", "c"])), "3 texts given, the limit is 2"),
+            (req(Some(" \t"), None), "text 0 is empty"),
+            (req(None, Some(vec!["ok", "toolong"])), "text 1 has 7 characters, the limit is 5"),
+        ] {
+            let e = r.validate(&l).unwrap_err();
+            assert_eq!(e.status_and_code().1, "bad_request");
+            assert!(e.to_string().contains(why), "{e} lacks {why:?}");
+        }
+        // Characters, not bytes: five 2-byte characters pass.
+        assert!(req(Some("ééééé"), None).validate(&l).is_ok());
+    }
+}
