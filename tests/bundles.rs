@@ -18,7 +18,9 @@ fn good_bundles_load() {
     let root = common::fixture_models();
     let e = load(&root, "travel--tokenbag").unwrap();
     assert_eq!(e.class, "Travel");
-    assert!(e.threshold.unwrap() > 0.0);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("travel--tokenbag/card.json")).unwrap()).unwrap();
+    assert_eq!(e.threshold.map(f64::from), card["threshold"]["value"].as_f64().map(|t| t as f32 as f64));
     let d = load(&common::default_models(), "travel--ft19-logreg").unwrap();
     assert!(d.head.is_some(), "a head bundle runs on a trunk");
 }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use moe::config::Limits;
 use serde_json::{Value, json};
 
@@ -91,10 +93,24 @@ async fn probabilities_match_python_onnxruntime() {
     }
 }
 
-/// Many concurrent clients: every answer is 200 and batching happened.
+/// Many concurrent clients: every answer is 200 and the executors ran them in shared batches (one
+/// session per graph that waits up to 20 ms for more work, so 64 concurrent requests must share).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched() {
-    let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
+    let root = common::fixture_models();
+    let core = moe::core::Core::new(
+        moe::core::Paths::new(&root, common::state_dir("batched")),
+        moe::config::RuntimeConfig { max_wait_us: 20_000, ..common::runtime() },
+        Limits::default(),
+    );
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+    let set = core.snapshot().unwrap();
+    let before: Vec<(usize, usize)> = set
+        .experts
+        .iter()
+        .map(|e| (e.stage1.stats().batches.load(Relaxed), e.stage1.stats().rows.load(Relaxed)))
+        .collect();
     let base = common::serve(core).await;
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -106,6 +122,13 @@ async fn concurrent_requests_are_batched() {
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
+    }
+    for (e, (b0, r0)) in set.experts.iter().zip(before) {
+        let s = e.stage1.stats();
+        let (batches, rows) = (s.batches.load(Relaxed) - b0, s.rows.load(Relaxed) - r0);
+        assert_eq!(rows, 64, "{}: every text ran once", e.class);
+        assert!(batches < 64, "{}: 64 requests ran in {batches} batches (no batching)", e.class);
+        assert!(s.largest.load(Relaxed) > 1, "{}: no batch held more than one text", e.class);
     }
 }
 

@@ -35,7 +35,9 @@ fn assert_error(v: &Value, code: &str) {
 async fn classify_single_and_batch_answer_the_same_way() {
     let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
     let r = app(AppState::new(core));
+    let t = std::time::Instant::now();
     let (s, one, _) = call(r.clone(), post(r#"{"text": "how to pack for a trip to paris"}"#)).await;
+    let elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(s, StatusCode::OK, "{one}");
     let (s, many, _) = call(r, post(r#"{"texts": ["how to pack for a trip to paris", "how to treat a cold"]}"#)).await;
     assert_eq!(s, StatusCode::OK);
@@ -54,7 +56,9 @@ async fn classify_single_and_batch_answer_the_same_way() {
             assert!(!x[f].is_null(), "missing {f}");
         }
     }
-    assert!(one["took_ms"].as_f64().unwrap() > 0.0);
+    let took = one["took_ms"].as_f64().unwrap();
+    assert!(took > 0.0 && took <= elapsed_ms, "took_ms {took} must lie within the call's {elapsed_ms} ms");
+    assert_eq!(one["generation"], 1, "the first installed set answers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,17 +83,23 @@ impl Jobs {
     }
 
     /// Start a selection job for `class`; returns at once with the job (state "running").
-    pub fn start_select(self: &Arc<Self>, class: &str, req: Selection) -> Result<Job> {
+    pub async fn start_select(self: &Arc<Self>, class: &str, req: Selection) -> Result<Job> {
         let data = self.data.clone().ok_or_else(|| {
             Error::BadRequest("no validation data configured: start the service with --data / MOE_DATA".into())
         })?;
-        let root = self.core.root();
         let candidates = match req.candidates {
             Some(c) => c,
-            None => bundle_names(root)?
-                .into_iter()
-                .filter(|b| Card::read(&root.join(b).join("card.json")).is_ok_and(|c| c.class == class))
-                .collect(),
+            None => {
+                // Reading every card of the model root is file I/O: off the async workers.
+                let (root, class) = (self.core.root().to_path_buf(), class.to_string());
+                tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+                    Ok(bundle_names(&root)?
+                        .into_iter()
+                        .filter(|b| Card::read(&root.join(b).join("card.json")).is_ok_and(|c| c.class == class))
+                        .collect())
+                })
+                .await??
+            }
         };
         if candidates.is_empty() {
             return Err(Error::BadRequest(format!("no candidate bundles for {class:?} in the model root")));

@@ -91,7 +91,7 @@ pub async fn select(
     Path(class): Path<String>,
     ApiJson(req): ApiJson<SelectBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?)?)))
+    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?).await?)))
 }
 
 pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult<Json<Job>> {

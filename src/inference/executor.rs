@@ -88,6 +88,20 @@ pub struct Executor {
     /// Set when batching would change a text's result (see `probe`): texts then run one at a time.
     row_by_row: Arc<AtomicBool>,
     probed: std::sync::Once,
+    stats: Arc<Stats>,
+}
+
+/// Counters of what an executor's threads did (read by tests and the benchmark harness).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Batches collected from the queue and run.
+    pub batches: AtomicUsize,
+    /// Texts (or embedding rows) in those batches.
+    pub rows: AtomicUsize,
+    /// The most rows one collected batch held.
+    pub largest: AtomicUsize,
+    /// Jobs dropped uncomputed because their requester had gone.
+    pub skipped: AtomicUsize,
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
@@ -175,6 +189,7 @@ impl Executor {
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         let row_by_row = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
         let label = sha256.chars().take(12).collect::<String>();
         let run_inline = cfg.inline_heads && matches!(role, GraphRole::Embedding { .. });
         let mut inline = Vec::new();
@@ -188,6 +203,7 @@ impl Executor {
                 depth: depth.clone(),
                 label: label.clone(),
                 row_by_row: row_by_row.clone(),
+                stats: stats.clone(),
             };
             if run_inline {
                 inline.push(std::sync::Mutex::new(worker));
@@ -212,6 +228,7 @@ impl Executor {
             next: AtomicUsize::new(0),
             depth,
             row_by_row,
+            stats,
             probed: std::sync::Once::new(),
         }))
     }
@@ -305,6 +322,11 @@ impl Executor {
         self.row_by_row.load(Ordering::Relaxed)
     }
 
+    /// What this executor's threads have done so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }
@@ -319,6 +341,7 @@ struct Worker {
     depth: Arc<AtomicUsize>,
     label: String,
     row_by_row: Arc<AtomicBool>,
+    stats: Arc<Stats>,
 }
 
 impl Worker {
@@ -346,6 +369,7 @@ impl Worker {
             let Some(j) = next else { break };
             self.depth.fetch_sub(1, Ordering::Relaxed);
             if j.reply.is_closed() {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("moe_jobs_skipped_total", "graph" => self.label.clone()).increment(1);
                 continue;
             }
@@ -362,6 +386,9 @@ impl Worker {
             let inputs: Vec<&Input> = jobs.iter().map(|j| &j.input).collect();
             let result = self.run_batch(&inputs, rows);
             let graph = self.label.clone();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.rows.fetch_add(rows, Ordering::Relaxed);
+            self.stats.largest.fetch_max(rows, Ordering::Relaxed);
             metrics::histogram!("moe_batch_size", "graph" => graph.clone()).record(rows as f64);
             metrics::histogram!("moe_graph_run_seconds", "graph" => graph.clone())
                 .record(started.elapsed().as_secs_f64());
