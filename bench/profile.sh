@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=18201 OUT=docs/bench/profile.txt
 command -v perf >/dev/null || { echo "perf not installed" >&2; exit 1; }
-target/release/moe serve --port $PORT --models models > /dev/null 2>&1 & P=$!
+target/release/moe serve --state "$(mktemp -d)" --port $PORT --models models > /dev/null 2>&1 & P=$!
 trap 'kill $P 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.2; done
 [ -s docs/bench/texts.txt ] || { echo "run bench/run.sh first (docs/bench/texts.txt)" >&2; exit 1; }

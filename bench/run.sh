@@ -21,8 +21,12 @@ import csv, sys
 rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
 open(sys.argv[2], "w").write("\n".join(rows) + "\n")
 PY
+# Every server gets a fresh state folder, so it serves exactly the registry of the root it is given
+# (exec: the background job is the server itself, so $! is its PID).
+STATES=$(mktemp -d)
+moe_serve() { exec $MOE serve --state "$(mktemp -d -p "$STATES")" "$@"; }
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$STATES"; }
 trap cleanup EXIT
 record() { # name, json line on stdin
   .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); d['name']=sys.argv[1]; print(json.dumps(d))" "$1" >> "$RES"
@@ -47,7 +51,7 @@ PORT=18180
 serve_load() { # name root concurrencies... (EXTRA: more serve flags); records service-<name>
   local name=$1 root=$2; shift 2
   # shellcheck disable=SC2086 # EXTRA: more serve flags, word-split on purpose
-  $MOE serve --port $PORT --models "$root" ${EXTRA:-} > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
+  moe_serve --port $PORT --models "$root" ${EXTRA:-} > "$OUT/serve-$name.log" 2>&1 & PIDS+=($!); SPID=$!
   wait_http http://127.0.0.1:$PORT/readyz
   for c in "$@"; do load "service-$name" http://127.0.0.1:$PORT "$c" 1 $SPID; done
   kill $SPID; wait $SPID 2>/dev/null || true
@@ -76,7 +80,7 @@ if [ -f build/models-all/registry.json ]; then
 fi
 
 # 2. The service.
-$MOE serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
+moe_serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPID=$!
 wait_http http://127.0.0.1:$PORT/readyz
 for c in 1 4 16 64; do load service http://127.0.0.1:$PORT "$c" 1 $SPID; done
 load service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
@@ -118,7 +122,7 @@ kill $APID; wait $APID 2>/dev/null || true
 
 # 5. The ratios the targets name, measured interleaved (service, peer b, in-process limit, service
 # with batch requests; three rounds) so that drift on a shared machine hits both sides alike.
-$MOE serve --port $PORT --models models > "$OUT/serve-paired.log" 2>&1 & PIDS+=($!); SPID=$!
+moe_serve --port $PORT --models models > "$OUT/serve-paired.log" 2>&1 & PIDS+=($!); SPID=$!
 MOE_MODELS=models .venv/bin/uvicorn --log-level warning --workers "$(nproc)" --port 18190 bench.peers.ort_fastapi:app > "$OUT/peer-b-paired.log" 2>&1 & PIDS+=($!); BPID=$!
 wait_http http://127.0.0.1:$PORT/readyz; wait_http http://127.0.0.1:18190/docs
 for round in 1 2 3; do

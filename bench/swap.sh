@@ -17,7 +17,7 @@ import csv, sys
 open(sys.argv[2], "w").write("\n".join(r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test") + "\n")
 PY
 PORT=18280 TOKEN=bench-token
-target/release/moe serve --port $PORT --models "$root" --admin-token $TOKEN > /tmp/moe-swap-bench.log 2>&1 &
+target/release/moe serve --state "$(mktemp -d)" --port $PORT --models "$root" --admin-token $TOKEN > /tmp/moe-swap-bench.log 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$root" "$TEXTS"' EXIT
 for _ in $(seq 1 150); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.2; done
