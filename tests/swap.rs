@@ -296,6 +296,10 @@ async fn automatic_selection_swaps_to_the_better_bundle() {
     let res = c.post(format!("{base}/experts/Travel/select")).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 202);
     let job: Value = res.json().await.unwrap();
+    // One running selection per class: a second one at once is refused.
+    let second =
+        c.post(format!("{base}/experts/Travel/select")).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap();
+    assert_eq!(second.status().as_u16(), 409);
     let done = wait_job(&c, &base, job["id"].as_u64().unwrap()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let r = &done["result"];

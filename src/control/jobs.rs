@@ -196,3 +196,37 @@ async fn run_select(
     Ok(json!({"metric": metric, "split": "val", "candidates": table, "winner": bundle,
               "active_before": current.as_ref().map(|c| c.bundle.clone()), "swapped": swapped}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Limits, RuntimeConfig};
+    use crate::core::Paths;
+
+    fn job(id: u64, state: JobState) -> Job {
+        Job {
+            id,
+            kind: "select",
+            class: "Travel".into(),
+            state,
+            created: now_rfc3339(),
+            finished: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn finished_jobs_are_pruned_oldest_first_and_running_ones_kept() {
+        let core = Core::new(Paths::new("models", "state"), RuntimeConfig::default(), Limits::default());
+        let jobs = Jobs::new(core, None);
+        jobs.put(job(1, JobState::Running));
+        for id in 2..=(KEEP_FINISHED as u64 + 51) {
+            jobs.put(job(id, JobState::Succeeded));
+        }
+        assert!(jobs.get(1).is_some(), "a running job is never dropped");
+        assert!(jobs.get(2).is_none() && jobs.get(51).is_none(), "the oldest finished jobs went");
+        assert!(jobs.get(52).is_some() && jobs.get(KEEP_FINISHED as u64 + 51).is_some());
+        assert_eq!(lock(&jobs.jobs).len(), KEEP_FINISHED + 1);
+    }
+}

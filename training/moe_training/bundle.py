@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .export import sha256_file
+from .data import sha256_file
 
 CARD_SCHEMA = 1
 

@@ -93,20 +93,21 @@ def _selftest_texts(texts: list[str], labels: list[str], cls: str) -> list[str]:
     return pos + neg
 
 
-def build(args) -> None:
-    import torch
-
-    from . import backbone, bundle, candidates
+def _load_data(args):
+    """The labelled data set (subsampled with --quick)."""
     from .data import load_dataset
-    from .export import run_onnx
-    from .rebalance import rebalance
 
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
     ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
     if args.quick:
-        _subsample(ds["train"], 12, args.seed)
-        _subsample(ds["val"], 4, args.seed)
+        for split, n in (("train", 12), ("val", 4), ("test", 4)):
+            _subsample(ds[split], n, args.seed)
+    return ds
+
+
+def _build_plan(args, ds) -> tuple[list[str], list[str]]:
+    """The classes and algorithms `build` trains, checked against the data and the known algorithms."""
+    from . import candidates
+
     classes = args.classes.split(",") if args.classes else ds.classes
     unknown = [c for c in classes if c not in ds.classes]
     if unknown:
@@ -115,6 +116,108 @@ def build(args) -> None:
     for a in algos:
         if a not in candidates.ALGORITHMS:
             sys.exit(f"unknown algorithm {a!r}; choose from {', '.join(candidates.ALGORITHMS)}")
+    return classes, algos
+
+
+def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path, out: Path) -> dict:
+    """Export one shared trunk ("frozen": pretrained MiniLM; "ft19": MiniLM fine-tuned once as a
+    multi-class classifier on train) into `out`, and embed train with the artefact that is served."""
+    from . import backbone, bundle, candidates
+    from .export import run_onnx
+
+    t0 = time.time()
+    train, val = ds["train"], ds["val"]
+    encoder, extra = None, {}
+    if name == "ft19":
+        model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
+        encoder = model.encoder
+        extra = {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
+    graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
+    if args.trunk_precision == "fp32":  # the unquantised export (batch-independent, larger)
+        graph = work / f"trunk-{name}-fp32.onnx"
+        meta["quantization"] = "none (fp32)"
+    p = args.trunk_precision
+    prefix = f"minilm-l6-{p}" if name == "frozen" else f"minilm-l6-{name}-{p}"
+    trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
+    path = out / "trunks" / trunk_id / "trunk.onnx"
+    ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
+    # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
+    x = run_onnx(path, backbone.encode(tok, train.texts)).astype(np.float32)
+    print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
+    return {
+        "ref": ref,
+        "path": path,
+        "x_train": x,
+        "summary": {"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]},
+    }
+
+
+def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
+    """Train one (class, algorithm) candidate on train, write its bundle; returns its manifest row."""
+    from . import backbone, bundle, candidates
+    from .rebalance import rebalance
+
+    ds, tok, work, settings, trunks = ctx["ds"], ctx["tok"], ctx["work"], ctx["settings"], ctx["trunks"]
+    train, val = ds["train"], ds["val"]
+    y = np.array(train.labels) == cls
+    spec = candidates.ALGORITHMS[algo]
+    method = args.rebalance or spec["rebalance"]
+    ratio = args.ratio or spec["ratio"]
+    idx, w = rebalance(y, method, ratio, args.seed)
+    t0 = time.time()
+    graph = work / f"{bundle.slug(cls)}--{algo}.onnx"
+    texts = [train.texts[i] for i in idx]
+    tname = spec.get("trunk")
+    x_train = trunks[tname]["x_train"] if tname else None
+    if algo in ("trunk-logreg", "ft19-logreg"):
+        info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
+    elif algo == "trunk-mlp":
+        info = candidates.mlp_head(x_train[idx], y[idx], w, settings, graph)
+    elif algo == "tokenbag":
+        info = candidates.tokenbag(tok, texts, y[idx], w, settings, graph, val.texts[:32])
+    else:
+        info = candidates.finetune(tok, texts, y[idx], w, settings, graph, val.texts[:32])
+    seconds = round(time.time() - t0, 2)
+    st = _selftest_texts(val.texts, val.labels, cls)
+    provenance = {
+        "trainer": "moe_training",
+        "created": bundle.utc_now(),
+        "data": ctx["data_info"],
+        "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)), "positives": int(y[idx].sum())},
+        "training": {**info, "seed": args.seed, "seconds": seconds},
+        "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
+        "trunk": trunks[tname]["ref"]["id"] if tname else None,
+        "versions": ctx["versions"],
+    }
+    probs = _probabilities(tok, trunks[tname]["path"] if tname else None, graph, st)
+    d = bundle.write_bundle(
+        Path(args.out),
+        cls,
+        algo,
+        graph,
+        kind=spec["kind"],
+        max_seq_len=backbone.MAX_SEQ_LEN,
+        provenance=provenance,
+        selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
+        trunk=trunks[tname]["ref"] if tname else None,
+        tokenizer_json=ctx["tok_path"] if spec["kind"] == "full" else None,
+        embedding_dim=int(x_train.shape[1]) if tname else None,
+    )
+    print(f"{d.name}: trained in {seconds}s ({method}, {len(idx)} rows)")
+    return {"bundle": d.name, "class": cls, "algorithm": algo, "seconds": seconds}
+
+
+def build(args) -> None:
+    """Train the candidate pool: the shared trunks the algorithms need, then every (class,
+    algorithm) candidate; writes the bundles and a manifest into --out."""
+    import torch
+
+    from . import bundle, candidates
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    ds = _load_data(args)
+    classes, algos = _build_plan(args, ds)
     settings = candidates.TrainSettings(
         seed=args.seed,
         quick=args.quick,
@@ -125,8 +228,7 @@ def build(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work, tok, tok_path = _workdir("moe-train-")
-    train, val = ds["train"], ds["val"]
-    data_info = _data_info(ds, args, train_rows=len(train.texts), val_rows=len(val.texts))
+    data_info = _data_info(ds, args, train_rows=len(ds["train"].texts), val_rows=len(ds["val"].texts))
     manifest = {
         "started": bundle.utc_now(),
         "data": data_info,
@@ -138,89 +240,186 @@ def build(args) -> None:
         "trunks": [],
         "bundles": [],
     }
-
-    # Shared trunks needed by the requested head algorithms: "frozen" (pretrained MiniLM) and
-    # "ft19" (MiniLM fine-tuned once as a multi-class classifier on train).
-    trunks: dict[str, dict] = {}
-    for name in sorted({candidates.ALGORITHMS[a].get("trunk") for a in algos} - {None}):
-        t0 = time.time()
-        encoder, extra = None, {}
-        if name == "ft19":
-            model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
-            encoder, extra = (
-                model.encoder,
-                {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}},
-            )
-        graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
-        if args.trunk_precision == "fp32":  # the unquantised export (batch-independent, larger)
-            graph = work / f"trunk-{name}-fp32.onnx"
-            meta["quantization"] = "none (fp32)"
-        p = args.trunk_precision
-        prefix = f"minilm-l6-{p}" if name == "frozen" else f"minilm-l6-{name}-{p}"
-        trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
-        path = out / "trunks" / trunk_id / "trunk.onnx"
-        ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
-        # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
-        x = run_onnx(path, backbone.encode(tok, train.texts)).astype(np.float32)
-        trunks[name] = {"ref": ref, "path": path, "x_train": x}
-        manifest["trunks"].append({"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]})
-        print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
-
-    y_all = np.array(train.labels)
-    for cls in classes:
-        y = y_all == cls
-        for algo in algos:
-            spec = candidates.ALGORITHMS[algo]
-            method = args.rebalance or spec["rebalance"]
-            ratio = args.ratio or spec["ratio"]
-            idx, w = rebalance(y, method, ratio, args.seed)
-            t0 = time.time()
-            graph = work / f"{bundle.slug(cls)}--{algo}.onnx"
-            texts = [train.texts[i] for i in idx]
-            tname = spec.get("trunk")
-            x_train = trunks[tname]["x_train"] if tname else None
-            if algo in ("trunk-logreg", "ft19-logreg"):
-                info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
-            elif algo == "trunk-mlp":
-                info = candidates.mlp_head(x_train[idx], y[idx], w, settings, graph)
-            elif algo == "tokenbag":
-                info = candidates.tokenbag(tok, texts, y[idx], w, settings, graph, val.texts[:32])
-            else:
-                info = candidates.finetune(tok, texts, y[idx], w, settings, graph, val.texts[:32])
-            seconds = round(time.time() - t0, 2)
-            st = _selftest_texts(val.texts, val.labels, cls)
-            provenance = {
-                "trainer": "moe_training",
-                "created": bundle.utc_now(),
-                "data": data_info,
-                "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)), "positives": int(y[idx].sum())},
-                "training": {**info, "seed": args.seed, "seconds": seconds},
-                "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
-                "trunk": trunks[tname]["ref"]["id"] if tname else None,
-                "versions": manifest["versions"],
-            }
-            d = bundle.write_bundle(
-                out,
-                cls,
-                algo,
-                graph,
-                kind=spec["kind"],
-                max_seq_len=backbone.MAX_SEQ_LEN,
-                provenance=provenance,
-                selftest=[
-                    {"text": t, "probability": p}
-                    for t, p in zip(st, _probabilities(tok, trunks[tname]["path"] if tname else None, graph, st))
-                ],
-                trunk=trunks[tname]["ref"] if tname else None,
-                tokenizer_json=tok_path if spec["kind"] == "full" else None,
-                embedding_dim=int(x_train.shape[1]) if tname else None,
-            )
-            manifest["bundles"].append({"bundle": d.name, "class": cls, "algorithm": algo, "seconds": seconds})
-            print(f"{d.name}: trained in {seconds}s ({method}, {len(idx)} rows)")
+    trunks = {
+        name: _build_trunk(args, name, ds, settings, tok, work, tok_path, out)
+        for name in sorted({candidates.ALGORITHMS[a].get("trunk") for a in algos} - {None})
+    }
+    manifest["trunks"] = [t["summary"] for t in trunks.values()]
+    ctx = {
+        "ds": ds,
+        "tok": tok,
+        "tok_path": tok_path,
+        "work": work,
+        "settings": settings,
+        "trunks": trunks,
+        "data_info": data_info,
+        "versions": manifest["versions"],
+    }
+    manifest["bundles"] = [_train_candidate(args, ctx, cls, algo) for cls in classes for algo in algos]
     manifest["finished"] = bundle.utc_now()
     manifest["seconds"] = round(time.time() - t_start, 1)
     bundle.write_json(out / f"manifest-{manifest['started'].replace(':', '')}.json", manifest)
     print(f"wrote {len(manifest['bundles'])} bundles to {out} in {manifest['seconds']}s")
+
+
+class _Globals:
+    """Builds the global baselines into one model root and collects their sklearn scores."""
+
+    def __init__(self, args):
+        from . import bundle, candidates
+
+        self.args = args
+        self.ds = _load_data(args)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work, self.tok, self.tok_path = _workdir("moe-global-")
+        self.settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
+        self.classes = self.ds.classes
+        self.data_info = _data_info(self.ds, args)
+        self.versions = _versions()
+        self.result = {
+            "data": self.data_info,
+            "classes": self.classes,
+            "versions": self.versions,
+            "created": bundle.utc_now(),
+            "baselines": {},
+        }
+
+    def scores(self, pred_val, pred_test) -> dict:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        return {
+            s: {
+                "accuracy": float(accuracy_score(self.ds[s].labels, p)),
+                "macro_f1": float(f1_score(self.ds[s].labels, p, average="macro")),
+            }
+            for s, p in (("val", pred_val), ("test", pred_test))
+        }
+
+    def one_at_a_time(self, graph: Path, texts: list[str]) -> np.ndarray:
+        """Outputs as the service answers a text (int8 graphs are batch-dependent)."""
+        from . import backbone
+        from .export import run_onnx
+
+        return np.concatenate([run_onnx(graph, backbone.encode(self.tok, [t])) for t in texts])
+
+    def record(self, algorithm: str, scores: dict) -> None:
+        self.result["baselines"][algorithm] = scores
+        print(algorithm, scores)
+
+    def write_heads(self, algorithm: str, trunk_id: str, w: np.ndarray, b: np.ndarray, info: dict) -> None:
+        """One column head per class (`candidates.write_column_head`) on the trunk `trunk_id`."""
+        from . import backbone, bundle, candidates
+
+        tdir = self.out / "trunks" / trunk_id
+        ref = {"id": trunk_id, "sha256": json.loads((tdir / "trunk.json").read_text())["graph"]["sha256"]}
+        val = self.ds["val"]
+        for k, cls in enumerate(self.classes):
+            graph = self.work / f"{bundle.slug(cls)}--{algorithm}.onnx"
+            candidates.write_column_head(w, b, k, graph)
+            st = _selftest_texts(val.texts, val.labels, cls)
+            probs = _probabilities(self.tok, tdir / "trunk.onnx", graph, st)
+            provenance = {
+                "trainer": "moe_training",
+                "created": bundle.utc_now(),
+                "data": self.data_info,
+                "global_model": {**info, "classes": self.classes, "column": k, "seed": self.args.seed},
+                "rebalance": {"method": "none"},
+                "trunk": trunk_id,
+                "versions": self.versions,
+            }
+            bundle.write_bundle(
+                self.out,
+                cls,
+                algorithm,
+                graph,
+                kind="head",
+                max_seq_len=backbone.MAX_SEQ_LEN,
+                provenance=provenance,
+                selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
+                trunk=ref,
+                embedding_dim=int(w.shape[0]),
+            )
+        print(f"wrote {len(self.classes)} {algorithm} column heads on {trunk_id}")
+
+    def frozen_trunk(self) -> str:
+        """The pretrained int8 MiniLM trunk, written into the root; returns its id."""
+        from . import bundle, candidates
+
+        int8, meta = candidates.export_trunk(self.tok, self.work, self.ds["val"].texts[:8])
+        return bundle.write_trunk(
+            self.out, "minilm-l6-int8", int8, self.tok_path, {**meta, "created": bundle.utc_now()}
+        )
+
+    def logreg_on(self, trunk_id: str, algorithm: str, what: str) -> None:
+        """One multi-class logistic regression on a trunk's embeddings, as column heads."""
+        from sklearn.linear_model import LogisticRegression
+
+        t0, c = time.time(), self.args.logreg_c
+        path = self.out / "trunks" / trunk_id / "trunk.onnx"
+        emb = {s: self.one_at_a_time(path, self.ds[s].texts) for s in ("train", "val", "test")}
+        clf = LogisticRegression(C=c, max_iter=3000).fit(emb["train"], self.ds["train"].labels)
+        coef, icpt = clf.coef_, clf.intercept_
+        if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
+            coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
+        order = [list(clf.classes_).index(k) for k in self.classes]
+        info = {
+            "model": f"{what} + one {len(self.classes)}-way logistic regression (C={c})",
+            "seconds": round(time.time() - t0, 1),
+        }
+        self.write_heads(algorithm, trunk_id, coef[order].T, icpt[order], info)
+        self.record(algorithm, {**self.scores(clf.predict(emb["val"]), clf.predict(emb["test"])), **info})
+
+    def finetuned(self) -> None:
+        """MiniLM fine-tuned as one multi-class classifier, int8; its logits are the trunk output
+        and identity column heads read them."""
+        from . import backbone, bundle, candidates
+        from .export import export_torch, quantize_int8
+
+        t0, classes, ds = time.time(), self.classes, self.ds
+        model, info = candidates.finetune_global(
+            self.tok, ds["train"].texts, ds["train"].labels, classes, self.settings
+        )
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        feeds = backbone.encode(self.tok, ds["val"].texts[:8])
+        fp32, q8 = self.work / "global-fp32.onnx", self.work / "global-int8.onnx"
+        export_torch(model, feeds, names, "embedding", fp32)  # its 19 logits are the column heads' input
+        quantize_int8(fp32, q8)
+        trunk_id = bundle.write_trunk(
+            self.out,
+            "minilm-l6-global19-int8",
+            q8,
+            self.tok_path,
+            {
+                "backbone": "sentence-transformers/all-MiniLM-L6-v2",
+                "licence": backbone.BACKBONES["minilm-l6"][1],
+                "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
+                "embedding_dim": len(classes),
+                "max_seq_len": backbone.MAX_SEQ_LEN,
+                "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
+                "fine_tuned": {**info, "task": f"{len(classes)}-way classification on train"},
+                "created": bundle.utc_now(),
+            },
+        )
+        trunk = self.out / "trunks" / trunk_id / "trunk.onnx"
+        logits = {s: self.one_at_a_time(trunk, ds[s].texts) for s in ("val", "test")}
+        pred = {s: [classes[i] for i in logits[s].argmax(1)] for s in ("val", "test")}
+        desc = {
+            "model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX",
+            "training": info,
+            "seconds": round(time.time() - t0, 1),
+        }
+        eye, zeros = np.eye(len(classes), dtype=np.float32), np.zeros(len(classes), dtype=np.float32)
+        self.write_heads("global-finetune", trunk_id, eye, zeros, desc)
+        self.record("global-finetune", {**self.scores(pred["val"], pred["test"]), **desc})
+
+    def write_summary(self) -> None:
+        from . import bundle
+
+        summary = Path(self.args.summary) if self.args.summary else self.out / "global.json"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        bundle.write_json(summary, self.result)
+        print(f"wrote {summary}")
 
 
 def global_baselines(args) -> None:
@@ -233,137 +432,15 @@ def global_baselines(args) -> None:
         logits are the "embedding" its column heads read.
     Fitted on train; sklearn's val/test accuracy is recorded in --summary as a cross-check."""
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-
-    from . import backbone, bundle, candidates
-    from .data import load_dataset
-    from .export import export_torch, quantize_int8, run_onnx
 
     torch.set_num_threads(args.threads)
-    ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
-    if args.quick:
-        for split, n in (("train", 12), ("val", 4), ("test", 4)):
-            _subsample(ds[split], n, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work, tok, tok_path = _workdir("moe-global-")
-    settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
-    classes = ds.classes
-    data_info = _data_info(ds, args)
-    versions = _versions()
-
-    def scores(pred_val, pred_test):
-        return {
-            s: {
-                "accuracy": float(accuracy_score(ds[s].labels, p)),
-                "macro_f1": float(f1_score(ds[s].labels, p, average="macro")),
-            }
-            for s, p in (("val", pred_val), ("test", pred_test))
-        }
-
-    def one_at_a_time(graph, texts):  # as the service answers a text (int8 graphs are batch-dependent)
-        return np.concatenate([run_onnx(graph, backbone.encode(tok, [t])) for t in texts])
-
-    def write_heads(algorithm: str, trunk_id: str, w: np.ndarray, b: np.ndarray, info: dict) -> None:
-        tdir = out / "trunks" / trunk_id
-        ref = {"id": trunk_id, "sha256": json.loads((tdir / "trunk.json").read_text())["graph"]["sha256"]}
-        for k, cls in enumerate(classes):
-            graph = work / f"{bundle.slug(cls)}--{algorithm}.onnx"
-            candidates.write_column_head(w, b, k, graph)
-            st = _selftest_texts(ds["val"].texts, ds["val"].labels, cls)
-            probs = _probabilities(tok, tdir / "trunk.onnx", graph, st)
-            provenance = {
-                "trainer": "moe_training",
-                "created": bundle.utc_now(),
-                "data": data_info,
-                "global_model": {**info, "classes": classes, "column": k, "seed": args.seed},
-                "rebalance": {"method": "none"},
-                "trunk": trunk_id,
-                "versions": versions,
-            }
-            bundle.write_bundle(
-                out,
-                cls,
-                algorithm,
-                graph,
-                kind="head",
-                max_seq_len=backbone.MAX_SEQ_LEN,
-                provenance=provenance,
-                selftest=[{"text": t, "probability": p} for t, p in zip(st, probs)],
-                trunk=ref,
-                embedding_dim=int(w.shape[0]),
-            )
-        print(f"wrote {len(classes)} {algorithm} column heads on {trunk_id}")
-
-    result = {"data": data_info, "classes": classes, "versions": versions, "created": bundle.utc_now(), "baselines": {}}
-
-    def logreg_on(trunk_id: str, algorithm: str, what: str) -> None:
-        t0 = time.time()
-        path = out / "trunks" / trunk_id / "trunk.onnx"
-        emb = {s: one_at_a_time(path, ds[s].texts) for s in ("train", "val", "test")}
-        clf = LogisticRegression(C=args.logreg_c, max_iter=3000).fit(emb["train"], ds["train"].labels)
-        coef, icpt = clf.coef_, clf.intercept_
-        if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
-            coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
-        order = [list(clf.classes_).index(c) for c in classes]
-        info = {
-            "model": f"{what} + one {len(classes)}-way logistic regression (C={args.logreg_c})",
-            "seconds": round(time.time() - t0, 1),
-        }
-        write_heads(algorithm, trunk_id, coef[order].T, icpt[order], info)
-        result["baselines"][algorithm] = {**scores(clf.predict(emb["val"]), clf.predict(emb["test"])), **info}
-        print(algorithm, result["baselines"][algorithm])
-
-    int8, meta = candidates.export_trunk(tok, work, ds["val"].texts[:8])
-    frozen = bundle.write_trunk(out, "minilm-l6-int8", int8, tok_path, {**meta, "created": bundle.utc_now()})
-    logreg_on(frozen, "global-frozen-logreg", "frozen MiniLM-L6 int8 trunk")
+    g = _Globals(args)
+    g.logreg_on(g.frozen_trunk(), "global-frozen-logreg", "frozen MiniLM-L6 int8 trunk")
     if args.same_trunk:
-        logreg_on(args.same_trunk, "global-ft19-logreg", f"the MoE's trunk {args.same_trunk}")
+        g.logreg_on(args.same_trunk, "global-ft19-logreg", f"the MoE's trunk {args.same_trunk}")
     if args.finetune:
-        t0 = time.time()
-        model, info = candidates.finetune_global(tok, ds["train"].texts, ds["train"].labels, classes, settings)
-        names = ["input_ids", "attention_mask", "token_type_ids"]
-        feeds = backbone.encode(tok, ds["val"].texts[:8])
-        fp32, q8 = work / "global-fp32.onnx", work / "global-int8.onnx"
-        export_torch(model, feeds, names, "embedding", fp32)  # its 19 logits are the column heads' input
-        quantize_int8(fp32, q8)
-        trunk_id = bundle.write_trunk(
-            out,
-            "minilm-l6-global19-int8",
-            q8,
-            tok_path,
-            {
-                "backbone": "sentence-transformers/all-MiniLM-L6-v2",
-                "licence": backbone.BACKBONES["minilm-l6"][1],
-                "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
-                "embedding_dim": len(classes),
-                "max_seq_len": backbone.MAX_SEQ_LEN,
-                "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
-                "fine_tuned": {**info, "task": f"{len(classes)}-way classification on train"},
-                "created": bundle.utc_now(),
-            },
-        )
-        logits = {s: one_at_a_time(out / "trunks" / trunk_id / "trunk.onnx", ds[s].texts) for s in ("val", "test")}
-        pred = {s: [classes[i] for i in logits[s].argmax(1)] for s in ("val", "test")}
-        desc = {
-            "model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX",
-            "training": info,
-            "seconds": round(time.time() - t0, 1),
-        }
-        write_heads(
-            "global-finetune",
-            trunk_id,
-            np.eye(len(classes), dtype=np.float32),
-            np.zeros(len(classes), dtype=np.float32),
-            desc,
-        )
-        result["baselines"]["global-finetune"] = {**scores(pred["val"], pred["test"]), **desc}
-        print("global-finetune", result["baselines"]["global-finetune"])
-    summary = Path(args.summary) if args.summary else out / "global.json"
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    bundle.write_json(summary, result)
-    print(f"wrote {summary}")
+        g.finetuned()
+    g.write_summary()
 
 
 def reference(args) -> None:

@@ -31,7 +31,8 @@ class Dataset:
         return self.splits[name]
 
 
-def file_sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file (data sets, graphs, tokenizers: the one hash helper of the trainer)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -93,4 +94,4 @@ def load_dataset(
     classes = sorted(set(splits["train"].labels))
     if len(classes) < 2:
         raise ValueError(f"{path}: need at least two classes in the train split, found {classes}")
-    return Dataset(classes, splits, file_sha256(path), str(path), split_source)
+    return Dataset(classes, splits, sha256_file(path), str(path), split_source)

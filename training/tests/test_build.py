@@ -56,7 +56,7 @@ def test_every_algorithm_writes_a_bundle(built):
 
 
 def test_cards_record_rebalancing_hashes_and_no_threshold_yet(built):
-    from moe_training.export import sha256_file
+    from moe_training.data import sha256_file
 
     for d in built.iterdir():
         if not (d / "card.json").exists():
