@@ -154,7 +154,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, models = %a.models.display(), state = %a.state.display(), "listening; loading experts");
     let loader = {
         let core = core.clone();
-        tokio::task::spawn_blocking(move || core.load_registry())
+        tokio::task::spawn_blocking(move || {
+            moe::control::upload::remove_leftovers(core.root())?;
+            core.load_registry()
+        })
     };
     let state = AppState::new(core).with_data(data).with_admin_token(a.admin_token.clone());
     let server =

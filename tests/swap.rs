@@ -435,6 +435,26 @@ fn archive(dir: &str, files: &[(&str, Vec<u8>)], symlink: Option<(&str, &str)>) 
     tar.into_inner().unwrap().finish().unwrap()
 }
 
+/// An archive whose PAX headers declare each entry's real size while the classic headers say
+/// 10 bytes: a size limit summed from the classic headers would let every entry through.
+fn pax_bomb(dir: &str, entries: usize, bytes_each: usize) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut tar = tar::Builder::new(gz);
+    let zeros = vec![0u8; bytes_each];
+    for i in 0..entries {
+        let size = bytes_each.to_string();
+        tar.append_pax_extensions([("size", size.as_bytes())]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("{dir}/f{i}")).unwrap();
+        h.set_size(10);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        tar.append(&h, zeros.as_slice()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
 fn bundle_files(root: &std::path::Path, bundle: &str) -> Vec<(&'static str, Vec<u8>)> {
     ["card.json", "model.onnx", "tokenizer.json"]
         .iter()
@@ -483,9 +503,48 @@ async fn uploaded_archives_are_checked_then_swapped_in() {
     assert!(
         !std::fs::read_dir(&root).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".upload"))
     );
+    // Headers that lie about sizes: the bytes really written are counted (5 x 2 MB of zeros
+    // compress to a few KB; the cap is 20 x the archive).
+    let bomb = pax_bomb("up5", 5, 2 << 20);
+    assert!(bomb.len() < 100 << 10, "the bomb is small: {} bytes", bomb.len());
+    let res = upload(bomb).await.unwrap();
+    let (s, v): (u16, Value) = (res.status().as_u16(), res.json().await.unwrap());
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("unpacks to more than"), "{v}");
+    // Too many entries.
+    let many: Vec<(&str, Vec<u8>)> = (0..70).map(|_| ("card.json", b"{}".to_vec())).collect();
+    let res = upload(archive("up6", &many, None)).await.unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("more than 64 entries"), "{v}");
+    for gone in ["up5", "up6"] {
+        assert!(!root.join(gone).exists(), "a refused upload left {gone} behind");
+    }
+    assert!(
+        !std::fs::read_dir(&root).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".upload")),
+        "temporary files are removed"
+    );
     // A good archive is unpacked under its folder name and swapped in.
     let res = upload(archive("travel--uploaded", &files, None)).await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--uploaded");
+    // The same archive again (a retry after a crash between unpacking and the registry write) is
+    // accepted: the bundle in the model root has the same files.
+    let res = upload(archive("travel--uploaded", &files, None)).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--uploaded");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn leftovers_of_interrupted_uploads_are_removed_at_start() {
+    let root = common::copy_root(&common::fixture_models(), "upload-leftovers");
+    std::fs::create_dir_all(root.join(".upload-123-0/travel--half")).unwrap();
+    std::fs::write(root.join(".upload-123-0/travel--half/card.json"), b"{").unwrap();
+    std::fs::write(root.join(".upload-123-1.tar.gz"), b"partial").unwrap();
+    let removed = moe::control::upload::remove_leftovers(&root).unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(!root.join(".upload-123-0").exists() && !root.join(".upload-123-1.tar.gz").exists());
+    assert!(root.join("travel--tokenbag/card.json").is_file(), "bundles are untouched");
+    assert!(root.join("registry.json").is_file());
     std::fs::remove_dir_all(root).unwrap();
 }

@@ -1,103 +1,248 @@
 //! Bundle archives uploaded with `PUT /experts/{class}` (`Content-Type: application/gzip`): a
-//! `.tar.gz` of one bundle folder (`tar czf b.tar.gz -C models <bundle>`). The archive is unpacked
-//! into a fresh folder inside the model root under strict rules (regular files only, one level,
-//! plain names, a size cap), renamed into place, then swapped in like any bundle; a bundle that
-//! fails validation is removed again, so a bad upload leaves nothing behind.
+//! `.tar.gz` of one bundle folder (`tar czf b.tar.gz -C models <bundle>`).
+//!
+//! The body is streamed into a temporary file in the model root (`.upload-*`, never held whole in
+//! memory, at most `--max-upload-bytes`), then unpacked into a fresh `.upload-*` folder there under
+//! strict rules: regular files only, exactly one level below one bundle folder, plain names, at most
+//! `MAX_ENTRIES` entries, at most `MAX_SECONDS` of unpacking, and a cap on the bytes *actually
+//! written* (counted while copying, whatever any tar or PAX header declares). The folder is renamed
+//! into place and swapped in like any bundle; a bundle that fails validation is removed again, and
+//! every temporary file or folder is removed on every path. A re-upload of a bundle that is already
+//! in the model root with the same files is accepted (a retry after a crash between unpacking and
+//! the registry write); with different files it is a conflict. `remove_leftovers` clears what a
+//! killed process left behind, at start-up.
 
-use std::io::Read;
-use std::path::{Component, Path};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-
-use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::swap::{Swap, SwapOutcome, swap};
-use crate::clock::now_rfc3339;
 use crate::core::Core;
-use crate::experts::card::check_name;
+use crate::experts::card::{check_name, sha256_file};
 use crate::{Error, Result};
 
 /// Unpacked bytes may be at most this many times the archive (and at most 4 GiB).
 const MAX_EXPANSION: u64 = 20;
+/// A bundle is a card, a graph and a tokenizer; anything near this is not a bundle.
+pub const MAX_ENTRIES: usize = 64;
+/// Unpacking longer than this is refused (a slow decompression bomb).
+pub const MAX_SECONDS: u64 = 60;
+/// Prefix of every temporary file and folder an upload makes in the model root.
+pub const TEMP_PREFIX: &str = ".upload-";
 
 fn bad(reason: impl Into<String>) -> Error {
     Error::bundle("uploaded archive", reason.into())
 }
 
-/// Unpack into `<root>/<bundle>`; returns the bundle's folder name.
-pub fn unpack(root: &Path, archive: &[u8]) -> Result<String> {
-    let limit = (archive.len() as u64 * MAX_EXPANSION).min(4 << 30);
-    let staging = root.join(format!(".upload-{}-{}", std::process::id(), now_rfc3339().replace(':', "")));
-    let staging = tempdir_unique(staging)?;
-    let result = (|| {
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-        let mut name: Option<String> = None;
-        let mut total = 0u64;
-        for entry in tar.entries().map_err(|e| bad(format!("not a .tar.gz: {e}")))? {
-            let mut entry = entry.map_err(|e| bad(format!("not a .tar.gz: {e}")))?;
-            let path = entry.path().map_err(|e| bad(format!("bad entry name: {e}")))?.into_owned();
-            let parts: Vec<String> = path
-                .components()
-                .map(|c| match c {
-                    Component::Normal(p) => Ok(p.to_string_lossy().to_string()),
-                    Component::CurDir => Ok(String::new()),
-                    _ => Err(bad(format!("entry {} leaves the bundle folder", path.display()))),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .filter(|p| !p.is_empty())
-                .collect();
-            let kind = entry.header().entry_type();
-            let (folder, file) = match (parts.as_slice(), kind.is_dir(), kind.is_file()) {
-                ([d], true, _) => (d.clone(), None),
-                ([d, f], _, true) => (d.clone(), Some(f.clone())),
-                _ => return Err(bad(format!("entry {} is not a file directly in the bundle folder", path.display()))),
-            };
-            check_name(&folder).map_err(bad)?;
-            if name.get_or_insert_with(|| folder.clone()) != &folder {
-                return Err(bad("the archive holds more than one bundle folder"));
-            }
-            let Some(file) = file else { continue };
-            check_name(&file).map_err(bad)?;
-            total += entry.header().size().unwrap_or(u64::MAX);
-            if total > limit {
-                return Err(bad(format!("unpacks to more than {limit} bytes")));
-            }
-            let dst = staging.join(&folder);
-            std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
-            let mut bytes = Vec::new();
-            entry.by_ref().take(limit).read_to_end(&mut bytes).map_err(|e| bad(format!("{file}: {e}")))?;
-            std::fs::write(dst.join(&file), bytes).map_err(|e| Error::io(dst.join(&file), e))?;
+/// A fresh temporary path in the model root (`.upload-<pid>-<n>`).
+fn temp_path(root: &Path, suffix: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    root.join(format!("{TEMP_PREFIX}{}-{}{suffix}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// An archive being received: a temporary file in the model root, removed when dropped.
+pub struct Incoming {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    written: u64,
+    limit: u64,
+}
+
+impl Incoming {
+    /// Start receiving at most `limit` bytes (blocking: creates the file).
+    pub fn create(root: &Path, limit: u64) -> Result<Incoming> {
+        let path = temp_path(root, ".tar.gz");
+        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Incoming { path, file: Some(file), written: 0, limit })
+    }
+
+    /// Append a chunk; false (nothing written) when the archive would exceed its limit.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<bool> {
+        if self.written + chunk.len() as u64 > self.limit {
+            return Ok(false);
         }
-        let name = name.ok_or_else(|| bad("the archive is empty"))?;
+        let f = self.file.as_mut().ok_or_else(|| Error::Internal("upload file already closed".into()))?;
+        f.write_all(chunk).map_err(|e| Error::io(&self.path, e))?;
+        self.written += chunk.len() as u64;
+        Ok(true)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.file.take();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A reader that fails once a deadline has passed (checked on every read).
+struct Deadline<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() > self.until {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "unpacking took too long"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The folder and file an entry names: exactly `folder/file` (a regular file) or `folder` (a dir).
+fn entry_place(path: &Path, is_dir: bool, is_file: bool) -> Result<(String, Option<String>)> {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| match c {
+            Component::Normal(p) => Ok(p.to_string_lossy().to_string()),
+            Component::CurDir => Ok(String::new()),
+            _ => Err(bad(format!("entry {} leaves the bundle folder", path.display()))),
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    match (parts.as_slice(), is_dir, is_file) {
+        ([d], true, _) => Ok((d.clone(), None)),
+        ([d, f], _, true) => Ok((d.clone(), Some(f.clone()))),
+        _ => Err(bad(format!("entry {} is not a file directly in the bundle folder", path.display()))),
+    }
+}
+
+/// Unpack the archive into `staging/<bundle>`; returns the bundle's folder name.
+fn unpack_into(archive: &Path, staging: &Path, limit: u64) -> Result<String> {
+    let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let reader = Deadline {
+        inner: flate2::read::GzDecoder::new(file),
+        until: Instant::now() + Duration::from_secs(MAX_SECONDS),
+    };
+    let mut tar = tar::Archive::new(reader);
+    let mut name: Option<String> = None;
+    let (mut total, mut entries) = (0u64, 0usize);
+    for entry in tar.entries().map_err(|e| bad(format!("not a .tar.gz: {e}")))? {
+        let mut entry = entry.map_err(|e| bad(format!("not a .tar.gz: {e}")))?;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return Err(bad(format!("more than {MAX_ENTRIES} entries")));
+        }
+        let path = entry.path().map_err(|e| bad(format!("bad entry name: {e}")))?.into_owned();
+        let kind = entry.header().entry_type();
+        let (folder, file) = entry_place(&path, kind.is_dir(), kind.is_file())?;
+        check_name(&folder).map_err(bad)?;
+        if name.get_or_insert_with(|| folder.clone()) != &folder {
+            return Err(bad("the archive holds more than one bundle folder"));
+        }
+        let Some(file) = file else { continue };
+        check_name(&file).map_err(bad)?;
+        let dst = staging.join(&folder);
+        std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+        let out_path = dst.join(&file);
+        let mut out = std::fs::File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
+        // Count what is really written, one byte past the budget at most: headers can lie.
+        let budget = limit - total;
+        let n =
+            std::io::copy(&mut entry.by_ref().take(budget + 1), &mut out).map_err(|e| bad(format!("{file}: {e}")))?;
+        total += n;
+        if total > limit {
+            return Err(bad(format!("unpacks to more than {limit} bytes")));
+        }
+    }
+    name.ok_or_else(|| bad("the archive is empty"))
+}
+
+/// Whether two bundle folders hold the same files with the same bytes.
+fn same_files(a: &Path, b: &Path) -> Result<bool> {
+    let list = |d: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map_err(|e| Error::io(d, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let names = list(a)?;
+    if names != list(b)? {
+        return Ok(false);
+    }
+    for n in &names {
+        if sha256_file(&a.join(n))? != sha256_file(&b.join(n))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name.
+pub fn unpack(root: &Path, archive: &Path) -> Result<String> {
+    let size = std::fs::metadata(archive).map_err(|e| Error::io(archive, e))?.len();
+    let limit = (size * MAX_EXPANSION).min(4 << 30);
+    let staging = temp_path(root, "");
+    std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+    let result = unpack_into(archive, &staging, limit).and_then(|name| {
         let target = root.join(&name);
         if target.exists() {
-            return Err(Error::Conflict(format!("a bundle named {name:?} already exists in the model root")));
+            if same_files(&staging.join(&name), &target)? {
+                tracing::info!(bundle = %name, "uploaded bundle is already in the model root with the same files");
+                return Ok(name);
+            }
+            return Err(Error::Conflict(format!("a different bundle named {name:?} already exists in the model root")));
         }
         std::fs::rename(staging.join(&name), &target).map_err(|e| Error::io(&target, e))?;
         Ok(name)
-    })();
+    });
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
 
-fn tempdir_unique(base: std::path::PathBuf) -> Result<std::path::PathBuf> {
-    for i in 0..1000 {
-        let p = base.with_extension(i.to_string());
-        if std::fs::create_dir(&p).is_ok() {
-            return Ok(p);
+/// Remove what interrupted uploads left in the model root (`.upload-*` files and folders); returns
+/// the paths removed (each is logged).
+pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
         }
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|err| Error::io(&p, err))?;
+        tracing::warn!(path = %p.display(), "removed the leftover of an interrupted upload");
+        removed.push(p);
     }
-    Err(Error::Internal("cannot create an upload folder in the model root".into()))
+    Ok(removed)
 }
 
-/// Unpack an uploaded bundle into the model root and swap it in; a bundle that fails is removed
-/// again (on a blocking thread, like the unpacking).
-pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Bytes, guards: Swap) -> Result<SwapOutcome> {
+/// Unpack a received archive into the model root and swap it in; a bundle this upload added and
+/// that fails is removed again (blocking file work runs on blocking threads).
+pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guards: Swap) -> Result<SwapOutcome> {
     let root = core.root().to_path_buf();
-    let name = tokio::task::spawn_blocking(move || unpack(&root, &archive)).await??;
+    let existed_before = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || -> Result<(String, bool)> {
+            let before: std::collections::HashSet<_> =
+                std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))?.flatten().map(|e| e.file_name()).collect();
+            let name = unpack(&root, &archive.path)?;
+            drop(archive);
+            let existed = before.contains(std::ffi::OsStr::new(&name));
+            Ok((name, existed))
+        })
+        .await??
+    };
+    let (name, existed) = existed_before;
     let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
-    if result.is_err() {
-        let dir = core.root().join(&name);
+    if result.is_err() && !existed {
+        let dir = root.join(&name);
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await?.ok();
     }
     result

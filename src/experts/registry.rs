@@ -69,6 +69,12 @@ impl RegistryFile {
     pub fn open_state(state: &Path, models: &Path) -> Result<RegistryFile> {
         let shipped = Self::path(models);
         let shipped_hash = std::fs::read(&shipped).ok().map(|b| hex::encode(Sha256::digest(&b)));
+        // A temp file is only left by a process killed mid-write; the registry itself is intact.
+        let stale = state.join(format!(".{REGISTRY_FILE}.tmp"));
+        if stale.is_file() {
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+            tracing::warn!(path = %stale.display(), "removed the temp file of an interrupted registry write");
+        }
         if Self::path(state).is_file() {
             let reg = Self::read(state)?;
             if shipped_hash.is_some() && reg.seeded_from != shipped_hash {
@@ -147,6 +153,10 @@ mod tests {
         live.experts.insert("Travel".into(), "travel--y".into());
         live.write(&state).unwrap();
         assert_eq!(RegistryFile::open_state(&state, &models).unwrap().experts["Travel"], "travel--y");
+        // A temp file left by a write that was killed is removed; the registry is read as it was.
+        std::fs::write(state.join(".registry.json.tmp"), b"{half").unwrap();
+        assert_eq!(RegistryFile::open_state(&state, &models).unwrap().experts["Travel"], "travel--y");
+        assert!(!state.join(".registry.json.tmp").exists());
         // ... and the shipped file is byte-for-byte what it was.
         assert_eq!(std::fs::read(RegistryFile::path(&models)).unwrap(), before);
         std::fs::remove_dir_all(base).unwrap();

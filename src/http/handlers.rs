@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -44,26 +44,25 @@ pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) ->
 
 const ARCHIVE_TYPES: [&str; 3] = ["application/gzip", "application/x-gzip", "application/x-tar+gzip"];
 
-/// A JSON body names a bundle in the model root; an `application/gzip` body is a bundle archive.
+/// A JSON body names a bundle in the model root; an `application/gzip` body is a bundle archive,
+/// streamed to a temporary file (never held whole in memory).
 pub async fn swap_expert(
     _: Admin,
     State(s): State<AppState>,
     Path(class): Path<String>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<SwapOutcome>> {
-    let body = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::bad_request(r.body_text()),
-    })?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let outcome = if ARCHIVE_TYPES.iter().any(|t| ct.starts_with(t)) {
+        let archive = receive_archive(&s, body).await?;
         let guards = Swap { expected_version: q.expected_version, ..Default::default() };
-        upload::swap_archive(&s.core, &class, body, guards).await?
+        upload::swap_archive(&s.core, &class, archive, guards).await?
     } else if ct.starts_with("application/json") {
+        let bytes = axum::body::to_bytes(body, s.core.limits.max_body_bytes).await.map_err(body_error)?;
         let req: SwapBody =
-            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         swap::swap(&s.core, &class, req.validate()?).await?
     } else {
         return Err(ApiError::UnsupportedMediaType(
@@ -71,6 +70,49 @@ pub async fn swap_expert(
         ));
     };
     Ok(Json(outcome))
+}
+
+/// 413 when a body went over its limit, 400 when it could not be read.
+fn body_error(e: axum::Error) -> ApiError {
+    // axum wraps http-body-util's LengthLimitError; its type is not public here, so it is found by name.
+    if format!("{e:?}").contains("LengthLimitError") {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::bad_request(format!("cannot read the request body: {e}"))
+    }
+}
+
+/// Stream an archive body into a temporary file of the model root, at most --max-upload-bytes,
+/// writing in 1 MiB pieces on blocking threads.
+async fn receive_archive(s: &AppState, body: Body) -> ApiResult<upload::Incoming> {
+    let (root, limit) = (s.core.root().to_path_buf(), s.core.limits.max_upload_bytes as u64);
+    let mut incoming =
+        tokio::task::spawn_blocking(move || upload::Incoming::create(&root, limit)).await.map_err(Error::from)??;
+    let mut body = body;
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    loop {
+        let frame = body.frame().await.transpose().map_err(body_error)?;
+        let done = frame.is_none();
+        if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
+            buf.extend_from_slice(&data);
+        }
+        if buf.len() >= 1 << 20 || (done && !buf.is_empty()) {
+            let chunk = std::mem::take(&mut buf);
+            let (back, ok) = tokio::task::spawn_blocking(move || {
+                let ok = incoming.write(&chunk);
+                (incoming, ok)
+            })
+            .await
+            .map_err(Error::from)?;
+            incoming = back;
+            if !ok? {
+                return Err(ApiError::PayloadTooLarge);
+            }
+        }
+        if done {
+            return Ok(incoming);
+        }
+    }
 }
 
 pub async fn delete_expert(
