@@ -99,6 +99,9 @@ pub struct Limits {
     /// Deadline for one classify request, in milliseconds (503 after it).
     #[arg(long, env = "MOE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Longest wait for the next frame of a request body, in milliseconds (408 after it).
+    #[arg(long, env = "MOE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
     /// Admission control: most texts being classified at once, over all requests. A request that
     /// would go over is refused at once (503 with Retry-After) before any tokenization.
     #[arg(long, env = "MOE_MAX_IN_FLIGHT_TEXTS", default_value_t = 1024)]
@@ -117,8 +120,30 @@ impl Default for Limits {
             max_texts: 64,
             max_text_chars: 10_000,
             request_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
             max_in_flight_texts: 1024,
             shadow_queue: 256,
         }
+    }
+}
+
+/// Connection hygiene of the server (see `http::server`).
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    /// Most connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Deadline for a request's headers, in milliseconds, also the longest a keep-alive
+    /// connection may sit idle: the connection is closed after it.
+    #[arg(long, env = "MOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// At shutdown, how long requests in flight may take to finish, in milliseconds.
+    #[arg(long, env = "MOE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
+    pub drain_ms: u64,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { max_connections: 1024, header_read_timeout_ms: 10_000, drain_ms: 10_000 }
     }
 }

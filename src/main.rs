@@ -1,14 +1,13 @@
 //! The `moe` command line: every subcommand, its flags (each with an env fallback), and the
 //! server's start-up and shutdown. The library holds everything else.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use moe::bench::BenchOptions;
-use moe::config::{Limits, RuntimeConfig};
+use moe::config::{Connections, Limits, RuntimeConfig};
 use moe::core::{Core, Paths};
 use moe::eval::data::DataArgs;
 use moe::eval::report::ReportOptions;
@@ -57,6 +56,8 @@ struct ServeArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    connections: Connections,
     #[command(flatten)]
     runtime: RuntimeConfig,
     /// Labelled data for automatic selection (`POST /experts/{class}/select`); when the file is

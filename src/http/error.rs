@@ -22,6 +22,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request body is larger than the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)")]
     PayloadTooLarge,
+    #[error("the request body did not arrive in time (--body-timeout-ms / MOE_BODY_TIMEOUT_MS)")]
+    RequestTimeout,
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("admin routes are disabled: start the service with --admin-token / MOE_ADMIN_TOKEN")]
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => return (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge => return (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unauthorized => return (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::RequestTimeout => return (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::AdminDisabled => return (StatusCode::FORBIDDEN, "admin_disabled"),
             ApiError::Core(e) => e,
         };
@@ -102,8 +105,24 @@ impl IntoResponse for ApiError {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// Whether a body error came from the body timeout (tower-http's TimeoutError, found by its text:
+/// axum boxes it away from its type).
+pub fn is_body_timeout(e: &dyn std::error::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(x) = cur {
+        if x.to_string().contains("designated timeout") {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if is_body_timeout(&r) {
+            return ApiError::RequestTimeout;
+        }
         match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {

@@ -74,6 +74,9 @@ pub async fn swap_expert(
 
 /// 413 when a body went over its limit, 400 when it could not be read.
 fn body_error(e: axum::Error) -> ApiError {
+    if super::error::is_body_timeout(&e) {
+        return ApiError::RequestTimeout;
+    }
     // axum wraps http-body-util's LengthLimitError; its type is not public here, so it is found by name.
     if format!("{e:?}").contains("LengthLimitError") {
         ApiError::PayloadTooLarge

@@ -7,6 +7,7 @@ pub mod dto;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod server;
 pub mod validate;
 
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::middleware;
 use axum::routing::{get, post, put};
+use std::time::Duration;
+
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::control::jobs::Jobs;
@@ -74,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn app(state: AppState) -> Router {
     let limit = state.core.limits.max_body_bytes;
     let upload_limit = state.core.limits.max_upload_bytes;
+    let body_timeout = state.core.limits.body_timeout_ms.max(1);
     Router::new()
         .route("/classify", post(handlers::classify))
         .route("/experts", get(handlers::list_experts))
@@ -96,6 +101,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(body_timeout)))
         .layer(middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

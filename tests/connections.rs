@@ -1,0 +1,91 @@
+//! Connection hygiene against slow and idle clients, over real sockets (`http::server`): a capped
+//! number of connections (the next one gets a JSON 503), headers that must arrive in time (idle and
+//! half-sent connections are closed), bodies that must arrive in time (JSON 408), and a real client
+//! served again as soon as the slow ones are gone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use moe::config::{Connections, Limits};
+use moe::http::{AppState, app};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(limits: Limits, conns: Connections) -> String {
+    let core = common::loaded_core(&common::fixture_models(), limits).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app(AppState::new(core));
+    tokio::spawn(moe::http::server::serve(listener, router, conns, std::future::pending()));
+    addr.to_string()
+}
+
+/// Read until the server closes the connection (or `limit` passes); returns what it sent.
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut buf)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&buf).to_string()),
+        Err(_) => None,
+    }
+}
+
+fn json_body(response: &str) -> Value {
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_the_server() {
+    let conns = Connections { max_connections: 4, header_read_timeout_ms: 400, drain_ms: 1000 };
+    let addr = start(Limits::default(), conns).await;
+    // Four clients hold every slot: two send nothing, two send half a request line.
+    let mut slow = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Le").await.unwrap();
+        }
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A fifth connection is answered at once with the JSON error shape and closed.
+    let mut fifth = TcpStream::connect(&addr).await.unwrap();
+    let answer = read_to_close(&mut fifth, Duration::from_secs(2)).await.expect("the server closes it");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "overloaded", "{answer}");
+    // The slow ones are closed by the header deadline (not held indefinitely).
+    let started = Instant::now();
+    for s in &mut slow {
+        assert!(read_to_close(s, Duration::from_secs(3)).await.is_some(), "a slow client was kept open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Their slots are free again: a real client is served.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/classify"))
+        .json(&serde_json::json!({"text": "how to pack for a trip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_comes_gets_408() {
+    let limits = Limits { body_timeout_ms: 300, ..Limits::default() };
+    let addr = start(limits, Connections::default()).await;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    // Declares 2 MiB and sends 5 bytes.
+    s.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 2097152\r\n\r\n{\"tex")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "request_timeout", "{answer}");
+}
