@@ -106,6 +106,9 @@ pub struct Limits {
     /// would go over is refused at once (503 with Retry-After) before any tokenization.
     #[arg(long, env = "MOE_MAX_IN_FLIGHT_TEXTS", default_value_t = 1024)]
     pub max_in_flight_texts: usize,
+    /// History entries kept per class in the live registry (oldest dropped; rollback needs 2).
+    #[arg(long, env = "MOE_HISTORY_PER_CLASS", default_value_t = 100)]
+    pub history_per_class: usize,
     /// Requests waiting to be scored by shadow candidates; when full, shadow scoring of a request
     /// is skipped (counted in moe_shadow_dropped_total), never the answer delayed.
     #[arg(long, env = "MOE_SHADOW_QUEUE", default_value_t = 256)]
@@ -122,6 +125,7 @@ impl Default for Limits {
             request_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             max_in_flight_texts: 1024,
+            history_per_class: 100,
             shadow_queue: 256,
         }
     }

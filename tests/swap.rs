@@ -548,3 +548,21 @@ fn leftovers_of_interrupted_uploads_are_removed_at_start() {
     assert!(root.join("registry.json").is_file());
     std::fs::remove_dir_all(root).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_bounded_per_class() {
+    let root = common::copy_root(&common::fixture_models(), "swap-history");
+    let core = common::loaded_core(&root, Limits { history_per_class: 2, ..Limits::default() }).await;
+    for bundle in ["travel--tokenbag-b", "travel--tokenbag", "travel--tokenbag-b"] {
+        swap(&core, "Travel", Swap { bundle: bundle.into(), ..Default::default() }).await.unwrap();
+    }
+    let h = core.history("Travel").unwrap();
+    let kept: Vec<(&str, &str)> = h.iter().map(|e| (e.action.as_str(), e.bundle.as_deref().unwrap())).collect();
+    assert_eq!(kept, [("swap", "travel--tokenbag"), ("swap", "travel--tokenbag-b")]);
+    let live = moe::experts::RegistryFile::read(&core.paths.state).unwrap();
+    assert_eq!(live.history["Travel"].len(), 2, "the file is bounded too");
+    // Rollback still works with what is kept.
+    moe::control::swap::rollback(&core, "Travel").await.unwrap();
+    assert_eq!(core.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag");
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -133,10 +133,17 @@ impl Core {
     fn install(
         &self,
         current: &mut RegistryFile,
-        next: RegistryFile,
+        mut next: RegistryFile,
         experts: Vec<Arc<Expert>>,
         shadows: Vec<Arc<Shadow>>,
     ) -> Result<Arc<ExpertSet>> {
+        // Bounded history: the newest entries of each class are kept (the last is the active one).
+        let keep = self.limits.history_per_class.max(1);
+        for h in next.history.values_mut() {
+            if h.len() > keep {
+                h.drain(..h.len() - keep);
+            }
+        }
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         let set = Arc::new(ExpertSet::new(experts, next.gate.clone(), generation, shadows)?);
         if next != *current {

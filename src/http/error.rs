@@ -91,6 +91,7 @@ impl IntoResponse for ApiError {
         }
         let body = Json(json!({"error": {"code": code, "message": message}}));
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            super::audit::overloaded(code);
             return (status, [(header::RETRY_AFTER, "1")], body).into_response();
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -2,6 +2,7 @@
 //! metrics. It calls the core (classify, snapshots) and the control parts (swaps, shadows, jobs);
 //! nothing below it imports it.
 
+pub mod audit;
 pub mod auth;
 pub mod dto;
 pub mod error;
@@ -102,7 +103,9 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(body_timeout)))
+        .layer(middleware::from_fn(audit::audit))
         .layer(middleware::from_fn(metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers are logged by the error mapping (503s rate-limited), not once more here.
+        .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }
