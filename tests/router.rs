@@ -85,6 +85,8 @@ async fn refusals_use_one_error_shape() {
         (get("/experts/NoSuchClass"), StatusCode::NOT_FOUND, "unknown_class"),
         (get("/no/such/route"), StatusCode::NOT_FOUND, "not_found"),
         (get("/classify"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (get("/jobs/not-a-number"), StatusCode::BAD_REQUEST, "bad_request"),
+        (get("/experts/%FF%FE"), StatusCode::BAD_REQUEST, "bad_request"),
     ];
     for (req, status, code) in cases {
         let what = format!("{} {}", req.method(), req.uri());

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use http_body_util::BodyExt;
@@ -17,7 +17,7 @@ use super::dto::{
     ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
     SwapBody, SwapOutcome, UploadQuery,
 };
-use super::error::{ApiError, ApiJson, ApiResult};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::Error;
 use crate::control::swap::Swap;
 use crate::control::{shadow, swap, upload};
@@ -36,7 +36,7 @@ pub async fn list_experts(State(s): State<AppState>) -> ApiResult<Json<ExpertLis
     Ok(Json(ExpertList::from(s.core.snapshot()?.as_ref())))
 }
 
-pub async fn get_expert(State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<ExpertInfo>> {
+pub async fn get_expert(State(s): State<AppState>, ApiPath(class): ApiPath<String>) -> ApiResult<Json<ExpertInfo>> {
     let set = s.core.snapshot()?;
     let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
     Ok(Json(ExpertInfo::in_set(e, &set)))
@@ -49,8 +49,8 @@ const ARCHIVE_TYPES: [&str; 3] = ["application/gzip", "application/x-gzip", "app
 pub async fn swap_expert(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
-    Query(q): Query<UploadQuery>,
+    ApiPath(class): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<SwapOutcome>> {
@@ -121,32 +121,36 @@ async fn receive_archive(s: &AppState, body: Body) -> ApiResult<upload::Incoming
 pub async fn delete_expert(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
+    ApiPath(class): ApiPath<String>,
 ) -> ApiResult<Json<SwapOutcome>> {
     Ok(Json(swap::delete(&s.core, &class).await?))
 }
 
-pub async fn rollback(_: Admin, State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<SwapOutcome>> {
+pub async fn rollback(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiPath(class): ApiPath<String>,
+) -> ApiResult<Json<SwapOutcome>> {
     Ok(Json(swap::rollback(&s.core, &class).await?))
 }
 
 pub async fn select(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
+    ApiPath(class): ApiPath<String>,
     ApiJson(req): ApiJson<SelectBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?).await?)))
 }
 
-pub async fn job(State(s): State<AppState>, Path(id): Path<u64>) -> ApiResult<Json<Job>> {
+pub async fn job(State(s): State<AppState>, ApiPath(id): ApiPath<u64>) -> ApiResult<Json<Job>> {
     Ok(Json(s.jobs.get(id).ok_or_else(|| Error::NotFound(format!("job {id}")))?))
 }
 
 pub async fn attach_shadow(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
+    ApiPath(class): ApiPath<String>,
     ApiJson(req): ApiJson<ShadowBody>,
 ) -> ApiResult<Json<ShadowInfo>> {
     Ok(Json(ShadowInfo::from(shadow::attach(&s.core, &class, &req.bundle).await?.as_ref())))
@@ -155,7 +159,7 @@ pub async fn attach_shadow(
 pub async fn drop_shadow(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
+    ApiPath(class): ApiPath<String>,
 ) -> ApiResult<Json<ShadowInfo>> {
     Ok(Json(ShadowInfo::from(shadow::drop(&s.core, &class).await?.as_ref())))
 }
@@ -163,12 +167,12 @@ pub async fn drop_shadow(
 pub async fn promote_shadow(
     _: Admin,
     State(s): State<AppState>,
-    Path(class): Path<String>,
+    ApiPath(class): ApiPath<String>,
 ) -> ApiResult<Json<SwapOutcome>> {
     Ok(Json(shadow::promote(&s.core, &class).await?))
 }
 
-pub async fn history(State(s): State<AppState>, Path(class): Path<String>) -> ApiResult<Json<History>> {
+pub async fn history(State(s): State<AppState>, ApiPath(class): ApiPath<String>) -> ApiResult<Json<History>> {
     let history = s.core.history(&class)?;
     Ok(Json(History { class, history }))
 }
