@@ -222,6 +222,31 @@ if os.path.exists(swap_path):
         f"p50 {du['p50_ms']:.1f} ms, p99 {du['p99_ms']:.1f} ms, non-2xx {du['non_2xx']} |"
     )
     p("\nEach large swap loads and warms a 23 MB MiniLM (two sessions) on the same 2 cores that serve traffic.\n")
+AB_NOTES = {
+    "ab-relayering.jsonl": "The re-layering (issue 10): `before` is the binary before it, `after` the one after; "
+    "`after-threaded-heads` runs heads on executor threads (`--inline-heads false`) instead of inline; "
+    "`after-tokenize-on-blocking-thread` tokenizes every request on a blocking thread instead of the small ones "
+    "inline (a build with `INLINE_TOKENIZE_BYTES = 0`).",
+}
+bench_dir = os.path.dirname(sys.argv[1])
+for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") and f.endswith(".jsonl")):
+    ab = [json.loads(line) for line in open(os.path.join(bench_dir, ab_file)) if line.strip()]
+    variants = list(dict.fromkeys(r["variant"] for r in ab))
+    n_rounds = max(r["round"] for r in ab)
+    p(f"\n## A/B: `docs/bench/{ab_file}` (`bench/ab.sh`, {n_rounds} interleaved rounds of 8 s)\n")
+    if ab_file in AB_NOTES:
+        p(AB_NOTES[ab_file] + "\n")
+    p("| variant | concurrency | requests/s (median) | rounds | p50 ms | p99 ms |")
+    p("|---|---:|---:|---|---:|---:|")
+    for c in (1, 16):
+        for v in variants:
+            rs = [r for r in ab if r["variant"] == v and r["concurrency"] == c]
+            each = ", ".join(str(round(r["requests_per_s"])) for r in rs)
+            p(
+                f"| {v} | {c} | {median([r['requests_per_s'] for r in rs]):.0f} | "
+                f"{each} | {median([r['p50_ms'] for r in rs]):.2f} | "
+                f"{median([r['p99_ms'] for r in rs]):.2f} |"
+            )
 prof_path = os.path.join(os.path.dirname(sys.argv[1]), "profile.txt")
 if PAIRED and os.path.exists(prof_path):
     prof = open(prof_path).read()

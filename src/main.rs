@@ -27,9 +27,9 @@ enum Command {
     /// Serve the experts named by the registry over HTTP.
     Serve(ServeArgs),
     /// Evaluate one bundle on a data split: ROC, AUC, EER and its threshold, F1 (prints JSON).
-    Eval(EvalArgs),
+    Eval(WithData<EvalOptions>),
     /// Write each bundle's validation EER threshold and metrics into its card.
-    Calibrate(CalibrateArgs),
+    Calibrate(WithData<CalibrateOptions>),
     /// Keep the best calibrated candidate per class, fit the gate, write a model root.
     Select(WithData<SelectOptions>),
     /// Score every system (served MoE, families, global baselines) on a split; writes JSON.
@@ -70,7 +70,7 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-struct EvalArgs {
+struct EvalOptions {
     /// Model root holding the bundle (and trunks/).
     #[arg(long, default_value = "models")]
     models: PathBuf,
@@ -79,14 +79,10 @@ struct EvalArgs {
     bundle: String,
     #[arg(long, default_value = "val")]
     split: String,
-    #[command(flatten)]
-    data: DataArgs,
-    #[command(flatten)]
-    runtime: RuntimeConfig,
 }
 
 #[derive(Debug, Args)]
-struct CalibrateArgs {
+struct CalibrateOptions {
     #[arg(long, default_value = "models")]
     models: PathBuf,
     /// Bundles to calibrate (default: every bundle folder in the model root).
@@ -95,10 +91,6 @@ struct CalibrateArgs {
     /// Thresholds are set on this split; never on test.
     #[arg(long, default_value = "val", value_parser = ["val", "train"])]
     split: String,
-    #[command(flatten)]
-    data: DataArgs,
-    #[command(flatten)]
-    runtime: RuntimeConfig,
 }
 
 /// A subcommand's own options plus the data and runtime flags every offline command shares.
@@ -129,12 +121,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Eval(a) => {
-            let out = moe::eval::evaluate::eval_bundle(&a.models, &a.bundle, &a.split, &a.data, &a.runtime)?;
+            let o = &a.options;
+            let out = moe::eval::evaluate::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Command::Calibrate(a) => {
-            Ok(moe::eval::evaluate::calibrate(&a.models, &a.bundles, &a.split, &a.data, &a.runtime)?)
+            let o = &a.options;
+            Ok(moe::eval::evaluate::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
         }
         Command::Select(a) => Ok(moe::eval::select::select(&a.options, &a.data, &a.runtime)?),
         Command::Report(a) => Ok(moe::eval::report::report(&a.options, &a.data, &a.runtime)?),
