@@ -13,6 +13,14 @@ pub struct ValidClassify {
     pub texts: Vec<String>,
 }
 
+/// A character that shows: not whitespace, not a control character, not an invisible format
+/// character (the same set as the `Text` pattern in openapi.yaml).
+fn visible(c: char) -> bool {
+    !(c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'))
+}
+
 impl ClassifyRequest {
     pub fn validate(self, l: &Limits) -> ApiResult<ValidClassify> {
         let texts = match (self.text, self.texts) {
@@ -30,6 +38,9 @@ impl ClassifyRequest {
         for (i, t) in texts.iter().enumerate() {
             if t.trim().is_empty() {
                 return Err(ApiError::bad_request(format!("text {i} is empty")));
+            }
+            if !t.chars().any(visible) {
+                return Err(ApiError::bad_request(format!("text {i} has no visible characters")));
             }
             let n = t.chars().count();
             if n > l.max_text_chars {
@@ -95,12 +106,16 @@ mod tests {
             (req(None, Some(vec![])), "no text"),
             (req(None, Some(vec!["a", "b", "c"])), "3 texts given, the limit is 2"),
             (req(Some(" \t"), None), "text 0 is empty"),
+            (req(Some("\u{200B}\u{FEFF}"), None), "text 0 has no visible characters"),
+            (req(None, Some(vec!["ok", "\u{0000}\u{200D} "])), "text 1 has no visible characters"),
             (req(None, Some(vec!["ok", "toolong"])), "text 1 has 7 characters, the limit is 5"),
         ] {
             let e = r.validate(&l).unwrap_err();
             assert_eq!(e.status_and_code().1, "bad_request");
             assert!(e.to_string().contains(why), "{e} lacks {why:?}");
         }
+        // Invisible characters beside a visible one are fine.
+        assert!(req(Some("a\u{200B}b"), None).validate(&l).is_ok());
         // Characters, not bytes: five 2-byte characters pass.
         assert!(req(Some("ééééé"), None).validate(&l).is_ok());
     }
