@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints (Rust and Python), Rust tests (unit, router, end-to-end
-# over a real socket with the real ONNX Runtime), the trainer's tests, the Dockerfile lint, the
-# benchmark smoke run.
+# over a real socket with the real ONNX Runtime), the trainer's tests, the Dockerfile lint,
+# schemathesis against the served openapi.yaml, the benchmark smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --train
@@ -17,4 +17,5 @@ PY_SRC="training/moe_training training/tests bench scripts"
 (cd training && ../.venv/bin/python -m pytest -q tests)
 .venv/bin/hadolint --ignore DL3008 Dockerfile
 echo "hadolint: Dockerfile clean"
+bash scripts/schemathesis.sh
 bash bench/run.sh --smoke

@@ -102,7 +102,7 @@ impl Jobs {
             }
         };
         if candidates.is_empty() {
-            return Err(Error::BadRequest(format!("no candidate bundles for {class:?} in the model root")));
+            return Err(Error::NotFound(format!("no candidate bundles for {class:?} in the model root")));
         }
         let job = {
             let mut jobs = lock(&self.jobs);

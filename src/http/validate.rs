@@ -75,6 +75,9 @@ impl SwapBody {
 
 impl SelectBody {
     pub fn validate(self) -> ApiResult<Selection> {
+        if self.candidates.as_ref().is_some_and(|c| c.iter().any(|b| b.trim().is_empty())) {
+            return Err(ApiError::bad_request("\"candidates\" holds an empty bundle name"));
+        }
         if self.candidates.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(ApiError::bad_request(
                 "\"candidates\" is empty: omit it to consider every bundle of the class",
