@@ -37,6 +37,9 @@ pub enum Error {
     /// Work queues or the admission limit are full: the client should retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A bounded background resource (selection jobs) is full: retry later.
+    #[error("too many: {0}")]
+    TooMany(String),
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("request timed out after {0} ms")]

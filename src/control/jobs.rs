@@ -26,6 +26,9 @@ use crate::{Error, Result};
 
 /// Finished jobs kept for reading; older ones are dropped.
 pub const KEEP_FINISHED: usize = 100;
+/// Selection jobs running at once over all classes (each loads and evaluates bundles on the
+/// serving cores); one more is refused with 429 and Retry-After.
+pub const MAX_RUNNING: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,6 +111,9 @@ impl Jobs {
             let mut jobs = lock(&self.jobs);
             if jobs.values().any(|j| j.class == class && j.state == JobState::Running) {
                 return Err(Error::Conflict(format!("a selection job for {class:?} is already running")));
+            }
+            if jobs.values().filter(|j| j.state == JobState::Running).count() >= MAX_RUNNING {
+                return Err(Error::TooMany(format!("{MAX_RUNNING} selection jobs are already running")));
             }
             let job = Job {
                 id: self.next.fetch_add(1, Ordering::SeqCst) + 1,
@@ -214,6 +220,25 @@ mod tests {
             result: None,
             error: None,
         }
+    }
+
+    #[tokio::test]
+    async fn at_most_one_running_job_per_class_and_max_running_in_all() {
+        let core = Core::new(Paths::new("models", "state"), RuntimeConfig::default(), Limits::default());
+        let data = crate::eval::data::DataArgs {
+            data: "data/wikihow19_titles.csv".into(),
+            text_col: "title".into(),
+            label_col: "label".into(),
+            split_col: "split".into(),
+        };
+        let jobs = Jobs::new(core, Some(data));
+        let req = || Selection { metric: Metric::Eer, candidates: Some(vec!["x".into()]) };
+        jobs.put(job(1, JobState::Running)); // Travel
+        let e = jobs.start_select("Travel", req()).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        jobs.put(Job { class: "Health".into(), ..job(2, JobState::Running) });
+        let e = jobs.start_select("Youth", req()).await.unwrap_err();
+        assert!(matches!(e, Error::TooMany(_)), "{e}");
     }
 
     #[test]

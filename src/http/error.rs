@@ -59,6 +59,7 @@ impl ApiError {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::InvalidRegistry { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "invalid_registry"),
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Ort { .. } | Error::Tokenizer(_) | Error::Internal(_) | Error::Io { .. } => {
@@ -94,6 +95,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             super::audit::overloaded(code);
             return (status, [(header::RETRY_AFTER, "1")], body).into_response();
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return (status, [(header::RETRY_AFTER, "5")], body).into_response();
         }
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
