@@ -247,6 +247,35 @@ for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") an
                 f"{each} | {median([r['p50_ms'] for r in rs]):.2f} | "
                 f"{median([r['p99_ms'] for r in rs]):.2f} |"
             )
+soak_path = os.path.join(bench_dir, "soak.jsonl")
+if os.path.exists(soak_path):
+    soak = [json.loads(line) for line in open(soak_path) if line.strip()]
+    admin = defaultdict(int)
+    for w in soak:
+        for k, v in w["admin"].items():
+            admin[k] += v
+    total = sum(w["requests"] for w in soak)
+    p(f"\n## Soak (`bench/soak.sh`, `docs/bench/soak.jsonl`): {soak[-1]['elapsed_s'] / 60:.0f} minutes\n")
+    p(
+        "Classify at concurrency 8 in 30-second windows while an admin loop swaps Travel every 2 s, attaches and "
+        "drops a Health shadow every 10 s, starts a selection job every 30 s and uploads a bundle archive every "
+        f"60 s. {total} classify requests, {sum(w['non_2xx'] for w in soak)} non-2xx, "
+        f"{sum(w['socket_errors'] for w in soak)} socket errors. Admin actions by answer: "
+        + ", ".join(f"{k} x{v}" for k, v in sorted(admin.items()))
+        + ".\n"
+    )
+    p(
+        f"p99 per window: median {median([w['p99_ms'] for w in soak]):.1f} ms, max {max(w['p99_ms'] for w in soak):.1f} "
+        f"ms; RSS: {soak[0]['rss_mb']:.0f} MB after the first window, {soak[-1]['rss_mb']:.0f} MB at the end, "
+        f"max {max(w['rss_mb'] for w in soak):.0f} MB.\n"
+    )
+    p("| minute | requests/s | non-2xx | p50 ms | p99 ms | RSS MB |")
+    p("|---:|---:|---:|---:|---:|---:|")
+    for w in soak[::4] + ([soak[-1]] if (len(soak) - 1) % 4 else []):
+        p(
+            f"| {w['elapsed_s'] / 60:.1f} | {w['requests_per_s']:.0f} | {w['non_2xx']} | {w['p50_ms']:.1f} | "
+            f"{w['p99_ms']:.1f} | {w['rss_mb']:.0f} |"
+        )
 prof_path = os.path.join(os.path.dirname(sys.argv[1]), "profile.txt")
 if PAIRED and os.path.exists(prof_path):
     prof = open(prof_path).read()
