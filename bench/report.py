@@ -269,6 +269,17 @@ if os.path.exists(soak_path):
         f"ms; RSS: {soak[0]['rss_mb']:.0f} MB after the first window, {soak[-1]['rss_mb']:.0f} MB at the end, "
         f"max {max(w['rss_mb'] for w in soak):.0f} MB.\n"
     )
+    before_path = os.path.join(bench_dir, "soak-before-trim.jsonl")
+    if os.path.exists(before_path):
+        before = [json.loads(line) for line in open(before_path) if line.strip()]
+        same = [w for w in before if w["elapsed_s"] <= soak[-1]["elapsed_s"]]
+        p(
+            f"Resident memory still grows under this mix. Before executors returned freed heap to the OS "
+            f"(`malloc_trim` when a session's thread ends; `docs/bench/soak-before-trim.jsonl`, same load) it was "
+            f"{same[0]['rss_mb']:.0f} MB after the first window and {same[-1]['rss_mb']:.0f} MB at minute "
+            f"{same[-1]['elapsed_s'] / 60:.0f} ({before[-1]['rss_mb']:.0f} MB at minute {before[-1]['elapsed_s'] / 60:.1f}); "
+            f"with it, {soak[0]['rss_mb']:.0f} and {soak[-1]['rss_mb']:.0f} MB. What keeps the rest is not found yet.\n"
+        )
     p("| minute | requests/s | non-2xx | p50 ms | p99 ms | RSS MB |")
     p("|---:|---:|---:|---:|---:|---:|")
     for w in soak[::4] + ([soak[-1]] if (len(soak) - 1) % 4 else []):

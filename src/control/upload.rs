@@ -68,14 +68,6 @@ impl Incoming {
         self.written += chunk.len() as u64;
         Ok(true)
     }
-
-    pub fn len(&self) -> u64 {
-        self.written
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.written == 0
-    }
 }
 
 impl Drop for Incoming {
@@ -227,7 +219,8 @@ pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
 /// that fails is removed again (blocking file work runs on blocking threads).
 pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guards: Swap) -> Result<SwapOutcome> {
     let root = core.root().to_path_buf();
-    let existed_before = {
+    // Whether the bundle was there before this upload (then a failed swap must not remove it).
+    let (name, existed) = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || -> Result<(String, bool)> {
             let before: std::collections::HashSet<_> =
@@ -239,7 +232,6 @@ pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guar
         })
         .await??
     };
-    let (name, existed) = existed_before;
     let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
     if result.is_err() && !existed {
         let dir = root.join(&name);
