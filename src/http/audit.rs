@@ -73,7 +73,11 @@ static OVERLOAD: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
 /// Record a 503 answer (overloaded, timeout, not ready); logs a WARN at most once a second.
 pub fn overloaded(code: &str) {
     if let Some(n) = OVERLOAD.hit(Instant::now()) {
-        tracing::warn!(answers_503 = n, last_code = code, "overloaded: answering 503 (counted since the last line)");
+        tracing::warn!(
+            answers_503 = n,
+            last_code = code,
+            "answering 503: overloaded, not ready or past the deadline (counted since the last line)"
+        );
     }
 }
 
