@@ -6,8 +6,13 @@ import os
 import sys
 from collections import defaultdict
 
-with open(sys.argv[1]) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+rows = read_jsonl(sys.argv[1])
 by = defaultdict(list)
 for r in rows:
     by[r["name"]].append(r)
@@ -230,7 +235,7 @@ AB_NOTES = {
 }
 bench_dir = os.path.dirname(sys.argv[1])
 for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") and f.endswith(".jsonl")):
-    ab = [json.loads(line) for line in open(os.path.join(bench_dir, ab_file)) if line.strip()]
+    ab = read_jsonl(os.path.join(bench_dir, ab_file))
     variants = list(dict.fromkeys(r["variant"] for r in ab))
     n_rounds = max(r["round"] for r in ab)
     p(f"\n## A/B: `docs/bench/{ab_file}` (`bench/ab.sh`, {n_rounds} interleaved rounds of 8 s)\n")
@@ -249,7 +254,7 @@ for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") an
             )
 soak_path = os.path.join(bench_dir, "soak.jsonl")
 if os.path.exists(soak_path):
-    soak = [json.loads(line) for line in open(soak_path) if line.strip()]
+    soak = read_jsonl(soak_path)
     admin = defaultdict(int)
     for w in soak:
         for k, v in w["admin"].items():
@@ -271,7 +276,7 @@ if os.path.exists(soak_path):
     )
     before_path = os.path.join(bench_dir, "soak-before-trim.jsonl")
     if os.path.exists(before_path):
-        before = [json.loads(line) for line in open(before_path) if line.strip()]
+        before = read_jsonl(before_path)
         same = [w for w in before if w["elapsed_s"] <= soak[-1]["elapsed_s"]]
         p(
             f"Resident memory still grows under this mix. Before executors returned freed heap to the OS "
