@@ -37,10 +37,7 @@ impl Expert {
     ) -> Result<Expert> {
         let files = BundleFiles::open(root, name)?;
         if require_threshold && files.card.threshold.is_none() {
-            return Err(Error::bundle(
-                files.dir.join("card.json"),
-                "has no calibrated threshold: run `moe calibrate` on it first",
-            ));
+            return Err(uncalibrated(files.dir.join("card.json")));
         }
         let tokenizer = pool.tokenizer(&files.tokenizer, &files.tokenizer_sha256, files.max_seq_len)?;
         let big = cfg.intra_threads();
@@ -109,6 +106,11 @@ impl Expert {
         Ok(positive_probabilities(&logits))
     }
 
+    /// The decision threshold a served expert must have (an expert set or a shadow needs one).
+    pub fn served_threshold(&self) -> Result<f32> {
+        self.threshold.ok_or_else(|| uncalibrated(self.bundle.as_str()))
+    }
+
     pub fn provider(&self) -> &'static str {
         self.stage1.provider
     }
@@ -122,4 +124,8 @@ pub fn positive_probabilities(m: &Matrix) -> Vec<f32> {
             1.0 / (1.0 + (r[0] - r[1]).exp())
         })
         .collect()
+}
+
+fn uncalibrated(path: impl Into<std::path::PathBuf>) -> Error {
+    Error::bundle(path, "has no calibrated threshold: run `moe calibrate` on it first")
 }

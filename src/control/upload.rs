@@ -176,8 +176,9 @@ fn same_files(a: &Path, b: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name.
-pub fn unpack(root: &Path, archive: &Path) -> Result<String> {
+/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name
+/// and whether that bundle was already in the model root with the same files.
+pub fn unpack(root: &Path, archive: &Path) -> Result<(String, bool)> {
     let size = std::fs::metadata(archive).map_err(|e| Error::io(archive, e))?.len();
     let limit = (size * MAX_EXPANSION).min(4 << 30);
     let staging = temp_path(root, "");
@@ -187,12 +188,12 @@ pub fn unpack(root: &Path, archive: &Path) -> Result<String> {
         if target.exists() {
             if same_files(&staging.join(&name), &target)? {
                 tracing::info!(bundle = %name, "uploaded bundle is already in the model root with the same files");
-                return Ok(name);
+                return Ok((name, true));
             }
             return Err(Error::Conflict(format!("a different bundle named {name:?} already exists in the model root")));
         }
         std::fs::rename(staging.join(&name), &target).map_err(|e| Error::io(&target, e))?;
-        Ok(name)
+        Ok((name, false))
     });
     let _ = std::fs::remove_dir_all(&staging);
     result
@@ -219,18 +220,10 @@ pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
 /// that fails is removed again (blocking file work runs on blocking threads).
 pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guards: Swap) -> Result<SwapOutcome> {
     let root = core.root().to_path_buf();
-    // Whether the bundle was there before this upload (then a failed swap must not remove it).
+    // `existed`: the bundle was there before this upload, so a failed swap must not remove it.
     let (name, existed) = {
         let root = root.clone();
-        tokio::task::spawn_blocking(move || -> Result<(String, bool)> {
-            let before: std::collections::HashSet<_> =
-                std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))?.flatten().map(|e| e.file_name()).collect();
-            let name = unpack(&root, &archive.path)?;
-            drop(archive);
-            let existed = before.contains(std::ffi::OsStr::new(&name));
-            Ok((name, existed))
-        })
-        .await??
+        tokio::task::spawn_blocking(move || unpack(&root, &archive.path)).await??
     };
     let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
     if result.is_err() && !existed {

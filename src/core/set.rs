@@ -111,14 +111,7 @@ impl ExpertSet {
         if let Some(w) = experts.windows(2).find(|w| w[0].class == w[1].class) {
             return Err(Error::Conflict(format!("two experts for class {:?}", w[0].class)));
         }
-        let thresholds = experts
-            .iter()
-            .map(|e| {
-                e.threshold.ok_or_else(|| {
-                    Error::bundle(e.bundle.as_str(), "has no calibrated threshold: run `moe calibrate` on it first")
-                })
-            })
-            .collect::<Result<Vec<f32>>>()?;
+        let thresholds = experts.iter().map(|e| e.served_threshold()).collect::<Result<Vec<f32>>>()?;
         let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
         let gate = Gate::resolve(&gate_spec, &ids);
         if let Some(why) = &gate.disabled {
@@ -334,9 +327,7 @@ pub struct Shadow {
 impl Shadow {
     /// A shadow needs a calibrated expert of the class it shadows.
     pub fn new(expert: Expert) -> Result<Shadow> {
-        let threshold = expert.threshold.ok_or_else(|| {
-            Error::bundle(expert.bundle.as_str(), "has no calibrated threshold: run `moe calibrate` on it first")
-        })?;
+        let threshold = expert.served_threshold()?;
         Ok(Shadow { class: expert.class.clone(), expert: Arc::new(expert), threshold, stats: Default::default() })
     }
 
