@@ -3,7 +3,7 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use moe::config::Limits;
 use moe::http::{AppState, app};
@@ -20,6 +20,12 @@ async fn call(router: axum::Router, req: Request<Body>) -> (StatusCode, Value, O
 
 fn post(body: &str) -> Request<Body> {
     Request::post("/classify").header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+}
+
+fn json_to(method: Method, uri: &str, body: &str) -> Request<Body> {
+    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    let req = req.header("authorization", "Bearer t");
+    req.body(Body::from(body.to_string())).unwrap()
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -65,7 +71,7 @@ async fn classify_single_and_batch_answer_the_same_way() {
 async fn refusals_use_one_error_shape() {
     let limits = Limits { max_body_bytes: 2048, max_texts: 3, max_text_chars: 200, ..Limits::default() };
     let core = common::loaded_core(&common::fixture_models(), limits).await;
-    let r = app(AppState::new(core));
+    let r = app(AppState::new(core).with_admin_token(Some("t".into())));
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (post("{not json"), StatusCode::BAD_REQUEST, "bad_request"),
         (post(r#"{"text": ""}"#), StatusCode::BAD_REQUEST, "bad_request"),
@@ -75,6 +81,14 @@ async fn refusals_use_one_error_shape() {
         (post(r#"{"text": "a", "texts": ["b"]}"#), StatusCode::BAD_REQUEST, "bad_request"),
         (post(r#"{"txt": "a"}"#), StatusCode::BAD_REQUEST, "bad_request"),
         (post(r#"{"text": 5}"#), StatusCode::BAD_REQUEST, "bad_request"),
+        (post(r#"[null, ["a"]]"#), StatusCode::BAD_REQUEST, "bad_request"),
+        (json_to(Method::POST, "/experts/Travel/select", "[]"), StatusCode::BAD_REQUEST, "bad_request"),
+        (json_to(Method::PUT, "/experts/Travel", r#"["Travel-logreg"]"#), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            json_to(Method::PUT, "/experts/Travel/shadow", r#"["Travel-logreg"]"#),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
         (post(&format!(r#"{{"text": "{}"}}"#, "a ".repeat(150))), StatusCode::BAD_REQUEST, "bad_request"),
         (post(&format!(r#"{{"text": "{}"}}"#, "a".repeat(5000))), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         (

@@ -17,7 +17,7 @@ use super::dto::{
     ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
     SwapBody, SwapOutcome, UploadQuery,
 };
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
 use crate::control::swap::Swap;
 use crate::control::{shadow, swap, upload};
@@ -61,8 +61,8 @@ pub async fn swap_expert(
         upload::swap_archive(&s.core, &class, archive, guards).await?
     } else if ct.starts_with("application/json") {
         let bytes = axum::body::to_bytes(body, s.core.limits.max_body_bytes).await.map_err(body_error)?;
-        let req: SwapBody =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        let Object(req) = serde_json::from_slice::<Object<SwapBody>>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         swap::swap(&s.core, &class, req.validate()?).await?
     } else {
         return Err(ApiError::UnsupportedMediaType(
