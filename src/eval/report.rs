@@ -30,7 +30,7 @@ pub struct ReportOptions {
     pub models: PathBuf,
     /// More model roots, skipped when absent: their registries are more MoE systems and their
     /// bundles more algorithm families (the candidate pool `scripts/rebuild-models.sh` builds).
-    #[arg(long, value_delimiter = ',', default_value = "build/models-all,build/candidates,build/fp32")]
+    #[arg(long, value_delimiter = ',', default_value = "build/models-all,build/candidates,build/fp32,build/accurate-set,build/distilled")]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).
     #[arg(long, default_value = "test")]
@@ -391,6 +391,12 @@ fn perturbations(texts: &[String], seed: u64) -> Vec<(&'static str, &'static str
 
 // ---------------------------------------------------------------- the report
 
+/// The shared trunks a system's experts read (none for full models).
+fn trunk_ids(sys: &System) -> BTreeSet<String> {
+    let ids = sys.experts.values().filter_map(|b| card_of(&sys.root, b).ok());
+    ids.filter_map(|card| card["trunk"]["id"].as_str().map(str::to_string)).collect()
+}
+
 fn graph_bytes(sys: &System) -> u64 {
     let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut trunks = BTreeSet::new();
@@ -502,9 +508,10 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
         out_systems.push(json!({
             "name": sys.name, "kind": sys.kind, "source": sys.source, "algorithms": algorithms,
             "gate": {"kind": set.gate.weights.name(), "score": format!("{:?}", set.gate.score).to_lowercase()},
-            "bundles": sys.experts, "graph_bytes": graph_bytes(sys), "provider": set.experts[0].provider(),
+            "bundles": sys.experts, "trunks": trunk_ids(sys), "graph_bytes": graph_bytes(sys),
+            "provider": set.experts[0].provider(),
             "accuracy": m.accuracy, "macro_f1": m.macro_f1, "per_class": m.per_class,
-            "confusion": confusion(classes.len(), &truth, &forced),
+            "confusion": confusion(classes.len(), &truth, &forced), "predictions": forced,
             "operating_point": own, "coverage_curve": curve,
             "mean_experts_passing": single,
             "experts": expert_rows(&classes, &probs, &thr, &truth, plotted),

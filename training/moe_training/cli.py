@@ -64,12 +64,12 @@ def _probabilities(tok, trunk: Path | None, graph: Path, texts: list[str]) -> li
     return out
 
 
-def _workdir(prefix: str):
+def _workdir(prefix: str, name: str = "minilm-l6"):
     """A scratch folder holding the backbone's tokenizer.json (copied into every bundle and trunk)."""
     from . import backbone
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    tok = backbone.load_tokenizer()
+    tok = backbone.load_tokenizer(name)
     tok.save(str(work / "tokenizer.json"))
     return work, tok, work / "tokenizer.json"
 
@@ -119,9 +119,29 @@ def _build_plan(args, ds) -> tuple[list[str], list[str]]:
     return classes, algos
 
 
+def _settings(args, **extra):
+    """Training settings from the command line: the backbone's 19-way recipe unless overridden."""
+    from . import candidates
+
+    recipe = dict(candidates.GLOBAL_RECIPES[args.backbone])
+    for k in ("global_lr", "global_head_lr", "warmup", "global_epochs"):
+        if getattr(args, k, None) is not None:
+            recipe[k] = getattr(args, k)
+    return candidates.TrainSettings(
+        seed=args.seed,
+        quick=args.quick,
+        max_steps=args.max_steps,
+        backbone=args.backbone,
+        checkpoints=Path(args.checkpoints) if args.checkpoints else None,
+        **recipe,
+        **extra,
+    )
+
+
 def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path, out: Path) -> dict:
-    """Export one shared trunk ("frozen": pretrained MiniLM; "ft19": MiniLM fine-tuned once as a
-    multi-class classifier on train) into `out`, and embed train with the artefact that is served."""
+    """Export one shared trunk ("frozen": the pretrained backbone; "ft19": the backbone fine-tuned
+    once as a multi-class classifier on train) into `out`, and embed train with the artefact that
+    is served."""
     from . import backbone, bundle, candidates
     from .export import run_onnx
 
@@ -129,15 +149,24 @@ def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path,
     train, val = ds["train"], ds["val"]
     encoder, extra = None, {}
     if name == "ft19":
-        model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings)
+        model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings, ds.sha256)
         encoder = model.encoder
         extra = {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
-    graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name)
+    elif name == "kd19":
+        if not args.teacher:
+            sys.exit("kd19-logreg needs --teacher (a file `python -m moe_training teach` wrote)")
+        teacher = dict(np.load(args.teacher, allow_pickle=False))
+        if list(teacher["classes"]) != list(ds.classes):
+            sys.exit(f"{args.teacher}: the teacher's classes differ from the data's")
+        model, info = candidates.distill_global(tok, teacher, ds.classes, settings, args.temperature, args.hard_weight)
+        encoder = model.encoder
+        extra = {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way distillation from {info['distilled_from']}"}}
+    graph, meta = candidates.export_trunk(tok, work, val.texts[:32], encoder=encoder, tag=name, name=args.backbone)
     if args.trunk_precision == "fp32":  # the unquantised export (batch-independent, larger)
         graph = work / f"trunk-{name}-fp32.onnx"
         meta["quantization"] = "none (fp32)"
     p = args.trunk_precision
-    prefix = f"minilm-l6-{p}" if name == "frozen" else f"minilm-l6-{name}-{p}"
+    prefix = f"{args.backbone}-{p}" if name == "frozen" else f"{args.backbone}-{name}-{p}"
     trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
     path = out / "trunks" / trunk_id / "trunk.onnx"
     ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
@@ -169,7 +198,7 @@ def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
     texts = [train.texts[i] for i in idx]
     tname = spec.get("trunk")
     x_train = trunks[tname]["x_train"] if tname else None
-    if algo in ("trunk-logreg", "ft19-logreg"):
+    if algo in ("trunk-logreg", "ft19-logreg", "kd19-logreg"):
         info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
     elif algo == "trunk-mlp":
         info = candidates.mlp_head(x_train[idx], y[idx], w, settings, graph)
@@ -185,7 +214,7 @@ def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
         "data": ctx["data_info"],
         "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)), "positives": int(y[idx].sum())},
         "training": {**info, "seed": args.seed, "seconds": seconds},
-        "backbone": "sentence-transformers/all-MiniLM-L6-v2" if algo != "tokenbag" else None,
+        "backbone": backbone.spec(args.backbone)["model"] if algo != "tokenbag" else None,
         "trunk": trunks[tname]["ref"]["id"] if tname else None,
         "versions": ctx["versions"],
     }
@@ -218,16 +247,10 @@ def build(args) -> None:
     t_start = time.time()
     ds = _load_data(args)
     classes, algos = _build_plan(args, ds)
-    settings = candidates.TrainSettings(
-        seed=args.seed,
-        quick=args.quick,
-        max_steps=args.max_steps,
-        finetune_epochs=args.finetune_epochs,
-        tokenbag_dim=args.tokenbag_dim,
-    )
+    settings = _settings(args, finetune_epochs=args.finetune_epochs, tokenbag_dim=args.tokenbag_dim)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work, tok, tok_path = _workdir("moe-train-")
+    work, tok, tok_path = _workdir("moe-train-", args.backbone)
     data_info = _data_info(ds, args, train_rows=len(ds["train"].texts), val_rows=len(ds["val"].texts))
     manifest = {
         "started": bundle.utc_now(),
@@ -235,7 +258,7 @@ def build(args) -> None:
         "versions": _versions(),
         "classes": classes,
         "algorithms": algos,
-        "settings": vars(settings),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "seed": args.seed,
         "trunks": [],
         "bundles": [],
@@ -266,14 +289,15 @@ class _Globals:
     """Builds the global baselines into one model root and collects their sklearn scores."""
 
     def __init__(self, args):
-        from . import bundle, candidates
+        from . import bundle
 
         self.args = args
         self.ds = _load_data(args)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.work, self.tok, self.tok_path = _workdir("moe-global-")
-        self.settings = candidates.TrainSettings(seed=args.seed, quick=args.quick, max_steps=args.max_steps)
+        self.work, self.tok, self.tok_path = _workdir("moe-global-", args.backbone)
+        self.settings = _settings(args)
+        self.short = backbone_short(args.backbone)
         self.classes = self.ds.classes
         self.data_info = _data_info(self.ds, args)
         self.versions = _versions()
@@ -343,13 +367,12 @@ class _Globals:
         print(f"wrote {len(self.classes)} {algorithm} column heads on {trunk_id}")
 
     def frozen_trunk(self) -> str:
-        """The pretrained int8 MiniLM trunk, written into the root; returns its id."""
+        """The pretrained int8 trunk of the backbone, written into the root; returns its id."""
         from . import bundle, candidates
 
-        int8, meta = candidates.export_trunk(self.tok, self.work, self.ds["val"].texts[:8])
-        return bundle.write_trunk(
-            self.out, "minilm-l6-int8", int8, self.tok_path, {**meta, "created": bundle.utc_now()}
-        )
+        b = self.args.backbone
+        int8, meta = candidates.export_trunk(self.tok, self.work, self.ds["val"].texts[:8], name=b)
+        return bundle.write_trunk(self.out, f"{b}-int8", int8, self.tok_path, {**meta, "created": bundle.utc_now()})
 
     def logreg_on(self, trunk_id: str, algorithm: str, what: str) -> None:
         """One multi-class logistic regression on a trunk's embeddings, as column heads."""
@@ -371,28 +394,29 @@ class _Globals:
         self.record(algorithm, {**self.scores(clf.predict(emb["val"]), clf.predict(emb["test"])), **info})
 
     def finetuned(self) -> None:
-        """MiniLM fine-tuned as one multi-class classifier, int8; its logits are the trunk output
-        and identity column heads read them."""
+        """The backbone fine-tuned as one multi-class classifier, int8; its logits are the trunk
+        output and identity column heads read them."""
         from . import backbone, bundle, candidates
         from .export import export_torch, quantize_int8
 
         t0, classes, ds = time.time(), self.classes, self.ds
         model, info = candidates.finetune_global(
-            self.tok, ds["train"].texts, ds["train"].labels, classes, self.settings
+            self.tok, ds["train"].texts, ds["train"].labels, classes, self.settings, ds.sha256
         )
-        names = ["input_ids", "attention_mask", "token_type_ids"]
+        b = self.args.backbone
+        names = backbone.inputs(b)
         feeds = backbone.encode(self.tok, ds["val"].texts[:8])
         fp32, q8 = self.work / "global-fp32.onnx", self.work / "global-int8.onnx"
         export_torch(model, feeds, names, "embedding", fp32)  # its 19 logits are the column heads' input
         quantize_int8(fp32, q8)
         trunk_id = bundle.write_trunk(
             self.out,
-            "minilm-l6-global19-int8",
+            f"{b}-global19-int8",
             q8,
             self.tok_path,
             {
-                "backbone": "sentence-transformers/all-MiniLM-L6-v2",
-                "licence": backbone.BACKBONES["minilm-l6"][1],
+                "backbone": backbone.spec(b)["model"],
+                "licence": backbone.spec(b)["licence"],
                 "pooling": f"mean, then the fine-tuned {len(classes)}-way output layer: the embedding is the logits",
                 "embedding_dim": len(classes),
                 "max_seq_len": backbone.MAX_SEQ_LEN,
@@ -405,7 +429,7 @@ class _Globals:
         logits = {s: self.one_at_a_time(trunk, ds[s].texts) for s in ("val", "test")}
         pred = {s: [classes[i] for i in logits[s].argmax(1)] for s in ("val", "test")}
         desc = {
-            "model": f"MiniLM-L6 fine-tuned as one {len(classes)}-way classifier, int8 ONNX",
+            "model": f"{self.short} fine-tuned as one {len(classes)}-way classifier, int8 ONNX",
             "training": info,
             "seconds": round(time.time() - t0, 1),
         }
@@ -435,12 +459,93 @@ def global_baselines(args) -> None:
 
     torch.set_num_threads(args.threads)
     g = _Globals(args)
-    g.logreg_on(g.frozen_trunk(), "global-frozen-logreg", "frozen MiniLM-L6 int8 trunk")
+    if not args.no_frozen:
+        g.logreg_on(g.frozen_trunk(), "global-frozen-logreg", f"frozen {g.short} int8 trunk")
     if args.same_trunk:
         g.logreg_on(args.same_trunk, "global-ft19-logreg", f"the MoE's trunk {args.same_trunk}")
     if args.finetune:
         g.finetuned()
     g.write_summary()
+
+
+def teach(args) -> None:
+    """Write a teacher's 19-way logits for distillation: the backbone fine-tuned 19-way on train
+    (the same resumable run as `build`'s ft19 trunk: a finished checkpoint is loaded, not retrained)
+    scored on the train titles, --augment noisy copies of each (augment.py) and chunks of the train
+    rows' summaries (unlabelled). Val and test rows are never read."""
+    import csv
+
+    import torch
+
+    from . import augment, backbone, bundle, candidates
+    from .data import sha256_file
+
+    torch.set_num_threads(args.threads)
+    ds = _load_data(args)
+    settings = _settings(args)
+    tok = backbone.load_tokenizer(args.backbone)
+    train = ds["train"]
+    model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings, ds.sha256)
+    texts = list(train.texts)
+    labels = [ds.classes.index(c) for c in train.labels]
+    noisy = augment.augmented(train.texts, args.augment, args.seed)
+    texts += noisy
+    labels += [labels[i // args.augment] for i in range(len(noisy))] if args.augment else []
+    summaries = []
+    if args.summary_col:
+        titles = set(train.texts)
+        with open(args.data, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                if r.get(args.split_col) == "train" and r[args.text_col].strip() in titles:
+                    summaries.append(r.get(args.summary_col) or "")
+    unlabelled = augment.chunks(summaries, args.seed)
+    if args.quick:
+        args.max_unlabelled = min(args.max_unlabelled, 64)
+    if len(unlabelled) > args.max_unlabelled:  # a seeded subset, in the order they were cut
+        keep = np.random.default_rng(args.seed).choice(len(unlabelled), args.max_unlabelled, replace=False)
+        unlabelled = [unlabelled[i] for i in sorted(keep)]
+    texts += unlabelled
+    labels += [-1] * len(unlabelled)
+    t0 = time.time()
+    logits = candidates.teacher_logits(model, tok, texts)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        texts=np.array(texts),
+        logits=logits,
+        labels=np.array(labels, dtype=np.int64),
+        classes=np.array(ds.classes),
+        teacher=np.array(f"{backbone.spec(args.backbone)['model']} fine-tuned 19-way ({info['checkpoint']})"),
+        sha256=np.array(sha256_file(Path(args.data))),
+    )
+    summary = {
+        "created": bundle.utc_now(),
+        "teacher": info,
+        "rows": {"train_titles": len(train.texts), "augmented": len(noisy), "summary_chunks": len(unlabelled)},
+        "teacher_accuracy_on_train_titles": float(
+            np.mean(logits[: len(train.texts)].argmax(1) == labels[: len(train.texts)])
+        ),
+        "seconds": round(time.time() - t0, 1),
+    }
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+def backbone_short(name: str) -> str:
+    from . import backbone
+
+    return backbone.spec(name)["short"]
+
+
+def _training_args(p) -> None:
+    """Options `build` and `global` share: the backbone, its fine-tune recipe, checkpoints."""
+    p.add_argument("--backbone", default="minilm-l6", choices=["minilm-l6", "mpnet-base"])
+    p.add_argument("--checkpoints", default="", help="folder for resumable fine-tune checkpoints")
+    p.add_argument("--global-epochs", type=int, default=None, help="19-way fine-tune epochs (default 3)")
+    p.add_argument("--global-lr", type=float, default=None, help="19-way fine-tune encoder learning rate")
+    p.add_argument("--global-head-lr", type=float, default=None, help="19-way fine-tune output-layer rate")
+    p.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the 19-way fine-tune")
 
 
 def reference(args) -> None:
@@ -495,7 +600,26 @@ def main(argv=None) -> None:
     b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--teacher", default="", help="kd19-logreg: the logits file `teach` wrote")
+    b.add_argument("--temperature", type=float, default=2.0, help="kd19-logreg: distillation temperature")
+    b.add_argument("--hard-weight", type=float, default=0.5, help="kd19-logreg: weight of the labelled loss")
+    _training_args(b)
     b.set_defaults(func=build)
+    t = sub.add_parser("teach", help="write a fine-tuned teacher's logits for distillation")
+    t.add_argument("--data", required=True)
+    t.add_argument("--text-col", default="title")
+    t.add_argument("--label-col", default="label")
+    t.add_argument("--split-col", default="split")
+    t.add_argument("--summary-col", default="summary", help="unlabelled text: chunks of train rows' summaries")
+    t.add_argument("--augment", type=int, default=1, help="noisy copies of each train title")
+    t.add_argument("--max-unlabelled", type=int, default=12000, help="at most this many summary chunks")
+    t.add_argument("--out", required=True, help="the .npz to write (and a .json summary beside it)")
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--quick", action="store_true")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--threads", type=int, default=2)
+    _training_args(t)
+    t.set_defaults(func=teach)
     g = sub.add_parser("global", help="train and score the global multi-class baselines")
     g.add_argument("--data", required=True)
     g.add_argument("--text-col", default="title")
@@ -504,12 +628,14 @@ def main(argv=None) -> None:
     g.add_argument("--out", required=True, help="model root to write the column-head bundles and trunks into")
     g.add_argument("--summary", default="", help="where to write the sklearn scores (default: OUT/global.json)")
     g.add_argument("--same-trunk", default="", help="trunk id in OUT: also fit a 19-way logistic regression on it")
-    g.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM as one 19-way classifier")
+    g.add_argument("--finetune", action="store_true", help="also fine-tune the backbone as one 19-way classifier")
+    g.add_argument("--no-frozen", action="store_true", help="skip the logistic regression on the frozen trunk")
     g.add_argument("--logreg-c", type=float, default=10.0)
     g.add_argument("--max-steps", type=int, default=None)
     g.add_argument("--quick", action="store_true")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--threads", type=int, default=2)
+    _training_args(g)
     g.set_defaults(func=global_baselines)
     rp = sub.add_parser("report", help="draw docs/REPORT.md and its figures from `moe report` JSON")
     rp.add_argument("--json", default="../docs/report/report.json")

@@ -2,7 +2,10 @@
 computed by the serving runtime) and from the benchmark results `bench/run.sh` records.
 
 Nothing here recomputes a metric: the report only formats, plots and compares what the JSON holds,
-so the numbers in the markdown are the numbers the tests check against sklearn.
+so the numbers in the markdown are the numbers the tests check against sklearn. The one computation
+is the paired statistics (`paired`): from the per-title forced predictions in the JSON, the accuracy
+difference of two systems on the same titles with a paired-bootstrap 95 % interval and the exact
+McNemar test; "wins" / "loses" only where the interval excludes zero, otherwise "ties".
 """
 
 from __future__ import annotations
@@ -67,6 +70,92 @@ def _bench(path: Path | None) -> list[dict]:
     if path is None or not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+BOOTSTRAP_ROUNDS = 10_000
+
+
+def paired(a: list[int], b: list[int], truth: list[int], seed: int = 0) -> dict:
+    """System a against system b on the same titles: accuracy difference (a - b), its 95 % paired
+    bootstrap interval (titles resampled with replacement, BOOTSTRAP_ROUNDS rounds, fixed seed),
+    the discordant counts and the exact McNemar p-value (two-sided binomial test on them)."""
+    from scipy.stats import binomtest
+
+    t = np.asarray(truth)
+    ra, rb = np.asarray(a) == t, np.asarray(b) == t
+    d = ra.astype(np.float64) - rb.astype(np.float64)
+    n = len(d)
+    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_ROUNDS, n))
+    boots = d[idx].mean(axis=1)
+    lo, hi = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
+    only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    verdict = "wins" if lo > 0 else ("loses" if hi < 0 else "ties")
+    return {"diff": float(d.mean()), "low": lo, "high": hi, "only_a": only_a, "only_b": only_b,
+            "p": float(p), "verdict": verdict}  # fmt: skip
+
+
+def backbone_of(s: dict) -> str | None:
+    """The backbone family of a system, read off its trunk ids ("minilm-l6-ft19-int8-…")."""
+    fams = {"-".join(t.split("-")[:2]) for t in s.get("trunks", [])}
+    return fams.pop() if len(fams) == 1 else None
+
+
+def _pairs(systems: list[dict]) -> list[tuple[dict, dict, str]]:
+    """(MoE, global, why) pairs the report tests: each MoE system against the strongest global
+    classifier, and against every global model of its own backbone."""
+    g = _best_global(systems)
+    out = []
+    for m in (s for s in systems if s["kind"] == "moe"):
+        seen = set()
+        if g is not None:
+            out.append((m, g, "strongest global"))
+            seen.add(g["name"])
+        for o in systems:
+            if o["kind"] == "global" and o["name"] not in seen and backbone_of(o) and backbone_of(o) == backbone_of(m):
+                out.append((m, o, "same backbone"))
+    return out
+
+
+def _section_paired(report, systems) -> list[str]:
+    if not all("predictions" in s for s in systems):
+        return []
+    rows = []
+    for m, o, why in _pairs(systems):
+        r = paired(m["predictions"], o["predictions"], report["truth"])
+        rows.append(
+            [
+                name(m),
+                r["verdict"],
+                name(o),
+                why,
+                f"{100 * r['diff']:+.1f}",
+                f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
+                f"{r['only_a']} / {r['only_b']}",
+                f"{r['p']:.3f}",
+            ]
+        )
+    return [
+        "## 1b. Paired comparisons\n",
+        f"Accuracy difference (points) on the same {report['data']['rows']} test titles, with a paired "
+        f"bootstrap 95 % interval ({BOOTSTRAP_ROUNDS} resamples of the titles) and the exact McNemar test on the "
+        'titles only one side gets right. "wins" / "loses" only where the interval excludes zero; '
+        'otherwise "ties".\n',
+        _table(
+            [
+                "MoE system",
+                "verdict",
+                "against",
+                "why",
+                "Δ accuracy",
+                "95 % interval",
+                "right only MoE / only other",
+                "McNemar p",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def _best_global(systems: list[dict]) -> dict | None:
@@ -282,17 +371,25 @@ def headline(report, systems) -> str:
     ]
     if g is not None:
         d = served["accuracy"] - g["accuracy"]
-        verdict = "beats" if d > 0 else ("ties" if d == 0 else "loses to")
+        if "predictions" in served:
+            r = paired(served["predictions"], g["predictions"], report["truth"])
+            verdict = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
+            ci = f", paired 95 % interval [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] points"
+        else:
+            verdict, ci = ("is above" if d > 0 else "is below"), ""
         parts.append(
             f"It {verdict} the strongest global classifier ({name(g)}: {pct(g['accuracy'])}% / "
-            f"{pct(g['macro_f1'])}%) by {100 * abs(d):.1f} points ({round(abs(d) * n)} titles)."
+            f"{pct(g['macro_f1'])}%): {100 * d:+.1f} points ({round(abs(d) * n)} titles{ci})."
         )
         if best_moe is not served:
             d2 = best_moe["accuracy"] - g["accuracy"]
+            v2 = "is above" if d2 > 0 else "is not above"
+            if "predictions" in best_moe:
+                r2 = paired(best_moe["predictions"], g["predictions"], report["truth"])
+                v2 = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r2["verdict"]]
             parts.append(
                 f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
-                f"against {g['graph_bytes'] / 1e6:.0f} MB) {'beats' if d2 > 0 else 'does not beat'} it "
-                f"by {100 * d2:+.1f} points."
+                f"against {g['graph_bytes'] / 1e6:.0f} MB) {v2} it: {100 * d2:+.1f} points."
             )
         for cov in (0.8, 0.6):
             a, b = _curve_at(served, cov), _curve_at(g, cov)
@@ -585,6 +682,7 @@ def render(report: dict, bench: list[dict], out_md: Path, fig_dir: Path, command
         headline(report, systems) + "\n",
     ]
     md += _section_accuracy(report, systems, rel, figs)
+    md += _section_paired(report, systems)
     md += _section_experts(report, systems, served, g, rel, figs)
     md += _section_control(report, systems, served, rel, figs)
     md += _section_gates(report)

@@ -216,3 +216,27 @@ def test_the_page_and_its_figures_are_drawn_from_the_json(small):
     ]
     assert all((d / "page" / "fig" / f).stat().st_size > 5000 for f in figs)
     assert "](fig/roc.png)" in text
+
+
+def test_paired_statistics_match_a_hand_count():
+    from math import comb
+
+    from moe_training.report import paired
+
+    truth = [0] * 200
+    a = [0] * 150 + [1] * 50  # a right on 150
+    b = [0] * 130 + [1] * 20 + [0] * 10 + [1] * 40  # b right on 140: 130 both, 10 only b, 20 only a
+    r = paired(a, b, truth)
+    assert (r["only_a"], r["only_b"]) == (20, 10)
+    assert r["diff"] == pytest.approx(0.05)
+    # exact two-sided McNemar: 2 * P(X <= 10), X ~ Binomial(30, 1/2)
+    assert r["p"] == pytest.approx(min(1.0, 2 * sum(comb(30, k) for k in range(11)) / 2**30))
+    assert r["low"] < r["diff"] < r["high"]
+    assert r["verdict"] == ("wins" if r["low"] > 0 else "ties")
+    # swapping the sides mirrors the interval; identical systems tie with p = 1
+    s = paired(b, a, truth)
+    assert s["diff"] == pytest.approx(-0.05) and s["only_a"] == 10
+    same = paired(a, a, truth)
+    assert (same["verdict"], same["p"], same["low"], same["high"]) == ("ties", 1.0, 0.0, 0.0)
+    big = paired([0] * 150 + [1] * 50, [0] * 100 + [1] * 100, truth)
+    assert big["verdict"] == "wins" and big["low"] > 0.15

@@ -1,0 +1,129 @@
+"""Distillation, resumable training and training-time text on small cases: a teacher's logits file,
+a student trunk trained on it (a real bundle), a checkpointed run that resumes to the same weights as
+an unbroken one, and the augmentations."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA
+from moe_training import augment, backbone, candidates
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+    subprocess.run([sys.executable, "-m", "moe_training", *args], cwd=ROOT, check=True)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill")
+    common = ["--data", str(DATA), "--quick", "--max-steps", "2", "--checkpoints", str(d / "ckpt"), "--threads", "1"]
+    _run("teach", "--out", str(d / "teacher.npz"), *common)
+    _run("build", "--out", str(d / "root"), "--algorithms", "kd19-logreg", "--classes", "Travel",
+         "--teacher", str(d / "teacher.npz"), *common)  # fmt: skip
+    return d
+
+
+def test_teacher_file_holds_labelled_augmented_and_unlabelled_rows(distilled):
+    t = np.load(distilled / "teacher.npz")
+    summary = json.loads((distilled / "teacher.json").read_text())
+    rows = summary["rows"]
+    n = rows["train_titles"] + rows["augmented"] + rows["summary_chunks"]
+    assert t["logits"].shape == (n, len(t["classes"])) == (len(t["texts"]), 19)
+    labels = t["labels"]
+    assert (labels[: rows["train_titles"] + rows["augmented"]] >= 0).all()
+    assert (labels[rows["train_titles"] + rows["augmented"] :] == -1).all() and rows["summary_chunks"] > 0
+    # The teacher's logits are its model's: the augmented copies differ from their titles.
+    k = rows["train_titles"]
+    assert t["texts"][k] != t["texts"][0] or t["texts"][k + 1] != t["texts"][1]
+
+
+def test_distilled_trunk_and_head_are_a_bundle_that_names_its_teacher(distilled):
+    root = distilled / "root"
+    card = json.loads((root / "travel--kd19-logreg" / "card.json").read_text())
+    trunk = json.loads((root / "trunks" / card["trunk"]["id"] / "trunk.json").read_text())
+    assert card["trunk"]["id"].startswith("minilm-l6-kd19-int8-")
+    ft = trunk["fine_tuned"]
+    assert "fine-tuned 19-way" in ft["distilled_from"] and ft["temperature"] == 2.0 and ft["steps"] == 2
+    assert ft["rows"] > ft["labelled_rows"] > 0
+
+
+def test_distillation_loss_is_zero_when_the_student_matches_the_teacher():
+    logits = torch.randn(5, 19)
+    soft = torch.softmax(logits / 2.0, dim=1)
+    kd = torch.nn.functional.kl_div(torch.log_softmax(logits / 2.0, dim=1), soft, reduction="batchmean")
+    assert abs(float(kd)) < 1e-6
+
+
+class _Tiny(torch.nn.Module):
+    """A token-bag classifier: fast enough to train twice in a test."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.emb = torch.nn.EmbeddingBag(vocab, 8)
+        self.out = torch.nn.Linear(8, 3)
+        self.drop = torch.nn.Dropout(0.3)
+
+    def forward(self, input_ids, attention_mask):
+        return self.out(self.drop(self.emb(input_ids, per_sample_weights=None)))
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, monkeypatch):
+    tok = backbone.load_tokenizer()
+    texts = [f"how to do thing number {i}" for i in range(40)]
+    y = torch.tensor([i % 3 for i in range(40)])
+
+    class Killed(Exception):
+        pass
+
+    def train(ckpt, killed_at=None):
+        torch.manual_seed(0)
+        model = _Tiny(tok.get_vocab_size())
+        s = candidates.TrainSettings(batch_size=8, max_steps=12, warmup=0.2)
+        calls = []
+
+        def loss(out, i):
+            if killed_at is not None and len(calls) == killed_at:
+                raise Killed  # the process dies during step killed_at + 1
+            calls.append(1)
+            return torch.nn.functional.cross_entropy(out, y[i])
+
+        steps = candidates._train_loop(model, ["input_ids", "attention_mask"], tok, texts, 3, 1e-2, s, "t", loss,
+                                       head=(model.out, 5e-2), checkpoint=ckpt)  # fmt: skip
+        return model, steps, len(calls)
+
+    unbroken, n, _ = train(None)
+    assert n == 12
+    monkeypatch.setattr(candidates, "CHECKPOINT_EVERY", 5)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Killed):
+        train(ckpt, killed_at=7)  # checkpoint at step 5; steps 6 and 7 are lost with the process
+    assert torch.load(ckpt, weights_only=False)["step"] == 5
+    resumed, n, trained = train(ckpt)
+    assert (n, trained) == (12, 7)  # steps 6..12 run again, 1..5 are replayed from the checkpoint
+    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # A finished checkpoint is loaded, not trained again.
+    again, n, trained = train(ckpt)
+    assert (n, trained) == (12, 0)
+    for a, b in zip(unbroken.state_dict().values(), again.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_augmentations_are_seeded_noisy_and_keep_the_title():
+    titles = ["how to improve your artistic skills quickly", "how to keep safe during rides at a disney park"]
+    a = augment.augmented(titles, 20, seed=1)
+    assert a == augment.augmented(titles, 20, seed=1) and len(a) == 40
+    assert sum(x != titles[i // 20] for i, x in enumerate(a)) >= 30
+    assert any(x[:1].isupper() for x in a) and any(x.endswith("?") for x in a)
+    w = augment.typo("artistic", random.Random(3))
+    assert w != "artistic" and abs(len(w) - len("artistic")) <= 1
+    c = augment.chunks(["one two three four five six seven eight nine ten eleven twelve thirteen"], seed=0, low=6)
+    assert all(6 <= len(x.split()) <= 14 for x in c) and " ".join(c).startswith("one two three")
