@@ -68,6 +68,41 @@ async fn classify_single_and_batch_answer_the_same_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expert_table_can_be_left_out_without_changing_the_decision() {
+    let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
+    let r = app(AppState::new(core));
+    let body = r#"{"texts": ["how to pack for a trip to paris", "how to treat a cold", "how to fold a paper boat"]}"#;
+    let at = |view: &str| {
+        let uri = if view.is_empty() { "/classify".to_string() } else { format!("/classify?experts={view}") };
+        json_to(Method::POST, &uri, body)
+    };
+    let (_, all, _) = call(r.clone(), at("")).await;
+    let (_, explicit, _) = call(r.clone(), at("all")).await;
+    let (s1, passed, _) = call(r.clone(), at("passed")).await;
+    let (s2, none, _) = call(r.clone(), at("none")).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{passed} {none}");
+    let mut passing_rows = 0;
+    for i in 0..3 {
+        let full = &all["results"][i];
+        assert_eq!(full["experts"], explicit["results"][i]["experts"]);
+        for v in [&passed, &none] {
+            for f in ["label", "abstained", "best_guess", "truncated"] {
+                assert_eq!(v["results"][i][f], full[f], "{f}");
+            }
+        }
+        let want: Vec<&Value> = full["experts"].as_array().unwrap().iter().filter(|e| e["passed"] == true).collect();
+        let got: Vec<&Value> = passed["results"][i]["experts"].as_array().unwrap().iter().collect();
+        assert_eq!(got, want);
+        passing_rows += got.len();
+        assert_eq!(none["results"][i]["experts"], Value::Array(vec![]));
+    }
+    assert!(passing_rows > 0, "the fixture texts should pass some expert: {all}");
+    let (s, v, _) = call(r, at("some")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "bad_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_use_one_error_shape() {
     let limits = Limits { max_body_bytes: 2048, max_texts: 3, max_text_chars: 200, ..Limits::default() };
     let core = common::loaded_core(&common::fixture_models(), limits).await;

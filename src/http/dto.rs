@@ -19,6 +19,34 @@ pub struct ClassifyRequest {
     pub texts: Option<Vec<String>>,
 }
 
+/// Query of `POST /classify`: how much of each text's expert table to return.
+#[derive(Debug, Default, Deserialize)]
+pub struct ClassifyQuery {
+    #[serde(default)]
+    pub experts: ExpertsView,
+}
+
+/// `all` (default): every expert's row; `passed`: only the experts that passed their threshold;
+/// `none`: no rows (label, abstention and best guess only). The decision is the same in all three.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertsView {
+    #[default]
+    All,
+    Passed,
+    None,
+}
+
+impl ExpertsView {
+    pub fn apply(self, results: &mut [TextResult]) {
+        match self {
+            ExpertsView::All => {}
+            ExpertsView::Passed => results.iter_mut().for_each(|r| r.experts.retain(|e| e.passed)),
+            ExpertsView::None => results.iter_mut().for_each(|r| r.experts = Vec::new()),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ClassifyResponse {
     pub results: Vec<TextResult>,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Admin;
 use super::dto::{
-    ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
+    ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
     SwapBody, SwapOutcome, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
@@ -24,11 +24,13 @@ use crate::control::{shadow, swap, upload};
 
 pub async fn classify(
     State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ClassifyQuery>,
     ApiJson(req): ApiJson<ClassifyRequest>,
 ) -> ApiResult<Json<ClassifyResponse>> {
     let started = Instant::now();
     let valid = req.validate(&s.core.limits)?;
-    let (results, generation) = s.core.classify(valid.texts).await?;
+    let (mut results, generation) = s.core.classify(valid.texts).await?;
+    q.experts.apply(&mut results);
     Ok(Json(ClassifyResponse { results, took_ms: started.elapsed().as_secs_f64() * 1e3, generation }))
 }
 

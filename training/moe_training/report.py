@@ -27,6 +27,11 @@ NAMES = {
     "global-finetune": "Global: MiniLM fine-tuned 19-way",
     "global-ft19-logreg": "Global: 19-way logreg on the MoE's trunk",
     "global-frozen-logreg": "Global: 19-way logreg on the frozen trunk",
+    "kd19-logreg": "MoE, all kd19-logreg (MiniLM distilled from MPNet)",
+    "moe-distilled": "MoE, kd19-logreg selected (MiniLM distilled from MPNet)",
+    "moe-accurate-set": "MoE, accurate set (MPNet-base ft19 trunk)",
+    "global-finetune@accurate-set": "Global: MPNet-base fine-tuned 19-way",
+    "global-ft19-logreg@accurate-set": "Global: 19-way logreg on the accurate set's MPNet trunk",
 }
 
 # Benchmark rows (docs/bench/results.jsonl `name`) that price each system through the service.
@@ -37,6 +42,8 @@ BENCH = {
     "global-finetune": ("service-global-finetune", "inproc-global-finetune"),
     "trunk-logreg": ("service-int8-frozen", "inproc-int8-frozen"),
     "trunk-logreg@fp32": ("service-fp32-frozen", "inproc-fp32-frozen"),
+    "moe-accurate-set": ("service-accurate", "inproc-accurate"),
+    "global-finetune@accurate-set": ("service-accurate-global-finetune", None),
 }
 
 
@@ -330,6 +337,49 @@ def _table(header: list[str], rows: list[list], align: str | None = None) -> str
     return "\n".join(lines)
 
 
+def _cost_points(systems, bench) -> list[tuple[dict, dict | None, dict | None]]:
+    """(system, service row at concurrency 16, service row at concurrency 1) for benchmarked systems."""
+
+    def row(n, c):
+        return next(
+            (b for b in bench if b.get("name") == n and b.get("concurrency") == c and b.get("batch") == 1), None
+        )
+
+    out = []
+    for s in systems:
+        svc = BENCH.get(s["name"], (None, None))[0]
+        if svc and (row(svc, 16) or row(svc, 1)):
+            out.append((s, row(svc, 16), row(svc, 1)))
+    return out
+
+
+def fig_pareto(systems, bench, out: Path) -> bool:
+    """Accuracy against service throughput at concurrency 16, the Pareto front joined."""
+    pts = [(s, c16) for s, c16, _ in _cost_points(systems, bench) if c16]
+    if not pts:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, c16 in pts:
+        ax.scatter(c16["requests_per_s"], s["accuracy"], marker="s" if s["kind"] == "global" else "o")
+        ax.annotate(
+            name(s), (c16["requests_per_s"], s["accuracy"]), fontsize=6, xytext=(4, 2), textcoords="offset points"
+        )
+    front, best = [], -1.0
+    for s, c16 in sorted(pts, key=lambda p: -p[1]["requests_per_s"]):
+        if s["accuracy"] > best:
+            front.append((c16["requests_per_s"], s["accuracy"]))
+            best = s["accuracy"]
+    ax.plot(*zip(*front), "k--", lw=0.8, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("service requests/s at concurrency 16 (log)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title("Accuracy against cost, through the service on this machine")
+    _save(fig, out)
+    return True
+
+
 def _cost_rows(systems, bench):
     def row(n, **want):
         for b in bench:
@@ -612,7 +662,7 @@ def _section_robustness(report, systems, rel, figs) -> list[str]:
     ]
 
 
-def _section_cost(systems, bench) -> list[str]:
+def _section_cost(systems, bench, pareto: str | None = None) -> list[str]:
     md: list[str] = []
     cost = _cost_rows(systems, bench)
     md += [
@@ -636,6 +686,8 @@ def _section_cost(systems, bench) -> list[str]:
         )
         unmeasured = [name(s) for s in systems if s["name"] not in BENCH]
         md.append(f"\nNot benchmarked through the service: {', '.join(unmeasured)}.\n")
+        if pareto:
+            md.append(f"![accuracy against cost]({pareto})\n")
     else:
         md.append("No benchmark results found (run `bench/run.sh`).\n")
 
@@ -687,7 +739,8 @@ def render(report: dict, bench: list[dict], out_md: Path, fig_dir: Path, command
     md += _section_control(report, systems, served, rel, figs)
     md += _section_gates(report)
     md += _section_robustness(report, systems, rel, figs)
-    md += _section_cost(systems, bench)
+    pareto = fig_dir / "pareto.png"
+    md += _section_cost(systems, bench, rel(pareto) if fig_pareto(systems, bench, pareto) else None)
     md += _section_confusion_and_reproduce(rel, figs)
     out_md.write_text("\n".join(md) + "\n", encoding="utf-8")
 

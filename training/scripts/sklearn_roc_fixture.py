@@ -16,9 +16,16 @@ for n, pos_rate, decimals in [(200, 0.1, 3), (57, 0.5, 2), (1000, 0.05, 4)]:
     scores = np.clip(rng.normal(0.3, 0.2, n) + 0.35 * y, 0.0, 1.0).astype(np.float32)
     scores = np.round(scores, decimals).astype(np.float32)  # rounding creates ties
     fpr, tpr, thr = roc_curve(y, scores, drop_intermediate=False)
-    cases.append({"scores": scores.tolist(), "labels": y.tolist(), "fpr": fpr.tolist(), "tpr": tpr.tolist(),
-                  "thresholds": [None if not np.isfinite(t) else float(t) for t in thr],
-                  "auc": float(roc_auc_score(y, scores))})
+    cases.append(
+        {
+            "scores": scores.tolist(),
+            "labels": y.tolist(),
+            "fpr": fpr.tolist(),
+            "tpr": tpr.tolist(),
+            "thresholds": [None if not np.isfinite(t) else float(t) for t in thr],
+            "auc": float(roc_auc_score(y, scores)),
+        }
+    )
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "../tests/fixtures/sklearn_roc.json")
 out.write_text(json.dumps({"generator": "training/scripts/sklearn_roc_fixture.py", "cases": cases}))
 print(f"wrote {out}")
