@@ -2,6 +2,9 @@
 -- request (env, default 1); prints one JSON line of results at the end.
 local texts = {}
 local batch = tonumber(os.getenv("BATCH") or "1")
+-- EXPERTS=passed|none asks for the lighter response (POST /classify?experts=...).
+local experts = os.getenv("EXPERTS") or ""
+local path = experts == "" and "/classify" or ("/classify?experts=" .. experts)
 for line in io.lines(os.getenv("BENCH_TEXTS")) do texts[#texts + 1] = line end
 local i = 0
 local function esc(s) return (s:gsub('\\', '\\\\'):gsub('"', '\\"')) end
@@ -13,7 +16,7 @@ request = function()
   end
   local body
   if batch == 1 then body = '{"text": ' .. parts[1] .. '}' else body = '{"texts": [' .. table.concat(parts, ",") .. ']}' end
-  return wrk.format("POST", "/classify", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
 end
 done = function(summary, latency, requests)
   local s = summary.duration / 1e6

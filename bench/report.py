@@ -175,6 +175,7 @@ SETS = {
     "inproc-int8-frozen": "19 trunk-logreg heads, frozen trunk int8 (one text per run)",
     "inproc-fp32-frozen": "19 trunk-logreg heads, frozen trunk fp32 (batched)",
     "inproc-models-all": "best per class, all algorithms (2 trunks + full fine-tuned models)",
+    "inproc-accurate": "accurate set: 19 heads on the int8 MPNet-base ft19 trunk",
 }
 for name, label in SETS.items():
     for r in by[name]:
@@ -195,6 +196,10 @@ labels = {
     "service-int8-frozen": "moe, 19 trunk-logreg on the frozen int8 trunk",
     "service-fp32-frozen": "moe, 19 trunk-logreg on the frozen fp32 trunk",
     "service-models-all": "moe, best per class over all algorithms (full models)",
+    "service-experts-passed": "moe (defaults), ?experts=passed (only passing experts' rows)",
+    "service-experts-none": "moe (defaults), ?experts=none (the decision only)",
+    "service-accurate": "moe, accurate set (19 heads on the int8 MPNet-base trunk)",
+    "service-accurate-global-finetune": "moe serving the global fine-tuned 19-way MPNet-base",
     "peer-b-onnxruntime-fastapi": "peer (b) FastAPI + onnxruntime, 2 workers",
     "peer-a-torch-notebook": "peer (a) FastAPI + PyTorch fp32 (notebook)",
 }

@@ -40,7 +40,7 @@ cpu_ticks() { # user+system ticks of a process and its children (uvicorn's worke
 load() { # name url conc batch pid
   local t0 c0 out
   t0=$(date +%s.%N); c0=$(cpu_ticks "$5")
-  out=$(BATCH=$4 BENCH_TEXTS=$TEXTS wrk -t $(( $3 < 2 ? 1 : 2 )) -c "$3" -d "${D}s" --timeout 10s -s bench/classify.lua "$2" | tail -n 1)
+  out=$(EXPERTS=${EXPERTS:-} BATCH=$4 BENCH_TEXTS=$TEXTS wrk -t $(( $3 < 2 ? 1 : 2 )) -c "$3" -d "${D}s" --timeout 10s -s bench/classify.lua "$2" | tail -n 1)
   local cpu; cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$5")" -v t0="$t0" -v t1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
     'BEGIN {printf "%.1f", 100 * (b - a) / hz / (t1 - t0)}')
   echo "$out" | .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(concurrency=$3, server_cpu_percent=$cpu); print(json.dumps(d))" | record "$1"
@@ -84,6 +84,8 @@ moe_serve --port $PORT --models models > "$OUT/serve.log" 2>&1 & PIDS+=($!); SPI
 wait_http http://127.0.0.1:$PORT/readyz
 for c in 1 4 16 64; do load service http://127.0.0.1:$PORT "$c" 1 $SPID; done
 load service-batch16 http://127.0.0.1:$PORT 16 16 $SPID
+# The lighter responses (?experts=passed|none): the same decisions without the 19-row table.
+for v in passed none; do for c in 1 16; do EXPERTS=$v load "service-experts-$v" http://127.0.0.1:$PORT "$c" 1 $SPID; done; done
 .venv/bin/python -c "import json, re, sys; t = open(sys.argv[1]).read(); print(json.dumps({k: int(re.search(k + r':\s+(\d+)', t).group(1)) for k in ('VmHWM', 'VmRSS')}))" "/proc/$SPID/status" | record service-memory-kb
 kill $SPID; wait $SPID 2>/dev/null || true
 EXTRA="--max-batch 1" serve_load no-batching models 16
@@ -108,6 +110,14 @@ if mkroot build/candidates trunk-logreg int8-frozen && mkroot build/fp32 trunk-l
   for p in int8-frozen fp32-frozen; do inproc "inproc-$p" "$ROOTS/$p" 1,8,32,64; serve_load "$p" "$ROOTS/$p" 16; done
 fi
 if [ -f build/models-all/registry.json ]; then serve_load models-all build/models-all 1 16; fi
+# The accurate set (MPNet-base, scripts/rebuild-accurate.sh) and the 19-way MPNet it is compared with.
+if [ -f build/accurate-set/registry.json ]; then
+  serve_load accurate build/accurate-set 1 16
+  inproc inproc-accurate build/accurate-set 1,8
+  if mkroot build/accurate-set global-finetune accurate-global-finetune; then
+    serve_load accurate-global-finetune "$ROOTS/accurate-global-finetune" 1 16
+  fi
+fi
 rm -rf "$ROOTS" "$root1"
 
 # 4. The Python peers, same experts, same inputs.

@@ -23,6 +23,11 @@ pub struct RuntimeConfig {
     /// requests/s at concurrency 16 than 1 session x 2 threads, docs/BENCHMARKS.md).
     #[arg(long, env = "MOE_SESSIONS")]
     pub sessions: Option<usize>,
+    /// A lone request may use every core: with more than one session per trunk, one extra
+    /// session with this many intra-op threads runs a single text when the queue is empty and no
+    /// other run is in progress (0 or 1: off). Not spinning, so it takes no core from loaded runs.
+    #[arg(long, env = "MOE_SOLO_THREADS", default_value_t = 0)]
+    pub solo_threads: usize,
     /// Intra-op threads of each small head session.
     #[arg(long, env = "MOE_HEAD_THREADS", default_value_t = 1)]
     pub head_threads: usize,
@@ -70,6 +75,7 @@ impl Default for RuntimeConfig {
             provider: "auto".into(),
             intra_threads: None,
             head_threads: 1,
+            solo_threads: 0,
             inline_heads: true,
             intra_op_spinning: true,
             sessions: None,

@@ -153,3 +153,36 @@ async fn answers_do_not_depend_on_the_batch() {
         assert!((px - py).abs() < 1e-5, "{}: alone {px}, batched {py}", x["class"]);
     }
 }
+
+/// A lone request runs on the solo session (every core) and gets the probabilities the ordinary
+/// single-thread sessions give; requests that arrive together do not use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
+    let texts = ["how to cook pasta like a chef", "how to visit rome in winter", "how to fix a flat bike tyre"];
+    let answers = |solo_threads: usize| async move {
+        let root = common::default_models();
+        let runtime = moe::config::RuntimeConfig { sessions: Some(2), solo_threads, ..common::runtime() };
+        let core =
+            moe::core::Core::new(moe::core::Paths::new(&root, common::state_dir("solo")), runtime, Limits::default());
+        let c = core.clone();
+        tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+        let set = core.snapshot().unwrap();
+        let trunk = set.experts[0].stage1.clone();
+        let solo_before = trunk.stats().solo.load(Relaxed);
+        let mut probs = Vec::new();
+        for t in texts {
+            let (results, _) = core.classify(vec![t.to_string()]).await.unwrap();
+            probs.push(results[0].experts.iter().map(|e| e.probability).collect::<Vec<f32>>());
+        }
+        (probs, trunk.stats().solo.load(Relaxed) - solo_before)
+    };
+    let (plain, none) = answers(0).await;
+    let (solo, used) = answers(2).await;
+    assert_eq!(none, 0, "no solo session when it is off");
+    assert_eq!(used, texts.len(), "each lone request ran on the solo session");
+    for (a, b) in plain.iter().zip(&solo) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4, "the solo session changed a probability: {x} vs {y}");
+        }
+    }
+}

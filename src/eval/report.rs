@@ -30,7 +30,11 @@ pub struct ReportOptions {
     pub models: PathBuf,
     /// More model roots, skipped when absent: their registries are more MoE systems and their
     /// bundles more algorithm families (the candidate pool `scripts/rebuild-models.sh` builds).
-    #[arg(long, value_delimiter = ',', default_value = "build/models-all,build/candidates,build/fp32,build/accurate-set,build/distilled")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "build/models-all,build/candidates,build/fp32,build/accurate-set,build/distilled"
+    )]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).
     #[arg(long, default_value = "test")]

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Admin;
 use super::dto::{
-    ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody, ShadowInfo,
-    SwapBody, SwapOutcome, UploadQuery,
+    ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody,
+    ShadowInfo, SwapBody, SwapOutcome, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;

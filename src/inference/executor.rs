@@ -15,7 +15,7 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::oneshot;
 
-use super::runtime::load_session;
+use super::runtime::{load_session, load_session_spinning};
 use super::tokenize::Encoded;
 use crate::config::RuntimeConfig;
 use crate::error::lock;
@@ -102,6 +102,8 @@ pub struct Stats {
     pub largest: AtomicUsize,
     /// Jobs dropped uncomputed because their requester had gone.
     pub skipped: AtomicUsize,
+    /// Batches run on the solo session (a lone text with every core, `RuntimeConfig::solo_threads`).
+    pub solo: AtomicUsize,
 }
 
 fn dims(vt: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
@@ -192,17 +194,24 @@ impl Executor {
         let stats = Arc::new(Stats::default());
         let label = sha256.chars().take(12).collect::<String>();
         let run_inline = cfg.inline_heads && matches!(role, GraphRole::Embedding { .. });
+        // The solo session: only for token graphs served by several single-purpose sessions.
+        let solo = if matches!(role, GraphRole::Tokens { .. }) && cfg.solo_threads > 1 && loaded.len() > 1 {
+            let l = load_session_spinning(cfg, path, cfg.solo_threads, false)?;
+            Some(Arc::new(std::sync::Mutex::new(l.session)))
+        } else {
+            None
+        };
+        let running = Arc::new(AtomicUsize::new(0));
         let mut inline = Vec::new();
         for (i, l) in loaded.drain(..).enumerate() {
             let worker = Worker {
                 session: l.session,
-                role: role.clone(),
-                out_dim,
+                solo: solo.clone(),
+                running: running.clone(),
+                shape: Shape { role: role.clone(), out_dim, label: label.clone(), row_by_row: row_by_row.clone() },
                 max_batch: cfg.max_batch.max(1),
                 max_wait: Duration::from_micros(cfg.max_wait_us),
                 depth: depth.clone(),
-                label: label.clone(),
-                row_by_row: row_by_row.clone(),
                 stats: stats.clone(),
             };
             if run_inline {
@@ -215,7 +224,9 @@ impl Executor {
                 .spawn(move || worker.run(&rx))
                 .map_err(|e| Error::Internal(format!("cannot start executor thread: {e}")))?;
         }
-        tracing::info!(graph = %path.display(), provider, threads, sessions, inline = run_inline, "graph loaded");
+        let solo_threads = if solo.is_some() { cfg.solo_threads } else { 0 };
+        tracing::info!(graph = %path.display(), provider, threads, sessions, solo_threads, inline = run_inline,
+            "graph loaded");
         Ok(Arc::new(Executor {
             sha256: sha256.to_string(),
             path: path.to_path_buf(),
@@ -266,7 +277,8 @@ impl Executor {
         let mut worker = free.unwrap_or_else(|| lock(&self.inline[first]));
         let started = Instant::now();
         let rows = input.rows();
-        let out = worker.run_batch(&[input], rows);
+        let Worker { session, shape, .. } = &mut *worker;
+        let out = shape.run_batch(session, &[input], rows);
         metrics::histogram!("moe_batch_size", "graph" => self.label.clone()).record(rows as f64);
         metrics::histogram!("moe_graph_run_seconds", "graph" => self.label.clone())
             .record(started.elapsed().as_secs_f64());
@@ -334,14 +346,23 @@ impl Executor {
 
 struct Worker {
     session: Session,
-    role: GraphRole,
-    out_dim: usize,
+    /// The executor's shared solo session (more intra-op threads), if any.
+    solo: Option<Arc<std::sync::Mutex<Session>>>,
+    /// Workers of this executor running a batch now.
+    running: Arc<AtomicUsize>,
+    shape: Shape,
     max_batch: usize,
     max_wait: Duration,
     depth: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+/// What a graph takes and gives, and how to run it on any of its sessions.
+struct Shape {
+    role: GraphRole,
+    out_dim: usize,
     label: String,
     row_by_row: Arc<AtomicBool>,
-    stats: Arc<Stats>,
 }
 
 impl Worker {
@@ -370,7 +391,7 @@ impl Worker {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             if j.reply.is_closed() {
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("moe_jobs_skipped_total", "graph" => self.label.clone()).increment(1);
+                metrics::counter!("moe_jobs_skipped_total", "graph" => self.shape.label.clone()).increment(1);
                 continue;
             }
             rows += j.input.rows();
@@ -384,8 +405,8 @@ impl Worker {
         while let Some((jobs, rows)) = self.next_batch(rx) {
             let started = Instant::now();
             let inputs: Vec<&Input> = jobs.iter().map(|j| &j.input).collect();
-            let result = self.run_batch(&inputs, rows);
-            let graph = self.label.clone();
+            let result = self.run_jobs(&inputs, rows);
+            let graph = self.shape.label.clone();
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.stats.rows.fetch_add(rows, Ordering::Relaxed);
             self.stats.largest.fetch_max(rows, Ordering::Relaxed);
@@ -415,7 +436,26 @@ impl Worker {
         release_freed_memory();
     }
 
-    fn run_batch(&mut self, jobs: &[&Input], rows: usize) -> Result<Matrix> {
+    /// A lone text (one row, nothing queued, no other run in progress) runs on the solo session
+    /// when there is one and it is free; everything else on this worker's own session.
+    fn run_jobs(&mut self, jobs: &[&Input], rows: usize) -> Result<Matrix> {
+        let others = self.running.fetch_add(1, Ordering::AcqRel);
+        let lone = rows == 1 && others == 0 && self.depth.load(Ordering::Relaxed) == 0;
+        let solo = if lone { self.solo.as_ref().and_then(|s| s.try_lock().ok()) } else { None };
+        let out = match solo {
+            Some(mut session) => {
+                self.stats.solo.fetch_add(1, Ordering::Relaxed);
+                self.shape.run_batch(&mut session, jobs, rows)
+            }
+            None => self.shape.run_batch(&mut self.session, jobs, rows),
+        };
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        out
+    }
+}
+
+impl Shape {
+    fn run_batch(&self, session: &mut Session, jobs: &[&Input], rows: usize) -> Result<Matrix> {
         match self.role.clone() {
             GraphRole::Tokens { inputs } => {
                 let mut all: Vec<&Encoded> = Vec::with_capacity(rows);
@@ -426,12 +466,12 @@ impl Worker {
                     all.extend(t.iter());
                 }
                 if !self.row_by_row.load(Ordering::Relaxed) {
-                    return self.run_tokens(&inputs, &all);
+                    return self.run_tokens(session, &inputs, &all);
                 }
                 // Batch-dependent graph: one text per run, no padding (see Executor::probe).
                 let mut data = Vec::with_capacity(rows * self.out_dim);
                 for e in all {
-                    data.extend(self.run_tokens(&inputs, &[e])?.data);
+                    data.extend(self.run_tokens(session, &inputs, &[e])?.data);
                 }
                 Ok(Matrix { rows, cols: self.out_dim, data })
             }
@@ -445,8 +485,7 @@ impl Worker {
                     buf.extend_from_slice(&m.data);
                 }
                 let t = Tensor::from_array(([rows, dim], buf)).map_err(|e| self.ort_error("input tensor", e))?;
-                let out = self
-                    .session
+                let out = session
                     .run(vec![(input, ort::session::SessionInputValue::from(t))])
                     .map_err(|e| Error::ort(format!("running graph {}", self.label), e))?;
                 extract(&out, rows, self.out_dim)
@@ -459,7 +498,7 @@ impl Worker {
         Error::ort(format!("graph {}: {what}", self.label), e)
     }
 
-    fn run_tokens(&mut self, inputs: &[String], rows: &[&Encoded]) -> Result<Matrix> {
+    fn run_tokens(&self, session: &mut Session, inputs: &[String], rows: &[&Encoded]) -> Result<Matrix> {
         let seq = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
         let mut feeds = Vec::with_capacity(inputs.len());
         for name in inputs {
@@ -475,7 +514,7 @@ impl Worker {
             let t = Tensor::from_array(([rows.len(), seq], buf)).map_err(|e| self.ort_error("input tensor", e))?;
             feeds.push((name.clone(), ort::session::SessionInputValue::from(t)));
         }
-        let out = self.session.run(feeds).map_err(|e| Error::ort(format!("running graph {}", self.label), e))?;
+        let out = session.run(feeds).map_err(|e| Error::ort(format!("running graph {}", self.label), e))?;
         extract(&out, rows.len(), self.out_dim)
     }
 }

@@ -107,11 +107,16 @@ fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: bool, 
 /// Create a session for `path`. With provider `auto` and the `cuda` feature, CUDA is tried first and
 /// CPU is the logged fallback; with `cuda` a CUDA failure is an error.
 pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<LoadedSession> {
+    load_session_spinning(cfg, path, threads, cfg.intra_op_spinning)
+}
+
+/// `load_session` with the intra-op spinning chosen here (the solo session never spins).
+pub fn load_session_spinning(cfg: &RuntimeConfig, path: &Path, threads: usize, spin: bool) -> Result<LoadedSession> {
     let env = environment(cfg)?;
     let err = |e: ort::Error| Error::InvalidGraph { path: path.to_path_buf(), source: std::sync::Arc::new(e) };
     #[cfg(feature = "cuda")]
     if cfg.provider != "cpu" {
-        match commit_cuda(env, threads, cfg.intra_op_spinning, path) {
+        match commit_cuda(env, threads, spin, path) {
             Ok(session) => {
                 return Ok(LoadedSession { session, provider: "CUDA" });
             }
@@ -127,7 +132,6 @@ pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<
     if cfg.provider == "cuda" {
         return Err(Error::Internal("--provider cuda needs a build with `--features cuda`".into()));
     }
-    let session =
-        builder(env, threads, cfg.intra_op_spinning).and_then(|mut b| b.commit_from_file(path)).map_err(err)?;
+    let session = builder(env, threads, spin).and_then(|mut b| b.commit_from_file(path)).map_err(err)?;
     Ok(LoadedSession { session, provider: "CPU" })
 }
