@@ -31,7 +31,7 @@ admin() { # every action's status code, one per line, into $TMP/admin.log
   local t=0
   while :; do
     if (( t % 2 == 0 )); then
-      b=travel--ft19-logreg; (( (t / 2) % 2 == 0 )) && b=travel--global-ft19-logreg
+      b=travel--kd19-logreg; (( (t / 2) % 2 == 0 )) && b=travel--global-ft19-logreg
       curl "${A[@]}" -X PUT $B/experts/Travel -H 'content-type: application/json' -d "{\"bundle\": \"$b\"}" | sed 's/^/swap /'
     fi
     if (( t % 20 == 5 )); then
@@ -41,7 +41,7 @@ admin() { # every action's status code, one per line, into $TMP/admin.log
     if (( t % 20 == 15 )); then curl "${A[@]}" -X DELETE $B/experts/Health/shadow | sed 's/^/unshadow /'; fi
     if (( t % 30 == 7 )); then
       curl "${A[@]}" -X POST $B/experts/Youth/select -H 'content-type: application/json' \
-        -d '{"candidates": ["youth--ft19-logreg", "youth--global-ft19-logreg"]}' | sed 's/^/select /'
+        -d '{"candidates": ["youth--kd19-logreg", "youth--global-ft19-logreg"]}' | sed 's/^/select /'
     fi
     if (( t % 60 == 11 )); then
       curl "${A[@]}" -X PUT $B/experts/Travel -H 'content-type: application/gzip' --data-binary @"$TMP/upload.tar.gz" \

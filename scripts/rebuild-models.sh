@@ -15,8 +15,9 @@ export OMP_WAIT_POLICY=PASSIVE
 DATA=${MOE_DATA:-data/wikihow19_titles.csv}
 ALGORITHMS=${ALGORITHMS:-trunk-logreg,trunk-mlp,tokenbag,ft19-logreg,kd19-logreg,finetune-minilm}
 # What may ship: heads on ONE shared trunk keep models/ small (about 24 MB); the other candidates
-# still compete in build/models-all, the selection evidence.
-SHIP_ALGORITHMS=${SHIP_ALGORITHMS:-ft19-logreg,tokenbag}
+# still compete in build/models-all, the selection evidence. kd19-logreg (the distilled trunk) won
+# on val over ft19-logreg (hard labels): selected-set val accuracy 0.838 against 0.828.
+SHIP_ALGORITHMS=${SHIP_ALGORITHMS:-kd19-logreg}
 MOE=target/release/moe
 if [ -z "${SKIP_TRAIN:-}" ]; then
   rm -rf build/candidates

@@ -21,14 +21,14 @@ fn good_bundles_load() {
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("travel--tokenbag/card.json")).unwrap()).unwrap();
     assert_eq!(e.threshold.map(f64::from), card["threshold"]["value"].as_f64().map(|t| t as f32 as f64));
-    let d = load(&common::default_models(), "travel--ft19-logreg").unwrap();
+    let d = load(&common::default_models(), "travel--kd19-logreg").unwrap();
     assert!(d.head.is_some(), "a head bundle runs on a trunk");
 }
 
 #[test]
 fn refusals_name_the_file_and_the_problem() {
     let src = common::fixture_models();
-    let head = common::default_models().join("travel--ft19-logreg/head.onnx");
+    let head = common::default_models().join("travel--kd19-logreg/head.onnx");
     type Breaker = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
         ("hash", Box::new(|d| common::replace_file(&d.join("model.onnx"), b"garbage")), "sha256 mismatch"),

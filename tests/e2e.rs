@@ -75,8 +75,8 @@ async fn default_set_classifies_over_http() {
 async fn probabilities_match_python_onnxruntime() {
     let texts = ["how to pack a suitcase", "how to bake sourdough bread", "How to Calm Down When You're ANGRY!"];
     for (root, class, bundle) in [
-        (common::default_models(), "Travel", "travel--ft19-logreg"),
-        (common::default_models(), "Health", "health--ft19-logreg"),
+        (common::default_models(), "Travel", "travel--kd19-logreg"),
+        (common::default_models(), "Health", "health--kd19-logreg"),
         (common::fixture_models(), "Travel", "travel--tokenbag"),
     ] {
         let core = common::loaded_core(&root, Limits::default()).await;
@@ -159,7 +159,7 @@ async fn answers_do_not_depend_on_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
     let texts = ["how to cook pasta like a chef", "how to visit rome in winter", "how to fix a flat bike tyre"];
-    let answers = |solo_threads: usize| async move {
+    let answers = |solo_threads: Option<usize>| async move {
         let root = common::default_models();
         let runtime = moe::config::RuntimeConfig { sessions: Some(2), solo_threads, ..common::runtime() };
         let core =
@@ -176,8 +176,8 @@ async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
         }
         (probs, trunk.stats().solo.load(Relaxed) - solo_before)
     };
-    let (plain, none) = answers(0).await;
-    let (solo, used) = answers(2).await;
+    let (plain, none) = answers(Some(0)).await;
+    let (solo, used) = answers(Some(2)).await;
     assert_eq!(none, 0, "no solo session when it is off");
     assert_eq!(used, texts.len(), "each lone request ran on the solo session");
     for (a, b) in plain.iter().zip(&solo) {

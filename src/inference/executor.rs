@@ -195,8 +195,8 @@ impl Executor {
         let label = sha256.chars().take(12).collect::<String>();
         let run_inline = cfg.inline_heads && matches!(role, GraphRole::Embedding { .. });
         // The solo session: only for token graphs served by several single-purpose sessions.
-        let solo = if matches!(role, GraphRole::Tokens { .. }) && cfg.solo_threads > 1 && loaded.len() > 1 {
-            let l = load_session_spinning(cfg, path, cfg.solo_threads, false)?;
+        let solo = if matches!(role, GraphRole::Tokens { .. }) && cfg.solo_threads() > 1 && loaded.len() > 1 {
+            let l = load_session_spinning(cfg, path, cfg.solo_threads(), false)?;
             Some(Arc::new(std::sync::Mutex::new(l.session)))
         } else {
             None
@@ -224,7 +224,7 @@ impl Executor {
                 .spawn(move || worker.run(&rx))
                 .map_err(|e| Error::Internal(format!("cannot start executor thread: {e}")))?;
         }
-        let solo_threads = if solo.is_some() { cfg.solo_threads } else { 0 };
+        let solo_threads = if solo.is_some() { cfg.solo_threads() } else { 0 };
         tracing::info!(graph = %path.display(), provider, threads, sessions, solo_threads, inline = run_inline,
             "graph loaded");
         Ok(Arc::new(Executor {

@@ -28,7 +28,8 @@ NAMES = {
     "global-ft19-logreg": "Global: 19-way logreg on the MoE's trunk",
     "global-frozen-logreg": "Global: 19-way logreg on the frozen trunk",
     "kd19-logreg": "MoE, all kd19-logreg (MiniLM distilled from MPNet)",
-    "moe-distilled": "MoE, kd19-logreg selected (MiniLM distilled from MPNet)",
+    "moe-minilm-ft19-set": "MoE, previous default (MiniLM ft19 trunk, hard labels)",
+    "global-ft19-logreg@minilm-ft19-set": "Global: 19-way logreg on the previous default's trunk",
     "moe-accurate-set": "MoE, accurate set (MPNet-base ft19 trunk)",
     "global-finetune@accurate-set": "Global: MPNet-base fine-tuned 19-way",
     "global-ft19-logreg@accurate-set": "Global: 19-way logreg on the accurate set's MPNet trunk",
@@ -137,7 +138,7 @@ def _section_paired(report, systems) -> list[str]:
                 name(o),
                 why,
                 f"{100 * r['diff']:+.1f}",
-                f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]",
+                f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]",
                 f"{r['only_a']} / {r['only_b']}",
                 f"{r['p']:.3f}",
             ]
@@ -412,7 +413,9 @@ def _cost_rows(systems, bench):
 
 def headline(report, systems) -> str:
     served = systems[0]
-    g = _best_global(systems)
+    # The served set is compared with the strongest global model of its own backbone (same cost
+    # class); the strongest global model overall and the accurate set get their own sentence.
+    g = _best_global([s for s in systems if backbone_of(s) == backbone_of(served)]) or _best_global(systems)
     best_moe = max((s for s in systems if s["kind"] == "moe"), key=lambda s: s["accuracy"])
     n = report["data"]["rows"]
     parts = [
@@ -424,11 +427,11 @@ def headline(report, systems) -> str:
         if "predictions" in served:
             r = paired(served["predictions"], g["predictions"], report["truth"])
             verdict = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
-            ci = f", paired 95 % interval [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] points"
+            ci = f", paired 95 % interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] points"
         else:
             verdict, ci = ("is above" if d > 0 else "is below"), ""
         parts.append(
-            f"It {verdict} the strongest global classifier ({name(g)}: {pct(g['accuracy'])}% / "
+            f"It {verdict} the strongest global classifier on its backbone ({name(g)}: {pct(g['accuracy'])}% / "
             f"{pct(g['macro_f1'])}%): {100 * d:+.1f} points ({round(abs(d) * n)} titles{ci})."
         )
         if best_moe is not served:
@@ -454,6 +457,16 @@ def headline(report, systems) -> str:
         parts.append(
             f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
             f"perturbations ({', '.join(worse) or 'none'})."
+        )
+    top = _best_global(systems)
+    acc = next((s for s in systems if s["name"] == "moe-accurate-set"), None)
+    if acc is not None and top is not None and "predictions" in acc:
+        r = paired(acc["predictions"], top["predictions"], report["truth"])
+        v = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
+        parts.append(
+            f"The accurate set ({name(acc)}) reaches {pct(acc['accuracy'])}% / macro-F1 {pct(acc['macro_f1'])}% and "
+            f"{v} the strongest global model measured ({name(top)}: {pct(top['accuracy'])}% / {pct(top['macro_f1'])}%; "
+            f"{100 * r['diff']:+.1f} points, interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}])."
         )
     a = served["ambiguous"]
     if a:

@@ -195,6 +195,7 @@ def test_the_page_and_its_figures_are_drawn_from_the_json(small):
     assert f"reaches accuracy {100 * served['accuracy']:.1f}%" in text
     for section in (
         "## 1. Accuracy",
+        "## 1b. Paired comparisons",
         "## 2. Experts",
         "## 3. Decision control",
         "## 4. Gates",
@@ -210,6 +211,7 @@ def test_the_page_and_its_figures_are_drawn_from_the_json(small):
         "confusion.png",
         "coverage.png",
         "det.png",
+        "pareto.png",
         "per_class_f1.png",
         "robustness.png",
         "roc.png",
