@@ -29,7 +29,7 @@ print("| configuration | test accuracy | test macro-F1 | sklearn cross-check (tr
 print("|---|---:|---:|---:|")
 d = systems["moe-served"]
 print(
-    f"| **MoE, shipped default set** (`models/`: 19 `ft19-logreg` heads on one shared trunk, gate "
+    f"| **MoE, shipped default set** (`models/`: 19 `{', '.join(d['algorithms'])}` heads on one shared trunk, gate "
     f"{d['gate']['kind']}/{d['gate']['score']}) | **{d['accuracy']:.3f}** | **{d['macro_f1']:.3f}** | |"
 )
 if "moe-models-all" in systems:
@@ -42,6 +42,18 @@ for name, b in glob["baselines"].items():
     s = systems.get(name)
     served = f"{s['accuracy']:.3f} | {s['macro_f1']:.3f}" if s else "not in report | "
     print(f"| global: {b['model']} | {served} | {b['test']['accuracy']:.3f} / {b['test']['macro_f1']:.3f} |")
+if "moe-accurate-set" in systems:  # scripts/rebuild-accurate.sh: the MPNet-base set and its globals
+    a = systems["moe-accurate-set"]
+    print(
+        f"| **MoE, accurate set** (`build/accurate-set`: 19 `{', '.join(a['algorithms'])}` heads on the int8 "
+        f"MPNet-base ft19 trunk, gate {a['gate']['kind']}/{a['gate']['score']}) | **{a['accuracy']:.3f}** | "
+        f"**{a['macro_f1']:.3f}** | |"
+    )
+    mp = R / "global-baselines-mpnet.json"
+    for name, b in (json.loads(mp.read_text())["baselines"] if mp.exists() else {}).items():
+        s = systems.get(f"{name}@accurate-set")
+        served = f"{s['accuracy']:.3f} | {s['macro_f1']:.3f}" if s else "not in report | "
+        print(f"| global: {b['model']} | {served} | {b['test']['accuracy']:.3f} / {b['test']['macro_f1']:.3f} |")
 print(f"\nCoverage of the shipped set on test at its thresholds: {d['operating_point']['coverage']:.3f}.\n")
 
 print("## Selection evidence (validation split, per class)\n")
