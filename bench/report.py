@@ -237,6 +237,17 @@ AB_NOTES = {
     "`after-threaded-heads` runs heads on executor threads (`--inline-heads false`) instead of inline; "
     "`after-tokenize-on-blocking-thread` tokenizes every request on a blocking thread instead of the small ones "
     "inline (a build with `INLINE_TOKENIZE_BYTES = 0`).",
+    "ab-solo.jsonl": "The solo session (issue 15): `solo-2` keeps one extra non-spinning 2-thread session per trunk "
+    "that runs a lone text when nothing is queued or running (`--solo-threads`, now the default); `solo-off` is "
+    "`--solo-threads 0`. Same binary, distilled default set.",
+    "ab-solo-spinning.jsonl": "Why the solo session does not spin: a spinning one (`solo-spin`, a build with "
+    "spinning on) halves the lone latency but its idle spinning takes the cores that loaded runs need (p99 at 16 "
+    "up from 27 to 38 ms). `one-session` is `--sessions 1 --intra-threads 2` (one spinning 2-thread session, no "
+    "solo): the best lone latency of all.",
+    "ab-sessions.jsonl": "The two designs head to head in 5 rounds: `one-session-2-threads` keeps its lone-request "
+    "lead (p50 0.83 vs 1.59 ms) but under load its rounds spread from 668 to 1346 req/s against 1081 to 1365 for "
+    "the default two 1-thread sessions (+ solo), which stays the default; the machine was busier in rounds 4 and 5 "
+    "(both designs fell there).",
 }
 bench_dir = os.path.dirname(sys.argv[1])
 for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") and f.endswith(".jsonl")):
