@@ -128,34 +128,43 @@ def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str]
     names = backbone.inputs(s.backbone)
     model = _Global(backbone.load_encoder(s.backbone), len(classes), names)
     y = torch.from_numpy(np.array([classes.index(c) for c in labels]))
-    epochs = 1 if s.quick else s.global_epochs
-    info = {
+    info = _recipe(s, data_sha256=data_sha, rows=len(texts))
+    loss = lambda out, i: torch.nn.functional.cross_entropy(out, y[i])  # noqa: E731
+    return model, _train_19way(model, tok, texts, s, "global19", f"{s.backbone} 19-way fine-tune", loss, info)
+
+
+def _recipe(s: TrainSettings, **extra) -> dict:
+    """What decides a 19-way run's weights (recorded in trunk cards; hashed into its checkpoint name)."""
+    return {
         "backbone": s.backbone,
-        "epochs": epochs,
+        **extra,
+        "epochs": 1 if s.quick else s.global_epochs,
         "lr": s.global_lr,
         "head_lr": s.global_head_lr or s.global_lr,
         "warmup": s.warmup,
         "batch_size": s.batch_size,
         "seed": s.seed,
         "max_steps": s.max_steps,
-        "data_sha256": data_sha,
-        "rows": len(texts),
     }
-    ckpt = _checkpoint_path(s, "global19", info)
+
+
+def _train_19way(model, tok, texts, s: TrainSettings, what: str, desc: str, loss_of, info: dict) -> dict:
+    """Train a `_Global` model with the 19-way recipe (its output layer at its own rate), resumably."""
+    ckpt = _checkpoint_path(s, what, info)
     step = _train_loop(
         model,
-        names,
+        model.names,
         tok,
         texts,
-        epochs,
+        info["epochs"],
         s.global_lr,
         s,
-        f"{s.backbone} 19-way fine-tune",
-        lambda out, i: torch.nn.functional.cross_entropy(out, y[i]),
+        desc,
+        loss_of,
         head=(model.out, s.global_head_lr),
         checkpoint=ckpt,
     )
-    return model, {**info, "steps": step, "checkpoint": ckpt.name if ckpt else None}
+    return {**info, "steps": step, "checkpoint": ckpt.name if ckpt else None}
 
 
 def teacher_logits(model, tok, texts: list[str], batch: int = 128) -> np.ndarray:
@@ -183,24 +192,15 @@ def distill_global(tok, teacher: dict, classes: list[str], s: TrainSettings, tem
     texts = list(teacher["texts"])
     soft = torch.softmax(torch.from_numpy(teacher["logits"]) / temperature, dim=1)
     y = torch.from_numpy(teacher["labels"].astype(np.int64))
-    epochs = 1 if s.quick else s.global_epochs
-    info = {
-        "backbone": s.backbone,
-        "distilled_from": str(teacher["teacher"]),
-        "temperature": temperature,
-        "hard_weight": hard_weight,
-        "epochs": epochs,
-        "lr": s.global_lr,
-        "head_lr": s.global_head_lr or s.global_lr,
-        "warmup": s.warmup,
-        "batch_size": s.batch_size,
-        "seed": s.seed,
-        "max_steps": s.max_steps,
-        "teacher_sha256": str(teacher["sha256"]),
-        "rows": len(texts),
-        "labelled_rows": int((teacher["labels"] >= 0).sum()),
-    }
-    ckpt = _checkpoint_path(s, "kd19", info)
+    info = _recipe(
+        s,
+        distilled_from=str(teacher["teacher"]),
+        temperature=temperature,
+        hard_weight=hard_weight,
+        teacher_sha256=str(teacher["sha256"]),
+        rows=len(texts),
+        labelled_rows=int((teacher["labels"] >= 0).sum()),
+    )
 
     def loss_of(out, i):
         logp = torch.log_softmax(out / temperature, dim=1)
@@ -210,20 +210,7 @@ def distill_global(tok, teacher: dict, classes: list[str], s: TrainSettings, tem
             kd = kd + hard_weight * torch.nn.functional.cross_entropy(out[lab], y[i][lab])
         return kd
 
-    step = _train_loop(
-        model,
-        names,
-        tok,
-        texts,
-        epochs,
-        s.global_lr,
-        s,
-        f"{s.backbone} distillation",
-        loss_of,
-        head=(model.out, s.global_head_lr),
-        checkpoint=ckpt,
-    )
-    return model, {**info, "steps": step, "checkpoint": ckpt.name if ckpt else None}
+    return model, _train_19way(model, tok, texts, s, "kd19", f"{s.backbone} distillation", loss_of, info)
 
 
 def _checkpoint_path(s: TrainSettings, what: str, recipe: dict) -> Path | None:

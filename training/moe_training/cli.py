@@ -538,6 +538,22 @@ def backbone_short(name: str) -> str:
     return backbone.spec(name)["short"]
 
 
+def _data_args(p) -> None:
+    """The labelled CSV and its columns."""
+    p.add_argument("--data", required=True, help="CSV file")
+    p.add_argument("--text-col", default="title")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--split-col", default="split", help="empty: split stratified with --seed")
+
+
+def _run_args(p) -> None:
+    """Seed, threads, and the caps tests use."""
+    p.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
+    p.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2)
+
+
 def _training_args(p) -> None:
     """Options `build` and `global` share: the backbone, its fine-tune recipe, checkpoints."""
     p.add_argument("--backbone", default="minilm-l6", choices=["minilm-l6", "mpnet-base"])
@@ -579,10 +595,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="moe_training", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the candidate pool and write bundles")
-    b.add_argument("--data", required=True, help="CSV file")
-    b.add_argument("--text-col", default="title")
-    b.add_argument("--label-col", default="label")
-    b.add_argument("--split-col", default="split", help="empty: split stratified with --seed")
+    _data_args(b)
     b.add_argument("--out", required=True, help="model root to write candidates into")
     b.add_argument("--classes", default="", help="comma-separated subset (default: all)")
     b.add_argument("--algorithms", default="trunk-logreg,trunk-mlp,tokenbag")
@@ -596,45 +609,30 @@ def main(argv=None) -> None:
         choices=["int8", "fp32"],
         help="shared trunks as exported (fp32) or dynamically quantised (int8)",
     )
-    b.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps (token models)")
-    b.add_argument("--quick", action="store_true", help="tiny subset, few steps: for tests")
-    b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--threads", type=int, default=2)
+    _run_args(b)
     b.add_argument("--teacher", default="", help="kd19-logreg: the logits file `teach` wrote")
     b.add_argument("--temperature", type=float, default=2.0, help="kd19-logreg: distillation temperature")
     b.add_argument("--hard-weight", type=float, default=0.5, help="kd19-logreg: weight of the labelled loss")
     _training_args(b)
     b.set_defaults(func=build)
     t = sub.add_parser("teach", help="write a fine-tuned teacher's logits for distillation")
-    t.add_argument("--data", required=True)
-    t.add_argument("--text-col", default="title")
-    t.add_argument("--label-col", default="label")
-    t.add_argument("--split-col", default="split")
+    _data_args(t)
     t.add_argument("--summary-col", default="summary", help="unlabelled text: chunks of train rows' summaries")
     t.add_argument("--augment", type=int, default=1, help="noisy copies of each train title")
     t.add_argument("--max-unlabelled", type=int, default=12000, help="at most this many summary chunks")
     t.add_argument("--out", required=True, help="the .npz to write (and a .json summary beside it)")
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--quick", action="store_true")
-    t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--threads", type=int, default=2)
+    _run_args(t)
     _training_args(t)
     t.set_defaults(func=teach)
     g = sub.add_parser("global", help="train and score the global multi-class baselines")
-    g.add_argument("--data", required=True)
-    g.add_argument("--text-col", default="title")
-    g.add_argument("--label-col", default="label")
-    g.add_argument("--split-col", default="split")
+    _data_args(g)
     g.add_argument("--out", required=True, help="model root to write the column-head bundles and trunks into")
     g.add_argument("--summary", default="", help="where to write the sklearn scores (default: OUT/global.json)")
     g.add_argument("--same-trunk", default="", help="trunk id in OUT: also fit a 19-way logistic regression on it")
     g.add_argument("--finetune", action="store_true", help="also fine-tune the backbone as one 19-way classifier")
     g.add_argument("--no-frozen", action="store_true", help="skip the logistic regression on the frozen trunk")
     g.add_argument("--logreg-c", type=float, default=10.0)
-    g.add_argument("--max-steps", type=int, default=None)
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--threads", type=int, default=2)
+    _run_args(g)
     _training_args(g)
     g.set_defaults(func=global_baselines)
     rp = sub.add_parser("report", help="draw docs/REPORT.md and its figures from `moe report` JSON")
