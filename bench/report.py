@@ -199,6 +199,7 @@ labels = {
     "service-experts-passed": "moe (defaults), ?experts=passed (only passing experts' rows)",
     "service-experts-none": "moe (defaults), ?experts=none (the decision only)",
     "service-accurate": "moe, accurate set (19 heads on the int8 MPNet-base trunk)",
+    "service-accurate-fp32": "moe, accurate set on the fp32 MPNet-base trunk",
     "service-accurate-global-finetune": "moe serving the global fine-tuned 19-way MPNet-base",
     "peer-b-onnxruntime-fastapi": "peer (b) FastAPI + onnxruntime, 2 workers",
     "peer-a-torch-notebook": "peer (a) FastAPI + PyTorch fp32 (notebook)",

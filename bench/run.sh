@@ -114,6 +114,7 @@ if [ -f build/models-all/registry.json ]; then serve_load models-all build/model
 if [ -f build/accurate-set/registry.json ]; then
   serve_load accurate build/accurate-set 1 16
   inproc inproc-accurate build/accurate-set 1,8
+  if [ -f build/accurate-fp32-set/registry.json ]; then serve_load accurate-fp32 build/accurate-fp32-set 1 16; fi
   if mkroot build/accurate-set global-finetune accurate-global-finetune; then
     serve_load accurate-global-finetune "$ROOTS/accurate-global-finetune" 1 16
   fi

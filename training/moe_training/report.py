@@ -31,6 +31,7 @@ NAMES = {
     "moe-minilm-ft19-set": "MoE, previous default (MiniLM ft19 trunk, hard labels)",
     "global-ft19-logreg@minilm-ft19-set": "Global: 19-way logreg on the previous default's trunk",
     "moe-accurate-set": "MoE, accurate set (MPNet-base ft19 trunk)",
+    "moe-accurate-fp32-set": "MoE, accurate set on the fp32 MPNet-base trunk",
     "global-finetune@accurate-set": "Global: MPNet-base fine-tuned 19-way",
     "global-ft19-logreg@accurate-set": "Global: 19-way logreg on the accurate set's MPNet trunk",
 }
@@ -44,6 +45,7 @@ BENCH = {
     "trunk-logreg": ("service-int8-frozen", "inproc-int8-frozen"),
     "trunk-logreg@fp32": ("service-fp32-frozen", "inproc-fp32-frozen"),
     "moe-accurate-set": ("service-accurate", "inproc-accurate"),
+    "moe-accurate-fp32-set": ("service-accurate-fp32", None),
     "global-finetune@accurate-set": ("service-accurate-global-finetune", None),
 }
 
