@@ -717,7 +717,10 @@ def _section_confusion_and_reproduce(rel, figs) -> list[str]:
         "```\nscripts/report.sh          # moe report (JSON) + this page and its figures\n```\n",
         "Inputs: the committed `models/` (served set, global column heads and their trunks) and the data set; "
         "families and the best-per-class MoE come from `build/candidates` and `build/models-all`, which "
-        "`scripts/rebuild-models.sh` rebuilds (the report lists only the systems it found).\n",
+        "`scripts/rebuild-models.sh` rebuilds; the accurate sets come from `build/accurate-set` and "
+        "`build/accurate-fp32-set` (`scripts/rebuild-accurate.sh`, `FP32=1` for the second), the previous default "
+        "from `build/minilm-ft19-set` (a copy of `models/` before the distilled set replaced it). The report lists "
+        "only the systems it found.\n",
     ]
 
 
