@@ -19,8 +19,9 @@ pub struct RuntimeConfig {
     #[arg(long, env = "MOE_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
     /// Sessions (each with its own thread) per trunk / full-model graph, sharing one queue
-    /// (default: available cores; measured on 2 cores: 2 sessions x 1 thread serve 24% more
-    /// requests/s at concurrency 16 than 1 session x 2 threads, docs/BENCHMARKS.md).
+    /// (default: available cores). On 2 cores, 1 session x 2 threads answers a lone request in about
+    /// half the time but varied more under load (docs/bench/ab-sessions.jsonl: 668-1346 req/s at
+    /// concurrency 16 against 1081-1365 for 2 sessions x 1 thread), so 2 x 1 stays the default.
     #[arg(long, env = "MOE_SESSIONS")]
     pub sessions: Option<usize>,
     /// A lone request may use every core: with more than one session per trunk, one extra

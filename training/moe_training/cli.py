@@ -47,6 +47,7 @@ def _subsample(split, per_class: int, seed: int):
     keep.sort()
     split.texts = [split.texts[i] for i in keep]
     split.labels = [split.labels[i] for i in keep]
+    split.extra = {c: [v[i] for i in keep] for c, v in split.extra.items()}
 
 
 def _probabilities(tok, trunk: Path | None, graph: Path, texts: list[str]) -> list[float]:
@@ -93,11 +94,11 @@ def _selftest_texts(texts: list[str], labels: list[str], cls: str) -> list[str]:
     return pos + neg
 
 
-def _load_data(args):
+def _load_data(args, extra_cols: tuple[str, ...] = ()):
     """The labelled data set (subsampled with --quick)."""
     from .data import load_dataset
 
-    ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed)
+    ds = load_dataset(args.data, args.text_col, args.label_col, args.split_col or None, args.seed, extra_cols)
     if args.quick:
         for split, n in (("train", 12), ("val", 4), ("test", 4)):
             _subsample(ds[split], n, args.seed)
@@ -473,15 +474,12 @@ def teach(args) -> None:
     (the same resumable run as `build`'s ft19 trunk: a finished checkpoint is loaded, not retrained)
     scored on the train titles, --augment noisy copies of each (augment.py) and chunks of the train
     rows' summaries (unlabelled). Val and test rows are never read."""
-    import csv
-
     import torch
 
     from . import augment, backbone, bundle, candidates
-    from .data import sha256_file
 
     torch.set_num_threads(args.threads)
-    ds = _load_data(args)
+    ds = _load_data(args, (args.summary_col,) if args.summary_col else ())
     settings = _settings(args)
     tok = backbone.load_tokenizer(args.backbone)
     train = ds["train"]
@@ -491,14 +489,7 @@ def teach(args) -> None:
     noisy = augment.augmented(train.texts, args.augment, args.seed)
     texts += noisy
     labels += [labels[i // args.augment] for i in range(len(noisy))] if args.augment else []
-    summaries = []
-    if args.summary_col:
-        titles = set(train.texts)
-        with open(args.data, newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                if r.get(args.split_col) == "train" and r[args.text_col].strip() in titles:
-                    summaries.append(r.get(args.summary_col) or "")
-    unlabelled = augment.chunks(summaries, args.seed)
+    unlabelled = augment.chunks(train.extra.get(args.summary_col, []), args.seed)
     if args.quick:
         args.max_unlabelled = min(args.max_unlabelled, 64)
     if len(unlabelled) > args.max_unlabelled:  # a seeded subset, in the order they were cut
@@ -517,7 +508,7 @@ def teach(args) -> None:
         labels=np.array(labels, dtype=np.int64),
         classes=np.array(ds.classes),
         teacher=np.array(f"{backbone.spec(args.backbone)['model']} fine-tuned 19-way ({info['checkpoint']})"),
-        sha256=np.array(sha256_file(Path(args.data))),
+        sha256=np.array(ds.sha256),
     )
     summary = {
         "created": bundle.utc_now(),

@@ -17,6 +17,8 @@ csv.field_size_limit(sys.maxsize)
 class Split:
     texts: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    # More columns of the same rows, when asked for (`load_dataset(extra_cols=...)`).
+    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,8 +66,10 @@ def load_dataset(
     label_col: str = "label",
     split_col: str | None = "split",
     seed: int = 42,
+    extra_cols: tuple[str, ...] = (),
 ) -> Dataset:
     """Read a CSV. Rows with an empty label are skipped (multi-label / ambiguous rows).
+    `extra_cols` are kept beside each row's text (empty where the column is absent).
 
     When `split_col` is None or absent from the header, a stratified seeded 80/10/10 split is made,
     so a corpus such as the notebook's `corpus_CAT.csv` (`title`, `categorie`) works unchanged.
@@ -86,11 +90,13 @@ def load_dataset(
     else:
         split_of = stratified_split(labels, seed)
         split_source = f"stratified-seed-{seed}"
-    splits = {s: Split() for s in SPLITS}
-    for t, y, s in zip(texts, labels, split_of):
+    splits = {s: Split(extra={c: [] for c in extra_cols}) for s in SPLITS}
+    for r, t, y, s in zip(rows, texts, labels, split_of):
         if s in splits:
             splits[s].texts.append(t)
             splits[s].labels.append(y)
+            for c in extra_cols:
+                splits[s].extra[c].append(r.get(c) or "")
     classes = sorted(set(splits["train"].labels))
     if len(classes) < 2:
         raise ValueError(f"{path}: need at least two classes in the train split, found {classes}")

@@ -31,6 +31,11 @@ def test_notebook_corpus_without_split_column(tmp_path):
         assert sorted(set(ds[s].labels)) == ["Food", "Health", "Travel"], "stratified"
     again = load_dataset(p, text_col="title", label_col="categorie")
     assert again["val"].texts == ds["val"].texts, "seeded"
+    # Extra columns follow their rows through the split (the teacher reads train summaries so).
+    kept = load_dataset(p, text_col="title", label_col="categorie", extra_cols=("url", "absent"))
+    for s in ("train", "val", "test"):
+        assert kept[s].extra["url"] == [f"u{t.split()[-1]}" for t in kept[s].texts]
+        assert kept[s].extra["absent"] == [""] * len(kept[s].texts)
 
 
 def test_missing_column_is_a_clear_error(tmp_path):
