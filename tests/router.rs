@@ -232,3 +232,60 @@ async fn openapi_matches_the_router() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, std::fs::read(common::repo().join("openapi.yaml")).unwrap());
 }
+
+/// The console's three files come from the binary with a CSP allowing only this origin, and the
+/// page names only its own script and style sheet (no external request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_its_security_headers() {
+    let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
+    let r = app(AppState::new(core));
+    for (uri, ct) in [("/", "text/html"), ("/console.js", "text/javascript"), ("/console.css", "text/css")] {
+        let res = r.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{uri}");
+        let h = res.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with(ct), "{uri}");
+        assert_eq!(h["content-security-policy"], moe::http::console::CSP, "{uri}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(!body.contains("http://") && !body.contains("https://"), "{uri} names another origin");
+        if uri == "/" {
+            assert!(body.contains(r#"<script src="/console.js" defer>"#) && body.contains(r#"href="/console.css""#));
+            assert!(!body.contains("<script>") && !body.contains(" style="), "no inline script or style (CSP)");
+        }
+    }
+    for forbidden in ["unsafe-inline", "unsafe-eval", "*"] {
+        assert!(!moe::http::console::CSP.contains(forbidden), "CSP allows {forbidden}");
+    }
+}
+
+/// `GET /bundles` lists every bundle folder of the model root with its card, marks the active
+/// ones, and filters by class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_lists_the_model_root_and_marks_the_active_bundles() {
+    let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
+    let r = app(AppState::new(core));
+    let (s, all, _) = call(r.clone(), get("/bundles")).await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    let names: Vec<&str> = all["bundles"].as_array().unwrap().iter().map(|b| b["bundle"].as_str().unwrap()).collect();
+    assert_eq!(names, ["health--tokenbag", "health--tokenbag-b", "travel--tokenbag", "travel--tokenbag-b"]);
+    let (_, travel, _) = call(r.clone(), get("/bundles?class=Travel")).await;
+    let travel = travel["bundles"].as_array().unwrap();
+    assert_eq!(travel.len(), 2);
+    assert!(travel.iter().all(|b| b["class"] == "Travel" && b["error"].is_null() && b["val_eer"].is_f64()));
+    let active: Vec<&Value> = travel.iter().filter(|b| b["active"] == true).collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["bundle"], "travel--tokenbag");
+    let (s, none, _) = call(r, get("/bundles?class=Nope")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(none["bundles"].as_array().unwrap().len(), 0);
+    // A folder whose card cannot be read is listed with the reason, not hidden and not a 500.
+    let root = common::copy_root(&common::fixture_models(), "bundles-broken");
+    std::fs::create_dir_all(root.join("broken")).unwrap();
+    std::fs::write(root.join("broken/card.json"), "{").unwrap();
+    let r = app(AppState::new(common::loaded_core(&root, Limits::default()).await));
+    let (s, all, _) = call(r, get("/bundles")).await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    let broken = all["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "broken").unwrap().clone();
+    assert!(broken["class"].is_null() && broken["active"] == false, "{broken}");
+    assert!(broken["error"].as_str().unwrap().contains("card.json"), "{broken}");
+}

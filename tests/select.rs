@@ -40,7 +40,7 @@ fn keeps_the_best_candidate_per_class() {
             assert_eq!(reg.experts[class], want, "{metric}: {class} ({va} vs {vb})");
             assert!(out.join(&want).join("card.json").is_file());
         }
-        assert_eq!(moe::eval::evaluate::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
+        assert_eq!(moe::experts::card::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
         let evidence: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap()).unwrap();
         assert_eq!(evidence["metric"], metric.name());

@@ -18,9 +18,10 @@ use crate::clock::now_rfc3339;
 use crate::core::Core;
 use crate::error::lock;
 use crate::eval::data::{DataArgs, Rows};
-use crate::eval::evaluate::{bundle_names, evaluate};
+use crate::eval::evaluate::evaluate;
 use crate::expert::Expert;
 use crate::experts::card::Card;
+use crate::experts::card::bundle_names;
 use crate::experts::{BinaryReport, Metric};
 use crate::{Error, Result};
 

@@ -30,6 +30,7 @@ pub use self::set::{ExpertResult, ExpertSet, Shadow, TextResult};
 use crate::config::{Limits, RuntimeConfig};
 use crate::error::lock;
 use crate::expert::Expert;
+use crate::experts::card::{Card, bundle_names};
 use crate::experts::registry::{HistoryEntry, RegistryFile};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
@@ -229,6 +230,22 @@ impl Core {
         lock(&self.registry).history.get(class).cloned().ok_or_else(|| Error::UnknownClass(class.to_string()))
     }
 
+    /// Every bundle folder of the model root with its card, or why its card cannot be read
+    /// (file I/O: runs on a blocking thread).
+    pub async fn bundles(&self) -> Result<Vec<(String, Result<Card>)>> {
+        let root = self.root().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Ok(bundle_names(&root)?
+                .into_iter()
+                .map(|b| {
+                    let card = Card::read(&root.join(&b).join("card.json"));
+                    (b, card)
+                })
+                .collect())
+        })
+        .await?
+    }
+
     /// The current set; requests hold this snapshot for their whole life.
     pub fn snapshot(&self) -> Result<Arc<ExpertSet>> {
         self.set.load_full().ok_or_else(|| Error::NotReady("experts are still loading".into()))
@@ -252,6 +269,7 @@ impl Core {
             .await
             .map_err(|_| Error::Timeout(self.limits.request_timeout_ms))??;
         let results = set.decide_all(&texts, &probs, &truncated);
+        record_decisions(&results);
         if !set.shadows.is_empty() {
             self.queue_shadows(set.clone(), texts, probs);
         }
@@ -282,5 +300,19 @@ impl Core {
     /// Texts currently admitted (for tests and metrics).
     pub fn texts_in_flight(&self) -> usize {
         self.limits.max_in_flight_texts.max(1) - self.admission.available_permits()
+    }
+}
+
+/// Live decision counts for `/metrics` (and the console): texts classified, each expert's passes
+/// (its pass rate is passes / texts) and each label or abstention. Only the passed experts are
+/// counted, so the cost is about two counter updates per text, not one per expert.
+fn record_decisions(results: &[TextResult]) {
+    metrics::counter!("moe_texts_classified_total").increment(results.len() as u64);
+    for r in results {
+        for e in r.experts.iter().filter(|e| e.passed) {
+            metrics::counter!("moe_expert_passed_total", "class" => e.class.clone()).increment(1);
+        }
+        let label = r.label.clone().unwrap_or_else(|| "(abstained)".into());
+        metrics::counter!("moe_labels_total", "label" => label).increment(1);
     }
 }

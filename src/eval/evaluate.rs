@@ -11,6 +11,7 @@ use super::metrics::binary_report;
 use crate::config::RuntimeConfig;
 use crate::expert::Expert;
 use crate::experts::card::Threshold;
+use crate::experts::card::bundle_names;
 use crate::experts::metrics::{BinaryReport, SplitMetrics};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
@@ -45,19 +46,6 @@ pub fn eval_bundle(
     let expert = Expert::load(&pool, runtime, models, bundle, false)?;
     let report = evaluate(&expert, &data.read(split)?)?;
     Ok(json!({"bundle": bundle, "class": expert.class, "split": split, "report": report}))
-}
-
-/// Bundle folders (holding a card.json) directly under a model root.
-pub fn bundle_names(root: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name != "trunks" && e.path().join("card.json").is_file() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// `moe calibrate`: write each bundle's EER threshold and metrics on `split` into its card

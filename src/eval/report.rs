@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::data::{DataArgs, read_multi};
-use super::evaluate::bundle_names;
 use super::gating::{GateData, cv_predictions, decisions, fit_gate, predictions};
 use super::metrics::{at_threshold, auc, eer, multiclass, roc};
 use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
+use crate::experts::card::bundle_names;
 use crate::experts::registry::RegistryFile;
 use crate::gate::{self, Decision, Gate, GateKind, GateSpec, ScoreMode};
 use crate::inference::ExecutorPool;

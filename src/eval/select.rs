@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::data::DataArgs;
-use super::evaluate::{bundle_names, probabilities};
+use super::evaluate::probabilities;
 use super::gating::{GateData, accuracy, cv_predictions, fit_gate, predictions};
 use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
+use crate::experts::card::bundle_names;
 use crate::experts::card::{Card, check_name};
 use crate::experts::registry::RegistryFile;
 use crate::experts::{BundleFiles, Metric};

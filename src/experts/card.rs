@@ -103,6 +103,19 @@ pub struct BundleFiles {
     pub trunk: Option<(TrunkCard, PathBuf)>,
 }
 
+/// Bundle folders (holding a card.json) directly under a model root.
+pub fn bundle_names(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name != "trunks" && e.path().join("card.json").is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();

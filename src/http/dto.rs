@@ -211,3 +211,75 @@ pub struct History {
     pub class: String,
     pub history: Vec<crate::experts::registry::HistoryEntry>,
 }
+
+/// Query of `GET /bundles`.
+#[derive(Debug, Default, Deserialize)]
+pub struct BundlesQuery {
+    /// Only the bundles whose card names this class.
+    pub class: Option<String>,
+}
+
+/// One bundle folder of the model root: what a swap or a shadow may name.
+#[derive(Debug, Serialize)]
+pub struct BundleInfo {
+    pub bundle: String,
+    /// None when the card cannot be read (then `error` says why).
+    pub class: Option<String>,
+    pub version: Option<String>,
+    pub algorithm: Option<String>,
+    pub kind: Option<crate::experts::Kind>,
+    pub trunk: Option<String>,
+    /// The validation EER its card records (what `moe calibrate` measured).
+    pub val_eer: Option<f64>,
+    /// Serving its class in the current set.
+    pub active: bool,
+    /// Attached as the shadow of its class.
+    pub shadow: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BundleList {
+    pub bundles: Vec<BundleInfo>,
+    pub generation: u64,
+}
+
+impl BundleList {
+    pub fn new(
+        cards: Vec<(String, crate::Result<crate::experts::Card>)>,
+        set: &ExpertSet,
+        class: Option<&str>,
+    ) -> Self {
+        let bundles = cards
+            .into_iter()
+            .map(|(bundle, card)| match card {
+                Ok(c) => BundleInfo {
+                    active: set.get(&c.class).is_some_and(|e| e.bundle == bundle),
+                    shadow: set.shadow(&c.class).is_some_and(|s| s.expert.bundle == bundle),
+                    val_eer: c.report("val").map(|r| r.eer),
+                    class: Some(c.class),
+                    version: Some(c.version),
+                    algorithm: Some(c.algorithm),
+                    kind: Some(c.kind),
+                    trunk: c.trunk.map(|t| t.id),
+                    error: None,
+                    bundle,
+                },
+                Err(e) => BundleInfo {
+                    bundle,
+                    class: None,
+                    version: None,
+                    algorithm: None,
+                    kind: None,
+                    trunk: None,
+                    val_eer: None,
+                    active: false,
+                    shadow: false,
+                    error: Some(e.to_string()),
+                },
+            })
+            .filter(|b| class.is_none() || b.class.as_deref() == class)
+            .collect();
+        BundleList { bundles, generation: set.generation }
+    }
+}

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Admin;
 use super::dto::{
-    ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job, SelectBody, ShadowBody,
-    ShadowInfo, SwapBody, SwapOutcome, UploadQuery,
+    BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job,
+    SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
@@ -172,6 +172,15 @@ pub async fn promote_shadow(
     ApiPath(class): ApiPath<String>,
 ) -> ApiResult<Json<SwapOutcome>> {
     Ok(Json(shadow::promote(&s.core, &class).await?))
+}
+
+/// The bundle folders of the model root (what a swap or a shadow may name), optionally one class's.
+pub async fn list_bundles(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<BundlesQuery>,
+) -> ApiResult<Json<BundleList>> {
+    let set = s.core.snapshot()?;
+    Ok(Json(BundleList::new(s.core.bundles().await?, &set, q.class.as_deref())))
 }
 
 pub async fn history(State(s): State<AppState>, ApiPath(class): ApiPath<String>) -> ApiResult<Json<History>> {

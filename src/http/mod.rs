@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod dto;
 pub mod error;
 pub mod handlers;
@@ -58,6 +59,9 @@ impl AppState {
 
 /// Every (method, path) the router serves; a test keeps openapi.yaml equal to this list.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/console.js"),
+    ("get", "/console.css"),
     ("post", "/classify"),
     ("get", "/experts"),
     ("get", "/experts/{class}"),
@@ -69,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/experts/{class}/shadow"),
     ("delete", "/experts/{class}/shadow"),
     ("post", "/experts/{class}/shadow/promote"),
+    ("get", "/bundles"),
     ("get", "/jobs/{id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -81,6 +86,9 @@ pub fn app(state: AppState) -> Router {
     let upload_limit = state.core.limits.max_upload_bytes;
     let body_timeout = state.core.limits.body_timeout_ms.max(1);
     Router::new()
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .route("/classify", post(handlers::classify))
         .route("/experts", get(handlers::list_experts))
         .route(
@@ -94,6 +102,7 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}/select", post(handlers::select))
         .route("/experts/{class}/shadow", put(handlers::attach_shadow).delete(handlers::drop_shadow))
         .route("/experts/{class}/shadow/promote", post(handlers::promote_shadow))
+        .route("/bundles", get(handlers::list_bundles))
         .route("/jobs/{id}", get(handlers::job))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
