@@ -24,7 +24,9 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -233,6 +235,45 @@ def test_with_the_token_a_swap_and_a_rollback_change_the_version_shown(server, b
     # The token is in no storage the page can reach, and not in the URL.
     stored = browser.execute_script("return JSON.stringify([localStorage, sessionStorage, document.cookie])")
     assert TOKEN not in stored and TOKEN not in browser.current_url
+
+
+def test_a_shadow_is_attached_shown_and_dropped_and_a_selection_job_is_followed(server, browser):
+    open_console(browser, server)
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "use-token").click()
+    Select(browser.find_element(By.ID, "op-class")).select_by_value("Health")
+    wait(browser, lambda d: any("(active)" in o.text for o in Select(d.find_element(By.ID, "op-bundle")).options))
+    target = next(b for b in call(server, "GET", "/bundles?class=Health")[1]["bundles"] if not b["active"])
+    Select(browser.find_element(By.ID, "op-bundle")).select_by_value(target["bundle"])
+    browser.find_element(By.ID, "op-shadow").click()
+    shadow_cell = lambda d: expert_row(d, "Health").find_element(By.CSS_SELECTOR, ".shadow").text  # noqa: E731
+    wait(browser, lambda d: target["bundle"] in shadow_cell(d))
+    assert call(server, "GET", "/experts/Health")[1]["shadow"]["bundle"] == target["bundle"]
+    browser.find_element(By.ID, "op-drop").click()
+    wait(browser, lambda d: shadow_cell(d) == "–")
+    assert call(server, "GET", "/experts/Health")[1]["shadow"] is None
+    browser.find_element(By.ID, "op-select").click()
+    wait(browser, lambda d: "Selection job" in d.find_element(By.ID, "op-result").text, timeout=120)
+    job = json.loads(browser.find_element(By.ID, "op-job").text)
+    assert job["state"] == "succeeded", job
+    assert call(server, "GET", f"/jobs/{job['id']}")[1]["result"]["winner"] == job["result"]["winner"]
+    assert len(job["result"]["candidates"]) == len(call(server, "GET", "/bundles?class=Health")[1]["bundles"])
+    assert severe_logs(browser) == []
+
+
+def test_classify_works_from_the_keyboard_alone(server, browser):
+    open_console(browser, server)
+    for _ in range(12):  # from the top of a fresh page, Tab through the header links to the text area
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if browser.switch_to.active_element.get_attribute("id") == "texts":
+            break
+    assert browser.switch_to.active_element.get_attribute("id") == "texts"
+    ActionChains(browser).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).perform()
+    ActionChains(browser).send_keys("How to fix a leaking faucet", Keys.TAB, Keys.ENTER).perform()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == 1)
+    want = call(server, "POST", "/classify", {"text": "How to fix a leaking faucet"})[1]["results"][0]
+    got = browser.find_element(By.CSS_SELECTOR, "article.result .decision").get_attribute("data-label")
+    assert got == (want["label"] or "")
 
 
 def test_live_numbers_follow_the_metrics(server, browser):
