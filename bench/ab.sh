@@ -4,7 +4,8 @@
 # test-split titles) at concurrency 1 and 16, so drift on a shared machine hits all alike.
 #   bench/ab.sh OUT.jsonl ROUNDS NAME='BIN FLAGS' [NAME='BIN FLAGS' ...]
 # e.g. bench/ab.sh docs/bench/ab.jsonl 3 before='/tmp/moe-old' after='target/release/moe'
-# Each server gets a copy of models/ (hard links) and a fresh state folder; loopback only.
+# Each server gets a copy of models/ (hard links) unless its flags name --models, and a fresh state
+# folder; loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$1; ROUNDS=$2; shift 2
@@ -21,12 +22,14 @@ PY
 for round in $(seq 1 "$ROUNDS"); do
   for v in "$@"; do
     name=${v%%=*}; cmd=${v#*=}; bin=${cmd%% *}; flags=${cmd#"$bin"}
-    root="$TMP/models-$name-$round"; cp -al models "$root"
+    # a variant whose flags name --models serves that root (read-only: the state folder is fresh)
+    root="$TMP/models-$name-$round"; models=(--models "$root")
+    if [[ " $flags " == *" --models "* ]]; then models=(); else cp -al models "$root"; fi
     # a binary from before the state folder keeps its registry in the model root (the copy)
     state=(); "$bin" serve --help | grep -q -- --state && state=(--state "$TMP/state-$name-$round")
     if curl -s -o /dev/null http://127.0.0.1:$PORT/; then echo "port $PORT is busy" >&2; exit 1; fi
     # shellcheck disable=SC2086 # flags: serve flags, word-split on purpose
-    "$bin" serve $flags --port $PORT --models "$root" "${state[@]}" > "$TMP/$name.log" 2>&1 &
+    "$bin" serve $flags --port $PORT "${models[@]}" "${state[@]}" > "$TMP/$name.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.2; done
     kill -0 "$pid" || { echo "server $name did not start: $(tail -n 3 "$TMP/$name.log")" >&2; exit 1; }

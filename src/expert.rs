@@ -9,8 +9,26 @@ use crate::clock::now_rfc3339;
 use crate::config::RuntimeConfig;
 use crate::experts::card::{BundleFiles, Card, Kind};
 use crate::inference::executor::{Expect, Input};
-use crate::inference::{Executor, ExecutorPool, Matrix, TokenizerHandle};
+use crate::inference::{Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
 use crate::{Error, Result};
+
+/// What turns a trunk's embedding into logits `[rows, 2]`.
+pub enum Head {
+    /// An ONNX graph on its own executor.
+    Graph(Arc<Executor>),
+    /// A linear head computed in Rust on the calling thread (a dot product per row).
+    Linear(Arc<LinearHead>),
+}
+
+impl Head {
+    /// Logits for an embedding, waiting on the graph's executor where there is one.
+    pub fn run_blocking(&self, embedding: Arc<Matrix>) -> Result<Matrix> {
+        match self {
+            Head::Graph(g) => g.run_blocking(Input::Embedding(embedding)),
+            Head::Linear(l) => l.logits(&embedding),
+        }
+    }
+}
 
 /// One loaded, warmed expert.
 pub struct Expert {
@@ -22,7 +40,7 @@ pub struct Expert {
     pub tokenizer: Arc<TokenizerHandle>,
     /// The trunk for heads, the whole model for full bundles.
     pub stage1: Arc<Executor>,
-    pub head: Option<Arc<Executor>>,
+    pub head: Option<Head>,
     pub loaded_at: String,
 }
 
@@ -42,17 +60,21 @@ impl Expert {
         let tokenizer = pool.tokenizer(&files.tokenizer, &files.tokenizer_sha256, files.max_seq_len)?;
         let big = cfg.intra_threads();
         let (stage1, head) = match (&files.card.kind, &files.trunk) {
-            (Kind::Head, Some((tcard, tpath))) => {
+            (kind, Some((tcard, tpath))) if kind.on_trunk() => {
                 let trunk =
                     pool.executor(cfg, tpath, &tcard.graph.sha256, Expect::Tokens, Some(tcard.embedding_dim), big)?;
-                let head = pool.executor(
-                    cfg,
-                    &files.graph,
-                    &files.card.graph.sha256,
-                    Expect::Embedding(tcard.embedding_dim),
-                    Some(2),
-                    cfg.head_threads,
-                )?;
+                let head = if *kind == Kind::Linear {
+                    Head::Linear(Arc::new(LinearHead::read(&files.graph, tcard.embedding_dim)?))
+                } else {
+                    Head::Graph(pool.executor(
+                        cfg,
+                        &files.graph,
+                        &files.card.graph.sha256,
+                        Expect::Embedding(tcard.embedding_dim),
+                        Some(2),
+                        cfg.head_threads,
+                    )?)
+                };
                 (trunk, Some(head))
             }
             _ => (pool.executor(cfg, &files.graph, &files.card.graph.sha256, Expect::Tokens, Some(2), big)?, None),
@@ -100,7 +122,7 @@ impl Expert {
         let enc = Arc::new(texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?);
         let first = self.stage1.run_blocking(Input::Tokens(enc))?;
         let logits = match &self.head {
-            Some(h) => h.run_blocking(Input::Embedding(Arc::new(first)))?,
+            Some(h) => h.run_blocking(Arc::new(first))?,
             None => first,
         };
         Ok(positive_probabilities(&logits))

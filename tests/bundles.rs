@@ -132,7 +132,9 @@ fn inline_and_threaded_heads_agree() {
     let run = |inline_heads: bool| {
         let cfg = moe::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
         let set = std::sync::Arc::new(load_set(&cfg, &root).unwrap());
-        let head = set.experts[0].head.as_ref().expect("the shipped experts are heads");
+        let Some(moe::expert::Head::Graph(head)) = set.experts[0].head.as_ref() else {
+            panic!("the shipped experts are ONNX heads")
+        };
         assert_eq!(head.inline(), inline_heads);
         assert!(!set.experts[0].stage1.inline(), "trunks keep their executor threads");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();

@@ -1,9 +1,10 @@
-//! Background jobs: automatic permutation (`POST /experts/{class}/select`). The candidates of a
+//! Background jobs: automatic permutation (`POST /experts/{class}/select`) and online training
+//! (`POST /experts/{class}/train`, `control::train`). The candidates of a
 //! class are evaluated on the validation split in the serving runtime (`eval::evaluate`, the same
 //! function `moe eval` and `moe calibrate` use); the best one replaces the active expert through the
 //! normal swap path if it beats it.
 //!
-//! Bounded: one running selection per class (409 for a second); finished jobs are kept for
+//! Bounded: one running job per class (409 for a second), `MAX_RUNNING` in all (429); finished jobs are kept for
 //! `GET /jobs/{id}` up to `KEEP_FINISHED`, oldest dropped first.
 
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub struct Job {
     pub state: JobState,
     pub created: String,
     pub finished: Option<String>,
+    /// What a running job is doing now (training: embedding / cross-validation / installing).
+    pub progress: Option<String>,
     pub result: Option<Value>,
     pub error: Option<String>,
 }
@@ -108,30 +111,60 @@ impl Jobs {
         if candidates.is_empty() {
             return Err(Error::NotFound(format!("no candidate bundles for {class:?} in the model root")));
         }
+        let (core, class_owned) = (self.core.clone(), class.to_string());
+        self.spawn("select", class, move |_| async move {
+            run_select(&core, &class_owned, req.metric, candidates, data).await
+        })
+    }
+
+    /// Labelled data the jobs read (selection: its validation split; training: default negatives).
+    pub fn data(&self) -> Option<&DataArgs> {
+        self.data.as_ref()
+    }
+
+    /// Record what a running job is doing (shown by `GET /jobs/{id}`).
+    pub fn progress(&self, id: u64, what: impl Into<String>) {
+        if let Some(j) = lock(&self.jobs).get_mut(&id).filter(|j| j.state == JobState::Running) {
+            j.progress = Some(what.into());
+        }
+    }
+
+    /// Register a job of `kind` for `class` and run `work` in the background; at most one running
+    /// job per class (409) and `MAX_RUNNING` in all (429). `work` gets the job's id.
+    pub fn spawn<F, Fut>(self: &Arc<Self>, kind: &'static str, class: &str, work: F) -> Result<Job>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Value>> + Send + 'static,
+    {
         let job = {
             let mut jobs = lock(&self.jobs);
-            if jobs.values().any(|j| j.class == class && j.state == JobState::Running) {
-                return Err(Error::Conflict(format!("a selection job for {class:?} is already running")));
+            if let Some(j) = jobs.values().find(|j| j.class == class && j.state == JobState::Running) {
+                return Err(Error::Conflict(format!(
+                    "a {} job for {class:?} is already running (job {})",
+                    j.kind, j.id
+                )));
             }
             if jobs.values().filter(|j| j.state == JobState::Running).count() >= MAX_RUNNING {
-                return Err(Error::TooMany(format!("{MAX_RUNNING} selection jobs are already running")));
+                return Err(Error::TooMany(format!("{MAX_RUNNING} jobs are already running")));
             }
             let job = Job {
                 id: self.next.fetch_add(1, Ordering::SeqCst) + 1,
-                kind: "select",
+                kind,
                 class: class.to_string(),
                 state: JobState::Running,
                 created: now_rfc3339(),
                 finished: None,
+                progress: None,
                 result: None,
                 error: None,
             };
             jobs.insert(job.id, job.clone());
             job
         };
+        let fut = work(job.id);
         let (jobs, mut done) = (self.clone(), job.clone());
         tokio::spawn(async move {
-            let r = run_select(&jobs.core, &done.class, req.metric, candidates, data).await;
+            let r = fut.await;
             done.finished = Some(now_rfc3339());
             match r {
                 Ok(v) => (done.state, done.result) = (JobState::Succeeded, Some(v)),
@@ -218,6 +251,7 @@ mod tests {
             state,
             created: now_rfc3339(),
             finished: None,
+            progress: None,
             result: None,
             error: None,
         }

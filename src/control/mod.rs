@@ -6,4 +6,5 @@
 pub mod jobs;
 pub mod shadow;
 pub mod swap;
+pub mod train;
 pub mod upload;

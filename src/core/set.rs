@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::RuntimeConfig;
 use crate::error::lock;
-use crate::expert::{Expert, positive_probabilities};
+use crate::expert::{Expert, Head, positive_probabilities};
 use crate::experts::registry::RegistryFile;
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
@@ -186,18 +186,22 @@ impl ExpertSet {
             first.push(Arc::new(m));
         }
         // Stage 2: heads on their stage's embedding, all queued before any is awaited.
+        // Linear heads are a dot product per row: computed here, after the graph heads are queued.
         let mut pending = Vec::with_capacity(self.experts.len());
         for (e, &s) in self.experts.iter().zip(&self.plan.stage_of) {
             pending.push(match &e.head {
-                Some(h) => Some(h.submit(Input::Embedding(first[s].clone()))?),
-                None => None,
+                Some(Head::Graph(h)) => Some(h.submit(Input::Embedding(first[s].clone()))?),
+                Some(Head::Linear(_)) | None => None,
             });
         }
         let mut probs = Vec::with_capacity(self.experts.len());
         for ((e, rx), &s) in self.experts.iter().zip(pending).zip(&self.plan.stage_of) {
-            let logits = match rx {
-                Some(rx) => rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??,
-                None => (*first[s]).clone(),
+            let logits = match (rx, &e.head) {
+                (Some(rx), _) => {
+                    rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??
+                }
+                (None, Some(Head::Linear(l))) => l.logits(&first[s])?,
+                (None, _) => (*first[s]).clone(),
             };
             metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -220,7 +224,7 @@ impl ExpertSet {
             .zip(&self.plan.stage_of)
             .map(|(e, &s)| {
                 let logits = match &e.head {
-                    Some(h) => h.run_blocking(Input::Embedding(first[s].clone()))?,
+                    Some(h) => h.run_blocking(first[s].clone())?,
                     None => (*first[s]).clone(),
                 };
                 Ok(positive_probabilities(&logits))

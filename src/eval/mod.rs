@@ -6,6 +6,7 @@ pub mod data;
 pub mod evaluate;
 pub mod fit;
 pub mod gating;
+pub mod logreg;
 pub mod metrics;
 pub mod report;
 pub mod select;

@@ -20,6 +20,15 @@ pub enum Kind {
     Full,
     /// embedding of a shared trunk -> logits [batch, 2]
     Head,
+    /// embedding of a shared trunk -> [0, w·x + b], computed in Rust from `head.json`
+    Linear,
+}
+
+impl Kind {
+    /// Runs on a shared trunk's embedding (needs `trunk` and `embedding_dim`).
+    pub fn on_trunk(self) -> bool {
+        matches!(self, Kind::Head | Kind::Linear)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,7 +196,7 @@ impl Card {
             return bad("max_seq_len must be > 0".into());
         }
         match self.kind {
-            Kind::Head if self.trunk.is_none() || self.embedding_dim.is_none() => {
+            k if k.on_trunk() && (self.trunk.is_none() || self.embedding_dim.is_none()) => {
                 bad("a head bundle needs `trunk` and `embedding_dim`".into())
             }
             Kind::Full if self.tokenizer.is_none() => bad("a full-model bundle needs `tokenizer`".into()),
@@ -247,7 +256,7 @@ impl BundleFiles {
                 check_hash(&path, &t.sha256)?;
                 (path, t.sha256.to_lowercase(), None, card.max_seq_len)
             }
-            Kind::Head => {
+            Kind::Head | Kind::Linear => {
                 let r = card.trunk.as_ref().expect("checked");
                 let tdir = confined(root, &root.join("trunks"), &r.id)?;
                 let tcard_path = confined(root, &tdir, "trunk.json")?;

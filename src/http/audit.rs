@@ -17,7 +17,11 @@ use crate::error::lock;
 
 /// First 8 hex digits of SHA-256 of the bearer token presented ("none" without one).
 pub fn fingerprint(req: &Request) -> String {
-    match req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+    fingerprint_of(req.headers())
+}
+
+pub fn fingerprint_of(headers: &axum::http::HeaderMap) -> String {
+    match headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
         Some(t) => hex::encode(&Sha256::digest(t.as_bytes())[..4]),
         None => "none".into(),
     }

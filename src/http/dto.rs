@@ -94,6 +94,26 @@ pub struct SelectBody {
     pub candidates: Option<Vec<String>>,
 }
 
+/// `POST /experts/{class}/train`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainBody {
+    /// Texts of the class.
+    pub positives: Vec<String>,
+    /// Texts of other classes (default: a sample of the other classes' training rows of --data).
+    #[serde(default)]
+    pub negatives: Option<Vec<String>>,
+    /// "install" (default) or "shadow".
+    #[serde(default)]
+    pub mode: crate::control::train::Mode,
+    /// Trunk id to train on (default: the trunk most experts of the set run on).
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// Quality gate: refuse when the cross-validated EER is above this (default 0.25).
+    #[serde(default)]
+    pub max_eer: Option<f64>,
+}
+
 /// `PUT /experts/{class}/shadow`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

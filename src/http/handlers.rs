@@ -15,12 +15,12 @@ use super::AppState;
 use super::auth::Admin;
 use super::dto::{
     BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job,
-    SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, UploadQuery,
+    SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
 use crate::control::swap::Swap;
-use crate::control::{shadow, swap, upload};
+use crate::control::{shadow, swap, train, upload};
 
 pub async fn classify(
     State(s): State<AppState>,
@@ -143,6 +143,18 @@ pub async fn select(
     ApiJson(req): ApiJson<SelectBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?).await?)))
+}
+
+/// Train a linear head for the class from labelled texts: a background job (202 + the job).
+pub async fn train(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiPath(class): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<TrainBody>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let req = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers))?;
+    Ok((StatusCode::ACCEPTED, Json(train::start(&s.jobs, &s.core, &class, req).await?)))
 }
 
 pub async fn job(State(s): State<AppState>, ApiPath(id): ApiPath<u64>) -> ApiResult<Json<Job>> {

@@ -57,6 +57,9 @@ impl AppState {
     }
 }
 
+/// Largest `POST /experts/{class}/train` body: 20,000 titles of ~100 bytes with JSON quoting.
+pub const TRAIN_BODY_BYTES: usize = 8 << 20;
+
 /// Every (method, path) the router serves; a test keeps openapi.yaml equal to this list.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
@@ -70,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/experts/{class}/history"),
     ("post", "/experts/{class}/rollback"),
     ("post", "/experts/{class}/select"),
+    ("post", "/experts/{class}/train"),
     ("put", "/experts/{class}/shadow"),
     ("delete", "/experts/{class}/shadow"),
     ("post", "/experts/{class}/shadow/promote"),
@@ -100,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}/history", get(handlers::history))
         .route("/experts/{class}/rollback", post(handlers::rollback))
         .route("/experts/{class}/select", post(handlers::select))
+        .route("/experts/{class}/train", post(handlers::train.layer(DefaultBodyLimit::max(TRAIN_BODY_BYTES))))
         .route("/experts/{class}/shadow", put(handlers::attach_shadow).delete(handlers::drop_shadow))
         .route("/experts/{class}/shadow/promote", post(handlers::promote_shadow))
         .route("/bundles", get(handlers::list_bundles))

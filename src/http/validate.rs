@@ -1,11 +1,12 @@
 //! Validation at the edge: request bodies become typed values the core can trust (like TGI's
 //! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
 
-use super::dto::{ClassifyRequest, SelectBody, SwapBody};
+use super::dto::{ClassifyRequest, SelectBody, SwapBody, TrainBody};
 use super::error::{ApiError, ApiResult};
 use crate::config::Limits;
 use crate::control::jobs::Selection;
 use crate::control::swap::{MinMetric, Swap};
+use crate::control::train::{DEFAULT_MAX_EER, TrainRequest};
 
 /// Texts that passed every limit: 1..=max_texts texts, none blank, none over max_text_chars.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +70,47 @@ impl SwapBody {
             expected_version: self.expected_version,
             min_metric: self.min_metric.map(|m| MinMetric { metric: m.metric, value: m.value }),
             not_worse: self.not_worse,
+        })
+    }
+}
+
+/// Every example must be a text a classify request would accept.
+fn check_examples(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
+    for (i, t) in texts.iter().enumerate() {
+        if !t.chars().any(visible) {
+            return Err(ApiError::bad_request(format!("{what} {i} is empty or has no visible characters")));
+        }
+        let n = t.chars().count();
+        if n > l.max_text_chars {
+            return Err(ApiError::bad_request(format!(
+                "{what} {i} has {n} characters, the limit is {}",
+                l.max_text_chars
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl TrainBody {
+    pub fn validate(self, l: &Limits, who: String) -> ApiResult<TrainRequest> {
+        check_examples("positive", &self.positives, l)?;
+        if let Some(n) = &self.negatives {
+            check_examples("negative", n, l)?;
+        }
+        let max_eer = self.max_eer.unwrap_or(DEFAULT_MAX_EER);
+        if !(max_eer.is_finite() && (0.0..=1.0).contains(&max_eer)) {
+            return Err(ApiError::bad_request("\"max_eer\" must be a number in [0, 1]"));
+        }
+        if self.trunk.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ApiError::bad_request("\"trunk\" is empty: omit it to use the set's main trunk"));
+        }
+        Ok(TrainRequest {
+            positives: self.positives,
+            negatives: self.negatives,
+            mode: self.mode,
+            trunk: self.trunk,
+            max_eer,
+            who,
         })
     }
 }

@@ -1,11 +1,13 @@
 //! ONNX Runtime: the process environment, sessions (CPU / CUDA), the batching executors that own
-//! them, and tokenization.
+//! them, and tokenization; and linear heads, computed without ONNX Runtime.
 
 pub mod executor;
+pub mod linear;
 pub mod pool;
 pub mod runtime;
 pub mod tokenize;
 
 pub use executor::{Executor, GraphRole, Matrix};
+pub use linear::LinearHead;
 pub use pool::ExecutorPool;
 pub use tokenize::{Encoded, TokenizerHandle};

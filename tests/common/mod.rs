@@ -48,6 +48,16 @@ pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
     core
 }
 
+/// A loaded core on `root` with the state folder `state` under the temp dir, kept between calls
+/// with the same name (a restart on the same state).
+pub async fn loaded_core_in(root: &Path, state: &str, limits: Limits) -> Arc<Core> {
+    let dir = std::env::temp_dir().join(format!("moe-state-{state}-{}", std::process::id()));
+    let core = Core::new(Paths::new(root, dir), runtime(), limits);
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().expect("registry loads");
+    core
+}
+
 /// Serve `core` on 127.0.0.1:<ephemeral>; returns the base URL.
 pub async fn serve(core: Arc<Core>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

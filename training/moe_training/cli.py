@@ -633,6 +633,16 @@ def main(argv=None) -> None:
     rp.add_argument("--figures", default="../docs/report")
     rp.add_argument("--command", default="scripts/report.sh", help="the command named in the page")
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
+    lz = sub.add_parser("linearize", help="copy a model root with its Gemm heads as linear heads (computed in Rust)")
+    lz.add_argument("src")
+    lz.add_argument("out")
+    lz.add_argument("bundles", nargs="*", help="only these bundles (default: every Gemm head)")
+    lz.set_defaults(
+        func=lambda a: print(
+            "linear:",
+            len(__import__("moe_training.linearize", fromlist=["x"]).linearize(Path(a.src), Path(a.out), a.bundles)),
+        )
+    )
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)

@@ -1,0 +1,414 @@
+//! Online training of one class (`POST /experts/{class}/train`): labelled texts in, a real linear
+//! bundle out, installed (a new class or a replacement) or attached as a shadow, without leaving
+//! the service and without touching any other class.
+//!
+//! Steps (a background job, `GET /jobs/{id}` shows the progress):
+//! 1. embed every example with a serving trunk, through the same executors live traffic uses, in
+//!    chunks of `EMBED_CHUNK` texts so live requests queue between chunks rather than behind the
+//!    whole set (the executors have no priorities: this is how the job yields to traffic);
+//! 2. fit an L2 logistic regression with the trainer's `class_weight` rebalancing (`eval::logreg`),
+//!    choosing C from `C_GRID` by stratified k-fold cross-validated AUC; the EER threshold is read
+//!    off the out-of-fold probabilities of the chosen C, and so are the card's metrics ("cv");
+//! 3. refuse (quality gate) when the cross-validated EER is above the request's bound;
+//! 4. write the bundle (`head.json` + `card.json`, in a `.upload-*` temp folder renamed into the
+//!    model root: a crash leaves nothing a registry names, and start-up sweeps the temp folder);
+//! 5. install it through the normal swap path (history action "train") or attach it as a shadow.
+//!
+//! Invariants: the new head runs on a trunk the set already serves, so no other expert's graph,
+//! executor or threshold changes: every other class's probabilities stay bit-identical (tested).
+//! Nothing is written unless the fit passed the gate; nothing is installed unless the bundle
+//! loads and passes its self-test like any other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::jobs::Jobs;
+use super::swap::{Swap, swap_as};
+use super::upload::TEMP_PREFIX;
+use crate::clock::now_rfc3339;
+use crate::core::Core;
+use crate::eval::data::DataArgs;
+use crate::eval::logreg::{Logistic, balanced_weights, cross_val_probabilities, fit, shuffle, stratified_folds};
+use crate::eval::metrics::binary_report;
+use crate::expert::Expert;
+use crate::experts::card::{
+    CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, check_name, sha256_file, write_atomic,
+};
+use crate::experts::metrics::{BinaryReport, SplitMetrics};
+use crate::inference::executor::Input;
+use crate::inference::{LinearHead, Matrix};
+use crate::{Error, Result};
+
+/// Fewest positives and negatives a head is trained from (5 folds need 5 of each).
+pub const MIN_EXAMPLES: usize = 5;
+/// Most examples in one request (positives + negatives).
+pub const MAX_EXAMPLES: usize = 20_000;
+/// Negatives drawn from the other classes' training rows when the request brings none.
+pub const DEFAULT_NEGATIVES: usize = 1000;
+/// L2 strengths tried (sklearn's C: larger = weaker regularisation).
+pub const C_GRID: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
+pub const FOLDS: usize = 5;
+/// Texts per trunk job while embedding.
+pub const EMBED_CHUNK: usize = 16;
+/// Default quality gate: the cross-validated EER must not exceed this.
+pub const DEFAULT_MAX_EER: f64 = 0.25;
+const SEED: u64 = 42;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Serve it now (a new class, or a replacement of the active expert).
+    #[default]
+    Install,
+    /// Attach it as the class's shadow (scores live traffic, answers nothing).
+    Shadow,
+}
+
+/// A training request, validated by the HTTP layer (texts non-blank and within limits).
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub positives: Vec<String>,
+    /// None: sample `DEFAULT_NEGATIVES` from the other classes' rows of the configured data.
+    pub negatives: Option<Vec<String>>,
+    pub mode: Mode,
+    /// Trunk id (None: the trunk most experts of the set run on).
+    pub trunk: Option<String>,
+    pub max_eer: f64,
+    /// Who asked (the admin token's fingerprint), for the card's provenance.
+    pub who: String,
+}
+
+/// Examples checked and resolved before the job starts: every refusal here is a 4xx at once.
+struct Prepared {
+    class: String,
+    positives: Vec<String>,
+    negatives: Vec<String>,
+    negatives_source: String,
+    /// An expert of the set on the chosen trunk: its trunk executor, tokenizer and card.
+    on_trunk: Arc<Expert>,
+    req: TrainRequest,
+}
+
+/// Check the request against the set and the data, then start the job.
+pub async fn start(
+    jobs: &Arc<Jobs>,
+    core: &Arc<Core>,
+    class: &str,
+    req: TrainRequest,
+) -> Result<crate::control::jobs::Job> {
+    check_name(&slug(class)).map_err(|e| Error::BadRequest(format!("class {class:?} cannot name a bundle: {e}")))?;
+    let set = core.snapshot()?;
+    if req.mode == Mode::Shadow && set.get(class).is_none() {
+        return Err(Error::Conflict(format!(
+            "{class:?} has no active expert to shadow: train with \"mode\": \"install\""
+        )));
+    }
+    let on_trunk = pick_trunk(&set.experts, req.trunk.as_deref())?;
+    let data = jobs.data().cloned();
+    let (class_owned, r) = (class.to_string(), req);
+    let prepared = tokio::task::spawn_blocking(move || prepare(class_owned, r, on_trunk, data.as_ref())).await??;
+    let (core, jobs2) = (core.clone(), jobs.clone());
+    jobs.spawn("train", class, move |id| async move { run(&core, &jobs2, id, prepared).await })
+}
+
+/// The expert whose trunk the head will run on.
+fn pick_trunk(experts: &[Arc<Expert>], wanted: Option<&str>) -> Result<Arc<Expert>> {
+    let on_trunks: Vec<&Arc<Expert>> = experts.iter().filter(|e| e.head.is_some() && e.card.trunk.is_some()).collect();
+    let id = |e: &Arc<Expert>| e.card.trunk.as_ref().map(|t| t.id.clone()).unwrap_or_default();
+    if let Some(w) = wanted {
+        return on_trunks.into_iter().find(|e| id(e) == w).cloned().ok_or_else(|| {
+            let served: Vec<String> =
+                experts.iter().filter_map(|e| e.card.trunk.as_ref().map(|t| t.id.clone())).collect();
+            Error::NotFound(format!("trunk {w:?} is not served by this set (served: {served:?})"))
+        });
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &on_trunks {
+        *counts.entry(id(e)).or_default() += 1;
+    }
+    let best = counts.iter().max_by_key(|(_, n)| **n).map(|(t, _)| t.clone());
+    best.and_then(|t| on_trunks.into_iter().find(|e| id(e) == t).cloned()).ok_or_else(|| {
+        Error::BadRequest("no expert of the serving set runs on a trunk: nothing to train a head on".into())
+    })
+}
+
+/// Duplicates, overlaps, counts and the default negatives (reads the data file: blocking).
+fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option<&DataArgs>) -> Result<Prepared> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in req.positives.iter().enumerate() {
+        if let Some(j) = seen.insert(t.as_str(), i) {
+            return Err(Error::BadRequest(format!("positive {i} repeats positive {j}: send each example once")));
+        }
+    }
+    if req.positives.len() < MIN_EXAMPLES {
+        return Err(Error::BadRequest(format!(
+            "{} positives given: at least {MIN_EXAMPLES} are needed ({FOLDS}-fold cross-validation)",
+            req.positives.len()
+        )));
+    }
+    let (negatives, source) = match &req.negatives {
+        Some(n) => {
+            let mut seen_neg: HashMap<&str, usize> = HashMap::new();
+            for (i, t) in n.iter().enumerate() {
+                if let Some(j) = seen.get(t.as_str()) {
+                    return Err(Error::BadRequest(format!("negative {i} is also positive {j}")));
+                }
+                if let Some(j) = seen_neg.insert(t.as_str(), i) {
+                    return Err(Error::BadRequest(format!(
+                        "negative {i} repeats negative {j}: send each example once"
+                    )));
+                }
+            }
+            (n.clone(), "the request".to_string())
+        }
+        None => {
+            let d = data.filter(|d| d.available()).ok_or_else(|| {
+                Error::BadRequest(
+                    "no \"negatives\" given and no labelled data configured (--data / MOE_DATA) to sample them from"
+                        .into(),
+                )
+            })?;
+            let rows = d.read("train")?;
+            let mut pool: Vec<&String> = rows
+                .texts
+                .iter()
+                .zip(&rows.labels)
+                .filter(|(t, l)| *l != &class && !seen.contains_key(t.as_str()))
+                .map(|(t, _)| t)
+                .collect();
+            pool.sort();
+            pool.dedup();
+            let classes: std::collections::BTreeSet<&String> = rows.labels.iter().filter(|l| **l != class).collect();
+            shuffle(&mut pool, SEED);
+            pool.truncate(DEFAULT_NEGATIVES);
+            let source = format!(
+                "{} rows sampled (seed {SEED}) from the train split of {} ({} other classes)",
+                pool.len(),
+                d.data.display(),
+                classes.len()
+            );
+            (pool.into_iter().cloned().collect(), source)
+        }
+    };
+    if negatives.len() < MIN_EXAMPLES {
+        return Err(Error::BadRequest(format!("{} negatives: at least {MIN_EXAMPLES} are needed", negatives.len())));
+    }
+    if req.positives.len() + negatives.len() > MAX_EXAMPLES {
+        return Err(Error::BadRequest(format!(
+            "{} examples: at most {MAX_EXAMPLES} per request",
+            req.positives.len() + negatives.len()
+        )));
+    }
+    Ok(Prepared { positives: req.positives.clone(), negatives, negatives_source: source, on_trunk, class, req })
+}
+
+/// Embed texts with the trunk, chunk by chunk, through its shared executor.
+async fn embed(jobs: &Jobs, id: u64, e: &Arc<Expert>, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for (k, chunk) in texts.chunks(EMBED_CHUNK).enumerate() {
+        let (tok, owned) = (e.tokenizer.clone(), chunk.to_vec());
+        let enc = tokio::task::spawn_blocking(move || owned.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>())
+            .await??;
+        let m: Matrix = e
+            .stage1
+            .submit(Input::Tokens(Arc::new(enc)))?
+            .await
+            .map_err(|_| Error::Internal("the trunk dropped a training job".into()))??;
+        out.extend((0..m.rows).map(|i| m.row(i).to_vec()));
+        if k % 8 == 0 {
+            jobs.progress(id, format!("embedding: {}/{} texts", out.len(), texts.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// What cross-validation chose.
+struct Fitted {
+    model: Logistic,
+    c: f64,
+    folds: usize,
+    report: BinaryReport,
+    grid: Vec<Value>,
+}
+
+/// Pick C by out-of-fold AUC, read the EER threshold off the out-of-fold probabilities, refit on all.
+fn cross_validate(x: &[Vec<f32>], y: &[bool]) -> Fitted {
+    let rows: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+    let pos = y.iter().filter(|&&v| v).count();
+    let k = FOLDS.min(pos).min(y.len() - pos).max(2);
+    let folds = stratified_folds(y, k, SEED);
+    let mut best: Option<(f64, BinaryReport)> = None;
+    let mut grid = Vec::new();
+    for &c in &C_GRID {
+        let oof = cross_val_probabilities(&rows, y, &folds, k, c);
+        let r = binary_report(&oof, y);
+        grid.push(json!({"C": c, "cv_auc": r.auc, "cv_eer": r.eer}));
+        if best.as_ref().is_none_or(|(_, b)| r.auc > b.auc) {
+            best = Some((c, r));
+        }
+    }
+    let (c, report) = best.expect("C_GRID is not empty");
+    let model = fit(&rows, y, &balanced_weights(y), c);
+    Fitted { model, c, folds: k, report, grid }
+}
+
+async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result<Value> {
+    let started = Instant::now();
+    let texts: Vec<String> = p.positives.iter().chain(&p.negatives).cloned().collect();
+    let y: Vec<bool> = (0..texts.len()).map(|i| i < p.positives.len()).collect();
+    let x = embed(jobs, id, &p.on_trunk, &texts).await?;
+    let embed_ms = started.elapsed().as_secs_f64() * 1e3;
+    jobs.progress(id, format!("cross-validating C over {C_GRID:?} ({FOLDS} folds)"));
+    let t = Instant::now();
+    let (x, y) = (Arc::new(x), Arc::new(y));
+    let fitted = {
+        let (x, y) = (x.clone(), y.clone());
+        tokio::task::spawn_blocking(move || cross_validate(&x, &y)).await?
+    };
+    let fit_ms = t.elapsed().as_secs_f64() * 1e3;
+    let cv = json!({"folds": fitted.folds, "C": fitted.c, "grid": fitted.grid, "auc": fitted.report.auc,
+                    "eer": fitted.report.eer, "threshold": fitted.report.eer_threshold,
+                    "f1_at_eer": fitted.report.at_eer.f1, "precision_at_eer": fitted.report.at_eer.precision,
+                    "recall_at_eer": fitted.report.at_eer.recall});
+    if fitted.report.eer > p.req.max_eer {
+        return Err(Error::QualityGate(format!(
+            "cross-validated EER {:.4} is above the bound {} (max_eer): nothing was written or installed; cv: {cv}",
+            fitted.report.eer, p.req.max_eer
+        )));
+    }
+    jobs.progress(id, "writing the bundle");
+    let t = Instant::now();
+    let selftest: Vec<SelfTest> = [0, 1, 2]
+        .into_iter()
+        .chain([p.positives.len(), p.positives.len() + 1])
+        .filter(|&i| i < texts.len())
+        .map(|i| SelfTest { text: texts[i].clone(), probability: fitted.model.probability(&x[i]) })
+        .collect();
+    let bundle = {
+        let (root, class, on_trunk) = (core.root().to_path_buf(), p.class.clone(), p.on_trunk.clone());
+        let provenance = json!({
+            "trained_by": "moe online training (POST /experts/{class}/train)",
+            "who": p.req.who, "created": now_rfc3339(),
+            "examples": {"positives": p.positives.len(), "negatives": p.negatives.len(),
+                         "negatives_source": p.negatives_source},
+            "rebalance": {"method": "class_weight"}, "solver": "newton (eval::logreg)",
+            "iterations": fitted.model.iterations, "cv": cv,
+        });
+        let (model, report) = (fitted.model.clone(), fitted.report.clone());
+        tokio::task::spawn_blocking(move || {
+            write_bundle(&root, &class, &on_trunk, &model, &report, provenance, selftest)
+        })
+        .await??
+    };
+    let write_ms = t.elapsed().as_secs_f64() * 1e3;
+    jobs.progress(id, format!("installing {bundle} ({:?})", p.req.mode));
+    let t = Instant::now();
+    let installed = match p.req.mode {
+        Mode::Install => {
+            let out = swap_as(core, &p.class, Swap { bundle: bundle.clone(), ..Default::default() }, "train").await?;
+            serde_json::to_value(out).expect("json")
+        }
+        Mode::Shadow => {
+            let sh = super::shadow::attach(core, &p.class, &bundle).await?;
+            json!({"shadow": sh.expert.bundle, "version": sh.expert.card.version})
+        }
+    };
+    let install_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(json!({
+        "bundle": bundle, "mode": p.req.mode, "class": p.class,
+        "trunk": p.on_trunk.card.trunk.as_ref().map(|t| t.id.clone()),
+        "examples": {"positives": p.positives.len(), "negatives": p.negatives.len(), "negatives_source": p.negatives_source},
+        "cv": cv, "installed": installed,
+        "timings_ms": {"embed": embed_ms, "fit": fit_ms, "write": write_ms, "install": install_ms,
+                       "total": started.elapsed().as_secs_f64() * 1e3},
+    }))
+}
+
+/// `Travel & Tours` → `travel-tours`.
+pub fn slug(class: &str) -> String {
+    let mut s = String::new();
+    for c in class.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').to_string()
+}
+
+/// Write `<slug>--online-<time>-<sha8>/{head.json, card.json}` into the model root via a temp
+/// folder and one rename; returns the bundle's name.
+fn write_bundle(
+    root: &std::path::Path,
+    class: &str,
+    on_trunk: &Expert,
+    model: &Logistic,
+    report: &BinaryReport,
+    provenance: Value,
+    selftest: Vec<SelfTest>,
+) -> Result<String> {
+    let tmp = root.join(format!("{TEMP_PREFIX}train-{}-{}", std::process::id(), now_rfc3339().replace(':', "")));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| {
+        let head = LinearHead { weights: model.weights.clone(), bias: model.bias };
+        let head_path = tmp.join("head.json");
+        write_atomic(&head_path, &serde_json::to_vec(&head).expect("json"))?;
+        let sha = sha256_file(&head_path)?;
+        let stamp = now_rfc3339().replace(['-', ':'], "");
+        let stamp = stamp.split('.').next().unwrap_or(&stamp).trim_end_matches('Z').to_string() + "Z";
+        let name = format!("{}--online-{}-{}", slug(class), stamp.to_lowercase(), &sha[..8]);
+        let threshold = (report.eer_threshold as f32).clamp(1e-6, 1.0 - 1e-6);
+        let card = Card {
+            schema: CARD_SCHEMA,
+            class: class.to_string(),
+            algorithm: "online-logreg".into(),
+            kind: Kind::Linear,
+            version: format!("{stamp}-{}", &sha[..8]),
+            graph: FileRef { file: "head.json".into(), sha256: sha },
+            max_seq_len: on_trunk.card.max_seq_len,
+            threshold: Some(Threshold { value: threshold, method: "eer".into(), split: format!("cv{}", FOLDS) }),
+            metrics: BTreeMap::from([(
+                "cv".to_string(),
+                SplitMetrics {
+                    provider: on_trunk.provider().into(),
+                    runtime: "moe online training".into(),
+                    report: report.clone(),
+                },
+            )]),
+            provenance,
+            selftest,
+            tokenizer: None,
+            trunk: on_trunk.card.trunk.clone(),
+            embedding_dim: on_trunk.card.embedding_dim,
+            extra: BTreeMap::new(),
+        };
+        card.write(&tmp.join("card.json"))?;
+        let dest = root.join(&name);
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        if let Ok(d) = std::fs::File::open(root) {
+            let _ = d.sync_all();
+        }
+        Ok(name)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_bundle_names() {
+        assert_eq!(slug("Cars & Other Vehicles"), "cars-other-vehicles");
+        assert_eq!(slug("Crypto"), "crypto");
+        assert_eq!(slug("&&"), "");
+    }
+}

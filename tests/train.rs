@@ -1,0 +1,207 @@
+//! Online training (`POST /experts/{class}/train`) over a real socket, real ONNX Runtime and the
+//! shipped experts: a new class goes live with every other class's answers bit-identical, a shadow
+//! is attached without changing what is served, and every refusal changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use moe::config::Limits;
+use moe::http::{AppState, app};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "train-token";
+
+const CRYPTO: [&str; 12] = [
+    "How to buy bitcoin safely",
+    "How to set up a crypto wallet",
+    "How to mine cryptocurrency at home",
+    "How to store your private keys offline",
+    "How to trade ethereum on an exchange",
+    "How to read a blockchain explorer",
+    "How to avoid crypto scams",
+    "How to stake coins for rewards",
+    "How to transfer bitcoin to a hardware wallet",
+    "How to choose a cryptocurrency exchange",
+    "How to pay taxes on crypto gains",
+    "How to recover a lost crypto wallet seed phrase",
+];
+
+async fn serve(root: &std::path::Path, state: &str) -> String {
+    let core = common::loaded_core_in(root, state, Limits::default()).await;
+    let st = AppState::new(core).with_data(Some(common::data())).with_admin_token(Some(TOKEN.into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(st)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn train(c: &reqwest::Client, base: &str, class: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+    let mut r = c.post(format!("{base}/experts/{class}/train")).json(&body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let res = r.send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn finish(c: &reqwest::Client, base: &str, job: &Value) -> Value {
+    for _ in 0..600 {
+        let j: Value = c.get(format!("{base}/jobs/{}", job["id"])).send().await.unwrap().json().await.unwrap();
+        if j["state"] != "running" {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {} did not finish", job["id"]);
+}
+
+/// Per class, the probability of each text (as f32 bits: "unchanged" means bit-identical).
+async fn probabilities(c: &reqwest::Client, base: &str, texts: &[&str]) -> BTreeMap<String, Vec<u32>> {
+    let v: Value =
+        c.post(format!("{base}/classify")).json(&json!({"texts": texts})).send().await.unwrap().json().await.unwrap();
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in v["results"].as_array().unwrap() {
+        for e in r["experts"].as_array().unwrap() {
+            let p = e["probability"].as_f64().unwrap() as f32;
+            out.entry(e["class"].as_str().unwrap().to_string()).or_default().push(p.to_bits());
+        }
+    }
+    out
+}
+
+fn bundles(root: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_taught_online_serves_and_leaves_every_other_class_bit_identical() {
+    let root = common::copy_root(&common::default_models(), "train-new");
+    let base = serve(&root, "train-new").await;
+    let c = reqwest::Client::new();
+    let probe = ["How to buy ethereum with a credit card", "How to bake sourdough bread", "How to plan a trip to Rome"];
+    let before = probabilities(&c, &base, &probe).await;
+    assert_eq!(before.len(), 19);
+
+    let (s, job) = train(&c, &base, "Crypto", json!({"positives": CRYPTO}), Some(TOKEN)).await;
+    assert_eq!(s, 202, "{job}");
+    assert_eq!(job["kind"], "train");
+    let done = finish(&c, &base, &job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let r = &done["result"];
+    assert_eq!(r["examples"]["positives"], 12);
+    assert_eq!(r["examples"]["negatives"], 1000, "the default negatives: a sample of the other classes");
+    assert!(r["examples"]["negatives_source"].as_str().unwrap().contains("train split"), "{r}");
+    let bundle = r["bundle"].as_str().unwrap();
+    assert!(bundle.starts_with("crypto--online-"), "{bundle}");
+
+    let after = probabilities(&c, &base, &probe).await;
+    assert_eq!(after.len(), 20, "the new class answers");
+    for (class, p) in &before {
+        assert_eq!(&after[class], p, "{class}'s probabilities changed");
+    }
+    let v: Value = c
+        .post(format!("{base}/classify"))
+        .json(&json!({"texts": ["How to buy bitcoin with cash", "How to bake sourdough bread"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let crypto =
+        |i: usize| v["results"][i]["experts"].as_array().unwrap().iter().find(|e| e["class"] == "Crypto").cloned();
+    assert_eq!(crypto(0).unwrap()["passed"], true, "{v}");
+    assert_eq!(crypto(1).unwrap()["passed"], false, "{v}");
+
+    // A real bundle: linear head, threshold and metrics from cross-validation, provenance without the token.
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join(bundle).join("card.json")).unwrap()).unwrap();
+    assert_eq!(card["kind"], "linear");
+    assert_eq!(card["threshold"]["split"], "cv5");
+    assert!(card["metrics"]["cv"]["report"]["auc"].as_f64().unwrap() > 0.9, "{card}");
+    assert!(!card.to_string().contains(TOKEN), "the token is not in the card");
+    assert_eq!(card["provenance"]["examples"]["positives"], 12);
+    let h: Value = c.get(format!("{base}/experts/Crypto/history")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["history"].as_array().unwrap().last().unwrap()["action"], "train");
+
+    // It survives a restart: a new process on the same model root and state serves it.
+    let again = serve(&root, "train-new").await;
+    let e: Value = c.get(format!("{again}/experts/Crypto")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(e["bundle"], bundle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_trained_beside_the_active_expert_and_refusals_change_nothing() {
+    let root = common::copy_root(&common::default_models(), "train-refuse");
+    let base = serve(&root, "train-refuse").await;
+    let c = reqwest::Client::new();
+    let listing = bundles(&root);
+    let generation = |v: &Value| v["generation"].as_u64().unwrap();
+    let g0 = generation(&c.get(format!("{base}/experts")).send().await.unwrap().json::<Value>().await.unwrap());
+    let five = &CRYPTO[..5];
+    let repeated = [five, &five[..1]].concat();
+    let blank = [five, &[" \u{200B}"]].concat();
+    for (class, body, token, status, why) in [
+        ("Crypto", json!({"positives": CRYPTO}), None, 401, "bearer token"),
+        ("Crypto", json!({"positives": &CRYPTO[..3]}), Some(TOKEN), 400, "at least 5"),
+        ("Crypto", json!({"positives": repeated}), Some(TOKEN), 400, "repeats positive 0"),
+        ("Crypto", json!({"positives": blank}), Some(TOKEN), 400, "no visible characters"),
+        (
+            "Crypto",
+            json!({"positives": five, "negatives": [five[0], "a", "b", "c", "d"]}),
+            Some(TOKEN),
+            400,
+            "also positive",
+        ),
+        ("Crypto", json!({"positives": five, "negatives": ["a", "b"]}), Some(TOKEN), 400, "at least 5"),
+        ("Crypto", json!({"positives": five, "trunk": "no-such-trunk"}), Some(TOKEN), 404, "not served"),
+        ("Crypto", json!({"positives": five, "mode": "shadow"}), Some(TOKEN), 409, "no active expert"),
+        ("Crypto", json!({"positives": five, "mode": "live"}), Some(TOKEN), 400, "unknown variant"),
+        ("Crypto", json!({"positives": five, "max_eer": 2}), Some(TOKEN), 400, "max_eer"),
+        ("Crypto", json!({"positives": five, "extra": 1}), Some(TOKEN), 400, "unknown field"),
+    ] {
+        let (s, v) = train(&c, &base, class, body, token).await;
+        assert_eq!(s, status, "{why}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{why}: {v}");
+    }
+    // The quality gate refuses after the fit: the job fails, nothing is written or installed.
+    let (s, job) = train(&c, &base, "Crypto", json!({"positives": CRYPTO, "max_eer": 0.0}), Some(TOKEN)).await;
+    assert_eq!(s, 202, "{job}");
+    let done = finish(&c, &base, &job).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("above the bound"), "{done}");
+    assert_eq!(bundles(&root), listing, "a refused training wrote nothing (no bundle, no temp folder)");
+    let g1 = generation(&c.get(format!("{base}/experts")).send().await.unwrap().json::<Value>().await.unwrap());
+    assert_eq!(g0, g1, "nothing was installed");
+
+    // Shadow mode: the trained head scores beside Travel's active expert, which keeps serving.
+    let active: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let travel: Vec<String> = common::data()
+        .read("train")
+        .unwrap()
+        .texts
+        .into_iter()
+        .zip(common::data().read("train").unwrap().labels)
+        .filter(|(_, l)| l == "Travel")
+        .map(|(t, _)| t)
+        .take(60)
+        .collect();
+    let (s, job) = train(&c, &base, "Travel", json!({"positives": travel, "mode": "shadow"}), Some(TOKEN)).await;
+    assert_eq!(s, 202, "{job}");
+    // A second job for the class while the first runs is refused.
+    let (s2, v2) = train(&c, &base, "Travel", json!({"positives": CRYPTO, "mode": "shadow"}), Some(TOKEN)).await;
+    let done = finish(&c, &base, &job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(s2 == 409 || s2 == 202, "{v2}");
+    if s2 == 202 {
+        finish(&c, &base, &v2).await; // the first one had already finished
+    }
+    let now: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(now["bundle"], active["bundle"], "a shadow does not replace the active expert");
+    assert!(now["shadow"]["bundle"].as_str().unwrap().starts_with("travel--online-"), "{now}");
+}

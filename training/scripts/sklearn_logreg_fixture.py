@@ -1,0 +1,41 @@
+"""Write tests/fixtures/sklearn_logreg.json: scikit-learn's LogisticRegression (lbfgs, tight
+tolerance) on small seeded problems with balanced sample weights, the oracle for src/eval/logreg.rs.
+
+    cd training && ../.venv/bin/python scripts/sklearn_logreg_fixture.py
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "sklearn_logreg.json"
+
+
+def case(seed: int, n: int, d: int, pos_rate: float, c: float) -> dict:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d)
+    true_w = rng.normal(size=d)
+    z = x @ true_w + rng.normal(scale=0.5, size=n)
+    y = z > np.quantile(z, 1 - pos_rate)
+    w = np.where(y, n / (2.0 * y.sum()), n / (2.0 * (~y).sum()))
+    clf = LogisticRegression(C=c, tol=1e-10, max_iter=10000).fit(x, y, sample_weight=w)
+    return {
+        "c": c,
+        "x": x.tolist(),
+        "y": y.tolist(),
+        "coef": clf.coef_.reshape(-1).tolist(),
+        "intercept": float(clf.intercept_[0]),
+        "probabilities": clf.predict_proba(x)[:, 1].tolist(),
+    }
+
+
+def main() -> None:
+    cases = [case(1, 200, 8, 0.1, 10.0), case(2, 300, 16, 0.05, 1.0), case(3, 120, 32, 0.3, 0.1)]
+    OUT.write_text(json.dumps({"cases": cases}) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
