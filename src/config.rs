@@ -126,6 +126,9 @@ pub struct Limits {
     /// is skipped (counted in moe_shadow_dropped_total), never the answer delayed.
     #[arg(long, env = "MOE_SHADOW_QUEUE", default_value_t = 256)]
     pub shadow_queue: usize,
+    /// Feedback entries kept (`<state>/feedback.jsonl`, oldest dropped; POST /feedback).
+    #[arg(long, env = "MOE_FEEDBACK_CAP", default_value_t = 10_000)]
+    pub feedback_cap: usize,
 }
 
 impl Default for Limits {
@@ -140,6 +143,7 @@ impl Default for Limits {
             max_in_flight_texts: 1024,
             history_per_class: 100,
             shadow_queue: 256,
+            feedback_cap: 10_000,
         }
     }
 }

@@ -209,6 +209,9 @@ async fn openapi_matches_the_router() {
         let uri = path.replace("{class}", "Travel").replace("{id}", "1");
         let req = match *method {
             "post" if uri == "/classify" => post(r#"{"text": "how to travel"}"#),
+            "post" if uri == "/feedback" => {
+                json_to(Method::POST, &uri, r#"{"text": "how to travel", "label": "Travel"}"#)
+            }
             "get" => get(&uri),
             m => Request::builder().method(m.to_uppercase().as_str()).uri(&uri).body(Body::empty()).unwrap(),
         };

@@ -205,3 +205,65 @@ async fn a_shadow_is_trained_beside_the_active_expert_and_refusals_change_nothin
     assert_eq!(now["bundle"], active["bundle"], "a shadow does not replace the active expert");
     assert!(now["shadow"]["bundle"].as_str().unwrap().starts_with("travel--online-"), "{now}");
 }
+
+async fn feedback(c: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
+    let res = c.post(format!("{base}/feedback")).json(&body).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_kept_durably_gives_live_metrics_and_trains_when_asked() {
+    let root = common::copy_root(&common::default_models(), "train-feedback");
+    let base = serve(&root, "train-feedback").await;
+    let c = reqwest::Client::new();
+    let labelled = [
+        ("How to pack a carry-on bag for a week", "Travel"),
+        ("How to find cheap flights to Japan", "Travel"),
+        ("How to bake sourdough bread", "Food and Entertaining"),
+        ("How to buy bitcoin with a debit card", "Crypto"),
+        ("How to keep a seed phrase safe", "Crypto"),
+    ];
+    for (i, (text, label)) in labelled.iter().enumerate() {
+        let (s, v) = feedback(&c, &base, json!({"text": text, "label": label})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["entries"], i + 1);
+        assert_eq!(v["served_label"], *label != "Crypto", "{v}");
+        assert_eq!(v["correct"], v["predicted"] == json!(label), "{v}");
+    }
+    for (body, why) in [
+        (json!({"text": "x", "label": " "}), "label"),
+        (json!({"text": "\u{200B}", "label": "Travel"}), "no visible characters"),
+        (json!({"text": "x", "label": "Travel", "id": 1}), "unknown field"),
+    ] {
+        let (s, v) = feedback(&c, &base, body).await;
+        assert_eq!(s, 400, "{why}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{why}: {v}");
+    }
+    // Live metrics of the active Travel expert on the feedback it scored: 5 texts, 2 positives.
+    let e: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(e["live"]["texts"], 5, "{e}");
+    assert_eq!(e["live"]["positives"], 2);
+    assert_eq!(e["live"]["version"], e["version"]);
+    assert!(e["live"]["auc"].is_f64(), "{e}");
+    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("moe_feedback_texts{class=\"Travel\"} 5"), "gauges on /metrics");
+
+    // Durable: a restart on the same state folder has the log.
+    let again = serve(&root, "train-feedback").await;
+    let e: Value = c.get(format!("{again}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(e["live"]["texts"], 5, "{e}");
+
+    // Training uses the feedback only when asked, and says so.
+    let body = json!({"positives": &CRYPTO[..5], "use_feedback": true});
+    let (s, job) = train(&c, &again, "Crypto", body, Some(TOKEN)).await;
+    assert_eq!(s, 202, "{job}");
+    let done = finish(&c, &again, &job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["examples"]["positives"], 7, "5 sent + 2 from the feedback");
+    assert!(
+        done["result"]["examples"]["negatives_source"]
+            .as_str()
+            .unwrap()
+            .contains("3 negatives and 2 positives from the feedback log")
+    );
+}

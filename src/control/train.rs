@@ -80,6 +80,8 @@ pub struct TrainRequest {
     pub max_eer: f64,
     /// Who asked (the admin token's fingerprint), for the card's provenance.
     pub who: String,
+    /// The feedback log's (text, label) pairs, when the request asked to use them.
+    pub feedback: Option<Vec<(String, String)>>,
 }
 
 /// Examples checked and resolved before the job starts: every refusal here is a 4xx at once.
@@ -144,12 +146,6 @@ fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option
             return Err(Error::BadRequest(format!("positive {i} repeats positive {j}: send each example once")));
         }
     }
-    if req.positives.len() < MIN_EXAMPLES {
-        return Err(Error::BadRequest(format!(
-            "{} positives given: at least {MIN_EXAMPLES} are needed ({FOLDS}-fold cross-validation)",
-            req.positives.len()
-        )));
-    }
     let (negatives, source) = match &req.negatives {
         Some(n) => {
             let mut seen_neg: HashMap<&str, usize> = HashMap::new();
@@ -194,16 +190,44 @@ fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option
             (pool.into_iter().cloned().collect(), source)
         }
     };
+    // Feedback, when asked for: its texts of the class join the positives, the others the negatives.
+    let (mut positives, mut negatives) = (req.positives.clone(), negatives);
+    let (mut fb_pos, mut fb_neg) = (0, 0);
+    if let Some(fb) = &req.feedback {
+        let mut known: std::collections::HashSet<String> = positives.iter().chain(&negatives).cloned().collect();
+        for (text, label) in fb {
+            if known.insert(text.clone()) {
+                if *label == class {
+                    positives.push(text.clone());
+                    fb_pos += 1;
+                } else {
+                    negatives.push(text.clone());
+                    fb_neg += 1;
+                }
+            }
+        }
+    }
+    let source = if req.feedback.is_some() {
+        format!("{source}; plus {fb_neg} negatives and {fb_pos} positives from the feedback log")
+    } else {
+        source
+    };
+    if positives.len() < MIN_EXAMPLES {
+        return Err(Error::BadRequest(format!(
+            "{} positives given: at least {MIN_EXAMPLES} are needed ({FOLDS}-fold cross-validation)",
+            positives.len()
+        )));
+    }
     if negatives.len() < MIN_EXAMPLES {
         return Err(Error::BadRequest(format!("{} negatives: at least {MIN_EXAMPLES} are needed", negatives.len())));
     }
-    if req.positives.len() + negatives.len() > MAX_EXAMPLES {
+    if positives.len() + negatives.len() > MAX_EXAMPLES {
         return Err(Error::BadRequest(format!(
             "{} examples: at most {MAX_EXAMPLES} per request",
-            req.positives.len() + negatives.len()
+            positives.len() + negatives.len()
         )));
     }
-    Ok(Prepared { positives: req.positives.clone(), negatives, negatives_source: source, on_trunk, class, req })
+    Ok(Prepared { positives, negatives, negatives_source: source, on_trunk, class, req })
 }
 
 /// Embed texts with the trunk, chunk by chunk, through its shared executor.

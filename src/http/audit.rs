@@ -27,9 +27,9 @@ pub fn fingerprint_of(headers: &axum::http::HeaderMap) -> String {
     }
 }
 
-/// Mutating routes are admin actions; `POST /classify` is not.
+/// Mutating routes are admin actions; `POST /classify` and `POST /feedback` are not.
 fn is_admin(method: &Method, path: &str) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && path != "/classify"
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && path != "/classify" && path != "/feedback"
 }
 
 pub async fn audit(req: Request, next: Next) -> Response {

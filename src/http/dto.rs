@@ -112,6 +112,33 @@ pub struct TrainBody {
     /// Quality gate: refuse when the cross-validated EER is above this (default 0.25).
     #[serde(default)]
     pub max_eer: Option<f64>,
+    /// Add the feedback log's texts: those labelled with the class as positives, the others as
+    /// negatives (never silently: the job's result counts them).
+    #[serde(default)]
+    pub use_feedback: bool,
+}
+
+/// `POST /feedback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    pub text: String,
+    /// The true class (it may be a class the set does not serve yet).
+    pub label: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FeedbackOutcome {
+    pub recorded: bool,
+    pub label: String,
+    /// The set's answer for the text when the feedback arrived (null: abstained).
+    pub predicted: Option<String>,
+    pub correct: bool,
+    /// Whether the label is a class the set serves.
+    pub served_label: bool,
+    pub generation: u64,
+    /// Entries in the log now.
+    pub entries: usize,
 }
 
 /// `PUT /experts/{class}/shadow`.
@@ -168,9 +195,17 @@ pub struct ExpertInfo {
     pub max_seq_len: usize,
     /// A candidate scoring live traffic beside this expert, with its agreement statistics.
     pub shadow: Option<ShadowInfo>,
+    /// This version's precision / recall / AUC / EER on the feedback it scored (POST /feedback).
+    pub live: Option<crate::control::feedback::LiveMetrics>,
 }
 
 impl ExpertInfo {
+    /// With the live metrics of this version on the feedback log.
+    pub fn with_live(mut self, log: &crate::control::feedback::FeedbackLog) -> ExpertInfo {
+        self.live = Some(log.metrics(&self.class, &self.version));
+        self
+    }
+
     pub fn in_set(e: &Expert, set: &ExpertSet) -> ExpertInfo {
         ExpertInfo { shadow: set.shadow(&e.class).map(|s| ShadowInfo::from(s.as_ref())), ..ExpertInfo::from(e) }
     }
@@ -192,6 +227,7 @@ impl From<&Expert> for ExpertInfo {
             trunk: e.card.trunk.as_ref().map(|t| t.id.clone()),
             max_seq_len: e.card.max_seq_len,
             shadow: None,
+            live: None,
         }
     }
 }

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Admin;
 use super::dto::{
-    BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, History, Job,
-    SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, UploadQuery,
+    BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, FeedbackBody,
+    FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
@@ -35,13 +35,34 @@ pub async fn classify(
 }
 
 pub async fn list_experts(State(s): State<AppState>) -> ApiResult<Json<ExpertList>> {
-    Ok(Json(ExpertList::from(s.core.snapshot()?.as_ref())))
+    let mut list = ExpertList::from(s.core.snapshot()?.as_ref());
+    list.experts = list.experts.into_iter().map(|e| e.with_live(&s.feedback)).collect();
+    Ok(Json(list))
 }
 
 pub async fn get_expert(State(s): State<AppState>, ApiPath(class): ApiPath<String>) -> ApiResult<Json<ExpertInfo>> {
     let set = s.core.snapshot()?;
     let e = set.get(&class).ok_or(Error::UnknownClass(class))?;
-    Ok(Json(ExpertInfo::in_set(e, &set)))
+    Ok(Json(ExpertInfo::in_set(e, &set).with_live(&s.feedback)))
+}
+
+/// A caller tells the true label of a text: scored by the current set and kept in the log.
+pub async fn feedback(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<FeedbackBody>,
+) -> ApiResult<Json<FeedbackOutcome>> {
+    let (text, label) = req.validate(&s.core.limits)?;
+    let e = s.feedback.record(&s.core, text, label).await?;
+    let served_label = s.core.snapshot()?.get(&e.label).is_some();
+    Ok(Json(FeedbackOutcome {
+        recorded: true,
+        correct: e.predicted.as_deref() == Some(e.label.as_str()),
+        label: e.label,
+        predicted: e.predicted,
+        served_label,
+        generation: e.generation,
+        entries: s.feedback.len(),
+    }))
 }
 
 const ARCHIVE_TYPES: [&str; 3] = ["application/gzip", "application/x-gzip", "application/x-tar+gzip"];
@@ -153,7 +174,8 @@ pub async fn train(
     headers: HeaderMap,
     ApiJson(req): ApiJson<TrainBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    let req = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers))?;
+    let labelled = if req.use_feedback { Some(s.feedback.labelled()) } else { None };
+    let req = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers), labelled)?;
     Ok((StatusCode::ACCEPTED, Json(train::start(&s.jobs, &s.core, &class, req).await?)))
 }
 

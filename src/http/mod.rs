@@ -24,6 +24,7 @@ use std::time::Duration;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::control::feedback::FeedbackLog;
 use crate::control::jobs::Jobs;
 use crate::core::Core;
 use crate::eval::data::DataArgs;
@@ -36,13 +37,16 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token of the admin routes; None disables them (403).
     pub admin_token: Option<Arc<str>>,
+    /// Labelled texts sent back by callers, with each expert's live metrics on them.
+    pub feedback: Arc<FeedbackLog>,
 }
 
 impl AppState {
     /// State without selection data (selection jobs answer 400) and without admin routes (403).
     pub fn new(core: Arc<Core>) -> AppState {
         let jobs = Jobs::new(core.clone(), None);
-        AppState { core, jobs, metrics: metrics::prometheus(), admin_token: None }
+        let feedback = FeedbackLog::open(&core.paths.state, core.limits.feedback_cap);
+        AppState { core, jobs, metrics: metrics::prometheus(), admin_token: None, feedback }
     }
 
     /// Labelled data whose validation split selection jobs evaluate on.
@@ -78,6 +82,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/experts/{class}/shadow"),
     ("post", "/experts/{class}/shadow/promote"),
     ("get", "/bundles"),
+    ("post", "/feedback"),
     ("get", "/jobs/{id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -108,6 +113,7 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}/shadow", put(handlers::attach_shadow).delete(handlers::drop_shadow))
         .route("/experts/{class}/shadow/promote", post(handlers::promote_shadow))
         .route("/bundles", get(handlers::list_bundles))
+        .route("/feedback", post(handlers::feedback))
         .route("/jobs/{id}", get(handlers::job))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))

@@ -1,7 +1,7 @@
 //! Validation at the edge: request bodies become typed values the core can trust (like TGI's
 //! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
 
-use super::dto::{ClassifyRequest, SelectBody, SwapBody, TrainBody};
+use super::dto::{ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TrainBody};
 use super::error::{ApiError, ApiResult};
 use crate::config::Limits;
 use crate::control::jobs::Selection;
@@ -92,7 +92,7 @@ fn check_examples(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
 }
 
 impl TrainBody {
-    pub fn validate(self, l: &Limits, who: String) -> ApiResult<TrainRequest> {
+    pub fn validate(self, l: &Limits, who: String, feedback: Option<Vec<(String, String)>>) -> ApiResult<TrainRequest> {
         check_examples("positive", &self.positives, l)?;
         if let Some(n) = &self.negatives {
             check_examples("negative", n, l)?;
@@ -111,7 +111,24 @@ impl TrainBody {
             trunk: self.trunk,
             max_eer,
             who,
+            feedback,
         })
+    }
+}
+
+/// Longest feedback label, in characters.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+impl FeedbackBody {
+    /// (text, label), both with a visible character, within the text and label limits.
+    pub fn validate(self, l: &Limits) -> ApiResult<(String, String)> {
+        check_examples("text", std::slice::from_ref(&self.text), l)?;
+        if !self.label.chars().any(visible) || self.label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "\"label\" must have a visible character and at most {MAX_LABEL_CHARS} characters"
+            )));
+        }
+        Ok((self.text, self.label))
     }
 }
 

@@ -632,6 +632,9 @@ def main(argv=None) -> None:
     rp.add_argument("--out", default="../docs/REPORT.md")
     rp.add_argument("--figures", default="../docs/report")
     rp.add_argument("--command", default="scripts/report.sh", help="the command named in the page")
+    rp.add_argument(
+        "--online", default="../docs/report/online.json", help="scripts/online_eval.py results (may be absent)"
+    )
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
     lz = sub.add_parser("linearize", help="copy a model root with its Gemm heads as linear heads (computed in Rust)")
     lz.add_argument("src")
