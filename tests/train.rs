@@ -266,4 +266,62 @@ async fn feedback_is_kept_durably_gives_live_metrics_and_trains_when_asked() {
             .unwrap()
             .contains("3 negatives and 2 positives from the feedback log")
     );
+
+    // A selection job evaluates on the feedback too when asked, and says so.
+    let res = c
+        .post(format!("{again}/experts/Travel/select"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"candidates": ["travel--global-ft19-logreg"], "use_feedback": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let done = finish(&c, &again, &res.json().await.unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["split"], "val + 5 feedback texts", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_of_text_and_label_trains_a_class_with_the_options_in_the_query() {
+    let root = common::copy_root(&common::default_models(), "train-csv");
+    let base = serve(&root, "train-csv").await;
+    let c = reqwest::Client::new();
+    let mut csv = String::from("text,label\n");
+    for t in CRYPTO {
+        csv += &format!("\"{t}\",Crypto\n");
+    }
+    let others = [
+        "How to bake bread",
+        "How to plan a trip",
+        "How to train a puppy",
+        "How to fix a bike",
+        "How to knit",
+        "How to write a CV",
+    ];
+    for t in others {
+        csv += &format!("{t},Other\n");
+    }
+    let post = |body: String, ct: &'static str, query: &'static str| {
+        c.post(format!("{base}/experts/Crypto/train{query}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let res = post(csv.clone(), "text/csv", "?max_eer=1").await.unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let done = finish(&c, &base, &res.json().await.unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["examples"]["positives"], 12);
+    assert_eq!(done["result"]["examples"]["negatives"], 6);
+    assert_eq!(done["result"]["examples"]["negatives_source"], "the request");
+    for (body, ct, status, why) in [
+        ("words,label\nx,y\n".to_string(), "text/csv", 400, "no \"text\" column"),
+        (csv.clone(), "text/plain", 415, "text/csv"),
+    ] {
+        let res = post(body, ct, "").await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{why}");
+        let v: Value = res.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{why}: {v}");
+    }
 }

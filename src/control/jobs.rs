@@ -60,6 +60,8 @@ pub struct Selection {
     pub metric: Metric,
     /// Bundle folders to consider (None: every bundle in the model root whose card is for the class).
     pub candidates: Option<Vec<String>>,
+    /// Feedback (text, label) pairs evaluated beside the validation split, when the request asked.
+    pub feedback: Option<Vec<(String, String)>>,
 }
 
 pub struct Jobs {
@@ -113,7 +115,7 @@ impl Jobs {
         }
         let (core, class_owned) = (self.core.clone(), class.to_string());
         self.spawn("select", class, move |_| async move {
-            run_select(&core, &class_owned, req.metric, candidates, data).await
+            run_select(&core, &class_owned, req.metric, candidates, data, req.feedback).await
         })
     }
 
@@ -193,8 +195,15 @@ async fn run_select(
     metric: Metric,
     candidates: Vec<String>,
     data: DataArgs,
+    feedback: Option<Vec<(String, String)>>,
 ) -> Result<Value> {
-    let rows = Arc::new(tokio::task::spawn_blocking(move || data.read("val")).await??);
+    let mut rows = tokio::task::spawn_blocking(move || data.read("val")).await??;
+    let from_feedback = feedback.as_ref().map_or(0, Vec::len);
+    for (text, label) in feedback.unwrap_or_default() {
+        rows.texts.push(text);
+        rows.labels.push(label);
+    }
+    let rows = Arc::new(rows);
     let current = core.snapshot()?.get(class).cloned();
     let mut names = candidates;
     if let Some(c) = &current
@@ -233,7 +242,8 @@ async fn run_select(
         };
         swapped = Some(serde_json::to_value(swap_as(core, class, req, "select").await?).expect("json"));
     }
-    Ok(json!({"metric": metric, "split": "val", "candidates": table, "winner": bundle,
+    let split = if from_feedback > 0 { format!("val + {from_feedback} feedback texts") } else { "val".into() };
+    Ok(json!({"metric": metric, "split": split, "candidates": table, "winner": bundle,
               "active_before": current.as_ref().map(|c| c.bundle.clone()), "swapped": swapped}))
 }
 
@@ -267,7 +277,7 @@ mod tests {
             split_col: "split".into(),
         };
         let jobs = Jobs::new(core, Some(data));
-        let req = || Selection { metric: Metric::Eer, candidates: Some(vec!["x".into()]) };
+        let req = || Selection { metric: Metric::Eer, candidates: Some(vec!["x".into()]), feedback: None };
         jobs.put(job(1, JobState::Running)); // Travel
         let e = jobs.start_select("Travel", req()).await.unwrap_err();
         assert!(matches!(e, Error::Conflict(_)), "{e}");

@@ -92,6 +92,9 @@ pub struct SelectBody {
     pub metric: Option<Metric>,
     #[serde(default)]
     pub candidates: Option<Vec<String>>,
+    /// Evaluate on the feedback log's texts too (the job's result counts them).
+    #[serde(default)]
+    pub use_feedback: bool,
 }
 
 /// `POST /experts/{class}/train`.
@@ -114,6 +117,17 @@ pub struct TrainBody {
     pub max_eer: Option<f64>,
     /// Add the feedback log's texts: those labelled with the class as positives, the others as
     /// negatives (never silently: the job's result counts them).
+    #[serde(default)]
+    pub use_feedback: bool,
+}
+
+/// Query of `POST /experts/{class}/train` with a CSV body (a JSON body carries these itself).
+#[derive(Debug, Default, Deserialize)]
+pub struct TrainQuery {
+    #[serde(default)]
+    pub mode: crate::control::train::Mode,
+    pub trunk: Option<String>,
+    pub max_eer: Option<f64>,
     #[serde(default)]
     pub use_feedback: bool,
 }

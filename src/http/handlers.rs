@@ -15,7 +15,8 @@ use super::AppState;
 use super::auth::Admin;
 use super::dto::{
     BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, FeedbackBody,
-    FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, UploadQuery,
+    FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, TrainQuery,
+    UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
@@ -163,18 +164,34 @@ pub async fn select(
     ApiPath(class): ApiPath<String>,
     ApiJson(req): ApiJson<SelectBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate()?).await?)))
+    let use_feedback = req.use_feedback;
+    let mut selection = req.validate()?;
+    selection.feedback = use_feedback.then(|| s.feedback.labelled());
+    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, selection).await?)))
 }
 
-/// Train a linear head for the class from labelled texts: a background job (202 + the job).
+/// Train a linear head for the class from labelled texts (JSON, or a `text,label` CSV with the
+/// options in the query): a background job (202 + the job).
 pub async fn train(
     _: Admin,
     State(s): State<AppState>,
     ApiPath(class): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TrainQuery>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<TrainBody>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    let labelled = if req.use_feedback { Some(s.feedback.labelled()) } else { None };
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let bytes = axum::body::to_bytes(body, super::TRAIN_BODY_BYTES).await.map_err(body_error)?;
+    let req = if ct.starts_with("text/csv") {
+        TrainBody::from_csv(&bytes, &class, q)?
+    } else if ct.starts_with("application/json") {
+        serde_json::from_slice::<Object<TrainBody>>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .0
+    } else {
+        return Err(ApiError::UnsupportedMediaType("expected application/json or text/csv (text,label)".into()));
+    };
+    let labelled = req.use_feedback.then(|| s.feedback.labelled());
     let req = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers), labelled)?;
     Ok((StatusCode::ACCEPTED, Json(train::start(&s.jobs, &s.core, &class, req).await?)))
 }

@@ -1,7 +1,7 @@
 //! Validation at the edge: request bodies become typed values the core can trust (like TGI's
 //! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
 
-use super::dto::{ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TrainBody};
+use super::dto::{ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TrainBody, TrainQuery};
 use super::error::{ApiError, ApiResult};
 use crate::config::Limits;
 use crate::control::jobs::Selection;
@@ -92,6 +92,35 @@ fn check_examples(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
 }
 
 impl TrainBody {
+    /// A `text,label` CSV (header row first): rows of `class` are the positives, the others the
+    /// negatives; the options come from the query.
+    pub fn from_csv(bytes: &[u8], class: &str, q: TrainQuery) -> ApiResult<TrainBody> {
+        let mut r = csv::Reader::from_reader(bytes);
+        let headers = r.headers().map_err(|e| ApiError::bad_request(format!("CSV header: {e}")))?.clone();
+        let col = |name: &str| {
+            headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "the CSV needs a header row with \"text\" and \"label\" (no {name:?} column)"
+                ))
+            })
+        };
+        let (t, l) = (col("text")?, col("label")?);
+        let (mut positives, mut negatives) = (Vec::new(), Vec::new());
+        for (i, row) in r.records().enumerate() {
+            let row = row.map_err(|e| ApiError::bad_request(format!("CSV row {}: {e}", i + 1)))?;
+            let (text, label) = (row.get(t).unwrap_or(""), row.get(l).unwrap_or(""));
+            if label.trim() == class { positives.push(text.to_string()) } else { negatives.push(text.to_string()) }
+        }
+        Ok(TrainBody {
+            positives,
+            negatives: (!negatives.is_empty()).then_some(negatives),
+            mode: q.mode,
+            trunk: q.trunk,
+            max_eer: q.max_eer,
+            use_feedback: q.use_feedback,
+        })
+    }
+
     pub fn validate(self, l: &Limits, who: String, feedback: Option<Vec<(String, String)>>) -> ApiResult<TrainRequest> {
         check_examples("positive", &self.positives, l)?;
         if let Some(n) = &self.negatives {
@@ -142,7 +171,7 @@ impl SelectBody {
                 "\"candidates\" is empty: omit it to consider every bundle of the class",
             ));
         }
-        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates })
+        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates, feedback: None })
     }
 }
 
