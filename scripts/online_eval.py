@@ -72,7 +72,9 @@ def train(base, cls, positives):
     opened (max_eer 1) to measure every point of the curve; each point's cv_eer says whether the
     default gate (0.25) would have refused it."""
     t = time.perf_counter()
-    s, job = call(base, "POST", f"/experts/{quote(cls)}/train", {"positives": positives, "trunk": TRUNK, "max_eer": 1.0})
+    s, job = call(
+        base, "POST", f"/experts/{quote(cls)}/train", {"positives": positives, "trunk": TRUNK, "max_eer": 1.0}
+    )
     assert s == 202, job
     while job["state"] == "running":
         time.sleep(0.05)
