@@ -4,9 +4,9 @@
 //!
 //! Steps (a background job, `GET /jobs/{id}` shows the progress):
 //! 1. embed every example with a serving trunk, through the same executors live traffic uses, in
-//!    chunks of `EMBED_CHUNK` texts so live requests queue between chunks rather than behind the
-//!    whole set (the executors have no priorities: this is how the job yields to traffic);
-//! 2. fit an L2 logistic regression with the trainer's `class_weight` rebalancing (`eval::logreg`),
+//!    chunks of `EMBED_CHUNK` texts, each queued only when no live job waits on the trunk (lower
+//!    priority than traffic; after `YIELD_AT_MOST` it goes anyway, so training always progresses);
+//! 2. fit (on a thread at nice 19) an L2 logistic regression with the trainer's `class_weight` rebalancing (`eval::logreg`),
 //!    choosing C from `C_GRID` by stratified k-fold cross-validated AUC; the EER threshold is read
 //!    off the out-of-fold probabilities of the chosen C, and so are the card's metrics ("cv");
 //! 3. refuse (quality gate) when the cross-validated EER is above the request's bound;
@@ -52,8 +52,10 @@ pub const DEFAULT_NEGATIVES: usize = 1000;
 /// L2 strengths tried (sklearn's C: larger = weaker regularisation).
 pub const C_GRID: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
 pub const FOLDS: usize = 5;
-/// Texts per trunk job while embedding.
-pub const EMBED_CHUNK: usize = 16;
+/// Texts per trunk job while embedding (a live request waits behind at most one such chunk).
+pub const EMBED_CHUNK: usize = 2;
+/// Longest a chunk waits for the trunk's queue to empty before it is queued anyway.
+pub const YIELD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(200);
 /// Default quality gate: the cross-validated EER must not exceed this.
 pub const DEFAULT_MAX_EER: f64 = 0.25;
 const SEED: u64 = 42;
@@ -230,10 +232,17 @@ fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option
     Ok(Prepared { positives, negatives, negatives_source: source, on_trunk, class, req })
 }
 
-/// Embed texts with the trunk, chunk by chunk, through its shared executor.
+/// Embed texts with the trunk, chunk by chunk, through its shared executor, at a lower priority
+/// than live traffic: a chunk is queued only once no live job waits on the trunk (or after
+/// `YIELD_AT_MOST`, so a saturated service still trains), so a live request waits behind at most
+/// one chunk of `EMBED_CHUNK` texts.
 async fn embed(jobs: &Jobs, id: u64, e: &Arc<Expert>, texts: &[String]) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(texts.len());
     for (k, chunk) in texts.chunks(EMBED_CHUNK).enumerate() {
+        let waiting = Instant::now();
+        while e.stage1.queued() > 0 && waiting.elapsed() < YIELD_AT_MOST {
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        }
         let (tok, owned) = (e.tokenizer.clone(), chunk.to_vec());
         let enc = tokio::task::spawn_blocking(move || owned.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>())
             .await??;
@@ -243,7 +252,7 @@ async fn embed(jobs: &Jobs, id: u64, e: &Arc<Expert>, texts: &[String]) -> Resul
             .await
             .map_err(|_| Error::Internal("the trunk dropped a training job".into()))??;
         out.extend((0..m.rows).map(|i| m.row(i).to_vec()));
-        if k % 8 == 0 {
+        if k % 16 == 0 {
             jobs.progress(id, format!("embedding: {}/{} texts", out.len(), texts.len()));
         }
     }
@@ -291,7 +300,7 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
     let (x, y) = (Arc::new(x), Arc::new(y));
     let fitted = {
         let (x, y) = (x.clone(), y.clone());
-        tokio::task::spawn_blocking(move || cross_validate(&x, &y)).await?
+        in_background(move || cross_validate(&x, &y)).await?
     };
     let fit_ms = t.elapsed().as_secs_f64() * 1e3;
     let cv = json!({"folds": fitted.folds, "C": fitted.c, "grid": fitted.grid, "auc": fitted.report.auc,
@@ -350,6 +359,26 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
         "timings_ms": {"embed": embed_ms, "fit": fit_ms, "write": write_ms, "install": install_ms,
                        "total": started.elapsed().as_secs_f64() * 1e3},
     }))
+}
+
+/// Run CPU-heavy work on its own thread at the lowest scheduling priority (nice 19: Linux keeps a
+/// nice value per thread), so the fit takes the cores live traffic leaves idle. Measured with
+/// bench/train-load.sh (docs/bench/train-load.jsonl): see BENCHMARKS.md.
+async fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("train-fit".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority only reads its arguments; the id is this thread's own.
+            unsafe {
+                let tid = libc::gettid();
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+            }
+            let _ = tx.send(work());
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the training thread: {e}")))?;
+    rx.await.map_err(|_| Error::Internal("the training thread stopped".into()))
 }
 
 /// `Travel & Tours` → `travel-tours`.

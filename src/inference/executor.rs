@@ -244,6 +244,11 @@ impl Executor {
         }))
     }
 
+    /// Jobs queued and not yet taken by a worker (0 for inline graphs).
+    pub fn queued(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     /// Queue a job; the receiver resolves when its batch has run.
     pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Matrix>>> {
         let (reply, rx) = oneshot::channel();
