@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use moe::config::Limits;
 use moe::control::swap::{Swap, swap};
 use moe::core::Core;
-use moe::http::{AppState, app};
+use moe::http::AppState;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-token";
@@ -19,10 +19,7 @@ async fn serve_admin(core: Arc<Core>, token: Option<&str>) -> String {
 }
 
 async fn serve_with(state: AppState) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
-    format!("http://{addr}")
+    common::serve_state(state).await
 }
 
 async fn put(c: &reqwest::Client, base: &str, class: &str, body: Value, token: Option<&str>) -> (u16, Value) {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use moe::config::Limits;
-use moe::http::{AppState, app};
+use moe::http::AppState;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "train-token";
@@ -30,19 +30,18 @@ const CRYPTO: [&str; 12] = [
 
 async fn serve(root: &std::path::Path, state: &str) -> String {
     let core = common::loaded_core_in(root, state, Limits::default()).await;
-    let st = AppState::new(core).with_data(Some(common::data())).with_admin_token(Some(TOKEN.into()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(st)).await.unwrap() });
-    format!("http://{addr}")
+    common::serve_state(AppState::new(core).with_data(Some(common::data())).with_admin_token(Some(TOKEN.into()))).await
 }
 
 async fn train(c: &reqwest::Client, base: &str, class: &str, body: Value, token: Option<&str>) -> (u16, Value) {
-    let mut r = c.post(format!("{base}/experts/{class}/train")).json(&body);
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
+    let r = c.post(format!("{base}/experts/{class}/train")).json(&body);
+    let res = match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
     }
-    let res = r.send().await.unwrap();
+    .send()
+    .await
+    .unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }
 

@@ -36,21 +36,7 @@ impl ClassifyRequest {
         if texts.len() > l.max_texts {
             return Err(ApiError::bad_request(format!("{} texts given, the limit is {}", texts.len(), l.max_texts)));
         }
-        for (i, t) in texts.iter().enumerate() {
-            if t.trim().is_empty() {
-                return Err(ApiError::bad_request(format!("text {i} is empty")));
-            }
-            if !t.chars().any(visible) {
-                return Err(ApiError::bad_request(format!("text {i} has no visible characters")));
-            }
-            let n = t.chars().count();
-            if n > l.max_text_chars {
-                return Err(ApiError::bad_request(format!(
-                    "text {i} has {n} characters, the limit is {}",
-                    l.max_text_chars
-                )));
-            }
-        }
+        check_texts("text", &texts, l)?;
         Ok(ValidClassify { texts })
     }
 }
@@ -74,18 +60,19 @@ impl SwapBody {
     }
 }
 
-/// Every example must be a text a classify request would accept.
-fn check_examples(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
+/// Every text must show something (not only whitespace, control or invisible format characters)
+/// and fit `--max-text-chars`; `what` names it in the error ("text 3 is empty").
+fn check_texts(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
     for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            return Err(ApiError::bad_request(format!("{what} {i} is empty")));
+        }
         if !t.chars().any(visible) {
-            return Err(ApiError::bad_request(format!("{what} {i} is empty or has no visible characters")));
+            return Err(ApiError::bad_request(format!("{what} {i} has no visible characters")));
         }
         let n = t.chars().count();
         if n > l.max_text_chars {
-            return Err(ApiError::bad_request(format!(
-                "{what} {i} has {n} characters, the limit is {}",
-                l.max_text_chars
-            )));
+            return Err(ApiError::bad_request(format!("{what} {i} has {n} characters, the limit is {}", l.max_text_chars)));
         }
     }
     Ok(())
@@ -122,9 +109,9 @@ impl TrainBody {
     }
 
     pub fn validate(self, l: &Limits, who: String, feedback: Option<Vec<(String, String)>>) -> ApiResult<TrainRequest> {
-        check_examples("positive", &self.positives, l)?;
+        check_texts("positive", &self.positives, l)?;
         if let Some(n) = &self.negatives {
-            check_examples("negative", n, l)?;
+            check_texts("negative", n, l)?;
         }
         let max_eer = self.max_eer.unwrap_or(DEFAULT_MAX_EER);
         if !(max_eer.is_finite() && (0.0..=1.0).contains(&max_eer)) {
@@ -151,7 +138,7 @@ pub const MAX_LABEL_CHARS: usize = 200;
 impl FeedbackBody {
     /// (text, label), both with a visible character, within the text and label limits.
     pub fn validate(self, l: &Limits) -> ApiResult<(String, String)> {
-        check_examples("text", std::slice::from_ref(&self.text), l)?;
+        check_texts("text", std::slice::from_ref(&self.text), l)?;
         if !self.label.chars().any(visible) || self.label.chars().count() > MAX_LABEL_CHARS {
             return Err(ApiError::bad_request(format!(
                 "\"label\" must have a visible character and at most {MAX_LABEL_CHARS} characters"

@@ -1,6 +1,6 @@
 """The web console in a real browser: Debian's headless Chromium driven through chromedriver.
 
-One `moe serve` on a free loopback port serves the shipped experts (models/, read-only) with a fresh
+One `moe serve` on a free loopback port serves a hard-linked copy of the shipped experts with a fresh
 state folder and an admin token. The tests compare what the page shows with what the JSON API
 answers, operate a swap with and without the token, and fail on any message the browser logs at
 SEVERE level (a Content-Security-Policy violation, a script error, a failed load).
@@ -64,10 +64,13 @@ def server():
     binary = REPO / "target" / "release" / "moe"
     assert binary.exists(), "build the service first: cargo build --release"
     state = tempfile.mkdtemp(prefix="moe-console-")
+    # A copy of the shipped experts (hard links): teaching a class writes a bundle into the model root.
+    models = Path(state) / "models"
+    shutil.copytree(REPO / "models", models, copy_function=os.link)
     port = free_port()
     log = open(Path(state) / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--port", str(port), "--models", str(REPO / "models"), "--state", state]
+        [str(binary), "serve", "--port", str(port), "--models", str(models), "--state", str(Path(state) / "state")]
         + ["--admin-token", TOKEN],
         cwd=REPO,
         stdout=log,
@@ -309,3 +312,48 @@ def test_readable_on_a_phone(server, browser):
         shot(browser, "phone.png")
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_feedback_from_a_result_shows_in_the_live_column(server, browser):
+    open_console(browser, server)
+    area = browser.find_element(By.ID, "texts")
+    area.clear()
+    area.send_keys("How to pack a suitcase for a long flight")
+    browser.find_element(By.ID, "classify").click()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == 1)
+    Select(browser.find_element(By.CSS_SELECTOR, "article.result .feedback-label")).select_by_value("Travel")
+    browser.find_element(By.CSS_SELECTOR, "article.result .feedback-send").click()
+    wait(browser, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "article.result .feedback-result"), "Recorded"))
+    live = call(server, "GET", "/experts/Travel")[1]["live"]
+    assert live["texts"] >= 1
+    wait(browser, lambda d: f"({live['texts']})" in expert_row(d, "Travel").find_element(By.CSS_SELECTOR, ".live").text)
+    assert severe_logs(browser) == []
+
+
+def test_a_class_is_taught_from_the_console_with_a_token(server, browser):
+    open_console(browser, server)
+    assert not browser.find_element(By.ID, "teach-train").is_enabled(), "teaching needs the token"
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "use-token").click()
+    browser.find_element(By.ID, "teach-class").send_keys("Crypto")
+    titles = [
+        "How to buy bitcoin safely",
+        "How to set up a crypto wallet",
+        "How to mine cryptocurrency at home",
+        "How to avoid crypto scams",
+        "How to stake coins for rewards",
+        "How to read a blockchain explorer",
+        "How to trade ethereum on an exchange",
+    ]
+    browser.find_element(By.ID, "teach-positives").send_keys("\n".join(titles))
+    browser.find_element(By.ID, "teach-train").click()
+    wait(browser, lambda d: "Training job" in d.find_element(By.ID, "op-result").text, timeout=120)
+    job = json.loads(browser.find_element(By.ID, "op-job").text)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["examples"]["positives"] == len(titles)
+    row = wait(browser, lambda d: expert_row(d, "Crypto"))
+    assert "online" in row.find_element(By.CSS_SELECTOR, ".bundle").text
+    assert call(server, "GET", "/experts/Crypto")[1]["algorithm"] == "online-logreg"
+    browser.execute_script("document.getElementById('operate').scrollIntoView({block: 'end'})")
+    shot(browser, "teach.png")
+    assert severe_logs(browser) == []

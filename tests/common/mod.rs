@@ -58,6 +58,14 @@ pub async fn loaded_core_in(root: &Path, state: &str, limits: Limits) -> Arc<Cor
     core
 }
 
+/// Serve an app state on 127.0.0.1:<ephemeral>; returns the base URL.
+pub async fn serve_state(state: moe::http::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, moe::http::app(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
 /// Serve `core` on 127.0.0.1:<ephemeral>; returns the base URL.
 pub async fn serve(core: Arc<Core>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -103,6 +103,24 @@
       ),
     );
     const truncated = r.truncated ? el("p", { class: "hint", text: "The text was truncated to the model's length." }) : "";
+    const pick = el(
+      "select",
+      { class: "feedback-label", "aria-label": `True label of text ${index + 1}` },
+      ...experts.map((e) => el("option", { value: e.class, text: e.class })),
+    );
+    pick.value = r.label || r.best_guess;
+    const said = el("span", { class: "feedback-result", role: "status" });
+    const send = el("button", { type: "button", class: "feedback-send" }, "Send as feedback");
+    send.addEventListener("click", async () => {
+      try {
+        const f = await api("POST", "/feedback", { text, label: pick.value });
+        said.textContent = `Recorded (${f.correct ? "the set was right" : "the set said " + (f.predicted || "nothing")}); ${f.entries} in the log.`;
+        await refreshExperts();
+      } catch (e) {
+        said.textContent = `Refused: ${e.message}`;
+      }
+    });
+    const feedback = el("div", { class: "row" }, el("span", { text: "True label:" }), pick, send, said);
     return el(
       "article",
       { class: "result", "aria-label": `Result for text ${index + 1}` },
@@ -110,6 +128,7 @@
       decision,
       truncated,
       el("div", { class: "scroll" }, table),
+      feedback,
     );
   }
 
@@ -152,6 +171,12 @@
   function passRate(cls) {
     if (!textsClassified) return "–";
     return `${fmt((passRates[cls] || 0) * 100, 1)}%`;
+  }
+
+  // Precision / recall of this version at its threshold on the feedback it scored.
+  function liveText(l) {
+    if (!l || !l.texts) return "–";
+    return `${fmt(l.precision, 2)} / ${fmt(l.recall, 2)} (${l.texts})`;
   }
 
   function shadowText(sh) {
@@ -199,6 +224,7 @@
         el("td", { text: e.provider }),
         el("td", { class: "minor", text: e.loaded_at }),
         el("td", { class: "shadow", text: shadowText(e.shadow) }),
+        el("td", { class: "num live", text: liveText(e.live) }),
         el("td", {}, details),
       );
     });
@@ -304,6 +330,7 @@
     token = value && value.length ? value : null;
     $("token").value = "";
     $("ops").disabled = token === null;
+    $("teach").disabled = token === null;
     $("token-state").textContent = token
       ? "Token set (in this page's memory only). The service checks it on every action."
       : "No token: the controls below are off. The token stays in this page's memory only.";
@@ -346,7 +373,7 @@
     }
   }
 
-  async function followJob(job) {
+  async function followJob(job, label) {
     const pre = $("op-job");
     pre.hidden = false;
     for (;;) {
@@ -360,7 +387,8 @@
         return;
       }
     }
-    $("op-result").textContent = `Selection job ${job.id}: ${job.state}${job.error ? ` — ${job.error}` : ""}.`;
+    $("op-result").textContent = `${label} job ${job.id}: ${job.state}${job.error ? ` — ${job.error}` : ""}.`;
+    await refreshExperts();
   }
 
   function wireOperate() {
@@ -381,13 +409,31 @@
     $("op-drop").addEventListener("click", () => act("Drop shadow", "DELETE", `/experts/${cls()}/shadow`));
     $("op-select").addEventListener("click", async () => {
       const job = await act("Start selection job", "POST", `/experts/${cls()}/select`, {});
-      if (job) await followJob(job);
+      if (job) await followJob(job, "Selection");
+    });
+  }
+
+  function wireTeach() {
+    $("teach-train").addEventListener("click", async () => {
+      const cls = $("teach-class").value.trim();
+      const positives = $("teach-positives")
+        .value.split("\n")
+        .map((t) => t.trim())
+        .filter((t) => t.length > 0);
+      if (!cls) {
+        $("op-result").textContent = "Name the class to teach.";
+        return;
+      }
+      const body = { positives, mode: $("teach-mode").value };
+      const job = await act("Start training job", "POST", `/experts/${encodeURIComponent(cls)}/train`, body);
+      if (job) await followJob(job, "Training");
     });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     $("try-form").addEventListener("submit", classify);
     wireOperate();
+    wireTeach();
     setToken(null);
     refreshStatus();
     refreshExperts().then(refreshMetrics);
