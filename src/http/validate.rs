@@ -72,7 +72,10 @@ fn check_texts(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
         }
         let n = t.chars().count();
         if n > l.max_text_chars {
-            return Err(ApiError::bad_request(format!("{what} {i} has {n} characters, the limit is {}", l.max_text_chars)));
+            return Err(ApiError::bad_request(format!(
+                "{what} {i} has {n} characters, the limit is {}",
+                l.max_text_chars
+            )));
         }
     }
     Ok(())

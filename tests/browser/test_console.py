@@ -123,6 +123,15 @@ def open_console(driver, base):
     wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#experts-table tbody tr")) > 0)
 
 
+def classify_in_page(driver, texts):
+    """Type texts (one per line) into Try it, classify, and wait for one result per text."""
+    area = driver.find_element(By.ID, "texts")
+    area.clear()
+    area.send_keys("\n".join(texts))
+    driver.find_element(By.ID, "classify").click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == len(texts))
+
+
 def shot(driver, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / name))
@@ -153,11 +162,7 @@ def test_the_page_is_served_with_a_strict_csp_and_loads_without_errors(server, b
 def test_classify_shows_every_expert_as_the_api_answers(server, browser):
     open_console(browser, server)
     texts = ["How to cook pasta like a chef", "How to change a flat tire on a bike"]
-    area = browser.find_element(By.ID, "texts")
-    area.clear()
-    area.send_keys("\n".join(texts))
-    browser.find_element(By.ID, "classify").click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == 2)
+    classify_in_page(browser, texts)
     api = call(server, "POST", "/classify", {"texts": texts})[1]["results"]
     for article, want in zip(browser.find_elements(By.CSS_SELECTOR, "article.result"), api):
         decision = article.find_element(By.CSS_SELECTOR, ".decision")
@@ -301,11 +306,7 @@ def test_readable_on_a_phone(server, browser):
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     try:
         open_console(browser, server)
-        area = browser.find_element(By.ID, "texts")
-        area.clear()
-        area.send_keys("How to train a puppy to sit")
-        browser.find_element(By.ID, "classify").click()
-        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == 1)
+        classify_in_page(browser, ["How to train a puppy to sit"])
         assert browser.execute_script("return window.innerWidth") == 390
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width} px)"
@@ -316,11 +317,7 @@ def test_readable_on_a_phone(server, browser):
 
 def test_feedback_from_a_result_shows_in_the_live_column(server, browser):
     open_console(browser, server)
-    area = browser.find_element(By.ID, "texts")
-    area.clear()
-    area.send_keys("How to pack a suitcase for a long flight")
-    browser.find_element(By.ID, "classify").click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.result")) == 1)
+    classify_in_page(browser, ["How to pack a suitcase for a long flight"])
     Select(browser.find_element(By.CSS_SELECTOR, "article.result .feedback-label")).select_by_value("Travel")
     browser.find_element(By.CSS_SELECTOR, "article.result .feedback-send").click()
     wait(browser, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "article.result .feedback-result"), "Recorded"))
