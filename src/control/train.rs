@@ -8,7 +8,9 @@
 //!    priority than traffic; after `YIELD_AT_MOST` it goes anyway, so training always progresses);
 //! 2. fit (on a thread at nice 19) an L2 logistic regression with the trainer's `class_weight` rebalancing (`eval::logreg`),
 //!    choosing C from `C_GRID` by stratified k-fold cross-validated AUC; the EER threshold is read
-//!    off the out-of-fold probabilities of the chosen C, and so are the card's metrics ("cv");
+//!    off the out-of-fold probabilities of the chosen C, and so are the card's metrics ("cv"); the
+//!    probabilities are moved from the balanced fit's prior (1/2) to 1 / (classes in the set), so the
+//!    new expert competes in the gate on the others' scale (decisions at its threshold unchanged);
 //! 3. refuse (quality gate) when the cross-validated EER is above the request's bound;
 //! 4. write the bundle (`head.json` + `card.json`, in a `.upload-*` temp folder renamed into the
 //!    model root: a crash leaves nothing a registry names, and start-up sweeps the temp folder);
@@ -269,24 +271,37 @@ struct Fitted {
 }
 
 /// Pick C by out-of-fold AUC, read the EER threshold off the out-of-fold probabilities, refit on all.
-fn cross_validate(x: &[Vec<f32>], y: &[bool]) -> Fitted {
+/// Balanced class weights make the fit's implicit prior 1/2; `logit_shift` (ln(p / (1 - p)) for the
+/// class's expected share p of traffic) moves the probabilities, the threshold and the cv report to
+/// that prior, so the new expert competes in the gate on the scale of the others. The decisions at
+/// the threshold, the AUC and the EER do not change (a monotone shift of both sides).
+fn cross_validate(x: &[Vec<f32>], y: &[bool], logit_shift: f64) -> Fitted {
     let rows: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
     let pos = y.iter().filter(|&&v| v).count();
     let k = FOLDS.min(pos).min(y.len() - pos).max(2);
     let folds = stratified_folds(y, k, SEED);
-    let mut best: Option<(f64, BinaryReport)> = None;
+    let mut best: Option<(f64, Vec<f32>, BinaryReport)> = None;
     let mut grid = Vec::new();
     for &c in &C_GRID {
         let oof = cross_val_probabilities(&rows, y, &folds, k, c);
         let r = binary_report(&oof, y);
         grid.push(json!({"C": c, "cv_auc": r.auc, "cv_eer": r.eer}));
-        if best.as_ref().is_none_or(|(_, b)| r.auc > b.auc) {
-            best = Some((c, r));
+        if best.as_ref().is_none_or(|(_, _, b)| r.auc > b.auc) {
+            best = Some((c, oof, r));
         }
     }
-    let (c, report) = best.expect("C_GRID is not empty");
-    let model = fit(&rows, y, &balanced_weights(y), c);
+    let (c, oof, _) = best.expect("C_GRID is not empty");
+    let shifted: Vec<f32> = oof.iter().map(|&p| shift_probability(p, logit_shift)).collect();
+    let report = binary_report(&shifted, y);
+    let mut model = fit(&rows, y, &balanced_weights(y), c);
+    model.bias += logit_shift as f32;
     Fitted { model, c, folds: k, report, grid }
+}
+
+/// sigmoid(logit(p) + shift), computed in f64.
+fn shift_probability(p: f32, shift: f64) -> f32 {
+    let p = f64::from(p).clamp(1e-12, 1.0 - 1e-12);
+    (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + shift)).exp())) as f32
 }
 
 async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result<Value> {
@@ -297,10 +312,15 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
     let embed_ms = started.elapsed().as_secs_f64() * 1e3;
     jobs.progress(id, format!("cross-validating C over {C_GRID:?} ({FOLDS} folds)"));
     let t = Instant::now();
+    // The class's expected share of traffic: one of the set's classes (with this one), uniformly.
+    let set = core.snapshot()?;
+    let classes = set.experts.len() + usize::from(set.get(&p.class).is_none());
+    let prior = 1.0 / classes.max(2) as f64;
+    let logit_shift = (prior / (1.0 - prior)).ln();
     let (x, y) = (Arc::new(x), Arc::new(y));
     let fitted = {
         let (x, y) = (x.clone(), y.clone());
-        in_background(move || cross_validate(&x, &y)).await?
+        in_background(move || cross_validate(&x, &y, logit_shift)).await?
     };
     let fit_ms = t.elapsed().as_secs_f64() * 1e3;
     let cv = json!({"folds": fitted.folds, "C": fitted.c, "grid": fitted.grid, "auc": fitted.report.auc,
@@ -329,6 +349,8 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
             "examples": {"positives": p.positives.len(), "negatives": p.negatives.len(),
                          "negatives_source": p.negatives_source},
             "rebalance": {"method": "class_weight"}, "solver": "newton (eval::logreg)",
+            "prior_correction": {"prior": prior, "logit_shift": logit_shift,
+                                 "why": "balanced weights imply a prior of 1/2; shifted to 1 / classes in the set"},
             "iterations": fitted.model.iterations, "cv": cv,
         });
         let (model, report) = (fitted.model.clone(), fitted.report.clone());
@@ -457,6 +479,15 @@ fn write_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prior_shift_moves_probabilities_monotonically_and_zero_changes_nothing() {
+        assert!((shift_probability(0.3, 0.0) - 0.3).abs() < 1e-7);
+        let shift = (1.0f64 / 18.0).ln();
+        let (a, b) = (shift_probability(0.2, shift), shift_probability(0.8, shift));
+        assert!(a < 0.2 && b < 0.8 && a < b);
+        assert!((shift_probability(0.5, shift) - 1.0 / 19.0).abs() < 1e-6);
+    }
 
     #[test]
     fn slugs_are_bundle_names() {
