@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::jobs::Jobs;
 use super::swap::{Swap, swap_as};
-use super::upload::TEMP_PREFIX;
+use super::upload::temp_path;
 use crate::clock::now_rfc3339;
 use crate::core::Core;
 use crate::eval::data::DataArgs;
@@ -427,7 +427,7 @@ fn write_bundle(
     provenance: Value,
     selftest: Vec<SelfTest>,
 ) -> Result<String> {
-    let tmp = root.join(format!("{TEMP_PREFIX}train-{}-{}", std::process::id(), now_rfc3339().replace(':', "")));
+    let tmp = temp_path(root, "-train");
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
         let head = LinearHead { weights: model.weights.clone(), bias: model.bias };

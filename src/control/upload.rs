@@ -36,8 +36,9 @@ fn bad(reason: impl Into<String>) -> Error {
     Error::bundle("uploaded archive", reason.into())
 }
 
-/// A fresh temporary path in the model root (`.upload-<pid>-<n>`).
-fn temp_path(root: &Path, suffix: &str) -> PathBuf {
+/// A fresh temporary path in the model root (`.upload-<pid>-<n><suffix>`): unique within the
+/// process, and swept at start-up with the other leftovers.
+pub fn temp_path(root: &Path, suffix: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     root.join(format!("{TEMP_PREFIX}{}-{}{suffix}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
