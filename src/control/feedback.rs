@@ -10,7 +10,7 @@
 //! * Live metrics of an expert count only the entries scored by that expert's version, so a swap
 //!   starts its numbers afresh instead of mixing two models.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -61,53 +61,79 @@ pub struct LiveMetrics {
 pub struct FeedbackLog {
     path: PathBuf,
     cap: usize,
-    entries: Mutex<VecDeque<Entry>>,
-    /// Lines in the file (entries kept + those past the cap not yet compacted away).
+    /// Lines in the file (entries kept + those past the cap not yet compacted away); its lock
+    /// also orders the writers.
     lines: Mutex<usize>,
+    state: Mutex<State>,
+}
+
+/// The entries kept and, per (class, version) that scored any of them, its live metrics: kept up
+/// to date by `append` (on a blocking thread) so that reading them is a lookup.
+#[derive(Default)]
+struct State {
+    entries: VecDeque<Entry>,
+    live: HashMap<(String, String), LiveMetrics>,
+}
+
+impl State {
+    /// Recompute the live metrics of these (class, version) pairs from the entries.
+    fn refresh<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        for (class, version) in pairs {
+            let m = compute(&self.entries, class, version);
+            if m.texts == 0 {
+                self.live.remove(&(class.to_string(), version.to_string()));
+            } else {
+                self.live.insert((class.to_string(), version.to_string()), m);
+            }
+        }
+    }
 }
 
 impl FeedbackLog {
     /// Open (or start) the log in the state folder; unreadable lines are skipped with a warning.
     pub fn open(state: &std::path::Path, cap: usize) -> Arc<FeedbackLog> {
         let path = state.join("feedback.jsonl");
-        let mut entries = VecDeque::new();
+        let mut st = State::default();
         let mut lines = 0;
         if let Ok(text) = std::fs::read_to_string(&path) {
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 lines += 1;
                 match serde_json::from_str::<Entry>(line) {
-                    Ok(e) => entries.push_back(e),
+                    Ok(e) => st.entries.push_back(e),
                     Err(e) => {
                         tracing::warn!(file = %path.display(), line = i + 1, error = %e, "skipping a bad feedback line")
                     }
                 }
             }
         }
-        while entries.len() > cap.max(1) {
-            entries.pop_front();
+        while st.entries.len() > cap.max(1) {
+            st.entries.pop_front();
         }
-        Arc::new(FeedbackLog { path, cap: cap.max(1), entries: Mutex::new(entries), lines: Mutex::new(lines) })
+        let pairs: HashSet<(String, String)> =
+            st.entries.iter().flat_map(|e| e.experts.iter().map(|s| (s.class.clone(), s.version.clone()))).collect();
+        st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
+        Arc::new(FeedbackLog { path, cap: cap.max(1), lines: Mutex::new(lines), state: Mutex::new(st) })
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
+        lock(&self.state).entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Score the text with the current set, append it durably, refresh the live gauges.
+    /// Score the text with the current set (each expert's version is the one that answered),
+    /// append it durably and refresh the live metrics and gauges, off the async workers.
     pub async fn record(self: &Arc<Self>, core: &Arc<Core>, text: String, label: String) -> Result<Entry> {
         let (results, generation) = core.classify(vec![text.clone()]).await?;
         let r: &TextResult = results.first().ok_or_else(|| Error::Internal("classify returned nothing".into()))?;
-        let set = core.snapshot()?;
         let experts = r
             .experts
             .iter()
             .map(|e| Scored {
                 class: e.class.clone(),
-                version: set.get(&e.class).map(|x| x.card.version.clone()).unwrap_or_else(|| e.version.clone()),
+                version: e.version.clone(),
                 probability: e.probability,
                 passed: e.passed,
             })
@@ -115,11 +141,11 @@ impl FeedbackLog {
         let entry = Entry { at: now_rfc3339(), text, label, predicted: r.label.clone(), generation, experts };
         let (log, e) = (self.clone(), entry.clone());
         tokio::task::spawn_blocking(move || log.append(e)).await??;
-        self.export_gauges(&set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect::<Vec<_>>());
         Ok(entry)
     }
 
-    /// Append one line (fsync), compacting the file past 2 x cap.
+    /// Append one line (fsync), compacting the file past 2 x cap; refresh the live metrics of the
+    /// versions that scored the new entry or the ones dropped past the cap, and their gauges.
     fn append(&self, entry: Entry) -> Result<()> {
         let line = serde_json::to_string(&entry).expect("entry serializes");
         let mut lines = lock(&self.lines);
@@ -134,62 +160,79 @@ impl FeedbackLog {
         f.write_all(format!("{line}\n").as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         f.sync_data().map_err(|e| Error::io(&self.path, e))?;
         *lines += 1;
-        let mut entries = lock(&self.entries);
-        entries.push_back(entry);
-        while entries.len() > self.cap {
-            entries.pop_front();
+        let mut st = lock(&self.state);
+        // The versions that answered this entry: the active ones, whose gauges /metrics shows.
+        let active: Vec<(String, String)> =
+            entry.experts.iter().map(|s| (s.class.clone(), s.version.clone())).collect();
+        let mut pairs: HashSet<(String, String)> = active.iter().cloned().collect();
+        st.entries.push_back(entry);
+        while st.entries.len() > self.cap {
+            if let Some(old) = st.entries.pop_front() {
+                pairs.extend(old.experts.into_iter().map(|s| (s.class, s.version)));
+            }
+        }
+        st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
+        for key in &active {
+            export_gauges(&key.0, st.live.get(key));
         }
         if *lines > 2 * self.cap {
-            let text: String = entries.iter().map(|e| serde_json::to_string(e).expect("json") + "\n").collect();
+            let text: String = st.entries.iter().map(|e| serde_json::to_string(e).expect("json") + "\n").collect();
             write_atomic(&self.path, text.as_bytes())?;
-            *lines = entries.len();
+            *lines = st.entries.len();
         }
         Ok(())
     }
 
     /// Live metrics of `class`'s expert at `version` over the entries it scored.
     pub fn metrics(&self, class: &str, version: &str) -> LiveMetrics {
-        let entries = lock(&self.entries);
-        let mut scores = Vec::new();
-        let mut labels = Vec::new();
-        let mut passed = Vec::new();
-        for e in entries.iter() {
-            if let Some(s) = e.experts.iter().find(|s| s.class == class && s.version == version) {
-                scores.push(s.probability);
-                labels.push(e.label == class);
-                passed.push(s.passed);
-            }
-        }
-        let positives = labels.iter().filter(|&&y| y).count();
-        let tp = labels.iter().zip(&passed).filter(|(y, p)| **y && **p).count();
-        let predicted = passed.iter().filter(|&&p| p).count();
-        let both = positives > 0 && positives < labels.len();
-        let report = both.then(|| binary_report(&scores, &labels));
-        LiveMetrics {
-            version: version.to_string(),
-            texts: labels.len(),
-            positives,
-            precision: (predicted > 0).then(|| tp as f64 / predicted as f64),
-            recall: (positives > 0).then(|| tp as f64 / positives as f64),
-            auc: report.as_ref().map(|r| r.auc),
-            eer: report.as_ref().map(|r| r.eer),
-        }
+        lock(&self.state)
+            .live
+            .get(&(class.to_string(), version.to_string()))
+            .cloned()
+            .unwrap_or_else(|| compute(&VecDeque::new(), class, version))
     }
 
     /// Texts with their labels, for a training job that asked for them.
     pub fn labelled(&self) -> Vec<(String, String)> {
-        lock(&self.entries).iter().map(|e| (e.text.clone(), e.label.clone())).collect()
+        lock(&self.state).entries.iter().map(|e| (e.text.clone(), e.label.clone())).collect()
     }
+}
 
-    fn export_gauges(&self, experts: &[(String, String)]) {
-        for (class, version) in experts {
-            let m = self.metrics(class, version);
-            metrics::gauge!("moe_feedback_texts", "class" => class.clone()).set(m.texts as f64);
-            for (name, v) in [("precision", m.precision), ("recall", m.recall), ("eer", m.eer)] {
-                if let Some(v) = v {
-                    metrics::gauge!(format!("moe_feedback_{name}"), "class" => class.clone()).set(v);
-                }
-            }
+/// Live metrics of `class`'s expert at `version` over the entries it scored.
+fn compute(entries: &VecDeque<Entry>, class: &str, version: &str) -> LiveMetrics {
+    let mut scores = Vec::new();
+    let mut labels = Vec::new();
+    let mut passed = Vec::new();
+    for e in entries {
+        if let Some(s) = e.experts.iter().find(|s| s.class == class && s.version == version) {
+            scores.push(s.probability);
+            labels.push(e.label == class);
+            passed.push(s.passed);
+        }
+    }
+    let positives = labels.iter().filter(|&&y| y).count();
+    let tp = labels.iter().zip(&passed).filter(|(y, p)| **y && **p).count();
+    let predicted = passed.iter().filter(|&&p| p).count();
+    let both = positives > 0 && positives < labels.len();
+    let report = both.then(|| binary_report(&scores, &labels));
+    LiveMetrics {
+        version: version.to_string(),
+        texts: labels.len(),
+        positives,
+        precision: (predicted > 0).then(|| tp as f64 / predicted as f64),
+        recall: (positives > 0).then(|| tp as f64 / positives as f64),
+        auc: report.as_ref().map(|r| r.auc),
+        eer: report.as_ref().map(|r| r.eer),
+    }
+}
+
+/// `moe_feedback_*{class}` for the class's active expert version.
+fn export_gauges(class: &str, m: Option<&LiveMetrics>) {
+    let Some(m) = m else { return };
+    metrics::gauge!("moe_feedback_texts", "class" => class.to_string()).set(m.texts as f64);
+    for (name, v) in [("precision", m.precision), ("recall", m.recall), ("eer", m.eer)] {
+        if let Some(v) = v {
+            metrics::gauge!(format!("moe_feedback_{name}"), "class" => class.to_string()).set(v);
         }
     }
 }

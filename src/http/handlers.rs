@@ -54,13 +54,12 @@ pub async fn feedback(
 ) -> ApiResult<Json<FeedbackOutcome>> {
     let (text, label) = req.validate(&s.core.limits)?;
     let e = s.feedback.record(&s.core, text, label).await?;
-    let served_label = s.core.snapshot()?.get(&e.label).is_some();
     Ok(Json(FeedbackOutcome {
         recorded: true,
+        served_label: e.experts.iter().any(|x| x.class == e.label),
         correct: e.predicted.as_deref() == Some(e.label.as_str()),
         label: e.label,
         predicted: e.predicted,
-        served_label,
         generation: e.generation,
         entries: s.feedback.len(),
     }))
