@@ -19,12 +19,16 @@ fn logistic_regression_matches_scikit_learn() {
         let y: Vec<bool> = case["y"].as_array().unwrap().iter().map(|v| v.as_bool().unwrap()).collect();
         let c = case["c"].as_f64().unwrap();
         let m = fit(&x, &y, &balanced_weights(&y), c);
-        for (w, want) in m.weights.iter().zip(case["coef"].as_array().unwrap()) {
+        for (w, want) in m.head.weights.iter().zip(case["coef"].as_array().unwrap()) {
             let want = want.as_f64().unwrap();
             assert!((f64::from(*w) - want).abs() < 1e-3 * want.abs().max(1.0), "C={c}: weight {w} vs sklearn {want}");
         }
         let b = case["intercept"].as_f64().unwrap();
-        assert!((f64::from(m.bias) - b).abs() < 1e-3 * b.abs().max(1.0), "C={c}: bias {} vs sklearn {b}", m.bias);
+        assert!(
+            (f64::from(m.head.bias) - b).abs() < 1e-3 * b.abs().max(1.0),
+            "C={c}: bias {} vs sklearn {b}",
+            m.head.bias
+        );
         for (r, p) in x.iter().zip(case["probabilities"].as_array().unwrap()) {
             assert!((f64::from(m.probability(r)) - p.as_f64().unwrap()).abs() < 1e-4);
         }

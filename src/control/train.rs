@@ -41,8 +41,8 @@ use crate::experts::card::{
     CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, check_name, sha256_file, write_atomic,
 };
 use crate::experts::metrics::{BinaryReport, SplitMetrics};
+use crate::inference::Matrix;
 use crate::inference::executor::Input;
-use crate::inference::{LinearHead, Matrix};
 use crate::{Error, Result};
 
 /// Fewest positives and negatives a head is trained from (5 folds need 5 of each).
@@ -294,7 +294,7 @@ fn cross_validate(x: &[Vec<f32>], y: &[bool], logit_shift: f64) -> Fitted {
     let shifted: Vec<f32> = oof.iter().map(|&p| shift_probability(p, logit_shift)).collect();
     let report = binary_report(&shifted, y);
     let mut model = fit(&rows, y, &balanced_weights(y), c);
-    model.bias += logit_shift as f32;
+    model.head.bias += logit_shift as f32;
     Fitted { model, c, folds: k, report, grid }
 }
 
@@ -317,9 +317,9 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
     let classes = set.experts.len() + usize::from(set.get(&p.class).is_none());
     let prior = 1.0 / classes.max(2) as f64;
     let logit_shift = (prior / (1.0 - prior)).ln();
-    let (x, y) = (Arc::new(x), Arc::new(y));
+    let x = Arc::new(x); // the self-test below reads the embeddings again
     let fitted = {
-        let (x, y) = (x.clone(), y.clone());
+        let x = x.clone();
         in_background(move || cross_validate(&x, &y, logit_shift)).await?
     };
     let fit_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -430,9 +430,8 @@ fn write_bundle(
     let tmp = temp_path(root, "-train");
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
-        let head = LinearHead { weights: model.weights.clone(), bias: model.bias };
         let head_path = tmp.join("head.json");
-        write_atomic(&head_path, &serde_json::to_vec(&head).expect("json"))?;
+        write_atomic(&head_path, &serde_json::to_vec(&model.head).expect("json"))?;
         let sha = sha256_file(&head_path)?;
         let stamp = now_rfc3339().replace(['-', ':'], "");
         let stamp = stamp.split('.').next().unwrap_or(&stamp).trim_end_matches('Z').to_string() + "Z";

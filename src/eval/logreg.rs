@@ -10,22 +10,19 @@
 //! few hundred features; the whole solver is this file and it is checked against sklearn.
 //! Also: stratified k-fold cross-validation, which picks C and gives out-of-fold scores.
 
-/// A fitted model: probability = sigmoid(w·x + b).
+use crate::inference::LinearHead;
+
+/// A fitted model: probability = sigmoid(w·x + b), with w and b as the linear head that serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logistic {
-    pub weights: Vec<f32>,
-    pub bias: f32,
+    pub head: LinearHead,
     /// Newton steps taken.
     pub iterations: usize,
 }
 
 impl Logistic {
-    pub fn score(&self, x: &[f32]) -> f32 {
-        self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.bias
-    }
-
     pub fn probability(&self, x: &[f32]) -> f32 {
-        sigmoid(f64::from(self.score(x))) as f32
+        sigmoid(f64::from(self.head.score(x))) as f32
     }
 }
 
@@ -164,7 +161,8 @@ pub fn fit(x: &[&[f32]], y: &[bool], s: &[f64], c: f64) -> Logistic {
             break;
         }
     }
-    Logistic { weights: beta[..d].iter().map(|&v| v as f32).collect(), bias: beta[d] as f32, iterations }
+    let head = LinearHead { weights: beta[..d].iter().map(|&v| v as f32).collect(), bias: beta[d] as f32 };
+    Logistic { head, iterations }
 }
 
 /// Stratified fold of each row (0..k): positives and negatives each dealt round-robin in a
@@ -245,6 +243,6 @@ mod tests {
         let strong = fit(&x, &y, &s, 100.0);
         let weak = fit(&x, &y, &s, 0.01);
         assert!(x.iter().zip(&y).all(|(r, &t)| (strong.probability(r) > 0.5) == t));
-        assert!(strong.weights[0] > weak.weights[0] && weak.weights[0] > 0.0);
+        assert!(strong.head.weights[0] > weak.head.weights[0] && weak.head.weights[0] > 0.0);
     }
 }

@@ -131,6 +131,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// (openapi.yaml: `type: object`) refuses; schemathesis found a 202 for `[]`.
 pub struct Object<T>(pub T);
 
+impl<T: DeserializeOwned> Object<T> {
+    /// A body already read into bytes (handlers that take other media types too), as `ApiJson` would.
+    pub fn from_slice(bytes: &[u8]) -> ApiResult<T> {
+        serde_json::from_slice::<Object<T>>(bytes)
+            .map(|Object(t)| t)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Only<T>(PhantomData<T>);

@@ -84,9 +84,7 @@ pub async fn swap_expert(
         upload::swap_archive(&s.core, &class, archive, guards).await?
     } else if ct.starts_with("application/json") {
         let bytes = axum::body::to_bytes(body, s.core.limits.max_body_bytes).await.map_err(body_error)?;
-        let Object(req) = serde_json::from_slice::<Object<SwapBody>>(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        swap::swap(&s.core, &class, req.validate()?).await?
+        swap::swap(&s.core, &class, Object::<SwapBody>::from_slice(&bytes)?.validate()?).await?
     } else {
         return Err(ApiError::UnsupportedMediaType(
             "expected application/json (a bundle name) or application/gzip (a bundle archive)".into(),
@@ -163,10 +161,8 @@ pub async fn select(
     ApiPath(class): ApiPath<String>,
     ApiJson(req): ApiJson<SelectBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    let use_feedback = req.use_feedback;
-    let mut selection = req.validate()?;
-    selection.feedback = use_feedback.then(|| s.feedback.labelled());
-    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, selection).await?)))
+    let labelled = req.use_feedback.then(|| s.feedback.labelled());
+    Ok((StatusCode::ACCEPTED, Json(s.jobs.start_select(&class, req.validate(labelled)?).await?)))
 }
 
 /// Train a linear head for the class from labelled texts (JSON, or a `text,label` CSV with the
@@ -184,9 +180,7 @@ pub async fn train(
     let req = if ct.starts_with("text/csv") {
         TrainBody::from_csv(&bytes, &class, q)?
     } else if ct.starts_with("application/json") {
-        serde_json::from_slice::<Object<TrainBody>>(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-            .0
+        Object::<TrainBody>::from_slice(&bytes)?
     } else {
         return Err(ApiError::UnsupportedMediaType("expected application/json or text/csv (text,label)".into()));
     };

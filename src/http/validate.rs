@@ -152,7 +152,8 @@ impl FeedbackBody {
 }
 
 impl SelectBody {
-    pub fn validate(self) -> ApiResult<Selection> {
+    /// `feedback`: the log's (text, label) pairs when the request asked to evaluate on them.
+    pub fn validate(self, feedback: Option<Vec<(String, String)>>) -> ApiResult<Selection> {
         if self.candidates.as_ref().is_some_and(|c| c.iter().any(|b| b.trim().is_empty())) {
             return Err(ApiError::bad_request("\"candidates\" holds an empty bundle name"));
         }
@@ -161,7 +162,7 @@ impl SelectBody {
                 "\"candidates\" is empty: omit it to consider every bundle of the class",
             ));
         }
-        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates, feedback: None })
+        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates, feedback })
     }
 }
 
