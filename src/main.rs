@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use moe::bench::BenchOptions;
 use moe::config::{Connections, Limits, RuntimeConfig};
+use moe::control::fleet::{Fleet, Replica};
 use moe::core::{Core, Paths};
 use moe::eval::data::DataArgs;
 use moe::eval::report::ReportOptions;
 use moe::eval::select::SelectOptions;
+use moe::experts::store::{EtcdStore, EtcdTarget, Store};
 use moe::http::{AppState, app};
 use tracing_subscriber::EnvFilter;
 
@@ -51,9 +53,24 @@ struct ServeArgs {
     /// registry.json on the first start. Remove its registry.json to go back to the shipped set.
     #[arg(long, env = "MOE_STATE", default_value = "state")]
     state: PathBuf,
+    /// Where the live registry is kept: "file" (the state folder; one process), or
+    /// etcd://host:port[,host:port...]/prefix, shared by every replica of a fleet: a change on any
+    /// replica is committed there and every replica converges to it.
+    #[arg(long, env = "MOE_REGISTRY", default_value = "file")]
+    registry: String,
+    /// This replica's name in the fleet (default: host name and port).
+    #[arg(long, env = "MOE_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// URL where the other replicas and operators reach this one (default: http://host:port).
+    #[arg(long, env = "MOE_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Bearer token for the admin (mutating) routes; without it they are disabled.
     #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the admin token (e.g. a mounted Kubernetes Secret), instead of
+    /// --admin-token; surrounding whitespace is ignored, an empty or unreadable file is an error.
+    #[arg(long, env = "MOE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -140,28 +157,71 @@ fn main() -> anyhow::Result<()> {
 /// async workers, then serve until SIGINT/SIGTERM, finishing in-flight requests.
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse().context("--host/--port")?;
-    let core = Core::new(Paths::new(&a.models, &a.state), a.runtime.clone(), a.limits.clone());
+    let store = match a.registry.as_str() {
+        "file" => Store::file(&a.state, &a.models),
+        url => Store::Etcd(Box::new(EtcdStore::connect(EtcdTarget::parse(url)?).await?)),
+    };
+    let core = Core::with_store(Paths::new(&a.models, &a.state), a.runtime.clone(), a.limits.clone(), store);
     let data = a.data.available().then(|| a.data.clone());
     if data.is_none() {
         tracing::warn!(data = %a.data.data.display(), "no labelled data: selection jobs are disabled (--data / MOE_DATA)");
     }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, models = %a.models.display(), state = %a.state.display(), "listening; loading experts");
-    let loader = {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || {
-            moe::control::upload::remove_leftovers(core.root())?;
-            core.load_registry()
-        })
+    tracing::info!(%addr, models = %a.models.display(), state = %a.state.display(), registry = %a.registry,
+        "listening; loading experts");
+    let replica = Replica {
+        id: a.replica_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), a.port)),
+        address: a.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}")),
     };
-    let state = AppState::new(core).with_data(data).with_admin_token(a.admin_token.clone());
-    let server =
-        tokio::spawn(axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).into_future());
+    let fleet = Fleet::new(core.clone(), replica);
+    let loader = tokio::task::spawn_blocking({
+        let core = core.clone();
+        move || {
+            moe::control::upload::remove_leftovers(core.root())?;
+            load_waiting_for_the_registry(&core)
+        }
+    });
+    let token = match &a.admin_token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path).with_context(|| format!("--admin-token-file {}", path.display()))?;
+            anyhow::ensure!(!t.trim().is_empty(), "--admin-token-file {}: the file is empty", path.display());
+            Some(t.trim().to_string())
+        }
+        None => a.admin_token.clone(),
+    };
+    let state = AppState::new(core).with_data(data).with_admin_token(token).with_fleet(fleet.clone());
+    // Our own accept loop: the connection cap, header deadline and drain of --max-connections etc.
+    let server = tokio::spawn(moe::http::server::serve(listener, app(state), a.connections.clone(), shutdown_signal()));
     // A bad registry or bundle at start is fatal (non-zero exit), never a silent fallback.
     loader.await.context("loader panicked")?.context("loading the experts")?;
+    fleet.start();
     tracing::info!("ready");
     server.await.context("server task")?.context("server")?;
+    fleet.leave().await;
     Ok(())
+}
+
+/// Load the registry's set; while a shared registry cannot be reached, wait for it (the replica
+/// answers /readyz 503 meanwhile) instead of exiting: etcd may simply start after the replicas.
+fn load_waiting_for_the_registry(core: &Core) -> moe::Result<()> {
+    loop {
+        match core.load_registry() {
+            Err(e @ moe::Error::Registry { .. }) => {
+                tracing::warn!(error = %e, "registry unreachable; retrying in 1 s");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "moe".into())
 }
 
 async fn shutdown_signal() {

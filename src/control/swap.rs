@@ -41,6 +41,8 @@ pub struct SwapOutcome {
     pub previous_bundle: Option<String>,
     pub previous_version: Option<String>,
     pub generation: u64,
+    /// Shared-registry revision the change was committed at (None with the file registry).
+    pub revision: Option<i64>,
     pub took_ms: f64,
 }
 
@@ -54,6 +56,7 @@ impl SwapOutcome {
             previous_bundle: c.previous.as_ref().map(|e| e.bundle.clone()),
             previous_version: c.previous.as_ref().map(|e| e.card.version.clone()),
             generation: c.set.generation,
+            revision: c.set.revision,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
         }
     }
@@ -113,7 +116,7 @@ pub async fn swap(core: &Arc<Core>, class: &str, req: Swap) -> Result<SwapOutcom
 pub async fn promote(core: &Arc<Core>, class: &str, expert: Arc<Expert>) -> Result<SwapOutcome> {
     let started = Instant::now();
     let _guard = core.lock_class(class)?;
-    let committed = core.commit(Change::Install { expert, action: "swap", drop_shadow: true }).await?;
+    let committed = core.commit(Change::Install { expert, action: "swap", drop_shadow: true, expect: None }).await?;
     Ok(SwapOutcome::new(class, &committed, started))
 }
 
@@ -121,16 +124,12 @@ pub async fn promote(core: &Arc<Core>, class: &str, expert: Arc<Expert>) -> Resu
 pub async fn swap_as(core: &Arc<Core>, class: &str, req: Swap, action: &'static str) -> Result<SwapOutcome> {
     let started = Instant::now();
     let _guard = core.lock_class(class)?;
+    // expected_version is checked by the commit, against the registry it writes (the latest one).
     let active = core.snapshot()?.get(class).cloned();
-    if let Some(want) = &req.expected_version {
-        let have = active.as_ref().map(|e| e.card.version.as_str());
-        if have != Some(want.as_str()) {
-            return Err(Error::Conflict(format!("{class:?} is at version {have:?}, not {want:?}")));
-        }
-    }
     let expert = load_for(core, class, &req.bundle).await?;
     quality_gate(&req, &expert, active.as_deref())?;
-    let committed = core.commit(Change::Install { expert: Arc::new(expert), action, drop_shadow: false }).await?;
+    let change = Change::Install { expert: Arc::new(expert), action, drop_shadow: false, expect: req.expected_version };
+    let committed = core.commit(change).await?;
     tracing::info!(class, bundle = %req.bundle, generation = committed.set.generation, action, "expert installed");
     Ok(SwapOutcome::new(class, &committed, started))
 }
@@ -156,7 +155,8 @@ pub async fn rollback(core: &Arc<Core>, class: &str) -> Result<SwapOutcome> {
         .find_map(|h| h.bundle.clone().filter(|b| Some(b) != current.as_ref()))
         .ok_or_else(|| Error::Conflict(format!("{class:?} has no earlier bundle to roll back to")))?;
     let expert = load_for(core, class, &target).await?;
-    let committed =
-        core.commit(Change::Install { expert: Arc::new(expert), action: "rollback", drop_shadow: false }).await?;
+    let committed = core
+        .commit(Change::Install { expert: Arc::new(expert), action: "rollback", drop_shadow: false, expect: None })
+        .await?;
     Ok(SwapOutcome::new(class, &committed, started))
 }

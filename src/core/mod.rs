@@ -3,12 +3,15 @@
 //!
 //! Invariants:
 //! * A request takes one snapshot (`ExpertSet`, immutable) and finishes on it.
-//! * Every change (load at start, swap, delete, rollback, shadow attach / drop) goes through
-//!   `install`: under the registry lock it builds the new set, writes the registry when it
-//!   changed (temp file, fsync, rename), bumps the generation and stores the set. A failure before
-//!   the store changes nothing, in memory or on disk.
-//! * The mutable registry (active set, history) lives in the state folder, never in the model
-//!   root: the shipped `models/registry.json` only seeds it on the first start.
+//! * Every change (load at start, swap, delete, rollback, shadow attach / drop, and a document
+//!   another replica wrote to a shared registry) ends in `install`, under the registry lock: the
+//!   registry is written first when it changed (a file: temp, fsync, rename; etcd: compare-and-
+//!   swap on its revision), then the generation is bumped and the set stored. A failure before
+//!   the store changes nothing, in memory or in the registry.
+//! * The mutable registry (active set, history) lives in a `Store` (the state folder, or etcd for
+//!   a fleet), never in the model root: the shipped `models/registry.json` only seeds it.
+//! * The registry lock is only taken on blocking threads (it is held across etcd calls); async
+//!   code reads the lock-free copy `published` (or the set itself).
 //! * Admission control happens before any work: a request whose texts would take the number of
 //!   texts in flight over `--max-in-flight-texts` is refused at once (503).
 //!
@@ -23,7 +26,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Semaphore;
 
 pub use self::set::{ExpertResult, ExpertSet, Shadow, TextResult};
@@ -32,6 +35,7 @@ use crate::error::lock;
 use crate::expert::Expert;
 use crate::experts::card::{Card, bundle_names};
 use crate::experts::registry::{HistoryEntry, RegistryFile};
+use crate::experts::store::{Store, Stored, Written};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
@@ -51,15 +55,42 @@ impl Paths {
 }
 
 /// One change of the active set.
+#[derive(Clone)]
 pub enum Change {
     /// Install this expert for its class (replacing the active one, or adding the class); with
-    /// `drop_shadow` the class's shadow goes in the same change (a promotion).
-    Install { expert: Arc<Expert>, action: &'static str, drop_shadow: bool },
+    /// `drop_shadow` the class's shadow goes in the same change (a promotion). With `expect`, only
+    /// if the class's active version in the registry is still that one (checked at the write).
+    Install { expert: Arc<Expert>, action: &'static str, drop_shadow: bool, expect: Option<String> },
     /// Remove a class.
     Remove { class: String },
     /// Attach (Some) or drop (None) the shadow of a class; answers and the registry do not change.
     Shadow { class: String, shadow: Option<Arc<Shadow>> },
 }
+
+impl Change {
+    /// Optimistic concurrency: refuse (409) unless `doc` still has the version the caller expects.
+    fn check_expected(&self, doc: &RegistryFile) -> Result<()> {
+        let Change::Install { expert, expect: Some(want), .. } = self else { return Ok(()) };
+        let have = doc.history.get(&expert.class).and_then(|h| h.last()).and_then(|h| h.version.as_deref());
+        if have != Some(want.as_str()) {
+            return Err(Error::Conflict(format!("{:?} is at version {have:?}, not {want:?}", expert.class)));
+        }
+        Ok(())
+    }
+
+    pub fn class(&self) -> &str {
+        match self {
+            Change::Install { expert, .. } => &expert.class,
+            Change::Remove { class } | Change::Shadow { class, .. } => class,
+        }
+    }
+}
+
+/// A change applied to a registry document: the next document, experts and shadows.
+type Applied = (RegistryFile, Vec<Arc<Expert>>, Vec<Arc<Shadow>>);
+
+/// How many times a change is re-applied on top of other replicas' changes before giving up.
+const COMMIT_ATTEMPTS: usize = 5;
 
 /// The result of a change: the installed set and the expert the class had before.
 pub struct Committed {
@@ -77,9 +108,16 @@ pub struct Core {
     pub pool: ExecutorPool,
     set: ArcSwapOption<ExpertSet>,
     generation: AtomicU64,
-    /// The registry as last written; its lock serialises every change (held for the install and
-    /// the registry write, never across loading a bundle or an await).
-    registry: Mutex<RegistryFile>,
+    /// Where the live registry is kept (a state file, or etcd for a fleet).
+    store: Store,
+    /// The registry document (and revision) of the served set; its lock serialises every change
+    /// (held for the registry write and the install, never across an await; across a bundle load
+    /// only when a shared-registry write must be re-applied on another replica's change).
+    /// Only ever locked on blocking threads (it is held across etcd calls): async code reads
+    /// `published`.
+    registry: Mutex<Stored>,
+    /// A copy of the registry document of the served set, for readers.
+    published: ArcSwap<Stored>,
     /// One change per class at a time; changes of different classes load in parallel.
     class_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Permits = texts that may be in flight at once (admission control).
@@ -89,8 +127,15 @@ pub struct Core {
 }
 
 impl Core {
+    /// A core with the file registry in the state folder.
     pub fn new(paths: Paths, runtime: RuntimeConfig, limits: Limits) -> Arc<Core> {
+        let store = Store::file(&paths.state, &paths.models);
+        Core::with_store(paths, runtime, limits, store)
+    }
+
+    pub fn with_store(paths: Paths, runtime: RuntimeConfig, limits: Limits, store: Store) -> Arc<Core> {
         Arc::new(Core {
+            store,
             admission: Arc::new(Semaphore::new(limits.max_in_flight_texts.max(1))),
             paths,
             runtime,
@@ -98,7 +143,8 @@ impl Core {
             pool: ExecutorPool::default(),
             set: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            registry: Mutex::new(RegistryFile::empty()),
+            registry: Mutex::new(Stored { doc: RegistryFile::empty(), revision: None }),
+            published: ArcSwap::from_pointee(Stored { doc: RegistryFile::empty(), revision: None }),
             class_locks: Default::default(),
             shadow_tx: OnceLock::new(),
         })
@@ -112,10 +158,9 @@ impl Core {
     /// Load the live registry (seeding it from the model root's on the first start), load and warm
     /// every bundle it names, and install the set (blocking; run off the async workers).
     pub fn load_registry(&self) -> Result<()> {
-        let reg = RegistryFile::open_state(&self.paths.state, &self.paths.models)?;
-        let path = RegistryFile::path(&self.paths.state);
-        let experts = ExpertSet::load_experts(&self.pool, &self.runtime, &self.paths.models, &reg, &path)?;
-        let mut next = reg.clone();
+        let stored = self.store.open(&self.paths.models)?;
+        let experts = self.experts_for(&stored.doc, &[])?;
+        let mut next = stored.doc.clone();
         for e in &experts {
             let h = next.history.entry(e.class.clone()).or_default();
             if h.last().and_then(|l| l.bundle.as_ref()) != Some(&e.bundle) {
@@ -123,21 +168,153 @@ impl Core {
             }
         }
         let mut current = lock(&self.registry);
-        *current = reg;
-        let set = self.install(&mut current, next, experts, Vec::new())?;
-        tracing::info!(experts = set.experts.len(), gate = set.gate.weights.name(), "expert set ready");
+        let set = if next == stored.doc {
+            self.install(&mut current, stored, experts, Vec::new())?
+        } else {
+            match self.store.write(&self.stamped(next.clone()), stored.revision)? {
+                Written::At(revision) => {
+                    self.install(&mut current, Stored { doc: next, revision }, experts, Vec::new())?
+                }
+                // Another replica recorded its start first: serve what it wrote.
+                Written::Lost(now) => {
+                    let experts = self.experts_for(&now.doc, &experts)?;
+                    self.install(&mut current, *now, experts, Vec::new())?
+                }
+            }
+        };
+        tracing::info!(experts = set.experts.len(), gate = set.gate.weights.name(), revision = ?set.revision,
+            registry = self.store.kind(), "expert set ready");
         Ok(())
     }
 
-    /// The one install path: build the set, write the registry if it changed, bump the generation,
-    /// store the set. `current` is the registry lock's guard, so installs are serialised.
+    /// Where the live registry is, for errors.
+    fn registry_location(&self) -> PathBuf {
+        match self.store.etcd() {
+            Some(e) => PathBuf::from(format!("etcd://{}{}", e.target.endpoints.join(","), e.registry_key())),
+            None => RegistryFile::path(&self.paths.state),
+        }
+    }
+
+    /// The experts a registry names, reusing those of `have` (blocking: loads the others).
+    fn experts_for(&self, doc: &RegistryFile, have: &[Arc<Expert>]) -> Result<Vec<Arc<Expert>>> {
+        ExpertSet::load_experts(&self.pool, &self.runtime, &self.paths.models, doc, &self.registry_location(), have)
+    }
+
+    /// A document about to be written to a shared registry carries its commit time.
+    fn stamped(&self, mut doc: RegistryFile) -> RegistryFile {
+        if self.store.etcd().is_some() {
+            doc.committed_ms = Some(crate::clock::unix_ms());
+        }
+        doc
+    }
+
+    /// The one install path: build the set, bump the generation, store the set. `current` is the
+    /// registry lock's guard, so installs are serialised; the caller has written `next` already.
     fn install(
         &self,
-        current: &mut RegistryFile,
-        mut next: RegistryFile,
+        current: &mut Stored,
+        next: Stored,
         experts: Vec<Arc<Expert>>,
         shadows: Vec<Arc<Shadow>>,
     ) -> Result<Arc<ExpertSet>> {
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let set = Arc::new(ExpertSet::new(experts, next.doc.gate.clone(), (generation, next.revision), shadows)?);
+        self.generation.store(generation, Ordering::SeqCst);
+        self.set.store(Some(set.clone()));
+        self.published.store(Arc::new(next.clone()));
+        *current = next;
+        Ok(set)
+    }
+
+    /// Apply one change (blocking: it writes the registry). With a shared registry the change is
+    /// applied on top of the latest document in the store (loading what other replicas changed,
+    /// if this one has not followed it yet), and written by compare-and-swap: when another replica
+    /// wrote in between, a change of *another* class is applied again on top of it; a change of
+    /// *this* class is a lost race and refused (409), as two local changes of one class are.
+    pub fn commit_blocking(&self, change: Change) -> Result<Committed> {
+        let mut reg = lock(&self.registry);
+        let current = self.snapshot()?;
+        let class = change.class().to_string();
+        let (mut base, mut experts) = (reg.clone(), current.experts.clone());
+        if let Some(latest) = self.store.latest()?.filter(|l| l.revision > base.revision) {
+            experts = self.experts_for(&latest.doc, &experts)?;
+            base = latest;
+        }
+        for _ in 0..COMMIT_ATTEMPTS {
+            change.check_expected(&base.doc)?;
+            let previous = experts.iter().find(|e| e.class == class).cloned();
+            let (next, next_experts, shadows) = self.apply(&change, &base.doc, experts.clone(), &current.shadows)?;
+            if next == base.doc {
+                let set = self.install(&mut reg, base, next_experts, shadows)?;
+                return Ok(Committed { set, previous });
+            }
+            match self.store.write(&self.stamped(next.clone()), base.revision)? {
+                Written::At(revision) => {
+                    let set = self.install(&mut reg, Stored { doc: next, revision }, next_experts, shadows)?;
+                    return Ok(Committed { set, previous });
+                }
+                Written::Lost(now) => {
+                    if now.doc.experts.get(&class) != base.doc.experts.get(&class)
+                        || now.doc.history.get(&class) != base.doc.history.get(&class)
+                    {
+                        return Err(Error::Conflict(format!(
+                            "{class:?} was changed by another replica at the same time (registry revision {:?}); retry",
+                            now.revision
+                        )));
+                    }
+                    experts = self.experts_for(&now.doc, &experts)?;
+                    base = *now;
+                }
+            }
+        }
+        Err(Error::Conflict(format!("the registry kept changing under {COMMIT_ATTEMPTS} attempts; retry")))
+    }
+
+    /// The registry and experts after `change` on top of `base` (pure but for the history stamps).
+    fn apply(
+        &self,
+        change: &Change,
+        base: &RegistryFile,
+        mut experts: Vec<Arc<Expert>>,
+        shadows: &[Arc<Shadow>],
+    ) -> Result<Applied> {
+        let class = change.class();
+        let mut next = base.clone();
+        let mut shadows = shadows.to_vec();
+        let known = base.experts.contains_key(class);
+        match change {
+            Change::Install { expert, action, drop_shadow, .. } => {
+                next.experts.insert(class.to_string(), expert.bundle.clone());
+                next.history.entry(class.to_string()).or_default().push(HistoryEntry::new(
+                    Some(&expert.bundle),
+                    Some(&expert.card.version),
+                    action,
+                ));
+                experts.retain(|e| e.class != class);
+                experts.push(expert.clone());
+                if *drop_shadow {
+                    shadows.retain(|s| s.class != class);
+                }
+            }
+            Change::Remove { .. } => {
+                if !known {
+                    return Err(Error::UnknownClass(class.to_string()));
+                }
+                if next.experts.len() == 1 {
+                    return Err(Error::Conflict("cannot remove the last expert".into()));
+                }
+                next.experts.remove(class);
+                next.history.entry(class.to_string()).or_default().push(HistoryEntry::new(None, None, "delete"));
+                experts.retain(|e| e.class != class);
+            }
+            Change::Shadow { shadow, .. } => {
+                if !known {
+                    return Err(Error::UnknownClass(class.to_string()));
+                }
+                shadows.retain(|s| s.class != class);
+                shadows.extend(shadow.clone());
+            }
+        }
         // Bounded history: the newest entries of each class are kept (the last is the active one).
         let keep = self.limits.history_per_class.max(1);
         for h in next.history.values_mut() {
@@ -145,64 +322,34 @@ impl Core {
                 h.drain(..h.len() - keep);
             }
         }
-        let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let set = Arc::new(ExpertSet::new(experts, next.gate.clone(), generation, shadows)?);
-        if next != *current {
-            next.write(&self.paths.state)?; // a failed write leaves memory and disk as they were
-        }
-        self.generation.store(generation, Ordering::SeqCst);
-        self.set.store(Some(set.clone()));
-        *current = next;
-        Ok(set)
+        Ok((next, experts, shadows))
     }
 
-    /// Apply one change (blocking: it may fsync the registry).
-    pub fn commit_blocking(&self, change: Change) -> Result<Committed> {
-        let mut reg = lock(&self.registry);
-        let current = self.snapshot()?;
-        let mut next = reg.clone();
-        let mut experts = current.experts.clone();
-        let mut shadows = current.shadows.clone();
-        let class = match &change {
-            Change::Install { expert, .. } => expert.class.clone(),
-            Change::Remove { class } | Change::Shadow { class, .. } => class.clone(),
-        };
-        let previous = current.get(&class).cloned();
-        match change {
-            Change::Install { expert, action, drop_shadow } => {
-                next.experts.insert(class.clone(), expert.bundle.clone());
-                next.history.entry(class.clone()).or_default().push(HistoryEntry::new(
-                    Some(&expert.bundle),
-                    Some(&expert.card.version),
-                    action,
-                ));
-                experts.retain(|e| e.class != class);
-                experts.push(expert);
-                if drop_shadow {
-                    shadows.retain(|s| s.class != class);
-                }
-            }
-            Change::Remove { class } => {
-                if previous.is_none() {
-                    return Err(Error::UnknownClass(class));
-                }
-                if experts.len() == 1 {
-                    return Err(Error::Conflict("cannot remove the last expert".into()));
-                }
-                next.experts.remove(&class);
-                next.history.entry(class.clone()).or_default().push(HistoryEntry::new(None, None, "delete"));
-                experts.retain(|e| e.class != class);
-            }
-            Change::Shadow { class, shadow } => {
-                if previous.is_none() {
-                    return Err(Error::UnknownClass(class));
-                }
-                shadows.retain(|s| s.class != class);
-                shadows.extend(shadow);
-            }
+    /// Serve a registry document written by another replica (blocking: loads the bundles that
+    /// changed, outside the registry lock, then installs at once). Older or equal revisions are
+    /// ignored. Returns whether the set changed. A bundle that cannot be loaded is an error: the
+    /// current set stays.
+    pub fn follow(&self, incoming: Stored) -> Result<bool> {
+        if incoming.revision <= lock(&self.registry).revision {
+            return Ok(false);
         }
-        let set = self.install(&mut reg, next, experts, shadows)?;
-        Ok(Committed { set, previous })
+        let have = self.snapshot().map(|s| s.experts.clone()).unwrap_or_default();
+        let experts = self.experts_for(&incoming.doc, &have)?;
+        let mut reg = lock(&self.registry);
+        if incoming.revision <= reg.revision {
+            return Ok(false);
+        }
+        let shadows = self.snapshot().map(|s| s.shadows.clone()).unwrap_or_default();
+        let set = self.install(&mut reg, incoming, experts, shadows)?;
+        tracing::info!(revision = ?set.revision, generation = set.generation, "followed the shared registry");
+        Ok(true)
+    }
+
+    /// The registry document and revision the served set came from.
+    /// Lock-free (a copy published by every install): safe on the async workers, unlike the
+    /// registry lock, which a change holds across its etcd calls.
+    pub fn served(&self) -> Arc<Stored> {
+        self.published.load_full()
     }
 
     /// Apply one change on a blocking thread.
@@ -227,7 +374,7 @@ impl Core {
 
     /// Every bundle installed for `class`, oldest first.
     pub fn history(&self, class: &str) -> Result<Vec<HistoryEntry>> {
-        lock(&self.registry).history.get(class).cloned().ok_or_else(|| Error::UnknownClass(class.to_string()))
+        self.published.load().doc.history.get(class).cloned().ok_or_else(|| Error::UnknownClass(class.to_string()))
     }
 
     /// Every bundle folder of the model root with its card, or why its card cannot be read
@@ -295,6 +442,11 @@ impl Core {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send((set, texts, probs)) {
             metrics::counter!("moe_shadow_dropped_total").increment(1);
         }
+    }
+
+    /// The live registry's home.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Texts currently admitted (for tests and metrics).

@@ -91,6 +91,8 @@ pub struct ExpertSet {
     pub gate_spec: GateSpec,
     pub gate: Gate,
     pub generation: u64,
+    /// Revision of the shared registry this set serves (etcd; `None` with the file registry).
+    pub revision: Option<i64>,
     /// Candidates scoring live traffic beside the active expert of their class.
     pub shadows: Vec<Arc<Shadow>>,
     plan: Plan,
@@ -101,7 +103,7 @@ impl ExpertSet {
     pub fn new(
         mut experts: Vec<Arc<Expert>>,
         gate_spec: GateSpec,
-        generation: u64,
+        (generation, revision): (u64, Option<i64>),
         shadows: Vec<Arc<Shadow>>,
     ) -> Result<ExpertSet> {
         if experts.is_empty() {
@@ -119,20 +121,26 @@ impl ExpertSet {
         }
         let shadows = shadows.into_iter().filter(|s| experts.iter().any(|e| e.class == s.class)).collect();
         let plan = Plan::new(&experts);
-        Ok(ExpertSet { experts, thresholds, gate_spec, gate, generation, shadows, plan })
+        Ok(ExpertSet { experts, thresholds, gate_spec, gate, generation, revision, shadows, plan })
     }
 
     /// Load every bundle a registry names from the model root (blocking), each checked against
-    /// the class the registry gives it.
+    /// the class the registry gives it. An expert in `have` with the same class and bundle is
+    /// reused instead of loaded again (a follower of a shared registry loads only what changed).
     pub fn load_experts(
         pool: &ExecutorPool,
         cfg: &RuntimeConfig,
         root: &Path,
         reg: &RegistryFile,
         registry_path: &Path,
+        have: &[Arc<Expert>],
     ) -> Result<Vec<Arc<Expert>>> {
         let mut experts = Vec::with_capacity(reg.experts.len());
         for (class, bundle) in &reg.experts {
+            if let Some(e) = have.iter().find(|e| &e.class == class && &e.bundle == bundle) {
+                experts.push(e.clone());
+                continue;
+            }
             let e = Expert::load(pool, cfg, root, bundle, true)?;
             if &e.class != class {
                 return Err(Error::InvalidRegistry {
@@ -147,8 +155,8 @@ impl ExpertSet {
 
     /// A set for the offline tools: the experts and gate of a model root's registry (blocking).
     pub fn load(pool: &ExecutorPool, cfg: &RuntimeConfig, root: &Path, reg: &RegistryFile) -> Result<ExpertSet> {
-        let experts = Self::load_experts(pool, cfg, root, reg, &RegistryFile::path(root))?;
-        ExpertSet::new(experts, reg.gate.clone(), 0, Vec::new())
+        let experts = Self::load_experts(pool, cfg, root, reg, &RegistryFile::path(root), &[])?;
+        ExpertSet::new(experts, reg.gate.clone(), (0, None), Vec::new())
     }
 
     pub fn get(&self, class: &str) -> Option<&Arc<Expert>> {

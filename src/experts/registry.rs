@@ -29,6 +29,10 @@ pub struct RegistryFile {
     /// In a live registry: SHA-256 of the shipped registry it was seeded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded_from: Option<String>,
+    /// In a shared (etcd) registry: when the writing replica committed this document, in Unix
+    /// milliseconds (replicas measure their convergence time from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +65,7 @@ impl RegistryFile {
             gate: GateSpec::default(),
             history: BTreeMap::new(),
             seeded_from: None,
+            committed_ms: None,
         }
     }
 
@@ -102,18 +107,29 @@ impl RegistryFile {
         let bad = |reason: String| Error::InvalidRegistry { path: path.clone(), reason };
         let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let reg: RegistryFile = serde_json::from_str(&text).map_err(|e| bad(format!("bad JSON: {e}")))?;
-        if reg.schema != REGISTRY_SCHEMA {
-            return Err(bad(format!("schema {} is not supported (expected {REGISTRY_SCHEMA})", reg.schema)));
-        }
-        if reg.experts.is_empty() {
-            return Err(bad("names no experts".into()));
-        }
+        reg.check().map_err(bad)?;
         Ok(reg)
     }
 
-    pub fn write(&self, root: &Path) -> Result<()> {
+    /// What every registry, in a file or in etcd, must satisfy.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.schema != REGISTRY_SCHEMA {
+            return Err(format!("schema {} is not supported (expected {REGISTRY_SCHEMA})", self.schema));
+        }
+        if self.experts.is_empty() {
+            return Err("names no experts".into());
+        }
+        Ok(())
+    }
+
+    /// The document as stored (pretty JSON with a final newline).
+    pub fn to_json(&self) -> String {
         let text = serde_json::to_string_pretty(self).expect("registry serializes");
-        crate::experts::card::write_atomic(&Self::path(root), format!("{text}\n").as_bytes())
+        format!("{text}\n")
+    }
+
+    pub fn write(&self, root: &Path) -> Result<()> {
+        crate::experts::card::write_atomic(&Self::path(root), self.to_json().as_bytes())
     }
 }
 

@@ -259,6 +259,8 @@ pub struct ExpertList {
     pub experts: Vec<ExpertInfo>,
     pub gate: GateInfo,
     pub generation: u64,
+    /// Revision of the shared registry this set serves (null with the file registry).
+    pub revision: Option<i64>,
 }
 
 impl From<&ExpertSet> for ExpertList {
@@ -272,6 +274,7 @@ impl From<&ExpertSet> for ExpertList {
                 disabled_reason: s.gate.disabled.clone(),
             },
             generation: s.generation,
+            revision: s.revision,
         }
     }
 }

@@ -65,6 +65,7 @@ impl ApiError {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::InvalidRegistry { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "invalid_registry"),
             Error::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Error::Registry { .. } => (StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
             Error::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),

@@ -20,6 +20,7 @@ use super::dto::{
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
 use crate::Error;
+use crate::control::fleet::FleetStatus;
 use crate::control::swap::Swap;
 use crate::control::{shadow, swap, train, upload};
 
@@ -238,7 +239,13 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let set = s.core.snapshot()?;
-    Ok(Json(json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation})))
+    Ok(Json(json!({"status": "ready", "experts": set.experts.len(), "generation": set.generation,
+        "revision": set.revision, "registry": s.core.store().kind()})))
+}
+
+/// The replicas sharing this one's registry and whether they serve its latest revision.
+pub async fn fleet(State(s): State<AppState>) -> ApiResult<Json<FleetStatus>> {
+    Ok(Json(s.fleet.status().await?))
 }
 
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -25,6 +25,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::control::feedback::FeedbackLog;
+use crate::control::fleet::{Fleet, Replica};
 use crate::control::jobs::Jobs;
 use crate::core::Core;
 use crate::eval::data::DataArgs;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Labelled texts sent back by callers, with each expert's live metrics on them.
     pub feedback: Arc<FeedbackLog>,
+    /// This replica and, with a shared registry, the others (`GET /fleet`).
+    pub fleet: Arc<Fleet>,
 }
 
 impl AppState {
@@ -46,7 +49,14 @@ impl AppState {
     pub fn new(core: Arc<Core>) -> AppState {
         let jobs = Jobs::new(core.clone(), None);
         let feedback = FeedbackLog::open(&core.paths.state, core.limits.feedback_cap);
-        AppState { core, jobs, metrics: metrics::prometheus(), admin_token: None, feedback }
+        let fleet = Fleet::new(core.clone(), Replica { id: "local".into(), address: String::new() });
+        AppState { core, jobs, metrics: metrics::prometheus(), admin_token: None, feedback, fleet }
+    }
+
+    /// This replica's part in a fleet (its identity; following starts with `Fleet::start`).
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> AppState {
+        self.fleet = fleet;
+        self
     }
 
     /// Labelled data whose validation split selection jobs evaluate on.
@@ -84,6 +94,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/bundles"),
     ("post", "/feedback"),
     ("get", "/jobs/{id}"),
+    ("get", "/fleet"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -115,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/bundles", get(handlers::list_bundles))
         .route("/feedback", post(handlers::feedback))
         .route("/jobs/{id}", get(handlers::job))
+        .route("/fleet", get(handlers::fleet))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
