@@ -233,6 +233,38 @@ if os.path.exists(swap_path):
         f"p50 {du['p50_ms']:.1f} ms, p99 {du['p99_ms']:.1f} ms, non-2xx {du['non_2xx']} |"
     )
     p("\nEach large swap loads and warms a 23 MB MiniLM (two sessions) on the same 2 cores that serve traffic.\n")
+fleet_path = os.path.join(os.path.dirname(sys.argv[1]), "fleet.json")
+if os.path.exists(fleet_path):
+    fl = json.load(open(fleet_path))
+    p("\n## Fleet: convergence of a swap over three replicas (`bench/fleet.py`, `docs/bench/fleet.json`)\n")
+    p(
+        f"{fl['replicas']} replicas and one etcd on loopback ({fl['machine']}). Each swap goes to a random replica; "
+        "*accepted to all serving* runs from the PUT's answer (committed in etcd, installed on that replica) "
+        "until every replica's `/readyz` reports the swap's registry revision (polled every 2 ms, so up to ~2 ms "
+        "of it is the poll).\n"
+    )
+    p("| rounds | swaps | PUT round trip p50 / p99 (ms) | accepted to all serving p50 / p99 / max (ms) |")
+    p("|---|---:|---|---|")
+    for key, label in [
+        ("idle_head_swap", "head on the shared trunk (kd19-logreg <-> global-ft19-logreg), idle"),
+        ("idle_trunk_swap", "bundle with its own trunk (global-frozen-logreg: a second MiniLM), idle"),
+        ("loaded_head_swap", "head on the shared trunk, under classify load on all replicas"),
+    ]:
+        if key in fl:
+            r, c = fl[key]["put_round_trip_ms"], fl[key]["accepted_to_all_serving_ms"]
+            p(
+                f"| {label} | {c['n']} | {r['p50']:.1f} / {r['p99']:.1f} | "
+                f"{c['p50']:.1f} / {c['p99']:.1f} / {c['max']:.1f} |"
+            )
+    if "load_per_replica" in fl:
+        loads = fl["load_per_replica"]
+        p(
+            f"\nLoad during the loaded rounds: {fl['load']}; per replica "
+            + ", ".join(
+                f"{x['requests_per_s']:.0f} req/s (p99 {x['p99_ms']:.1f} ms, non-2xx {x['non_2xx']})" for x in loads
+            )
+            + f". After the rounds `/fleet` said converged = {fl['fleet_after']['converged']}.\n"
+        )
 AB_NOTES = {
     "ab-relayering.jsonl": "The re-layering (issue 10): `before` is the binary before it, `after` the one after; "
     "`after-threaded-heads` runs heads on executor threads (`--inline-heads false`) instead of inline; "
