@@ -266,6 +266,12 @@ if os.path.exists(fleet_path):
             + f". After the rounds `/fleet` said converged = {fl['fleet_after']['converged']}.\n"
         )
 AB_NOTES = {
+    "ab-accept-loop.jsonl": "The server's accept loop (issue 12 / 14): `axum-serve` is the binary before the fleet "
+    "work, which served with `axum::serve` and so, by mistake, without the connection cap, header deadline and "
+    "drain its flags promised; `own-accept-loop` serves through `http::server` (HTTP/1 with a header-read timer per "
+    "request, a connection semaphore, graceful drain) and carries the fleet code (idle here: file registry). "
+    "Seven rounds (3, then 4 more in a second run): at 16 the own loop was slower in 5 of 7 paired rounds, median "
+    "paired difference about -5 %, the ranges overlap. The price of the protection, or noise: not resolved.",
     "ab-relayering.jsonl": "The re-layering (issue 10): `before` is the binary before it, `after` the one after; "
     "`after-threaded-heads` runs heads on executor threads (`--inline-heads false`) instead of inline; "
     "`after-tokenize-on-blocking-thread` tokenizes every request on a blocking thread instead of the small ones "

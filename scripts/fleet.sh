@@ -27,7 +27,8 @@ start_etcd() {
     --listen-client-urls "http://127.0.0.1:${ETCD_PORT}" --advertise-client-urls "http://127.0.0.1:${ETCD_PORT}" \
     --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
     --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
-    --initial-cluster "moe-fleet=http://127.0.0.1:$((ETCD_PORT + 1))"
+    --initial-cluster "moe-fleet=http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --auto-compaction-retention 1
 }
 
 start_replica() { # index, extra flags...

@@ -39,10 +39,34 @@ fn json_body(response: &str) -> Value {
 async fn slow_clients_cannot_hold_the_server() {
     let conns = Connections { max_connections: 4, header_read_timeout_ms: 400, drain_ms: 1000 };
     let addr = start(Limits::default(), conns).await;
+    slow_clients_are_refused_then_dropped(&addr).await;
+}
+
+/// The binary itself serves through the same accept loop (it did not until the fleet work: the
+/// flags were parsed and ignored, and this attack held `moe serve` open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_enforces_the_connection_limits() {
+    let state = common::state_dir("binary-conns");
+    let root = common::fixture_models();
+    let envs: [(&str, &std::ffi::OsStr); 4] = [
+        ("MOE_MODELS", root.as_os_str()),
+        ("MOE_STATE", state.as_os_str()),
+        ("MOE_MAX_CONNECTIONS", "4".as_ref()),
+        ("MOE_HEADER_READ_TIMEOUT_MS", "400".as_ref()),
+    ];
+    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    server.ready(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the readiness probe's connection closes
+    slow_clients_are_refused_then_dropped(&format!("127.0.0.1:{}", server.port)).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+async fn slow_clients_are_refused_then_dropped(addr: &str) {
     // Four clients hold every slot: two send nothing, two send half a request line.
     let mut slow = Vec::new();
     for i in 0..4 {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
         if i % 2 == 1 {
             s.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Le").await.unwrap();
         }
@@ -50,7 +74,7 @@ async fn slow_clients_cannot_hold_the_server() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     // A fifth connection is answered at once with the JSON error shape and closed.
-    let mut fifth = TcpStream::connect(&addr).await.unwrap();
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
     let answer = read_to_close(&mut fifth, Duration::from_secs(2)).await.expect("the server closes it");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");

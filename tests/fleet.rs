@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,10 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "fleet-token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Proc(Child);
@@ -49,7 +44,7 @@ struct Etcd {
 
 impl Etcd {
     fn start(dir: PathBuf) -> Etcd {
-        let mut e = Etcd { proc: None, port: free_port(), peer: free_port(), dir };
+        let mut e = Etcd { proc: None, port: common::free_port(), peer: common::free_port(), dir };
         e.restart();
         e
     }
@@ -86,7 +81,7 @@ impl Etcd {
 }
 
 struct Replica {
-    proc: Option<Proc>,
+    proc: Option<common::Server>,
     id: String,
     port: u16,
     state: PathBuf,
@@ -99,7 +94,7 @@ impl Replica {
         let mut r = Replica {
             proc: None,
             id: id.into(),
-            port: free_port(),
+            port: common::free_port(),
             state: dir.join(id),
             root: root.into(),
             registry: registry.into(),
@@ -108,25 +103,16 @@ impl Replica {
         r
     }
 
+    /// The flags of scripts/fleet.sh and deploy/k8s: a shared registry, an id, own state.
     fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_moe"))
-            .arg("serve")
-            .env("MOE_HOST", "127.0.0.1")
-            .env("MOE_PORT", self.port.to_string())
-            .env("MOE_MODELS", &self.root)
-            .env("MOE_STATE", &self.state)
-            .env("MOE_REGISTRY", &self.registry)
-            .env("MOE_REPLICA_ID", &self.id)
-            .env("MOE_ADMIN_TOKEN", TOKEN)
-            .env("MOE_SESSIONS", "1")
-            .env("MOE_INTRA_THREADS", "1")
-            .env("MOE_SOLO_THREADS", "0")
-            .env("MOE_INTRA_OP_SPINNING", "false")
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.state, "replica.log"))
-            .spawn()
-            .expect("start moe serve");
-        self.proc = Some(Proc(child));
+        let envs: [(&str, &std::ffi::OsStr); 5] = [
+            ("MOE_MODELS", self.root.as_os_str()),
+            ("MOE_STATE", self.state.as_os_str()),
+            ("MOE_REGISTRY", self.registry.as_ref()),
+            ("MOE_REPLICA_ID", self.id.as_ref()),
+            ("MOE_ADMIN_TOKEN", TOKEN.as_ref()),
+        ];
+        self.proc = Some(common::Server::spawn(self.port, &envs, &self.state.join("replica.log")));
     }
 
     /// SIGKILL: no shutdown, no lease revoked.

@@ -136,3 +136,60 @@ pub fn reference_probabilities(root: &Path, bundle: &str, texts: &[&str]) -> Vec
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect()
 }
+
+/// A free loopback port (bound and released: another process could take it first, rarely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `moe serve` — this build's binary — as a child process on a loopback port, with the given
+/// environment (every flag has one); stderr goes to `log`. Killed (SIGKILL) when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn spawn(port: u16, envs: &[(&str, &std::ffi::OsStr)], log: &Path) -> Server {
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_moe"));
+        cmd.arg("serve").env("MOE_HOST", "127.0.0.1").env("MOE_PORT", port.to_string());
+        // Light sessions: several servers share this machine's cores in the tests.
+        for (k, v) in [("MOE_SESSIONS", "1"), ("MOE_INTRA_THREADS", "1"), ("MOE_SOLO_THREADS", "0")] {
+            cmd.env(k, v);
+        }
+        cmd.env("MOE_INTRA_OP_SPINNING", "false");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(std::process::Stdio::null()).stderr(log).spawn().expect("start moe serve");
+        Server { child, port }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Wait until `/readyz` answers 200.
+    pub async fn ready(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        let c = reqwest::Client::new();
+        loop {
+            if let Ok(r) = c.get(format!("{}/readyz", self.base())).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "moe serve on port {} not ready after {within:?}", self.port);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
