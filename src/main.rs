@@ -136,7 +136,14 @@ fn main() -> anyhow::Result<()> {
     let log_json = matches!(&cli.command, Command::Serve(a) if a.log_json);
     init_tracing(log_json);
     match cli.command {
-        Command::Serve(a) => runtime()?.block_on(serve(a)),
+        Command::Serve(a) => {
+            let rt = runtime()?;
+            let served = rt.block_on(serve(a));
+            // Dropping a runtime waits for every blocking task (a training fit, a bundle load):
+            // after the drain, give them a moment, then exit anyway.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            served
+        }
         Command::Eval(a) => {
             let o = &a.options;
             let out = moe::eval::evaluate::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;

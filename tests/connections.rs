@@ -96,6 +96,25 @@ async fn slow_clients_are_refused_then_dropped(addr: &str) {
     assert_eq!(res.status().as_u16(), 200);
 }
 
+/// Oversized request heads over a real socket: the parser lets them through to the router, which
+/// answers in the JSON error shape (hyper alone would answer 431 with an empty body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_json_errors() {
+    let addr = start(Limits::default(), Connections::default()).await;
+    let many: String = (0..150).map(|i| format!("x-extra-{i}: v\r\n")).collect();
+    let long = "a".repeat(moe::http::MAX_URI_BYTES + 1);
+    for (head, status, code) in [
+        (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}connection: close\r\n\r\n"), "431", "headers_too_large"),
+        (format!("GET /experts/{long} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"), "414", "uri_too_long"),
+    ] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("answered and closed");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert_eq!(json_body(&answer)["error"]["code"], code, "{answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_comes_gets_408() {
     let limits = Limits { body_timeout_ms: 300, ..Limits::default() };

@@ -161,6 +161,19 @@ async fn wait_until_all_serve(c: &reqwest::Client, replicas: &[Replica], at_leas
     }
 }
 
+/// `GET /fleet` (announcements refresh every 250 ms) reports every replica on the latest revision.
+async fn wait_converged(c: &reqwest::Client, r: &Replica) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, fleet) = get(c, &format!("{}/fleet", r.base())).await.unwrap();
+        if fleet["converged"] == json!(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/fleet never reported converged: {fleet}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn put(c: &reqwest::Client, r: &Replica, class: &str, bundle: &str) -> (u16, Value) {
     let res = c
         .put(format!("{}/experts/{class}", r.base()))
@@ -292,15 +305,7 @@ async fn swaps_on_any_replica_reach_every_replica_under_load() {
     assert_eq!(status, 200, "{fleet}");
     assert_eq!(fleet["revision"].as_i64(), Some(last), "{fleet}");
     assert_eq!(fleet["replicas"].as_array().unwrap().len(), 3, "{fleet}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, fleet) = get(&c, &format!("{}/fleet", replicas[0].base())).await.unwrap();
-        if fleet["converged"] == json!(true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "fleet never reported converged: {fleet}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_converged(&c, &replicas[0]).await;
     let mut sets = Vec::new();
     for r in &replicas {
         let (_, v) = get(&c, &format!("{}/experts", r.base())).await.unwrap();
@@ -441,15 +446,7 @@ async fn a_replica_that_cannot_load_a_revision_keeps_its_set_and_catches_up() {
     // Repaired: it retries on its own and catches up.
     common::replace_file(&graph, &good);
     wait_until_all_serve(&c, &replicas, rev, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, fleet) = get(&c, &format!("{}/fleet", replicas[0].base())).await.unwrap();
-        if fleet["converged"] == json!(true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not converged after the repair: {fleet}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_converged(&c, &replicas[0]).await;
     drop(replicas);
     drop(etcd);
     for d in [dir, root, own] {

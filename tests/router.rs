@@ -136,6 +136,17 @@ async fn refusals_use_one_error_shape() {
         (get("/classify"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (get("/jobs/not-a-number"), StatusCode::BAD_REQUEST, "bad_request"),
         (get("/experts/%FF%FE"), StatusCode::BAD_REQUEST, "bad_request"),
+        (get(&format!("/experts/{}", "a".repeat(moe::http::MAX_URI_BYTES))), StatusCode::URI_TOO_LONG, "uri_too_long"),
+        (
+            with_headers(moe::http::MAX_HEADERS + 1, 10),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+        ),
+        (
+            with_headers(4, moe::http::MAX_HEADER_BYTES / 4),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+        ),
     ];
     for (req, status, code) in cases {
         let what = format!("{} {}", req.method(), req.uri());
@@ -143,6 +154,15 @@ async fn refusals_use_one_error_shape() {
         assert_eq!(s, status, "{what}: {v}");
         assert_error(&v, code);
     }
+}
+
+/// GET /healthz with `n` extra header fields of `bytes` bytes each.
+fn with_headers(n: usize, bytes: usize) -> Request<Body> {
+    let mut req = Request::get("/healthz");
+    for i in 0..n {
+        req = req.header(format!("x-extra-{i}"), "v".repeat(bytes));
+    }
+    req.body(Body::empty()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

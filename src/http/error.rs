@@ -35,6 +35,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("admin routes are disabled: start the service with --admin-token / MOE_ADMIN_TOKEN")]
     AdminDisabled,
+    #[error("the request target is {0} bytes, more than {max}", max = super::MAX_URI_BYTES)]
+    UriTooLong(usize),
+    #[error("{0}")]
+    HeadersTooLarge(String),
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
@@ -52,6 +56,10 @@ impl ApiError {
             ApiError::Unauthorized => return (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RequestTimeout => return (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::AdminDisabled => return (StatusCode::FORBIDDEN, "admin_disabled"),
+            ApiError::UriTooLong(_) => return (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ApiError::HeadersTooLarge(_) => {
+                return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large");
+            }
             ApiError::Core(e) => e,
         };
         match e {

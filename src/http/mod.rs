@@ -71,6 +71,35 @@ impl AppState {
     }
 }
 
+/// Longest request target (path and query) answered; longer ones get a JSON 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields, and most bytes of all header names and values, answered; more get a JSON
+/// 431. The HTTP/1 parser lets up to `server::PARSER_MAX_HEADERS` fields through so that these
+/// answers come from here, in the error shape, not from hyper (an empty body). Beyond the parser's
+/// own limits (that many fields, or a head over hyper's ~400 KB buffer) hyper still answers 431
+/// with no body: the one answer that is not JSON.
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuse an oversized request head before any routing, in the one error shape.
+async fn head_limits(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri().to_string().len();
+    if uri > MAX_URI_BYTES {
+        return error::ApiError::UriTooLong(uri).into_response();
+    }
+    let headers = req.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        let why = format!(
+            "{} header fields, {bytes} bytes: at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes",
+            headers.len()
+        );
+        return error::ApiError::HeadersTooLarge(why).into_response();
+    }
+    next.run(req).await
+}
+
 /// Largest `POST /experts/{class}/train` body: 20,000 titles of ~100 bytes with JSON quoting.
 pub const TRAIN_BODY_BYTES: usize = 8 << 20;
 
@@ -135,6 +164,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(body_timeout)))
+        .layer(middleware::from_fn(head_limits))
         .layer(middleware::from_fn(audit::audit))
         .layer(middleware::from_fn(metrics::track))
         // 5xx answers are logged by the error mapping (503s rate-limited), not once more here.

@@ -19,6 +19,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::Connections;
 
+/// Header fields the HTTP/1 parser accepts (hyper's default is 100): above `super::MAX_HEADERS`
+/// the router answers a JSON 431 itself; above this, hyper answers 431 with an empty body.
+pub const PARSER_MAX_HEADERS: usize = 400;
+
 /// The answer to a connection over `--max-connections`, written raw: the router never sees it.
 fn over_capacity() -> Vec<u8> {
     let body = r#"{"error":{"code":"overloaded","message":"too many open connections (--max-connections / MOE_MAX_CONNECTIONS)"}}"#;
@@ -43,6 +47,7 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
+        .max_headers(PARSER_MAX_HEADERS)
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms.max(1)));
     let builder = Arc::new(builder);
