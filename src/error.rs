@@ -109,3 +109,18 @@ impl From<tokio::task::JoinError> for Error {
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// An error's message with its chain of causes ("a: b: c"), skipping causes already in the
+/// message: what the API answers and what the logs say.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg = format!("{msg}: {s_msg}");
+        }
+        source = s.source();
+    }
+    msg
+}

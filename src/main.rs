@@ -214,7 +214,7 @@ fn load_waiting_for_the_registry(core: &Core) -> moe::Result<()> {
     loop {
         match core.load_registry() {
             Err(e @ moe::Error::Registry { .. }) => {
-                tracing::warn!(error = %e, "registry unreachable; retrying in 1 s");
+                tracing::warn!(error = %moe::error::chain(&e), "registry unreachable; retrying in 1 s");
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
             other => return other,

@@ -155,7 +155,7 @@ impl Fleet {
             Err(e) => {
                 f.failed_loads += 1;
                 metrics::counter!("moe_fleet_failed_loads_total").increment(1);
-                let msg = format!("cannot serve registry revision {revision:?}: {e}");
+                let msg = format!("cannot serve registry revision {revision:?}: {}", crate::error::chain(&e));
                 tracing::error!(error = %msg, "keeping the current set");
                 f.last_error = Some(msg);
             }
@@ -168,13 +168,17 @@ impl Fleet {
 
     /// Watch the registry key forever, reconnecting with backoff.
     async fn follow_forever(self: Arc<Self>, etcd: EtcdStore) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST;
         loop {
+            let started = std::time::Instant::now();
             if let Err(e) = self.follow_once(&etcd).await {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "registry watch interrupted");
+                let error = crate::error::chain(&e);
+                tracing::warn!(%error, retry_ms = backoff.as_millis() as u64, "registry watch interrupted");
             }
+            // A watch that held for a while was a success: the next outage starts the backoff over.
+            backoff = if started.elapsed() > Duration::from_secs(10) { FIRST } else { (backoff * 2).min(RETRY * 2) };
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -231,7 +235,7 @@ impl Fleet {
     pub async fn leave(&self) {
         let (Some(etcd), Some(lease)) = (self.core.store().etcd(), lock(&self.lease).take()) else { return };
         if let Err(e) = etcd_call("revoking the lease", etcd.client().lease_revoke(lease)).await {
-            tracing::warn!(error = %e, "could not leave the fleet; the lease will expire");
+            tracing::warn!(error = %crate::error::chain(&e), "could not leave the fleet; the lease will expire");
         }
     }
 
@@ -239,7 +243,8 @@ impl Fleet {
     async fn announce_forever(self: Arc<Self>, etcd: EtcdStore) {
         loop {
             if let Err(e) = self.announce_once(&etcd).await {
-                tracing::warn!(error = %e, "replica announcement interrupted; registering again");
+                let error = crate::error::chain(&e);
+                tracing::warn!(%error, "replica announcement interrupted; registering again");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -84,18 +84,9 @@ impl ApiError {
     }
 }
 
-/// The message with its chain of causes ("a: b: c"), skipping causes already in the message.
+/// The message with its chain of causes (see `crate::error::chain`).
 fn message(e: &ApiError) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg = format!("{msg}: {s_msg}");
-        }
-        source = s.source();
-    }
-    msg
+    crate::error::chain(e)
 }
 
 impl IntoResponse for ApiError {

@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are drained into their buckets (see `prometheus`).
+pub const UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -27,6 +30,20 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("valid buckets");
             let recorder = b.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples wait in the recorder until they are drained into their buckets,
+            // which only `render` (a scrape) or `run_upkeep` does: with nobody scraping /metrics,
+            // every request's ~20 samples piled up for ever (the 30-minute soak: RSS 268 MB ->
+            // 1.58 GB, requests/s 900 -> 630). Drain them every `UPKEEP`, scrape or not.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the metrics upkeep thread: histograms grow until scraped");
+            }
             // Another recorder may already be installed (tests): then this handle renders nothing,
             // which only affects that process's /metrics.
             let _ = metrics::set_global_recorder(recorder);
