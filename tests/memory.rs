@@ -8,17 +8,6 @@ mod common;
 use moe::config::Limits;
 use moe::control::swap::{Swap, swap};
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_swaps_release_their_sessions_and_memory() {
     let root = common::copy_root(&common::fixture_models(), "memory");
@@ -38,9 +27,9 @@ async fn two_hundred_swaps_release_their_sessions_and_memory() {
         }
     };
     swap_n(20).await;
-    let warm = rss_mb();
+    let warm = common::rss_mb();
     swap_n(180).await;
-    let after = rss_mb();
+    let after = common::rss_mb();
     eprintln!("RSS after 20 swaps {warm:.1} MB, after 200 swaps {after:.1} MB");
     assert_eq!(core.pool.live_executors(), live, "executors of swapped-out experts are released");
     assert!(after - warm < 16.0, "resident memory grew {:.1} MB over 180 swaps", after - warm);

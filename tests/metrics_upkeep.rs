@@ -2,16 +2,7 @@
 //! they waited in the recorder for a scrape: the 30-minute soak grew from 268 MB to 1.58 GB). Its
 //! own test binary, so no other test's allocations are in the process.
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
+mod common;
 
 /// A million samples: 8 MB of values, more with the recorder's bookkeeping.
 fn record_a_million() {
@@ -26,12 +17,12 @@ fn histogram_samples_do_not_pile_up_without_a_scrape() {
     let pause = moe::http::metrics::UPKEEP * 2;
     record_a_million();
     std::thread::sleep(pause);
-    let base = rss_mb();
+    let base = common::rss_mb();
     for _ in 0..8 {
         record_a_million();
         std::thread::sleep(pause);
     }
-    let grown = rss_mb() - base;
+    let grown = common::rss_mb() - base;
     // Kept for a scrape, 8 million more samples would hold at least 64 MB.
     assert!(grown < 32.0, "resident memory grew {grown:.1} MB over 8 million unscraped samples");
     // And nothing is lost: a scrape still counts every sample.
