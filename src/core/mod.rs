@@ -10,8 +10,8 @@
 //!   the store changes nothing, in memory or in the registry.
 //! * The mutable registry (active set, history) lives in a `Store` (the state folder, or etcd for
 //!   a fleet), never in the model root: the shipped `models/registry.json` only seeds it.
-//! * The registry lock is only taken on blocking threads (it is held across etcd calls); async
-//!   code reads the lock-free copy `published` (or the set itself).
+//! * The registry lock is only taken on blocking threads (it is held across etcd calls); the
+//!   served registry document is read lock-free from `published` (or the set itself).
 //! * Admission control happens before any work: a request whose texts would take the number of
 //!   texts in flight over `--max-in-flight-texts` is refused at once (503).
 //!
@@ -110,13 +110,12 @@ pub struct Core {
     generation: AtomicU64,
     /// Where the live registry is kept (a state file, or etcd for a fleet).
     store: Store,
-    /// The registry document (and revision) of the served set; its lock serialises every change
-    /// (held for the registry write and the install, never across an await; across a bundle load
-    /// only when a shared-registry write must be re-applied on another replica's change).
-    /// Only ever locked on blocking threads (it is held across etcd calls): async code reads
-    /// `published`.
-    registry: Mutex<Stored>,
-    /// A copy of the registry document of the served set, for readers.
+    /// Serialises every change: held for the registry write and the install, never across an
+    /// await; across a bundle load only when a shared-registry write must be re-applied on another
+    /// replica's change. Only ever locked on blocking threads (it is held across etcd calls).
+    registry: Mutex<()>,
+    /// The registry document (and revision) of the served set: written only by `install`, under
+    /// the registry lock; read lock-free by anyone.
     published: ArcSwap<Stored>,
     /// One change per class at a time; changes of different classes load in parallel.
     class_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -143,7 +142,7 @@ impl Core {
             pool: ExecutorPool::default(),
             set: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            registry: Mutex::new(Stored { doc: RegistryFile::empty(), revision: None }),
+            registry: Mutex::new(()),
             published: ArcSwap::from_pointee(Stored { doc: RegistryFile::empty(), revision: None }),
             class_locks: Default::default(),
             shadow_tx: OnceLock::new(),
@@ -167,18 +166,16 @@ impl Core {
                 h.push(HistoryEntry::new(Some(&e.bundle), Some(&e.card.version), "loaded"));
             }
         }
-        let mut current = lock(&self.registry);
+        let guard = lock(&self.registry);
         let set = if next == stored.doc {
-            self.install(&mut current, stored, experts, Vec::new())?
+            self.install(&guard, stored, experts, Vec::new())?
         } else {
-            match self.store.write(&self.stamped(next.clone()), stored.revision)? {
-                Written::At(revision) => {
-                    self.install(&mut current, Stored { doc: next, revision }, experts, Vec::new())?
-                }
+            match self.store.write(&next, stored.revision)? {
+                Written::At(revision) => self.install(&guard, Stored { doc: next, revision }, experts, Vec::new())?,
                 // Another replica recorded its start first: serve what it wrote.
                 Written::Lost(now) => {
                     let experts = self.experts_for(&now.doc, &experts)?;
-                    self.install(&mut current, *now, experts, Vec::new())?
+                    self.install(&guard, *now, experts, Vec::new())?
                 }
             }
         };
@@ -187,32 +184,17 @@ impl Core {
         Ok(())
     }
 
-    /// Where the live registry is, for errors.
-    fn registry_location(&self) -> PathBuf {
-        match self.store.etcd() {
-            Some(e) => PathBuf::from(format!("etcd://{}{}", e.target.endpoints.join(","), e.registry_key())),
-            None => RegistryFile::path(&self.paths.state),
-        }
-    }
-
     /// The experts a registry names, reusing those of `have` (blocking: loads the others).
     fn experts_for(&self, doc: &RegistryFile, have: &[Arc<Expert>]) -> Result<Vec<Arc<Expert>>> {
-        ExpertSet::load_experts(&self.pool, &self.runtime, &self.paths.models, doc, &self.registry_location(), have)
+        ExpertSet::load_experts(&self.pool, &self.runtime, &self.paths.models, doc, &self.store.location(), have)
     }
 
-    /// A document about to be written to a shared registry carries its commit time.
-    fn stamped(&self, mut doc: RegistryFile) -> RegistryFile {
-        if self.store.etcd().is_some() {
-            doc.committed_ms = Some(crate::clock::unix_ms());
-        }
-        doc
-    }
-
-    /// The one install path: build the set, bump the generation, store the set. `current` is the
-    /// registry lock's guard, so installs are serialised; the caller has written `next` already.
+    /// The one install path: build the set, bump the generation, store the set and its registry
+    /// document. Taking the registry lock's guard serialises installs; the caller has written
+    /// `next` already.
     fn install(
         &self,
-        current: &mut Stored,
+        _serialised: &std::sync::MutexGuard<'_, ()>,
         next: Stored,
         experts: Vec<Arc<Expert>>,
         shadows: Vec<Arc<Shadow>>,
@@ -221,8 +203,7 @@ impl Core {
         let set = Arc::new(ExpertSet::new(experts, next.doc.gate.clone(), (generation, next.revision), shadows)?);
         self.generation.store(generation, Ordering::SeqCst);
         self.set.store(Some(set.clone()));
-        self.published.store(Arc::new(next.clone()));
-        *current = next;
+        self.published.store(Arc::new(next));
         Ok(set)
     }
 
@@ -232,10 +213,10 @@ impl Core {
     /// wrote in between, a change of *another* class is applied again on top of it; a change of
     /// *this* class is a lost race and refused (409), as two local changes of one class are.
     pub fn commit_blocking(&self, change: Change) -> Result<Committed> {
-        let mut reg = lock(&self.registry);
+        let guard = lock(&self.registry);
         let current = self.snapshot()?;
         let class = change.class().to_string();
-        let (mut base, mut experts) = (reg.clone(), current.experts.clone());
+        let (mut base, mut experts) = (Stored::clone(&self.published.load()), current.experts.clone());
         if let Some(latest) = self.store.latest()?.filter(|l| l.revision > base.revision) {
             experts = self.experts_for(&latest.doc, &experts)?;
             base = latest;
@@ -245,12 +226,12 @@ impl Core {
             let previous = experts.iter().find(|e| e.class == class).cloned();
             let (next, next_experts, shadows) = self.apply(&change, &base.doc, experts.clone(), &current.shadows)?;
             if next == base.doc {
-                let set = self.install(&mut reg, base, next_experts, shadows)?;
+                let set = self.install(&guard, base, next_experts, shadows)?;
                 return Ok(Committed { set, previous });
             }
-            match self.store.write(&self.stamped(next.clone()), base.revision)? {
+            match self.store.write(&next, base.revision)? {
                 Written::At(revision) => {
-                    let set = self.install(&mut reg, Stored { doc: next, revision }, next_experts, shadows)?;
+                    let set = self.install(&guard, Stored { doc: next, revision }, next_experts, shadows)?;
                     return Ok(Committed { set, previous });
                 }
                 Written::Lost(now) => {
@@ -330,24 +311,23 @@ impl Core {
     /// ignored. Returns whether the set changed. A bundle that cannot be loaded is an error: the
     /// current set stays.
     pub fn follow(&self, incoming: Stored) -> Result<bool> {
-        if incoming.revision <= lock(&self.registry).revision {
+        if incoming.revision <= self.published.load().revision {
             return Ok(false);
         }
         let have = self.snapshot().map(|s| s.experts.clone()).unwrap_or_default();
         let experts = self.experts_for(&incoming.doc, &have)?;
-        let mut reg = lock(&self.registry);
-        if incoming.revision <= reg.revision {
+        let guard = lock(&self.registry);
+        if incoming.revision <= self.published.load().revision {
             return Ok(false);
         }
         let shadows = self.snapshot().map(|s| s.shadows.clone()).unwrap_or_default();
-        let set = self.install(&mut reg, incoming, experts, shadows)?;
+        let set = self.install(&guard, incoming, experts, shadows)?;
         tracing::info!(revision = ?set.revision, generation = set.generation, "followed the shared registry");
         Ok(true)
     }
 
-    /// The registry document and revision the served set came from.
-    /// Lock-free (a copy published by every install): safe on the async workers, unlike the
-    /// registry lock, which a change holds across its etcd calls.
+    /// The registry document and revision the served set came from. Lock-free: safe on the async
+    /// workers, unlike the registry lock, which a change holds across its etcd calls.
     pub fn served(&self) -> Arc<Stored> {
         self.published.load_full()
     }

@@ -73,7 +73,6 @@ impl RegistryFile {
     /// registry of `models`, written into `state` (created if missing).
     pub fn open_state(state: &Path, models: &Path) -> Result<RegistryFile> {
         let shipped = Self::path(models);
-        let shipped_hash = std::fs::read(&shipped).ok().map(|b| hex::encode(Sha256::digest(&b)));
         // A temp file is only left by a process killed mid-write; the registry itself is intact.
         let stale = state.join(format!(".{REGISTRY_FILE}.tmp"));
         if stale.is_file() {
@@ -82,6 +81,7 @@ impl RegistryFile {
         }
         if Self::path(state).is_file() {
             let reg = Self::read(state)?;
+            let shipped_hash = std::fs::read(&shipped).ok().map(|b| hex::encode(Sha256::digest(&b)));
             if shipped_hash.is_some() && reg.seeded_from != shipped_hash {
                 tracing::warn!(state = %Self::path(state).display(), shipped = %shipped.display(),
                     "the shipped registry changed since the state was seeded; serving the state \
@@ -89,11 +89,20 @@ impl RegistryFile {
             }
             return Ok(reg);
         }
-        let mut reg = Self::read(models)?;
-        reg.seeded_from = shipped_hash;
+        let reg = Self::seed(models)?;
         std::fs::create_dir_all(state).map_err(|e| Error::io(state, e))?;
         reg.write(state)?;
         tracing::info!(from = %shipped.display(), to = %Self::path(state).display(), "live registry seeded");
+        Ok(reg)
+    }
+
+    /// The shipped registry of `models`, marked with its SHA-256 as the seed of a live registry
+    /// (the state folder's, or a shared one in etcd).
+    pub fn seed(models: &Path) -> Result<RegistryFile> {
+        let shipped = Self::path(models);
+        let bytes = std::fs::read(&shipped).map_err(|e| Error::io(&shipped, e))?;
+        let mut reg = Self::read(models)?;
+        reg.seeded_from = Some(hex::encode(Sha256::digest(&bytes)));
         Ok(reg)
     }
 

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions, WatchStream};
-use sha2::{Digest, Sha256};
 
 use super::registry::RegistryFile;
 use crate::{Error, Result};
@@ -65,6 +64,14 @@ impl Store {
         match self {
             Store::File { .. } => "file",
             Store::Etcd(_) => "etcd",
+        }
+    }
+
+    /// Where the live registry is, for errors and logs.
+    pub fn location(&self) -> PathBuf {
+        match self {
+            Store::File { state, .. } => RegistryFile::path(state),
+            Store::Etcd(e) => e.location(),
         }
     }
 
@@ -196,15 +203,15 @@ impl EtcdStore {
         self.client.clone()
     }
 
-    fn where_(&self) -> PathBuf {
+    pub fn location(&self) -> PathBuf {
         PathBuf::from(format!("etcd://{}{}", self.target.endpoints.join(","), self.registry_key()))
     }
 
     /// Parse a stored document (a corrupt value is an error naming the key, never a fallback).
     pub fn parse(&self, value: &[u8], revision: i64) -> Result<Stored> {
         let doc: RegistryFile = serde_json::from_slice(value)
-            .map_err(|e| Error::InvalidRegistry { path: self.where_(), reason: format!("bad JSON: {e}") })?;
-        doc.check().map_err(|reason| Error::InvalidRegistry { path: self.where_(), reason })?;
+            .map_err(|e| Error::InvalidRegistry { path: self.location(), reason: format!("bad JSON: {e}") })?;
+        doc.check().map_err(|reason| Error::InvalidRegistry { path: self.location(), reason })?;
         Ok(Stored { doc, revision: Some(revision) })
     }
 
@@ -221,30 +228,30 @@ impl EtcdStore {
         if let Some(s) = self.get().await? {
             return Ok(s);
         }
-        let shipped_path = RegistryFile::path(models);
-        let bytes = std::fs::read(&shipped_path).map_err(|e| Error::io(&shipped_path, e))?;
-        let mut seed = RegistryFile::read(models)?;
-        seed.seeded_from = Some(hex::encode(Sha256::digest(&bytes)));
+        let seed = RegistryFile::seed(models)?;
         let key = self.registry_key();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), seed.to_json(), None)]);
         let seeded = etcd_call(format!("seeding {key}"), self.client.clone().txn(txn)).await?.succeeded();
         if seeded {
-            tracing::info!(key, from = %shipped_path.display(), "registry seeded in etcd");
+            tracing::info!(key, from = %RegistryFile::path(models).display(), "registry seeded in etcd");
         }
         self.get()
             .await?
-            .ok_or_else(|| Error::InvalidRegistry { path: self.where_(), reason: "vanished after seeding".into() })
+            .ok_or_else(|| Error::InvalidRegistry { path: self.location(), reason: "vanished after seeding".into() })
     }
 
-    /// Compare-and-swap: put `next` if the key's revision is still `base`, else read what won.
+    /// Compare-and-swap: put `next` if the key's revision is still `base`, else read what won. The
+    /// stored document carries its commit time (`committed_ms`: followers measure their
+    /// convergence from it).
     pub async fn write(&self, next: &RegistryFile, base: Option<i64>) -> Result<Written> {
         let key = self.registry_key();
         let base = base.ok_or_else(|| Error::Internal("an etcd write needs the revision it is based on".into()))?;
+        let stamped = RegistryFile { committed_ms: Some(crate::clock::unix_ms()), ..next.clone() };
         let txn = Txn::new()
             .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, base)])
-            .and_then([TxnOp::put(key.as_str(), next.to_json(), None)])
+            .and_then([TxnOp::put(key.as_str(), stamped.to_json(), None)])
             .or_else([TxnOp::get(key.as_str(), None::<GetOptions>)]);
         let resp = etcd_call(format!("writing {key}"), self.client.clone().txn(txn)).await?;
         if resp.succeeded() {
@@ -253,7 +260,7 @@ impl EtcdStore {
         }
         match self.get().await? {
             Some(now) => Ok(Written::Lost(Box::new(now))),
-            None => Err(Error::InvalidRegistry { path: self.where_(), reason: "the key was deleted".into() }),
+            None => Err(Error::InvalidRegistry { path: self.location(), reason: "the key was deleted".into() }),
         }
     }
 
