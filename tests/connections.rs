@@ -115,6 +115,37 @@ async fn oversized_request_heads_get_json_errors() {
     }
 }
 
+/// Requests the HTTP/1 parser itself refuses (hyper answers them before any router, with an empty
+/// body of its own) get the JSON error shape too, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_refuses_get_json_errors() {
+    let addr = start(Limits::default(), Connections::default()).await;
+    let parser_many: String =
+        (0..moe::http::server::PARSER_MAX_HEADERS + 50).map(|i| format!("x-{i}: v\r\n")).collect();
+    let huge = "a".repeat(70_000);
+    for (head, status, code) in [
+        ("GARBAGE\r\n\r\n".to_string(), "400", "bad_request"),
+        ("GET /a b c HTTP/1.1\r\nhost: x\r\n\r\n".to_string(), "400", "bad_request"),
+        ("GET /healthz HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_string(), "400", "bad_request"),
+        ("GET /healthz HTTP/3.7\r\n\r\n".to_string(), "400", "bad_request"),
+        (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{parser_many}\r\n"), "431", "headers_too_large"),
+        (format!("GET /{huge} HTTP/1.1\r\nhost: x\r\n\r\n"), "414", "uri_too_long"),
+    ] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("answered and closed");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.to_lowercase().contains("content-type: application/json"), "{answer}");
+        assert_eq!(json_body(&answer)["error"]["code"], code, "{answer}");
+    }
+    // The connection wrapper leaves good requests alone, keep-alive included.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let res = client.get(format!("http://{addr}/healthz")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_comes_gets_408() {
     let limits = Limits { body_timeout_ms: 300, ..Limits::default() };

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod canned;
 pub mod console;
 pub mod dto;
 pub mod error;

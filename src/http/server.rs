@@ -2,7 +2,8 @@
 //! connections (one over it gets a JSON 503 and is closed), a deadline for reading a request's
 //! headers that also bounds idle keep-alive connections (hyper closes the connection), a per-frame
 //! deadline for reading a body (JSON 408, see `app`), and a graceful shutdown that lets requests in
-//! flight finish.
+//! flight finish. hyper's own answers to requests it cannot parse get the JSON error shape
+//! (`canned`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,10 +18,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::canned::JsonProtocolErrors;
 use crate::config::Connections;
 
 /// Header fields the HTTP/1 parser accepts (hyper's default is 100): above `super::MAX_HEADERS`
-/// the router answers a JSON 431 itself; above this, hyper answers 431 with an empty body.
+/// the router answers a JSON 431 itself; above this, hyper answers 431 (given the JSON error body by
+/// `canned`).
 pub const PARSER_MAX_HEADERS: usize = 400;
 
 /// The answer to a connection over `--max-connections`, written raw: the router never sees it.
@@ -75,7 +78,7 @@ pub async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder.serve_connection(TokioIo::new(JsonProtocolErrors::new(stream)), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
