@@ -171,15 +171,27 @@ def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path,
     trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
     path = out / "trunks" / trunk_id / "trunk.onnx"
     ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
-    # Heads are trained on the embeddings of the artefact that is served (the int8 trunk).
-    x = run_onnx(path, backbone.encode(tok, train.texts)).astype(np.float32)
-    print(f"trunk {trunk_id}: exported and embedded {len(train.texts)} titles in {time.time() - t0:.1f}s")
+    # Heads are trained on the embeddings of the artefact that is served (the int8 trunk), of the
+    # train titles and of --head-augment noisy copies of each (`head_rows`).
+    texts, _ = head_rows(args, train)
+    x = run_onnx(path, backbone.encode(tok, texts)).astype(np.float32)
+    print(f"trunk {trunk_id}: exported and embedded {len(texts)} titles in {time.time() - t0:.1f}s")
     return {
         "ref": ref,
         "path": path,
         "x_train": x,
         "summary": {"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]},
     }
+
+
+def head_rows(args, train) -> tuple[list[str], list[str]]:
+    """The rows heads on a shared trunk are fitted on: the train titles, then --head-augment noisy
+    copies of each (augment.py, seeded apart from the teacher's copies), with their titles' labels."""
+    from . import augment
+
+    k = getattr(args, "head_augment", 0)
+    noisy = augment.augmented(train.texts, k, args.seed + 1) if k else []
+    return list(train.texts) + noisy, list(train.labels) + [train.labels[i // k] for i in range(len(noisy))]
 
 
 def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
@@ -189,15 +201,16 @@ def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
 
     ds, tok, work, settings, trunks = ctx["ds"], ctx["tok"], ctx["work"], ctx["settings"], ctx["trunks"]
     train, val = ds["train"], ds["val"]
-    y = np.array(train.labels) == cls
     spec = candidates.ALGORITHMS[algo]
+    tname = spec.get("trunk")
+    # Heads on a shared trunk see the augmented rows too; token models train on the titles.
+    y = np.array(head_rows(args, train)[1] if tname else train.labels) == cls
     method = args.rebalance or spec["rebalance"]
     ratio = args.ratio or spec["ratio"]
     idx, w = rebalance(y, method, ratio, args.seed)
     t0 = time.time()
     graph = work / f"{bundle.slug(cls)}--{algo}.onnx"
-    texts = [train.texts[i] for i in idx]
-    tname = spec.get("trunk")
+    texts = [train.texts[i] for i in idx] if not tname else []
     x_train = trunks[tname]["x_train"] if tname else None
     if algo in ("trunk-logreg", "ft19-logreg", "kd19-logreg"):
         info = candidates.logreg_head(x_train[idx], y[idx], w, settings, graph)
@@ -214,6 +227,7 @@ def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
         "created": bundle.utc_now(),
         "data": ctx["data_info"],
         "rebalance": {"method": method, "ratio": ratio, "rows": int(len(idx)), "positives": int(y[idx].sum())},
+        "augmented_copies_per_title": getattr(args, "head_augment", 0) if tname else 0,
         "training": {**info, "seed": args.seed, "seconds": seconds},
         "backbone": backbone.spec(args.backbone)["model"] if algo != "tokenbag" else None,
         "trunk": trunks[tname]["ref"]["id"] if tname else None,
@@ -601,6 +615,9 @@ def main(argv=None) -> None:
         help="shared trunks as exported (fp32) or dynamically quantised (int8)",
     )
     _run_args(b)
+    b.add_argument(
+        "--head-augment", type=int, default=0, help="heads on a shared trunk: noisy copies of each train title"
+    )
     b.add_argument("--teacher", default="", help="kd19-logreg: the logits file `teach` wrote")
     b.add_argument("--temperature", type=float, default=2.0, help="kd19-logreg: distillation temperature")
     b.add_argument("--hard-weight", type=float, default=0.5, help="kd19-logreg: weight of the labelled loss")

@@ -27,7 +27,7 @@ def distilled(tmp_path_factory):
     common = ["--data", str(DATA), "--quick", "--max-steps", "2", "--checkpoints", str(d / "ckpt"), "--threads", "1"]
     _run("teach", "--out", str(d / "teacher.npz"), *common)
     _run("build", "--out", str(d / "root"), "--algorithms", "kd19-logreg", "--classes", "Travel",
-         "--teacher", str(d / "teacher.npz"), *common)  # fmt: skip
+         "--teacher", str(d / "teacher.npz"), "--head-augment", "2", *common)  # fmt: skip
     return d
 
 
@@ -53,6 +53,22 @@ def test_distilled_trunk_and_head_are_a_bundle_that_names_its_teacher(distilled)
     ft = trunk["fine_tuned"]
     assert "fine-tuned 19-way" in ft["distilled_from"] and ft["temperature"] == 2.0 and ft["steps"] == 2
     assert ft["rows"] > ft["labelled_rows"] > 0
+    # The head was fitted on every train title and two noisy copies of each, with their labels.
+    prov = card["provenance"]
+    assert prov["augmented_copies_per_title"] == 2
+    assert prov["rebalance"]["rows"] % 3 == 0 and prov["rebalance"]["positives"] % 3 == 0
+
+
+def test_head_rows_are_the_titles_then_labelled_noisy_copies():
+    from types import SimpleNamespace
+
+    from moe_training.cli import head_rows
+
+    train = SimpleNamespace(texts=["how to pack a bag", "how to bake bread at home"], labels=["Travel", "Food"])
+    texts, labels = head_rows(SimpleNamespace(head_augment=3, seed=42), train)
+    assert texts[:2] == train.texts and len(texts) == 8
+    assert labels == ["Travel", "Food"] + ["Travel"] * 3 + ["Food"] * 3
+    assert head_rows(SimpleNamespace(head_augment=0, seed=42), train) == (train.texts, train.labels)
 
 
 def test_distillation_loss_is_zero_when_the_student_matches_the_teacher():
