@@ -31,6 +31,12 @@ pub struct RuntimeConfig {
     /// rounds): p50 at concurrency 1 2.00 -> 1.71 ms, requests/s at 16 unchanged within noise.
     #[arg(long, env = "MOE_SOLO_THREADS")]
     pub solo_threads: Option<usize>,
+    /// The solo session's threads spin up to this many µs waiting for work within a run and stop
+    /// spinning when the run ends (0: they never spin). Spinning between runs too halved the lone
+    /// latency but took cores from loaded runs (docs/bench/ab-solo-spinning.jsonl: p99 at 16
+    /// 27 -> 38 ms); this keeps the spinning inside runs.
+    #[arg(long, env = "MOE_SOLO_SPIN_US", default_value_t = 0)]
+    pub solo_spin_us: u64,
     /// Intra-op threads of each small head session.
     #[arg(long, env = "MOE_HEAD_THREADS", default_value_t = 1)]
     pub head_threads: usize,
@@ -83,6 +89,7 @@ impl Default for RuntimeConfig {
             intra_threads: None,
             head_threads: 1,
             solo_threads: None,
+            solo_spin_us: 0,
             inline_heads: true,
             intra_op_spinning: true,
             sessions: None,

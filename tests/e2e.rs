@@ -159,9 +159,9 @@ async fn answers_do_not_depend_on_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
     let texts = ["how to cook pasta like a chef", "how to visit rome in winter", "how to fix a flat bike tyre"];
-    let answers = |solo_threads: Option<usize>| async move {
+    let answers = |solo_threads: Option<usize>, solo_spin_us: u64| async move {
         let root = common::default_models();
-        let runtime = moe::config::RuntimeConfig { sessions: Some(2), solo_threads, ..common::runtime() };
+        let runtime = moe::config::RuntimeConfig { sessions: Some(2), solo_threads, solo_spin_us, ..common::runtime() };
         let core =
             moe::core::Core::new(moe::core::Paths::new(&root, common::state_dir("solo")), runtime, Limits::default());
         let c = core.clone();
@@ -176,13 +176,16 @@ async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
         }
         (probs, trunk.stats().solo.load(Relaxed) - solo_before)
     };
-    let (plain, none) = answers(Some(0)).await;
-    let (solo, used) = answers(Some(2)).await;
+    let (plain, none) = answers(Some(0), 0).await;
     assert_eq!(none, 0, "no solo session when it is off");
-    assert_eq!(used, texts.len(), "each lone request ran on the solo session");
-    for (a, b) in plain.iter().zip(&solo) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 1e-4, "the solo session changed a probability: {x} vs {y}");
+    // Blocking at once, or spinning within runs (ONNX Runtime's spin settings): same answers.
+    for spin_us in [0, 200] {
+        let (solo, used) = answers(Some(2), spin_us).await;
+        assert_eq!(used, texts.len(), "each lone request ran on the solo session");
+        for (a, b) in plain.iter().zip(&solo) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-4, "the solo session changed a probability: {x} vs {y}");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::oneshot;
 
-use super::runtime::{load_session, load_session_spinning};
+use super::runtime::{Spin, load_session, load_session_spinning};
 use super::tokenize::Encoded;
 use crate::config::RuntimeConfig;
 use crate::error::lock;
@@ -196,7 +196,8 @@ impl Executor {
         let run_inline = cfg.inline_heads && matches!(role, GraphRole::Embedding { .. });
         // The solo session: only for token graphs served by several single-purpose sessions.
         let solo = if matches!(role, GraphRole::Tokens { .. }) && cfg.solo_threads() > 1 && loaded.len() > 1 {
-            let l = load_session_spinning(cfg, path, cfg.solo_threads(), false)?;
+            let spin = if cfg.solo_spin_us > 0 { Spin::WithinRuns(cfg.solo_spin_us) } else { Spin::Never };
+            let l = load_session_spinning(cfg, path, cfg.solo_threads(), spin)?;
             Some(Arc::new(std::sync::Mutex::new(l.session)))
         } else {
             None

@@ -81,20 +81,39 @@ pub struct LoadedSession {
     pub provider: &'static str,
 }
 
+/// How a session's intra-op threads wait for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spin {
+    /// Block at once (no CPU burnt while idle; a wake-up per parallel section).
+    Never,
+    /// ONNX Runtime's default: spin a while before blocking, within and between runs.
+    Always,
+    /// Spin at most this many µs waiting for work within a run, and stop spinning when a run
+    /// ends (`session.intra_op.spin_duration_us`, `session.force_spinning_stop`): a run gets the
+    /// spinning latency, idle time burns nothing.
+    WithinRuns(u64),
+}
+
 fn builder(
     env: &ort::environment::Environment,
     threads: usize,
-    spin: bool,
+    spin: Spin,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    Ok(Session::builder(env)?
+    let b = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads)?
         .with_inter_threads(1)?
-        .with_intra_op_spinning(spin)?)
+        .with_intra_op_spinning(spin != Spin::Never)?;
+    match spin {
+        Spin::WithinRuns(us) => Ok(b
+            .with_config_entry("session.intra_op.spin_duration_us", us.to_string())?
+            .with_config_entry("session.force_spinning_stop", "1")?),
+        _ => Ok(b),
+    }
 }
 
 #[cfg(feature = "cuda")]
-fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: bool, path: &Path) -> ort::Result<Session> {
+fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: Spin, path: &Path) -> ort::Result<Session> {
     use ort::ep::ExecutionProvider;
     if !ort::ep::CUDA::is_available()? {
         return Err(ort::Error::new("this ONNX Runtime library has no CUDA execution provider"));
@@ -107,11 +126,11 @@ fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: bool, 
 /// Create a session for `path`. With provider `auto` and the `cuda` feature, CUDA is tried first and
 /// CPU is the logged fallback; with `cuda` a CUDA failure is an error.
 pub fn load_session(cfg: &RuntimeConfig, path: &Path, threads: usize) -> Result<LoadedSession> {
-    load_session_spinning(cfg, path, threads, cfg.intra_op_spinning)
+    load_session_spinning(cfg, path, threads, if cfg.intra_op_spinning { Spin::Always } else { Spin::Never })
 }
 
-/// `load_session` with the intra-op spinning chosen here (the solo session never spins).
-pub fn load_session_spinning(cfg: &RuntimeConfig, path: &Path, threads: usize, spin: bool) -> Result<LoadedSession> {
+/// `load_session` with the intra-op spinning chosen here (the solo session's is its own).
+pub fn load_session_spinning(cfg: &RuntimeConfig, path: &Path, threads: usize, spin: Spin) -> Result<LoadedSession> {
     let env = environment(cfg)?;
     let err = |e: ort::Error| Error::InvalidGraph { path: path.to_path_buf(), source: std::sync::Arc::new(e) };
     #[cfg(feature = "cuda")]
