@@ -128,6 +128,11 @@ impl Expert {
         Ok(positive_probabilities(&logits))
     }
 
+    /// The Platt map (a, b) of the card, if `moe calibrate` fitted one.
+    pub fn calibration(&self) -> Option<[f32; 2]> {
+        self.card.calibration.as_ref().map(|c| [c.a, c.b])
+    }
+
     /// The decision threshold a served expert must have (an expert set or a shadow needs one).
     pub fn served_threshold(&self) -> Result<f32> {
         self.threshold.ok_or_else(|| uncalibrated(self.bundle.as_str()))

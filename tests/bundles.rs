@@ -44,6 +44,15 @@ fn refusals_name_the_file_and_the_problem() {
             "no calibrated threshold",
         ),
         (
+            "calibration",
+            Box::new(|d| {
+                common::edit_json(&d.join("card.json"), |c| {
+                    c["calibration"] = serde_json::json!({"method": "platt", "a": -1.0, "b": 0.0, "split": "val"})
+                })
+            }),
+            "calibration",
+        ),
+        (
             "selftest",
             Box::new(|d| common::edit_json(&d.join("card.json"), |c| c["selftest"][0]["probability"] = 0.999.into())),
             "self-test failed",

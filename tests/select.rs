@@ -65,3 +65,58 @@ fn keeps_the_best_candidate_per_class() {
     std::fs::remove_dir_all(cands).unwrap();
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// `moe calibrate` writes each expert's Platt map with out-of-sample evidence; `moe select` scores
+/// the calibrated gate by cross-validation on val beside the others; a set whose gate is
+/// `calibrated` ranks by each expert's own map, and falls back (saying why) when one has none.
+#[test]
+fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
+    use moe::gate::{ScoreMode, calibrated};
+    let root = common::copy_root(&common::fixture_models(), "calibrate");
+    let runtime = common::runtime();
+    moe::eval::evaluate::calibrate(&root, &[], "val", &common::data(), &runtime).unwrap();
+    let mut maps = Vec::new();
+    for bundle in moe::experts::card::bundle_names(&root).unwrap() {
+        let card: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(&bundle).join("card.json")).unwrap()).unwrap();
+        let c = &card["calibration"];
+        assert_eq!((c["method"].as_str(), c["split"].as_str()), (Some("platt"), Some("val")), "{bundle}");
+        assert!(c["a"].as_f64().unwrap() > 0.0, "{bundle}: an increasing map");
+        let cv = &c["cross_validated"];
+        assert_eq!(cv["folds"], 5);
+        assert!(cv["log_loss_raw"].as_f64().unwrap() > 0.0 && cv["log_loss_calibrated"].as_f64().unwrap() > 0.0);
+        maps.push((bundle, c["a"].as_f64().unwrap(), c["b"].as_f64().unwrap()));
+    }
+    assert!(maps.iter().any(|(_, a, b)| (a - 1.0).abs() > 1e-3 || b.abs() > 1e-3), "the maps were fitted: {maps:?}");
+    assert!(moe::eval::evaluate::calibrate(&root, &[], "test", &common::data(), &runtime).is_err());
+
+    // select: the calibrated rows are there, scored out of sample.
+    let out = root.with_file_name(format!("moe-test-calibrate-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::remove_file(root.join("registry.json")).unwrap();
+    let mut reg = run(&root, &out, Metric::Eer);
+    let table = reg.gate.selected_by.as_ref().unwrap()["table"].as_array().unwrap().clone();
+    let rows: Vec<&Value> = table.iter().filter(|r| r["score"] == "calibrated").collect();
+    assert_eq!(rows.len(), 1 + 4 + 4, "uniform, then length and stacking at 4 L2 strengths");
+    assert!(rows.iter().all(|r| r["evaluation"] == "5-fold cross-validation on val"));
+
+    // Served with a calibrated gate: each expert's score is its own calibrated probability / N.
+    reg.gate = moe::gate::GateSpec { score: ScoreMode::Calibrated, ..Default::default() };
+    let pool = moe::inference::ExecutorPool::default();
+    let set = moe::core::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
+    assert_eq!((set.gate.score, set.gate.disabled.clone()), (ScoreMode::Calibrated, None));
+    let probs: Vec<f32> = vec![0.3, 0.8][..set.experts.len()].to_vec();
+    let r = set.decide("how to pack a suitcase", &probs, false);
+    for (i, e) in r.experts.iter().enumerate() {
+        let cal = set.experts[i].calibration().unwrap();
+        let want = calibrated(cal, probs[i]) / set.experts.len() as f32;
+        assert!((e.score - want).abs() < 1e-6, "{}: {} vs {want}", e.class, e.score);
+    }
+    // One expert without a map: probabilities again, and the reason is reported.
+    common::edit_json(&out.join(&reg.experts["Health"]).join("card.json"), |c| c["calibration"] = Value::Null);
+    let set = moe::core::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
+    assert_eq!(set.gate.score, ScoreMode::Probability);
+    assert!(set.gate.disabled.as_deref().unwrap_or("").contains("Health has none"), "{:?}", set.gate.disabled);
+    std::fs::remove_dir_all(root).unwrap();
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -446,6 +446,9 @@ fn write_bundle(
             graph: FileRef { file: "head.json".into(), sha256: sha },
             max_seq_len: on_trunk.card.max_seq_len,
             threshold: Some(Threshold { value: threshold, method: "eer".into(), split: format!("cv{}", FOLDS) }),
+            // Its examples are not a sample of traffic, so no Platt map is fitted on them: under a
+            // `calibrated` gate the set falls back to probabilities until `moe calibrate` runs.
+            calibration: None,
             metrics: BTreeMap::from([(
                 "cv".to_string(),
                 SplitMetrics {

@@ -115,7 +115,8 @@ impl ExpertSet {
         }
         let thresholds = experts.iter().map(|e| e.served_threshold()).collect::<Result<Vec<f32>>>()?;
         let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
-        let gate = Gate::resolve(&gate_spec, &ids);
+        let calibrations: Vec<Option<[f32; 2]>> = experts.iter().map(|e| e.calibration()).collect();
+        let gate = Gate::resolve(&gate_spec, &ids, &calibrations);
         if let Some(why) = &gate.disabled {
             tracing::warn!(reason = %why, "configured gate disabled, using uniform");
         }

@@ -8,5 +8,6 @@ pub mod fit;
 pub mod gating;
 pub mod logreg;
 pub mod metrics;
+pub mod platt;
 pub mod report;
 pub mod select;

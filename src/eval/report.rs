@@ -18,7 +18,7 @@ use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
 use crate::experts::card::bundle_names;
 use crate::experts::registry::RegistryFile;
-use crate::gate::{self, Decision, Gate, GateKind, GateSpec, ScoreMode};
+use crate::gate::{self, Decision, Gate, GateKind, GateSpec, IDENTITY, ScoreMode};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
@@ -421,12 +421,16 @@ fn rows_of(v: &[Vec<f32>], rows: usize) -> Vec<Vec<f64>> {
 
 /// Uniform vs length vs stacking gates (probability and margin scores) on the served set: fitted
 /// on val with the L2 strength chosen by 5-fold cross-validation on val, measured on the split.
-fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value> {
+fn gate_table(val: &GateData, test: &GateData, classes: &[String], calibrated: bool) -> Vec<Value> {
     let mut table = Vec::new();
+    let mut modes = vec![ScoreMode::Probability, ScoreMode::Margin];
+    if calibrated {
+        modes.push(ScoreMode::Calibrated);
+    }
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
-        for mode in [ScoreMode::Probability, ScoreMode::Margin] {
+        for &mode in &modes {
             let (gate, l2) = if kind == GateKind::Uniform {
-                (Gate::uniform(mode), None)
+                (Gate::uniform(mode).calibrated(test.cal.to_vec()), None)
             } else {
                 let cv_acc = |l2: f32| {
                     let p = cv_predictions(kind, mode, l2, val);
@@ -436,7 +440,7 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value>
                     [0.001f32, 0.01, 0.1, 1.0].into_iter().max_by_key(|&l| (cv_acc(l), -(l * 1e3) as i64)).unwrap();
                 let all: Vec<usize> = (0..val.texts.len()).collect();
                 let weights = fit_gate(kind, mode, l2, val, &all);
-                (Gate { score: mode, weights, disabled: None }, Some(l2))
+                (Gate { score: mode, weights, calibration: val.cal.to_vec(), disabled: None }, Some(l2))
             };
             let preds = predictions(&gate, test.probs, test.thr, test.texts);
             let forced: Vec<usize> = preds.iter().map(|p| p.0).collect();
@@ -444,7 +448,8 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String]) -> Vec<Value>
             let answered: Vec<usize> = (0..forced.len()).filter(|&i| !preds[i].1).collect();
             let right = answered.iter().filter(|&&i| forced[i] == test.truth[i]).count();
             table.push(json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
-                              "l2": l2, "fitted_on": if l2.is_some() { "val" } else { "nothing (no parameters)" },
+                              "l2": l2,
+                              "fitted_on": if l2.is_some() || mode == ScoreMode::Calibrated { "val" } else { "nothing (no parameters)" },
                               "accuracy": m.accuracy, "macro_f1": m.macro_f1,
                               "coverage": answered.len() as f64 / forced.len().max(1) as f64,
                               "accuracy_when_answered": right as f64 / answered.len().max(1) as f64}));
@@ -505,8 +510,12 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
         };
         if sys.name == "moe-served" {
             let vp = score(&set, &val_texts)?;
-            let val = GateData { probs: &vp, thr: &thr, texts: &val_texts, truth: &val_truth };
-            gates = gate_table(&val, &GateData { probs: &probs, thr: &thr, texts: &texts, truth: &truth }, &classes);
+            // The cards' calibrations were fitted on val by `moe calibrate`.
+            let cards: Option<Vec<[f32; 2]>> = set.experts.iter().map(|e| e.calibration()).collect();
+            let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; classes.len()]);
+            let val = GateData { probs: &vp, thr: &thr, cal: &cal, texts: &val_texts, truth: &val_truth };
+            let test = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
+            gates = gate_table(&val, &test, &classes, cards.is_some());
         }
         let plotted = sys.name == "moe-served" || sys.kind == "global";
         out_systems.push(json!({

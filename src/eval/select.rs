@@ -16,7 +16,7 @@ use crate::experts::card::bundle_names;
 use crate::experts::card::{Card, check_name};
 use crate::experts::registry::RegistryFile;
 use crate::experts::{BundleFiles, Metric};
-use crate::gate::{Gate, GateKind, GateSpec, GateWeights, LengthGate, ScoreMode, StackingGate};
+use crate::gate::{Gate, GateKind, GateSpec, GateWeights, IDENTITY, LengthGate, ScoreMode, StackingGate};
 use crate::inference::ExecutorPool;
 use crate::{Error, Result};
 
@@ -134,23 +134,35 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| probabilities(e, &texts)).collect::<Result<_>>()?;
     let thr = set.thresholds.clone();
     let all: Vec<usize> = (0..texts.len()).collect();
-    let gd = GateData { probs: &probs, thr: &thr, texts: &texts, truth: &truth };
+    // Calibrated scores compete only when every expert's card has its Platt map.
+    let cards: Option<Vec<[f32; 2]>> = set.experts.iter().map(|e| e.calibration()).collect();
+    let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
+    let gd = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
+    let mut modes = vec![ScoreMode::Probability, ScoreMode::Margin];
+    if cards.is_some() {
+        modes.push(ScoreMode::Calibrated);
+    }
     let mut table = Vec::new();
     let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
     for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
-        for mode in [ScoreMode::Probability, ScoreMode::Margin] {
+        for &mode in &modes {
             let l2s: &[f32] = if kind == GateKind::Uniform { &[0.0] } else { &[0.001, 0.01, 0.1, 1.0] };
             for &l2 in l2s {
-                let preds = if kind == GateKind::Uniform {
+                // Parameter-free: scored on val. Anything fitted on val (gate weights, the
+                // calibrations): scored by 5-fold cross-validation on val.
+                let in_sample = kind == GateKind::Uniform && mode != ScoreMode::Calibrated;
+                let preds = if in_sample {
                     predictions(&Gate::uniform(mode), &probs, &thr, &texts)
                 } else {
                     cv_predictions(kind, mode, l2, &gd)
                 };
                 let acc = accuracy(&preds, &truth);
                 let abstain = preds.iter().filter(|p| p.1).count();
-                table.push(json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
+                table.push(
+                    json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
                                   "l2": l2, "val_accuracy": acc, "val_abstained": abstain,
-                                  "evaluation": if kind == GateKind::Uniform { "val" } else { "5-fold cross-validation on val" }}));
+                                  "evaluation": if in_sample { "val" } else { "5-fold cross-validation on val" }}),
+                );
                 println!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
                 // Ties keep the simpler gate (evaluated first).
                 if best.is_none_or(|(b, ..)| acc > b + 1e-9) {

@@ -51,6 +51,20 @@ pub struct Threshold {
     pub split: String,
 }
 
+/// An expert's Platt calibration q = sigmoid(a logit(p) + b), fitted by `moe calibrate` (the
+/// gate's `calibrated` score mode uses it; pass / fail stays p against the threshold).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// "platt"
+    pub method: String,
+    pub a: f32,
+    pub b: f32,
+    pub split: String,
+    /// Out-of-sample evidence: log-loss of the raw and the cross-fitted calibrated probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_validated: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelfTest {
     pub text: String,
@@ -68,6 +82,8 @@ pub struct Card {
     pub graph: FileRef,
     pub max_seq_len: usize,
     pub threshold: Option<Threshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// Per split (e.g. "val"), what `moe calibrate` measured in the serving runtime.
     #[serde(default)]
     pub metrics: BTreeMap<String, SplitMetrics>,
@@ -206,6 +222,11 @@ impl Card {
             && !(t.value.is_finite() && t.value > 0.0 && t.value < 1.0)
         {
             return bad(format!("threshold {} is not in (0, 1)", t.value));
+        }
+        if let Some(c) = &self.calibration
+            && !(c.method == "platt" && c.a.is_finite() && c.a > 0.0 && c.b.is_finite())
+        {
+            return bad(format!("calibration {:?} a={} b={}: only platt with a > 0 and finite b", c.method, c.a, c.b));
         }
         Ok(())
     }

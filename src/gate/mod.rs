@@ -4,7 +4,9 @@
 //! For expert i with probability p_i and EER threshold t_i:
 //! * passed_i = p_i >= t_i
 //! * s_i, the comparable score: `probability` mode s_i = p_i; `margin` mode
-//!   s_i = sigmoid(logit(p_i) - logit(t_i)) (0.5 exactly at the threshold);
+//!   s_i = sigmoid(logit(p_i) - logit(t_i)) (0.5 exactly at the threshold); `calibrated` mode
+//!   s_i = sigmoid(a_i logit(p_i) + b_i), the expert's Platt calibration (a_i > 0, fitted on val by
+//!   `moe calibrate` and kept in its card, so it travels with the bundle through swaps);
 //! * w_i, the gate weight (sums to 1 over experts): `uniform` 1/N; `length` softmax_i(a_i + b_i ln(1+words));
 //!   `stacking` softmax_i(W z + b)_i with z_j = logit(p_j) (a multinomial logistic regression fitted on
 //!   the validation split over every expert's logit);
@@ -32,7 +34,11 @@ pub enum ScoreMode {
     #[default]
     Probability,
     Margin,
+    Calibrated,
 }
+
+/// The identity calibration (a = 1, b = 0).
+pub const IDENTITY: [f32; 2] = [1.0, 0.0];
 
 /// Per-class length-gate parameters (a, b): weight logit a + b ln(1 + words).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -71,6 +77,8 @@ pub struct GateSpec {
 pub struct Gate {
     pub score: ScoreMode,
     pub weights: GateWeights,
+    /// Per expert (set order) the Platt map (a, b) of `calibrated` mode; empty in other modes.
+    pub calibration: Vec<[f32; 2]>,
     /// Why the configured gate is not the one in force (e.g. a stacking gate fitted for other
     /// bundle versions), reported by the API.
     pub disabled: Option<String>,
@@ -95,13 +103,41 @@ impl GateWeights {
 
 impl Gate {
     pub fn uniform(score: ScoreMode) -> Gate {
-        Gate { score, weights: GateWeights::Uniform, disabled: None }
+        Gate { score, weights: GateWeights::Uniform, calibration: Vec::new(), disabled: None }
     }
 
-    /// Resolve a registry gate for the experts `(class, version)` in order. A gate that does not fit
-    /// the set falls back to uniform and says why, never silently applied.
-    pub fn resolve(spec: &GateSpec, experts: &[(String, String)]) -> Gate {
-        let fallback = |why: String| Gate { score: spec.score, weights: GateWeights::Uniform, disabled: Some(why) };
+    /// This gate with these experts' calibrations (set order).
+    pub fn calibrated(self, calibration: Vec<[f32; 2]>) -> Gate {
+        Gate { calibration, ..self }
+    }
+
+    /// Resolve a registry gate for the experts `(class, version)` in order, with each expert's
+    /// Platt calibration if its card has one. A gate that does not fit the set falls back to uniform
+    /// (and `calibrated` mode without every expert calibrated to `probability`) and says why, never
+    /// silently applied.
+    pub fn resolve(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
+        if spec.score == ScoreMode::Calibrated {
+            if let Some(i) = calibrations.iter().position(Option::is_none) {
+                let class = experts.get(i).map(|(c, _)| c.as_str()).unwrap_or("?");
+                return Gate {
+                    disabled: Some(format!(
+                        "calibrated scores need a Platt calibration in every expert's card; {class} has none \
+                         (run `moe calibrate` on its bundle)"
+                    )),
+                    ..Gate::uniform(ScoreMode::Probability)
+                };
+            }
+            let cal = calibrations.iter().map(|c| c.unwrap_or(IDENTITY)).collect();
+            let spec = GateSpec { score: ScoreMode::Probability, ..spec.clone() };
+            let g = Gate::resolve(&spec, experts, &[]);
+            return Gate { score: ScoreMode::Calibrated, calibration: cal, ..g };
+        }
+        let fallback = |why: String| Gate {
+            score: spec.score,
+            weights: GateWeights::Uniform,
+            calibration: Vec::new(),
+            disabled: Some(why),
+        };
         match spec.kind {
             GateKind::Uniform => Gate::uniform(spec.score),
             GateKind::Length => match &spec.length {
@@ -111,6 +147,7 @@ impl Gate {
                     weights: GateWeights::Length(
                         experts.iter().map(|(c, _)| l.params.get(c).copied().unwrap_or([0.0, 0.0])).collect(),
                     ),
+                    calibration: Vec::new(),
                     disabled: None,
                 },
             },
@@ -137,6 +174,7 @@ impl Gate {
                 Gate {
                     score: spec.score,
                     weights: GateWeights::Stacking { weights: s.weights.clone(), bias: s.bias.clone() },
+                    calibration: Vec::new(),
                     disabled: None,
                 }
             }
@@ -183,11 +221,18 @@ pub fn words(text: &str) -> usize {
     text.split_whitespace().count()
 }
 
-/// s_i: an expert's probability made comparable across experts (see the module doc).
-pub fn comparable_score(mode: ScoreMode, probability: f32, threshold: f32) -> f32 {
+/// The Platt-calibrated probability sigmoid(a logit(p) + b).
+pub fn calibrated(cal: [f32; 2], probability: f32) -> f32 {
+    sigmoid(cal[0] * logit(probability) + cal[1])
+}
+
+/// s_i: an expert's probability made comparable across experts (see the module doc); `cal` is
+/// the expert's calibration (used in `calibrated` mode only).
+pub fn comparable_score(mode: ScoreMode, probability: f32, threshold: f32, cal: [f32; 2]) -> f32 {
     match mode {
         ScoreMode::Probability => probability,
         ScoreMode::Margin => sigmoid(logit(probability) - logit(threshold)),
+        ScoreMode::Calibrated => calibrated(cal, probability),
     }
 }
 
@@ -214,8 +259,15 @@ pub fn weights(gate: &Gate, out: &[ExpertOutput], words: usize) -> Vec<f32> {
 pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
     assert!(!out.is_empty(), "decide needs at least one expert");
     let w = weights(gate, out, words);
-    let scores: Vec<f32> =
-        out.iter().zip(&w).map(|(o, w)| w * comparable_score(gate.score, o.probability, o.threshold)).collect();
+    let scores: Vec<f32> = out
+        .iter()
+        .zip(&w)
+        .enumerate()
+        .map(|(i, (o, w))| {
+            let cal = gate.calibration.get(i).copied().unwrap_or(IDENTITY);
+            w * comparable_score(gate.score, o.probability, o.threshold, cal)
+        })
+        .collect();
     let passed: Vec<bool> = out.iter().map(|o| o.probability >= o.threshold).collect();
     let argmax = |keep: &dyn Fn(usize) -> bool| {
         (0..out.len()).filter(|&i| keep(i)).fold(None, |best: Option<usize>, i| match best {
@@ -278,7 +330,7 @@ mod tests {
             ..Default::default()
         };
         let experts = vec![("short".to_string(), "1".to_string()), ("long".to_string(), "1".to_string())];
-        let g = Gate::resolve(&spec, &experts);
+        let g = Gate::resolve(&spec, &experts, &[]);
         assert_eq!(g.disabled, None);
         let o = outs(&[(0.8, 0.5), (0.8, 0.5)]);
         assert_eq!(decide(&g, &o, 0).label, Some(0));
@@ -301,16 +353,35 @@ mod tests {
             }),
             ..Default::default()
         };
-        let ok = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "1".into())]);
+        let ok = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "1".into())], &[]);
         assert_eq!(ok.weights.name(), "stacking");
-        let swapped = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "2".into())]);
+        let swapped = Gate::resolve(&spec, &[("a".into(), "1".into()), ("b".into(), "2".into())], &[]);
         assert_eq!(swapped.weights, GateWeights::Uniform);
         assert!(swapped.disabled.unwrap().contains("version"));
-        let grown = Gate::resolve(&spec, &[("a".into(), "1".into())]);
+        let grown = Gate::resolve(&spec, &[("a".into(), "1".into())], &[]);
         assert!(grown.disabled.is_some());
         // identity stacking: weights follow the experts' own logits
         let d = decide(&ok, &outs(&[(0.9, 0.5), (0.6, 0.5)]), 1);
         assert!(d.weights[0] > d.weights[1]);
         assert_eq!(d.label, Some(0));
+    }
+
+    #[test]
+    fn calibrated_mode_ranks_by_each_experts_own_map_and_needs_every_map() {
+        let spec = GateSpec { score: ScoreMode::Calibrated, ..Default::default() };
+        let experts = vec![("a".to_string(), "1".to_string()), ("b".to_string(), "1".to_string())];
+        // Expert a is over-confident (its 0.9 means about 0.5), b is honest.
+        let g = Gate::resolve(&spec, &experts, &[Some([1.0, -logit(0.9)]), Some(IDENTITY)]);
+        assert_eq!((g.score, g.disabled.clone()), (ScoreMode::Calibrated, None));
+        let o = outs(&[(0.9, 0.5), (0.7, 0.5)]);
+        assert_eq!(decide(&Gate::uniform(ScoreMode::Probability), &o, 1).label, Some(0));
+        let d = decide(&g, &o, 1);
+        assert_eq!(d.label, Some(1), "calibrated: 0.5 for a against 0.7 for b");
+        assert!((d.scores[0] - 0.25).abs() < 1e-5, "uniform weight 1/2 x calibrated 0.5");
+        assert_eq!(d.passed, vec![true, true], "pass / fail stays the raw probability against the threshold");
+        // An expert without a calibration: the gate falls back to probabilities and says why.
+        let missing = Gate::resolve(&spec, &experts, &[Some(IDENTITY), None]);
+        assert_eq!(missing.score, ScoreMode::Probability);
+        assert!(missing.disabled.unwrap().contains("b has none"));
     }
 }

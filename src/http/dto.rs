@@ -202,6 +202,8 @@ pub struct ExpertInfo {
     pub kind: crate::experts::Kind,
     pub threshold: Option<f32>,
     pub threshold_method: Option<String>,
+    /// The Platt map (a, b) of the `calibrated` score mode, when `moe calibrate` fitted one.
+    pub calibration: Option<[f32; 2]>,
     pub metrics: std::collections::BTreeMap<String, SplitMetrics>,
     pub provider: &'static str,
     pub loaded_at: String,
@@ -235,6 +237,7 @@ impl From<&Expert> for ExpertInfo {
             kind: e.card.kind,
             threshold: e.threshold,
             threshold_method: e.card.threshold.as_ref().map(|t| format!("{} on {}", t.method, t.split)),
+            calibration: e.calibration(),
             metrics: e.card.metrics.clone(),
             provider: e.provider(),
             loaded_at: e.loaded_at.clone(),
