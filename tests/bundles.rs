@@ -22,13 +22,15 @@ fn good_bundles_load() {
         serde_json::from_str(&std::fs::read_to_string(root.join("travel--tokenbag/card.json")).unwrap()).unwrap();
     assert_eq!(e.threshold.map(f64::from), card["threshold"]["value"].as_f64().map(|t| t as f32 as f64));
     let d = load(&common::default_models(), "travel--kd19-logreg").unwrap();
-    assert!(d.head.is_some(), "a head bundle runs on a trunk");
+    assert!(matches!(d.head, Some(moe::expert::Head::Linear(_))), "the shipped heads are linear, on a trunk");
+    let g = load(&common::default_models(), "travel--global-ft19-logreg").unwrap();
+    assert!(matches!(g.head, Some(moe::expert::Head::Graph(_))), "a column head is an ONNX graph on a trunk");
 }
 
 #[test]
 fn refusals_name_the_file_and_the_problem() {
     let src = common::fixture_models();
-    let head = common::default_models().join("travel--kd19-logreg/head.onnx");
+    let head = common::default_models().join("travel--global-ft19-logreg/head.onnx");
     type Breaker = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
         ("hash", Box::new(|d| common::replace_file(&d.join("model.onnx"), b"garbage")), "sha256 mismatch"),
@@ -131,18 +133,25 @@ fn sessions_are_released_with_their_last_expert() {
     assert_eq!(pool.live_executors(), 0);
 }
 
-/// Heads run inline on the caller's thread (the default) or on their executor threads: the same
-/// probabilities either way, for every expert of the shipped set, from several threads at once.
+/// ONNX heads run inline on the caller's thread (the default) or on their executor threads: the
+/// same probabilities either way, for the 19 column heads of the global model on the shipped trunk,
+/// from several threads at once.
 #[test]
 fn inline_and_threaded_heads_agree() {
-    let root = common::default_models();
+    let root = common::copy_root(&common::default_models(), "inline-heads");
+    common::edit_json(&root.join("registry.json"), |r| {
+        for (_, b) in r["experts"].as_object_mut().unwrap() {
+            *b = b.as_str().unwrap().replace("--kd19-logreg", "--global-ft19-logreg").into();
+        }
+        r["gate"] = serde_json::json!({});
+    });
     let texts: Vec<String> =
         ["how to pack a suitcase", "how to bake sourdough bread", "how to train a puppy"].map(String::from).to_vec();
     let run = |inline_heads: bool| {
         let cfg = moe::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
         let set = std::sync::Arc::new(load_set(&cfg, &root).unwrap());
         let Some(moe::expert::Head::Graph(head)) = set.experts[0].head.as_ref() else {
-            panic!("the shipped experts are ONNX heads")
+            panic!("the column heads are ONNX heads")
         };
         assert_eq!(head.inline(), inline_heads);
         assert!(!set.experts[0].stage1.inline(), "trunks keep their executor threads");
@@ -172,4 +181,5 @@ fn inline_and_threaded_heads_agree() {
         }
     }
     assert_eq!(inline[0], inline[3], "concurrent inline calls agree");
+    std::fs::remove_dir_all(root).unwrap();
 }

@@ -125,7 +125,7 @@ async fn refused_swaps_change_nothing() {
     common::replace_file(&mk("travel--bad-hash").join("model.onnx"), b"not onnx");
     std::fs::remove_file(mk("travel--no-tokenizer").join("tokenizer.json")).unwrap();
     let sig = mk("travel--bad-signature");
-    let head = std::fs::read(common::default_models().join("travel--kd19-logreg/head.onnx")).unwrap();
+    let head = std::fs::read(common::default_models().join("travel--global-ft19-logreg/head.onnx")).unwrap();
     common::replace_file(&sig.join("model.onnx"), &head);
     let sha = moe::experts::card::sha256_file(&sig.join("model.onnx")).unwrap();
     common::edit_json(&sig.join("card.json"), |c| c["graph"]["sha256"] = sha.into());

@@ -33,7 +33,7 @@ pub struct ReportOptions {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/accurate-set,build/accurate-fp32-set"
+        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/kd19-set,build/accurate-set,build/accurate-fp32-set"
     )]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).

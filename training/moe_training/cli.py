@@ -570,14 +570,14 @@ def _training_args(p) -> None:
 
 
 def reference(args) -> None:
-    """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle).
-    Needs only numpy, tokenizers and onnxruntime (no torch)."""
+    """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle;
+    a linear head's dot product in numpy). Needs only numpy, tokenizers and onnxruntime (no torch)."""
     from .export import run_onnx, softmax_pos
     from .tokens import encode
 
     root = Path(args.root)
     card = json.loads((root / args.bundle / "card.json").read_text())
-    if card["kind"] == "head":
+    if card["kind"] in ("head", "linear"):
         tdir = root / "trunks" / card["trunk"]["id"]
         tok_file, trunk = tdir / "tokenizer.json", tdir / "trunk.onnx"
     else:
@@ -592,6 +592,11 @@ def reference(args) -> None:
         feeds = encode(tok, [text])
         if trunk is not None:
             feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
+        if card["kind"] == "linear":  # head.json: sigmoid(w . embedding + b), here in numpy
+            head = json.loads((root / args.bundle / card["graph"]["file"]).read_text())
+            z = float(feeds["embedding"][0].astype(np.float64) @ np.array(head["weights"]) + head["bias"])
+            probs.append(1.0 / (1.0 + np.exp(-z)))
+            continue
         probs.append(float(softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))[0]))
     print(json.dumps({"bundle": args.bundle, "probabilities": probs}))
 

@@ -56,11 +56,9 @@ def linearize(src: Path, out: Path, bundles: list[str] | None = None) -> list[st
     out.mkdir(parents=True, exist_ok=True)
     converted = []
     for d in sorted(p for p in src.iterdir() if p.is_dir()):
-        if bundles and d.name not in bundles and d.name != "trunks":
-            continue
         card_path = d / "card.json"
         card = json.loads(card_path.read_text()) if card_path.exists() else None
-        if card is None or card["kind"] != "head":
+        if card is None or card["kind"] != "head" or (bundles and d.name not in bundles):
             _link_tree(d, out / d.name)
             continue
         try:

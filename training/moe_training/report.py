@@ -28,8 +28,10 @@ NAMES = {
     "global-ft19-logreg": "Global: 19-way logreg on the MoE's trunk",
     "global-frozen-logreg": "Global: 19-way logreg on the frozen trunk",
     "kd19-logreg": "MoE, all kd19-logreg (MiniLM distilled from MPNet)",
-    "moe-minilm-ft19-set": "MoE, previous default (MiniLM ft19 trunk, hard labels)",
-    "global-ft19-logreg@minilm-ft19-set": "Global: 19-way logreg on the previous default's trunk",
+    "moe-minilm-ft19-set": "MoE, earlier default (MiniLM ft19 trunk, hard labels)",
+    "moe-kd19-set": "MoE, previous default (distilled, 1 noisy copy, heads on clean titles)",
+    "global-ft19-logreg@kd19-set": "Global: 19-way logreg on the previous default's trunk",
+    "global-ft19-logreg@minilm-ft19-set": "Global: 19-way logreg on the earlier default's trunk",
     "moe-accurate-set": "MoE, accurate set (MPNet-base ft19 trunk)",
     "moe-accurate-fp32-set": "MoE, accurate set on the fp32 MPNet-base trunk",
     "global-finetune@accurate-set": "Global: MPNet-base fine-tuned 19-way",
@@ -718,8 +720,9 @@ def _section_confusion_and_reproduce(rel, figs) -> list[str]:
         "Inputs: the committed `models/` (served set, global column heads and their trunks) and the data set; "
         "families and the best-per-class MoE come from `build/candidates` and `build/models-all`, which "
         "`scripts/rebuild-models.sh` rebuilds; the accurate sets come from `build/accurate-set` and "
-        "`build/accurate-fp32-set` (`scripts/rebuild-accurate.sh`, `FP32=1` for the second), the previous default "
-        "from `build/minilm-ft19-set` (a copy of `models/` before the distilled set replaced it). The report lists "
+        "`build/accurate-fp32-set` (`scripts/rebuild-accurate.sh`, `FP32=1` for the second), the earlier default "
+        "from `build/minilm-ft19-set` (a copy of `models/` before the distilled set replaced it), the previous one "
+        "from `build/kd19-set` (a copy of `models/` before the robust set replaced it). The report lists "
         "only the systems it found.\n",
     ]
 
