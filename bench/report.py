@@ -283,6 +283,11 @@ AB_NOTES = {
     "spinning on) halves the lone latency but its idle spinning takes the cores that loaded runs need (p99 at 16 "
     "up from 27 to 38 ms). `one-session` is `--sessions 1 --intra-threads 2` (one spinning 2-thread session, no "
     "solo): the best lone latency of all.",
+    "ab-solo-spin-within-runs.jsonl": "The solo session spinning within runs only (issue 15): `solo-blocks` never "
+    "spins (the default before); `solo-spin-100us` / `solo-spin-2ms` let its threads spin up to 100 µs / 2 ms waiting "
+    "for work inside a run and stop spinning when the run ends (`--solo-spin-us`: ONNX Runtime's "
+    "`session.intra_op.spin_duration_us` + `session.force_spinning_stop`). Same binary and set (ONNX heads). 100 µs "
+    "is the default now: the lone latency of a spinning session without its cost under load.",
     "ab-linear-heads.jsonl": "Linear heads (issue 13): `linear-heads` serves the same 19 logistic heads as "
     "`kind: linear` bundles (`head.json`, a dot product computed in Rust on the trunk's embedding; "
     "`moe_training linearize`), `onnx-heads` as one-node ONNX Gemm graphs run by ONNX Runtime. Same binary, same "

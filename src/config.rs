@@ -26,16 +26,18 @@ pub struct RuntimeConfig {
     pub sessions: Option<usize>,
     /// A lone request may use every core: with more than one session per trunk, one extra
     /// session with this many intra-op threads (default: every core) runs a single text when the
-    /// queue is empty and no other run is in progress (0 or 1: off). Not spinning, so it takes no
-    /// core from loaded runs. Measured on 2 cores (docs/bench/ab-solo.jsonl, 3 interleaved
+    /// queue is empty and no other run is in progress (0 or 1: off). It spins only within its runs
+    /// (`--solo-spin-us`), so it takes no core from loaded runs. Measured on 2 cores (docs/bench/ab-solo.jsonl, 3 interleaved
     /// rounds): p50 at concurrency 1 2.00 -> 1.71 ms, requests/s at 16 unchanged within noise.
     #[arg(long, env = "MOE_SOLO_THREADS")]
     pub solo_threads: Option<usize>,
     /// The solo session's threads spin up to this many µs waiting for work within a run and stop
     /// spinning when the run ends (0: they never spin). Spinning between runs too halved the lone
     /// latency but took cores from loaded runs (docs/bench/ab-solo-spinning.jsonl: p99 at 16
-    /// 27 -> 38 ms); this keeps the spinning inside runs.
-    #[arg(long, env = "MOE_SOLO_SPIN_US", default_value_t = 0)]
+    /// 27 -> 38 ms); within runs only (docs/bench/ab-solo-spin-within-runs.jsonl, 3 interleaved
+    /// rounds): p50 at concurrency 1 1.63 -> 1.13 ms, requests/s at 16 1208 -> 1259 (noise); 2 ms
+    /// windows were no better alone and worse under load.
+    #[arg(long, env = "MOE_SOLO_SPIN_US", default_value_t = 100)]
     pub solo_spin_us: u64,
     /// Intra-op threads of each small head session.
     #[arg(long, env = "MOE_HEAD_THREADS", default_value_t = 1)]
@@ -89,7 +91,7 @@ impl Default for RuntimeConfig {
             intra_threads: None,
             head_threads: 1,
             solo_threads: None,
-            solo_spin_us: 0,
+            solo_spin_us: 100,
             inline_heads: true,
             intra_op_spinning: true,
             sessions: None,
