@@ -16,7 +16,7 @@ def experts():
     out = []
     for cls, bundle in sorted(reg["experts"].items()):
         card = json.loads((ROOT / bundle / "card.json").read_text())
-        trunk = ROOT / "trunks" / card["trunk"]["id"] if card["kind"] == "head" else None
+        trunk = ROOT / "trunks" / card["trunk"]["id"] if card["kind"] in ("head", "linear") else None
         out.append((cls, card, ROOT / bundle, trunk))
     return out
 

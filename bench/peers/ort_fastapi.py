@@ -1,6 +1,9 @@
 """Peer (b): what a careful Python user writes. FastAPI + onnxruntime over the same ONNX bundles:
-tokenize, run the shared trunk once, then the experts' heads one after another. Run with
+tokenize, run the shared trunk once, then the experts' heads one after another (a linear head's dot
+product in numpy, as the service computes it in Rust). Run with
 `uvicorn --workers <cores> bench.peers.ort_fastapi:app`."""
+
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +30,12 @@ PLAN = []
 for cls, card, bdir, tdir in EXPERTS:
     if tdir is not None:
         tok = _tokenizers.setdefault(tdir, tokenizer(tdir / "tokenizer.json", card["max_seq_len"]))
-        PLAN.append((tok, session(tdir / "trunk.onnx"), session(bdir / card["graph"]["file"])))
+        if card["kind"] == "linear":
+            head = json.loads((bdir / card["graph"]["file"]).read_text())
+            graph = (np.array(head["weights"], dtype=np.float32), np.float32(head["bias"]))
+        else:
+            graph = session(bdir / card["graph"]["file"])
+        PLAN.append((tok, session(tdir / "trunk.onnx"), graph))
     else:
         tok = tokenizer(bdir / "tokenizer.json", card["max_seq_len"])
         PLAN.append((tok, None, session(bdir / card["graph"]["file"])))
@@ -50,6 +58,10 @@ def classify(req: Req):
             if id(trunk) not in cache:
                 names = [i.name for i in trunk.get_inputs()]
                 cache[id(trunk)] = trunk.run(None, {k: f[k] for k in names})[0]
+            if isinstance(graph, tuple):  # linear head: sigmoid(w . embedding + b)
+                w, b = graph
+                probs.append(float(1.0 / (1.0 + np.exp(-(cache[id(trunk)][0] @ w + b)))))
+                continue
             logits = graph.run(None, {graph.get_inputs()[0].name: cache[id(trunk)]})[0]
         else:
             names = [i.name for i in graph.get_inputs()]

@@ -7,8 +7,10 @@ head.onnx): the same computation per expert as the notebook's 19 fine-tuned mode
 encoder's weights in memory (which, if anything, favours this peer: 19 distinct models would use 19x
 the memory and cache). The labels are not the service's (the encoder weights differ); the cost is."""
 
+import json
 import os
 
+import numpy as np
 import onnx
 import torch
 from fastapi import FastAPI
@@ -29,7 +31,14 @@ THRESHOLDS = [e[1]["threshold"]["value"] for e in EXPERTS]
 TOK = tokenizer(EXPERTS[0][3] / "tokenizer.json", EXPERTS[0][1]["max_seq_len"])
 HEADS = []
 for _, card, bdir, _ in EXPERTS:
-    init = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(bdir / card["graph"]["file"])).graph.initializer}
+    if card["kind"] == "linear":  # sigmoid(w . x + b) as a 2-column softmax head: W = [0 | w], B = [0, b]
+        head = json.loads((bdir / card["graph"]["file"]).read_text())
+        w = np.array(head["weights"], dtype=np.float32)
+        init = {"W": np.stack([np.zeros_like(w), w], axis=1), "B": np.array([0.0, head["bias"]], dtype=np.float32)}
+    else:
+        init = {
+            t.name: numpy_helper.to_array(t) for t in onnx.load(str(bdir / card["graph"]["file"])).graph.initializer
+        }
     HEADS.append((torch.from_numpy(init["W"]), torch.from_numpy(init["B"])))
 
 app = FastAPI()
