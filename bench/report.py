@@ -283,6 +283,13 @@ AB_NOTES = {
     "spinning on) halves the lone latency but its idle spinning takes the cores that loaded runs need (p99 at 16 "
     "up from 27 to 38 ms). `one-session` is `--sessions 1 --intra-threads 2` (one spinning 2-thread session, no "
     "solo): the best lone latency of all.",
+    "ab-issue15.jsonl": "The speed targets of issue 15 in 5 interleaved rounds: `previous-defaults` is the set and "
+    "settings before this change (ONNX heads, the solo session blocking: the binary before the spin default, "
+    "serving `build/kd19-set`); `linear-heads` serves today's `models/` (the same kind of set with its 19 heads as "
+    "linear heads) with the solo session blocking (`--solo-spin-us 0`); `linear-heads-solo-spin` is today's "
+    "defaults. Targets: p50 at 1 <= 1.4 ms, requests/s at 16 >= 1100, p99 at 16 <= 25 ms (medians of the rounds).",
+    "ab-one-vs-19-experts.jsonl": "One expert against nineteen on the same trunk, today's defaults: the 18 extra "
+    "linear heads and their JSON rows cost about 4 % at concurrency 16.",
     "ab-solo-spin-within-runs.jsonl": "The solo session spinning within runs only (issue 15): `solo-blocks` never "
     "spins (the default before); `solo-spin-100us` / `solo-spin-2ms` let its threads spin up to 100 µs / 2 ms waiting "
     "for work inside a run and stop spinning when the run ends (`--solo-spin-us`: ONNX Runtime's "
