@@ -438,6 +438,15 @@ def headline(report, systems) -> str:
             f"It {verdict} the strongest global classifier on its backbone ({name(g)}: {pct(g['accuracy'])}% / "
             f"{pct(g['macro_f1'])}%): {100 * d:+.1f} points ({round(abs(d) * n)} titles{ci})."
         )
+        shared = set(served.get("trunks", [])) & set(g.get("trunks", []))
+        if "predictions" in served and "predictions" in g and shared and r["verdict"] == "ties":
+            same = sum(x == y for x, y in zip(served["predictions"], g["predictions"]))
+            parts.append(
+                f"Why a tie: on the same trunk both are linear read-outs of the same features (19 one-vs-all "
+                f"logistic heads against one 19-way logistic regression, on a trunk already trained as a 19-way "
+                f"classifier), so their answers agree on {same} of {n} titles; of the {n - same} where they "
+                f"differ, the MoE is right on {r['only_a']} and the global model on {r['only_b']}."
+            )
         if best_moe is not served:
             d2 = best_moe["accuracy"] - g["accuracy"]
             v2 = "is above" if d2 > 0 else "is not above"
