@@ -31,6 +31,16 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
     }
 }
 
+/// Send a raw request head; the answer must be `status` with the JSON error `code`, then a close.
+async fn json_error_for(addr: &str, head: &str, status: &str, code: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("answered and closed");
+    assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+    assert!(answer.to_lowercase().contains("content-type: application/json"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], code, "{answer}");
+}
+
 fn json_body(response: &str) -> Value {
     serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
 }
@@ -107,11 +117,7 @@ async fn oversized_request_heads_get_json_errors() {
         (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}connection: close\r\n\r\n"), "431", "headers_too_large"),
         (format!("GET /experts/{long} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"), "414", "uri_too_long"),
     ] {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("answered and closed");
-        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
-        assert_eq!(json_body(&answer)["error"]["code"], code, "{answer}");
+        json_error_for(&addr, &head, status, code).await;
     }
 }
 
@@ -131,12 +137,7 @@ async fn requests_the_parser_refuses_get_json_errors() {
         (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{parser_many}\r\n"), "431", "headers_too_large"),
         (format!("GET /{huge} HTTP/1.1\r\nhost: x\r\n\r\n"), "414", "uri_too_long"),
     ] {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("answered and closed");
-        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
-        assert!(answer.to_lowercase().contains("content-type: application/json"), "{answer}");
-        assert_eq!(json_body(&answer)["error"]["code"], code, "{answer}");
+        json_error_for(&addr, &head, status, code).await;
     }
     // The connection wrapper leaves good requests alone, keep-alive included.
     let client = reqwest::Client::new();
