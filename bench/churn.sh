@@ -9,16 +9,9 @@ N=${CHURN_ROUNDS:-40}
 OUT=${CHURN_OUT:-docs/bench/churn.jsonl}
 PORT=18450
 TOKEN=churn-token
-TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
-cp -al models "$TMP/models"
+source bench/common.sh
 tar czf "$TMP/upload.tar.gz" -C tests/fixtures/models travel--tokenbag
-target/release/moe serve --port $PORT --models "$TMP/models" --state "$TMP/state" --admin-token $TOKEN \
-  > "$TMP/serve.log" 2>&1 &
-SPID=$!
-for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.2; done
-B=http://127.0.0.1:$PORT
-A=(-s -o /dev/null -w '%{http_code}\n' -H "authorization: Bearer $TOKEN")
+serve_admin $PORT $TOKEN
 J=(-H 'content-type: application/json')
 rss() { awk '/VmRSS/ {print $2}' /proc/$SPID/status; }
 traffic() { for _ in 1 2 3 4 5; do curl -s -o /dev/null "${J[@]}" -d '{"text": "how to pack for a trip"}' $B/classify; done; }

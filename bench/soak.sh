@@ -12,21 +12,14 @@ WINDOW=${SOAK_WINDOW:-30}
 OUT=${SOAK_OUT:-docs/bench/soak.jsonl}
 PORT=18400
 TOKEN=soak-token
-TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
-cp -al models "$TMP/models"
+source bench/common.sh
 tar czf "$TMP/upload.tar.gz" -C tests/fixtures/models travel--tokenbag
 .venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$TMP/texts.txt" <<'PY'
 import csv, sys
 rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
 open(sys.argv[2], "w").write("\n".join(rows) + "\n")
 PY
-target/release/moe serve --port $PORT --models "$TMP/models" --state "$TMP/state" --admin-token $TOKEN \
-  > "$TMP/serve.log" 2>&1 &
-SPID=$!
-for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.2; done
-B=http://127.0.0.1:$PORT
-A=(-s -o /dev/null -w '%{http_code}\n' -H "authorization: Bearer $TOKEN")
+serve_admin $PORT $TOKEN
 admin() { # every action's status code, one per line, into $TMP/admin.log
   local t=0
   while :; do

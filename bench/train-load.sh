@@ -8,8 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$1; ROUNDS=${2:-3}
 D=${BENCH_SECONDS:-15}; C=${BENCH_CONCURRENCY:-4}; PORT=18290
-TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+source bench/common.sh
 .venv/bin/python - data/wikihow19_titles.csv "$TMP" <<'PY'
 import csv, json, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -17,10 +16,7 @@ open(f"{sys.argv[2]}/texts.txt", "w").write("\n".join(r["title"] for r in rows i
 pos = [r["title"] for r in rows if r["split"] == "train" and r["label"] == "Youth"]
 json.dump({"positives": pos, "mode": "install"}, open(f"{sys.argv[2]}/train.json", "w"))
 PY
-cp -al models "$TMP/models"
-target/release/moe serve --port $PORT --models "$TMP/models" --state "$TMP/state" --admin-token bench \
-  > "$TMP/serve.log" 2>&1 &
-for _ in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.2; done
+serve_admin $PORT bench
 trainer() { # post jobs back to back until killed; count finished ones
   local n=0
   while true; do

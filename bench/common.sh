@@ -1,0 +1,19 @@
+# Sourced by the bench scripts that drive one `moe serve` with an admin token on a copy of models/
+# (churn.sh, soak.sh, train-load.sh): a temporary folder removed at exit together with every
+# background job, and the server itself.
+# shellcheck shell=bash
+TMP=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+
+# serve_admin PORT TOKEN: `moe serve` on a hard-linked copy of models/ with a fresh state folder and
+# the admin token, logging to $TMP/serve.log; sets SPID (its pid), B (its base URL) and A (curl flags
+# that send the token and print the status); waits up to 60 s for /readyz.
+serve_admin() {
+  cp -al models "$TMP/models"
+  target/release/moe serve --port "$1" --models "$TMP/models" --state "$TMP/state" --admin-token "$2" \
+    > "$TMP/serve.log" 2>&1 &
+  SPID=$!
+  B=http://127.0.0.1:$1
+  A=(-s -o /dev/null -w '%{http_code}\n' -H "authorization: Bearer $2")
+  for _ in $(seq 1 300); do curl -sf -o /dev/null "$B/readyz" && break; sleep 0.2; done
+}
