@@ -125,6 +125,12 @@ impl ExpertSet {
         Ok(ExpertSet { experts, thresholds, gate_spec, gate, generation, revision, shadows, plan })
     }
 
+    /// Every expert's Platt map (set order), if each card has one: the `calibrated` score mode
+    /// needs all of them.
+    pub fn calibrations(&self) -> Option<Vec<[f32; 2]>> {
+        self.experts.iter().map(|e| e.calibration()).collect()
+    }
+
     /// Load every bundle a registry names from the model root (blocking), each checked against
     /// the class the registry gives it. An expert in `have` with the same class and bundle is
     /// reused instead of loaded again (a follower of a shared registry loads only what changed).

@@ -77,11 +77,6 @@ pub fn fit(p: &[f32], y: &[bool]) -> [f32; 2] {
     [a as f32, b as f32]
 }
 
-/// The calibrated probability (the gate's own function).
-pub fn apply(cal: [f32; 2], p: f32) -> f32 {
-    calibrated(cal, p)
-}
-
 /// Mean log-loss of probabilities against labels.
 pub fn log_loss(p: &[f32], y: &[bool]) -> f64 {
     let eps = 1e-7f64;
@@ -104,7 +99,7 @@ pub fn cross_fitted(p: &[f32], y: &[bool], folds: usize) -> Vec<f32> {
             p.iter().zip(y).enumerate().filter(|(i, _)| i % folds != f).map(|(_, (&a, &b))| (a, b)).unzip();
         let cal = fit(&tp, &ty);
         for i in (f..p.len()).step_by(folds) {
-            out[i] = apply(cal, p[i]);
+            out[i] = calibrated(cal, p[i]);
         }
     }
     out
@@ -180,7 +175,7 @@ mod tests {
         let (p, y) = sample(0.3, 2.0, 2_000);
         let cal = fit(&p, &y);
         assert!(cal[0] > 0.0);
-        assert!(apply(cal, 0.2) < apply(cal, 0.3));
+        assert!(calibrated(cal, 0.2) < calibrated(cal, 0.3));
         assert_eq!(fit(&p, &vec![false; p.len()]), [1.0, 0.0]);
         // Out of sample, calibration lowers the log-loss of a miscalibrated expert.
         let raw = log_loss(&p, &y);

@@ -511,7 +511,7 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
         if sys.name == "moe-served" {
             let vp = score(&set, &val_texts)?;
             // The cards' calibrations were fitted on val by `moe calibrate`.
-            let cards: Option<Vec<[f32; 2]>> = set.experts.iter().map(|e| e.calibration()).collect();
+            let cards = set.calibrations();
             let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; classes.len()]);
             let val = GateData { probs: &vp, thr: &thr, cal: &cal, texts: &val_texts, truth: &val_truth };
             let test = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };

@@ -135,7 +135,7 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let thr = set.thresholds.clone();
     let all: Vec<usize> = (0..texts.len()).collect();
     // Calibrated scores compete only when every expert's card has its Platt map.
-    let cards: Option<Vec<[f32; 2]>> = set.experts.iter().map(|e| e.calibration()).collect();
+    let cards = set.calibrations();
     let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
     let gd = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
     let mut modes = vec![ScoreMode::Probability, ScoreMode::Margin];

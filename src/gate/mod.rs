@@ -116,22 +116,25 @@ impl Gate {
     /// (and `calibrated` mode without every expert calibrated to `probability`) and says why, never
     /// silently applied.
     pub fn resolve(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
-        if spec.score == ScoreMode::Calibrated {
-            if let Some(i) = calibrations.iter().position(Option::is_none) {
-                let class = experts.get(i).map(|(c, _)| c.as_str()).unwrap_or("?");
-                return Gate {
-                    disabled: Some(format!(
-                        "calibrated scores need a Platt calibration in every expert's card; {class} has none \
-                         (run `moe calibrate` on its bundle)"
-                    )),
-                    ..Gate::uniform(ScoreMode::Probability)
-                };
-            }
-            let cal = calibrations.iter().map(|c| c.unwrap_or(IDENTITY)).collect();
-            let spec = GateSpec { score: ScoreMode::Probability, ..spec.clone() };
-            let g = Gate::resolve(&spec, experts, &[]);
-            return Gate { score: ScoreMode::Calibrated, calibration: cal, ..g };
+        let gate = Gate::with_weights(spec, experts);
+        if spec.score != ScoreMode::Calibrated {
+            return gate;
         }
+        if let Some(i) = calibrations.iter().position(Option::is_none) {
+            let class = experts.get(i).map(|(c, _)| c.as_str()).unwrap_or("?");
+            return Gate {
+                disabled: Some(format!(
+                    "calibrated scores need a Platt calibration in every expert's card; {class} has none \
+                     (run `moe calibrate` on its bundle)"
+                )),
+                ..Gate::uniform(ScoreMode::Probability)
+            };
+        }
+        gate.calibrated(calibrations.iter().flatten().copied().collect())
+    }
+
+    /// The registry gate's weights for these experts, in the spec's score mode (no calibration).
+    fn with_weights(spec: &GateSpec, experts: &[(String, String)]) -> Gate {
         let fallback = |why: String| Gate {
             score: spec.score,
             weights: GateWeights::Uniform,

@@ -173,13 +173,14 @@ def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path,
     ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
     # Heads are trained on the embeddings of the artefact that is served (the int8 trunk), of the
     # train titles and of --head-augment noisy copies of each (`head_rows`).
-    texts, _ = head_rows(args, train)
+    texts, labels = head_rows(args, train)
     x = run_onnx(path, backbone.encode(tok, texts)).astype(np.float32)
     print(f"trunk {trunk_id}: exported and embedded {len(texts)} titles in {time.time() - t0:.1f}s")
     return {
         "ref": ref,
         "path": path,
         "x_train": x,
+        "labels": labels,  # the class of each row of x_train
         "summary": {"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"]},
     }
 
@@ -204,7 +205,7 @@ def _train_candidate(args, ctx: dict, cls: str, algo: str) -> dict:
     spec = candidates.ALGORITHMS[algo]
     tname = spec.get("trunk")
     # Heads on a shared trunk see the augmented rows too; token models train on the titles.
-    y = np.array(head_rows(args, train)[1] if tname else train.labels) == cls
+    y = np.array(trunks[tname]["labels"] if tname else train.labels) == cls
     method = args.rebalance or spec["rebalance"]
     ratio = args.ratio or spec["ratio"]
     idx, w = rebalance(y, method, ratio, args.seed)
