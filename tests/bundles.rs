@@ -55,6 +55,27 @@ fn refusals_name_the_file_and_the_problem() {
             "calibration",
         ),
         (
+            "lexicon-hash",
+            Box::new(|d| {
+                std::fs::write(d.join("lexicon.txt"), "how\t1\n").unwrap();
+                common::edit_json(&d.join("card.json"), |c| {
+                    c["spelling"] = serde_json::json!({"file": "lexicon.txt", "sha256": "00"})
+                })
+            }),
+            "sha256 mismatch",
+        ),
+        (
+            "lexicon-format",
+            Box::new(|d| {
+                std::fs::write(d.join("lexicon.txt"), "how\t1\nHow 2\n").unwrap();
+                let sha = moe::experts::card::sha256_file(&d.join("lexicon.txt")).unwrap();
+                common::edit_json(&d.join("card.json"), |c| {
+                    c["spelling"] = serde_json::json!({"file": "lexicon.txt", "sha256": sha})
+                })
+            }),
+            "line 2: expected `word<TAB>count`",
+        ),
+        (
             "selftest",
             Box::new(|d| common::edit_json(&d.join("card.json"), |c| c["selftest"][0]["probability"] = 0.999.into())),
             "self-test failed",

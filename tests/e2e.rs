@@ -70,10 +70,16 @@ async fn default_set_classifies_over_http() {
 }
 
 /// The service's probabilities equal onnxruntime's Python results for the same bundles within 1e-4:
-/// a head on the shared trunk (default set) and a full model (fixture).
+/// a head on the shared trunk (default set, whose trunk corrects spelling first: the Python side
+/// corrects with moe_training.spelling) and a full model (fixture).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probabilities_match_python_onnxruntime() {
-    let texts = ["how to pack a suitcase", "how to bake sourdough bread", "How to Calm Down When You're ANGRY!"];
+    let texts = [
+        "how to pack a suitcase",
+        "how to bake sourdough bread",
+        "How to Calm Down When You're ANGRY!",
+        "How to Pakc a Suitcsae for a lnog trip",
+    ];
     for (root, class, bundle) in [
         (common::default_models(), "Travel", "travel--kd19-logreg"),
         (common::default_models(), "Health", "health--kd19-logreg"),
@@ -84,6 +90,10 @@ async fn probabilities_match_python_onnxruntime() {
         let (s, v) = classify(&reqwest::Client::new(), &base, json!({"texts": texts})).await;
         assert_eq!(s, 200);
         let want = common::reference_probabilities(&root, bundle, &texts);
+        let listed: serde_json::Value =
+            reqwest::get(format!("{base}/experts/{class}")).await.unwrap().json().await.unwrap();
+        let words = listed["spelling"]["words"].as_u64();
+        assert_eq!(words.is_some(), bundle.contains("kd19"), "spelling of {bundle}: {listed}");
         for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {
             let e = r["experts"].as_array().unwrap().iter().find(|e| e["class"] == class).unwrap();
             assert_eq!(e["bundle"], bundle);

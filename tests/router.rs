@@ -199,6 +199,7 @@ async fn experts_are_listed_with_their_cards() {
         }
         assert_eq!(e["provider"], "CPU");
         assert!(e["metrics"]["val"]["report"]["eer"].is_number());
+        assert!(e["spelling"].is_null(), "the fixtures name no lexicon");
     }
     assert!(v["gate"]["active"].is_string());
     let (s, one, _) = call(r, get("/experts/Travel")).await;

@@ -460,6 +460,7 @@ fn write_bundle(
             provenance,
             selftest,
             tokenizer: None,
+            spelling: None,
             trunk: on_trunk.card.trunk.clone(),
             embedding_dim: on_trunk.card.embedding_dim,
             extra: BTreeMap::new(),

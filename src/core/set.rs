@@ -27,6 +27,10 @@ use crate::{Error, Result};
 /// on a blocking thread gave 1280 req/s at concurrency 16 against 1402 inline (medians; rounds
 /// overlap: 1247-1335 vs 1183-1440) and the same p50 at concurrency 1 (1.76 vs 1.79 ms).
 pub const INLINE_TOKENIZE_BYTES: usize = 2048;
+/// The same with spelling correction in the pipeline: a misspelt word costs microseconds (7 µs for
+/// a title with two typos), but 2 KB of unknown 24-letter words cost 2.2 ms (measured on this
+/// machine), too long for an async worker; 256 bytes of that worst case cost about 0.3 ms.
+pub const INLINE_SPELLING_BYTES: usize = 256;
 
 /// Per distinct tokenizer the texts' tokens, and per text whether any tokenizer truncated it.
 type Encodings = (Vec<Arc<Vec<Encoded>>>, Vec<bool>);
@@ -46,10 +50,7 @@ impl Plan {
         let mut stages: Vec<(Arc<Executor>, usize)> = Vec::new();
         let mut stage_of = Vec::with_capacity(experts.len());
         for e in experts {
-            let t = match tokenizers
-                .iter()
-                .position(|t| t.sha256 == e.tokenizer.sha256 && t.max_len == e.tokenizer.max_len)
-            {
+            let t = match tokenizers.iter().position(|t| t.same_pipeline(&e.tokenizer)) {
                 Some(i) => i,
                 None => {
                     tokenizers.push(e.tokenizer.clone());
@@ -66,6 +67,11 @@ impl Plan {
             stage_of.push(s);
         }
         Plan { tokenizers, stages, stage_of }
+    }
+
+    /// Whether any tokenizer corrects spelling first (more work per byte).
+    fn spells(&self) -> bool {
+        self.tokenizers.iter().any(|t| t.speller.is_some())
     }
 
     /// Tokenize every text once per distinct tokenizer (CPU work: call from a blocking thread).
@@ -185,7 +191,8 @@ impl ExpertSet {
     pub async fn probabilities(self: &Arc<Self>, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<bool>)> {
         let started = std::time::Instant::now();
         let chars: usize = texts.iter().map(String::len).sum();
-        let (encoded, truncated) = if chars <= INLINE_TOKENIZE_BYTES {
+        let inline = if self.plan.spells() { INLINE_SPELLING_BYTES } else { INLINE_TOKENIZE_BYTES };
+        let (encoded, truncated) = if chars <= inline {
             self.plan.encode(texts)?
         } else {
             let (set, owned) = (self.clone(), texts.to_vec());

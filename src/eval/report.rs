@@ -33,7 +33,7 @@ pub struct ReportOptions {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/kd19-set,build/accurate-set,build/accurate-fp32-set"
+        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/kd19-set,build/no-spelling-set,build/accurate-set,build/accurate-fp32-set"
     )]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).
@@ -72,13 +72,21 @@ fn card_of(root: &Path, bundle: &str) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::bundle(root.join(bundle), e.to_string()))
 }
 
-/// What a class -> bundle mapping computes: each bundle's graph hash and trunk id.
+/// What a class -> bundle mapping computes: each bundle's graph hash, trunk id and spelling
+/// lexicon (the bundle's or its trunk's).
 fn signature(root: &Path, experts: &BTreeMap<String, String>) -> Vec<(String, String)> {
     experts
         .values()
         .map(|b| {
             let card = card_of(root, b).unwrap_or(Value::Null);
-            (card["graph"]["sha256"].as_str().unwrap_or(b).to_string(), card["trunk"]["id"].to_string())
+            let trunk = card["trunk"]["id"].as_str().map(|id| root.join("trunks").join(id).join("trunk.json"));
+            let trunk: Value = trunk
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let lexicon = card["spelling"]["sha256"].as_str().or(trunk["spelling"]["sha256"].as_str());
+            let graph = card["graph"]["sha256"].as_str().unwrap_or(b).to_string();
+            (graph, format!("{} {}", card["trunk"]["id"], lexicon.unwrap_or("-")))
         })
         .collect()
 }

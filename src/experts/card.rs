@@ -93,6 +93,9 @@ pub struct Card {
     pub selftest: Vec<SelfTest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<FileRef>,
+    /// Full models: the lexicon that corrects texts before the tokenizer (heads: their trunk's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spelling: Option<FileRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trunk: Option<TrunkRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +111,9 @@ pub struct TrunkCard {
     pub id: String,
     pub graph: FileRef,
     pub tokenizer: FileRef,
+    /// The lexicon that corrects texts before the tokenizer (inference/spelling.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spelling: Option<FileRef>,
     pub embedding_dim: usize,
     pub max_seq_len: usize,
     #[serde(flatten)]
@@ -123,6 +129,8 @@ pub struct BundleFiles {
     pub graph: PathBuf,
     pub tokenizer: PathBuf,
     pub tokenizer_sha256: String,
+    /// The spelling lexicon (checked path, SHA-256) of the trunk or full model, if it names one.
+    pub spelling: Option<(PathBuf, String)>,
     pub max_seq_len: usize,
     /// For heads: the trunk's card and graph path.
     pub trunk: Option<(TrunkCard, PathBuf)>,
@@ -216,6 +224,9 @@ impl Card {
                 bad("a head bundle needs `trunk` and `embedding_dim`".into())
             }
             Kind::Full if self.tokenizer.is_none() => bad("a full-model bundle needs `tokenizer`".into()),
+            k if k.on_trunk() && self.spelling.is_some() => {
+                bad("a head bundle's `spelling` is its trunk's (name it in trunk.json)".into())
+            }
             _ => Ok(()),
         }?;
         if let Some(t) = &self.threshold
@@ -270,12 +281,18 @@ impl BundleFiles {
         let card = Card::read(&card_path)?;
         let graph = confined(root, &dir, &card.graph.file)?;
         check_hash(&graph, &card.graph.sha256)?;
-        let (tokenizer, tokenizer_sha256, trunk, max_seq_len) = match card.kind {
+        let lexicon = |dir: &Path, f: &Option<FileRef>| -> Result<Option<(PathBuf, String)>> {
+            let Some(f) = f else { return Ok(None) };
+            let path = confined(root, dir, &f.file)?;
+            check_hash(&path, &f.sha256)?;
+            Ok(Some((path, f.sha256.to_lowercase())))
+        };
+        let (tokenizer, tokenizer_sha256, spelling, trunk, max_seq_len) = match card.kind {
             Kind::Full => {
                 let t = card.tokenizer.as_ref().expect("checked");
                 let path = confined(root, &dir, &t.file)?;
                 check_hash(&path, &t.sha256)?;
-                (path, t.sha256.to_lowercase(), None, card.max_seq_len)
+                (path, t.sha256.to_lowercase(), lexicon(&dir, &card.spelling)?, None, card.max_seq_len)
             }
             Kind::Head | Kind::Linear => {
                 let r = card.trunk.as_ref().expect("checked");
@@ -309,10 +326,21 @@ impl BundleFiles {
                 check_hash(&tok, &tcard.tokenizer.sha256)?;
                 let sha = tcard.tokenizer.sha256.to_lowercase();
                 let len = tcard.max_seq_len.min(card.max_seq_len);
-                (tok, sha, Some((tcard, tgraph)), len)
+                let spelling = lexicon(&tdir, &tcard.spelling)?;
+                (tok, sha, spelling, Some((tcard, tgraph)), len)
             }
         };
-        Ok(BundleFiles { name: name.to_string(), dir, card, graph, tokenizer, tokenizer_sha256, max_seq_len, trunk })
+        Ok(BundleFiles {
+            name: name.to_string(),
+            dir,
+            card,
+            graph,
+            tokenizer,
+            tokenizer_sha256,
+            spelling,
+            max_seq_len,
+            trunk,
+        })
     }
 }
 

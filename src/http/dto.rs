@@ -209,6 +209,8 @@ pub struct ExpertInfo {
     pub loaded_at: String,
     pub trunk: Option<String>,
     pub max_seq_len: usize,
+    /// The lexicon that corrects texts before the tokenizer, if any.
+    pub spelling: Option<SpellingInfo>,
     /// A candidate scoring live traffic beside this expert, with its agreement statistics.
     pub shadow: Option<ShadowInfo>,
     /// This version's precision / recall / AUC / EER on the feedback it scored (POST /feedback).
@@ -243,10 +245,17 @@ impl From<&Expert> for ExpertInfo {
             loaded_at: e.loaded_at.clone(),
             trunk: e.card.trunk.as_ref().map(|t| t.id.clone()),
             max_seq_len: e.card.max_seq_len,
+            spelling: e.tokenizer.speller.as_ref().map(|s| SpellingInfo { sha256: s.sha256.clone(), words: s.len() }),
             shadow: None,
             live: None,
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpellingInfo {
+    pub sha256: String,
+    pub words: usize,
 }
 
 #[derive(Debug, Serialize)]

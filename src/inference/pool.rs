@@ -1,5 +1,6 @@
-//! Executors and tokenizers shared by content hash: two bundles that name the same graph or the
-//! same tokenizer share one session / one tokenizer, and a swap reuses what is already running.
+//! Executors, tokenizers and spelling lexicons shared by content hash: two bundles that name the
+//! same graph or the same tokenizer share one session / one tokenizer, and a swap reuses what is
+//! already running.
 //! Entries are weak: when no expert set uses an executor any more, it drops and its thread ends.
 
 use std::collections::HashMap;
@@ -7,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::executor::{Executor, Expect};
+use super::spelling::Speller;
 use super::tokenize::TokenizerHandle;
 use crate::Result;
 use crate::config::RuntimeConfig;
@@ -15,7 +17,8 @@ use crate::error::lock;
 #[derive(Default)]
 pub struct ExecutorPool {
     executors: Mutex<HashMap<String, Weak<Executor>>>,
-    tokenizers: Mutex<HashMap<(String, usize), Weak<TokenizerHandle>>>,
+    tokenizers: Mutex<HashMap<(String, String, usize), Weak<TokenizerHandle>>>,
+    spellers: Mutex<HashMap<String, Weak<Speller>>>,
 }
 
 impl ExecutorPool {
@@ -49,16 +52,36 @@ impl ExecutorPool {
         }
     }
 
-    pub fn tokenizer(&self, path: &Path, sha256: &str, max_len: usize) -> Result<Arc<TokenizerHandle>> {
-        let key = (sha256.to_string(), max_len);
-        let mut map = lock(&self.tokenizers);
-        if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
+    /// The tokenizer (with the lexicon `spelling` names, if any: its path and SHA-256).
+    pub fn tokenizer(
+        &self,
+        path: &Path,
+        sha256: &str,
+        max_len: usize,
+        spelling: Option<(&Path, &str)>,
+    ) -> Result<Arc<TokenizerHandle>> {
+        let key = (sha256.to_string(), spelling.map(|(_, h)| h.to_lowercase()).unwrap_or_default(), max_len);
+        if let Some(t) = lock(&self.tokenizers).get(&key).and_then(Weak::upgrade) {
             return Ok(t);
         }
-        let t = Arc::new(TokenizerHandle::load(path, sha256, max_len)?);
+        let speller = spelling.map(|(p, h)| self.speller(p, h)).transpose()?;
+        let mut map = lock(&self.tokenizers);
+        let t = Arc::new(TokenizerHandle::load(path, sha256, max_len, speller)?);
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(key, Arc::downgrade(&t));
         Ok(t)
+    }
+
+    fn speller(&self, path: &Path, sha256: &str) -> Result<Arc<Speller>> {
+        let key = sha256.to_lowercase();
+        let mut map = lock(&self.spellers);
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let s = Arc::new(Speller::load(path, sha256)?);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&s));
+        Ok(s)
     }
 
     /// Executors alive now (used by tests to prove swapped-out sessions are released).

@@ -570,6 +570,27 @@ def _training_args(p) -> None:
     p.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the 19-way fine-tune")
 
 
+def lexicon_build(args) -> None:
+    """Only the train split's text: val and test words must not become known words."""
+    from .data import load_dataset
+    from .spelling import build_lexicon
+
+    ds = load_dataset(Path(args.data), args.text_col, args.label_col, args.split_col, extra_cols=(args.summary_col,))
+    train = ds["train"]
+    texts = train.texts + train.extra[args.summary_col]
+    source = f"{Path(args.data).name} split train, columns {args.text_col} + {args.summary_col}"
+    tok = Path(args.tokenizer) if args.tokenizer else None
+    Path(args.out).write_text(build_lexicon(texts, Path(args.dictionary), tok, source), encoding="utf-8")
+    print(f"lexicon: {args.out}")
+
+
+def spell(args) -> None:
+    from .spelling import correct, read_lexicon
+
+    lexicon = read_lexicon(Path(args.lexicon))
+    print(json.dumps([correct(t, lexicon) for t in json.load(sys.stdin)]))
+
+
 def reference(args) -> None:
     """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle;
     a linear head's dot product in numpy). Needs only numpy, tokenizers and onnxruntime (no torch)."""
@@ -581,16 +602,23 @@ def reference(args) -> None:
     if card["kind"] in ("head", "linear"):
         tdir = root / "trunks" / card["trunk"]["id"]
         tok_file, trunk = tdir / "tokenizer.json", tdir / "trunk.onnx"
+        spelling = json.loads((tdir / "trunk.json").read_text()).get("spelling")
+        spelling_dir = tdir
     else:
         tok_file, trunk = root / args.bundle / card["tokenizer"]["file"], None
+        spelling, spelling_dir = card.get("spelling"), root / args.bundle
     from tokenizers import Tokenizer
+
+    from .spelling import correct, read_lexicon
+
+    lexicon = read_lexicon(spelling_dir / spelling["file"]) if spelling else None
 
     tok = Tokenizer.from_file(str(tok_file))
     tok.no_padding()
     tok.enable_truncation(max_length=card["max_seq_len"])
     probs = []
     for text in args.texts:  # one text per run: what the service answers for a text
-        feeds = encode(tok, [text])
+        feeds = encode(tok, [correct(text, lexicon) if lexicon else text])
         if trunk is not None:
             feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
         if card["kind"] == "linear":  # head.json: sigmoid(w . embedding + b), here in numpy
@@ -669,10 +697,31 @@ def main(argv=None) -> None:
             len(__import__("moe_training.linearize", fromlist=["x"]).linearize(Path(a.src), Path(a.out), a.bundles)),
         )
     )
+    sp = sub.add_parser("lexicon", help="build the spelling lexicon, or attach one to a model root's trunks")
+    sp_sub = sp.add_subparsers(dest="lexicon_cmd", required=True)
+    spb = sp_sub.add_parser("build", help="count the train split's titles and summaries; add dictionary words")
+    _data_args(spb)
+    spb.add_argument("--summary-col", default="summary")
+    spb.add_argument("--dictionary", default="../data/words/american-english")
+    spb.add_argument("--tokenizer", default="", help="a tokenizer.json whose whole-word vocabulary is known too")
+    spb.add_argument("--out", required=True)
+    spb.set_defaults(func=lexicon_build)
+    spa = sp_sub.add_parser("attach", help="name a lexicon as the spelling step of every trunk / full bundle")
+    spa.add_argument("lexicon")
+    spa.add_argument("root")
+    spa.set_defaults(
+        func=lambda a: print(
+            "spelling:",
+            ", ".join(__import__("moe_training.spelling", fromlist=["x"]).attach(Path(a.lexicon), Path(a.root))),
+        )
+    )
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)
     r.add_argument("texts", nargs="+")
     r.set_defaults(func=reference)
+    sc = sub.add_parser("spell", help="correct JSON texts (stdin) with a lexicon: the Rust corrector's oracle")
+    sc.add_argument("lexicon")
+    sc.set_defaults(func=spell)
     args = p.parse_args(argv)
     args.func(args)
