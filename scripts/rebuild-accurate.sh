@@ -34,6 +34,7 @@ mkdir -p docs/results
 (cd training && $PY -m moe_training lexicon attach ../$LEXICON ../build/accurate-set)
 $MOE calibrate --models build/accurate-set --data "$DATA" \
   --bundles "$(cd build/accurate-set && ls -d ./*--global-* | sed 's|^\./||' | paste -sd, -)"
+scripts/without-spelling.sh build/accurate-set build/accurate-no-spelling-set
 # FP32=1: the same fine-tuned trunk unquantised (438 MB, about twice the cost per text; int8's
 # parity with it is weak: min cosine 0.78 on 32 val titles) as build/accurate-fp32-set.
 if [ -n "${FP32:-}" ]; then

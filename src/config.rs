@@ -63,6 +63,11 @@ pub struct RuntimeConfig {
     /// Largest |p_service - p_card| accepted in the warm-up self-test of a bundle.
     #[arg(long, env = "MOE_SELFTEST_TOLERANCE", default_value_t = 0.02)]
     pub selftest_tolerance: f32,
+    /// Correct misspelt words before tokenizing wherever a trunk or bundle names a spelling
+    /// lexicon (inference/spelling.rs); false: every text reaches its tokenizer unchanged (the
+    /// thresholds were calibrated with correction, so expect small shifts).
+    #[arg(long, env = "MOE_SPELLING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub spelling: bool,
 }
 
 fn cores() -> usize {
@@ -99,6 +104,7 @@ impl Default for RuntimeConfig {
             max_wait_us: 0,
             queue_capacity: 1024,
             selftest_tolerance: 0.02,
+            spelling: true,
         }
     }
 }

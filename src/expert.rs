@@ -57,7 +57,7 @@ impl Expert {
         if require_threshold && files.card.threshold.is_none() {
             return Err(uncalibrated(files.dir.join("card.json")));
         }
-        let spelling = files.spelling.as_ref().map(|(p, h)| (p.as_path(), h.as_str()));
+        let spelling = files.spelling.as_ref().filter(|_| cfg.spelling).map(|(p, h)| (p.as_path(), h.as_str()));
         let tokenizer = pool.tokenizer(&files.tokenizer, &files.tokenizer_sha256, files.max_seq_len, spelling)?;
         let big = cfg.intra_threads();
         let (stage1, head) = match (&files.card.kind, &files.trunk) {

@@ -99,3 +99,28 @@ fn a_head_names_no_lexicon_of_its_own() {
     std::fs::remove_dir_all(root).unwrap();
     std::fs::remove_dir_all(root2).unwrap();
 }
+
+/// With the lexicon (default) a misspelt title gets exactly the answer of its corrected text; with
+/// `--spelling false` the lexicon is ignored and the misspelt title is answered as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_answers_the_corrected_text_unless_spelling_is_off() {
+    let (misspelt, fixed) = ("How to Pakc a Suitcsae for a lnog trip", "How to Pack a Suitcase for a long trip");
+    let answer = |spelling: bool, text: &'static str| async move {
+        let root = common::default_models();
+        let runtime = moe::config::RuntimeConfig { spelling, ..common::runtime() };
+        let paths = moe::core::Paths::new(&root, common::state_dir("spelling"));
+        let core = moe::core::Core::new(paths, runtime, moe::config::Limits::default());
+        let c = core.clone();
+        tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+        let words = core.snapshot().unwrap().experts[0].tokenizer.speller.as_ref().map(|s| s.len());
+        assert_eq!(words.is_some(), spelling);
+        let (results, _) = core.classify(vec![text.to_string()]).await.unwrap();
+        results[0].experts.iter().map(|e| e.probability).collect::<Vec<f32>>()
+    };
+    let on = answer(true, misspelt).await;
+    assert_eq!(on, answer(true, fixed).await);
+    assert_eq!(on, answer(false, fixed).await);
+    let off = answer(false, misspelt).await;
+    let moved = on.iter().zip(&off).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.01, "the typos should move some probability without correction: {moved}");
+}

@@ -33,7 +33,7 @@ pub struct ReportOptions {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/kd19-set,build/no-spelling-set,build/accurate-set,build/accurate-fp32-set"
+        default_value = "build/models-all,build/candidates,build/fp32,build/minilm-ft19-set,build/kd19-set,build/no-spelling-set,build/accurate-set,build/accurate-no-spelling-set,build/accurate-fp32-set"
     )]
     pub extra_roots: Vec<PathBuf>,
     /// Split the comparison is measured on (gates are fitted on val, so not val).
@@ -460,7 +460,8 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String], calibrated: b
                               "fitted_on": if l2.is_some() || mode == ScoreMode::Calibrated { "val" } else { "nothing (no parameters)" },
                               "accuracy": m.accuracy, "macro_f1": m.macro_f1,
                               "coverage": answered.len() as f64 / forced.len().max(1) as f64,
-                              "accuracy_when_answered": right as f64 / answered.len().max(1) as f64}));
+                              "accuracy_when_answered": right as f64 / answered.len().max(1) as f64,
+                              "predictions": forced}));
         }
     }
     table
@@ -531,6 +532,7 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
             "gate": {"kind": set.gate.weights.name(), "score": format!("{:?}", set.gate.score).to_lowercase()},
             "bundles": sys.experts, "trunks": trunk_ids(sys), "graph_bytes": graph_bytes(sys),
             "provider": set.experts[0].provider(),
+            "spelling": set.experts.iter().any(|e| e.tokenizer.speller.is_some()),
             "accuracy": m.accuracy, "macro_f1": m.macro_f1, "per_class": m.per_class,
             "confusion": confusion(classes.len(), &truth, &forced), "predictions": forced,
             "operating_point": own, "coverage_curve": curve,

@@ -396,14 +396,19 @@ class _Globals:
 
         t0, c = time.time(), self.args.logreg_c
         path = self.out / "trunks" / trunk_id / "trunk.onnx"
-        emb = {s: self.one_at_a_time(path, self.ds[s].texts) for s in ("train", "val", "test")}
-        clf = LogisticRegression(C=c, max_iter=3000).fit(emb["train"], self.ds["train"].labels)
+        # The same rows the mixture's heads are fitted on (titles + --head-augment noisy copies).
+        texts, labels = head_rows(self.args, self.ds["train"])
+        emb = {"train": self.one_at_a_time(path, texts)}
+        emb |= {s: self.one_at_a_time(path, self.ds[s].texts) for s in ("val", "test")}
+        clf = LogisticRegression(C=c, max_iter=3000).fit(emb["train"], labels)
         coef, icpt = clf.coef_, clf.intercept_
         if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
             coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
         order = [list(clf.classes_).index(k) for k in self.classes]
         info = {
             "model": f"{what} + one {len(self.classes)}-way logistic regression (C={c})",
+            "train_rows": len(texts),
+            "augmented_copies_per_title": getattr(self.args, "head_augment", 0),
             "seconds": round(time.time() - t0, 1),
         }
         self.write_heads(algorithm, trunk_id, coef[order].T, icpt[order], info)
@@ -458,6 +463,9 @@ class _Globals:
 
         summary = Path(self.args.summary) if self.args.summary else self.out / "global.json"
         summary.parent.mkdir(parents=True, exist_ok=True)
+        if summary.exists():  # baselines not refitted in this run keep their earlier entries
+            earlier = json.loads(summary.read_text()).get("baselines", {})
+            self.result["baselines"] = {**earlier, **self.result["baselines"]}
         bundle.write_json(summary, self.result)
         print(f"wrote {summary}")
 
@@ -674,6 +682,9 @@ def main(argv=None) -> None:
     g.add_argument("--finetune", action="store_true", help="also fine-tune the backbone as one 19-way classifier")
     g.add_argument("--no-frozen", action="store_true", help="skip the logistic regression on the frozen trunk")
     g.add_argument("--logreg-c", type=float, default=10.0)
+    g.add_argument(
+        "--head-augment", type=int, default=0, help="logistic regressions: noisy copies of each train title too"
+    )
     _run_args(g)
     _training_args(g)
     g.set_defaults(func=global_baselines)

@@ -32,7 +32,12 @@ NAMES = {
     "moe-kd19-set": "MoE, previous default (distilled, 1 noisy copy, heads on clean titles)",
     "global-ft19-logreg@kd19-set": "Global: 19-way logreg on the previous default's trunk",
     "global-ft19-logreg@minilm-ft19-set": "Global: 19-way logreg on the earlier default's trunk",
+    "moe-no-spelling-set": "MoE, served set without spelling correction",
+    "global-ft19-logreg@no-spelling-set": "Global: 19-way logreg on the MoE's trunk, without spelling correction",
     "moe-accurate-set": "MoE, accurate set (MPNet-base ft19 trunk)",
+    "moe-accurate-no-spelling-set": "MoE, accurate set without spelling correction",
+    "global-ft19-logreg@accurate-no-spelling-set": "Global: 19-way logreg on the accurate set's MPNet trunk, "
+    "without spelling correction",
     "moe-accurate-fp32-set": "MoE, accurate set on the fp32 MPNet-base trunk",
     "global-finetune@accurate-set": "Global: MPNet-base fine-tuned 19-way",
     "global-ft19-logreg@accurate-set": "Global: 19-way logreg on the accurate set's MPNet trunk",
@@ -471,6 +476,15 @@ def headline(report, systems) -> str:
             f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
             f"perturbations ({', '.join(worse) or 'none'})."
         )
+        plain = next((s for s in systems if s["name"] == "moe-no-spelling-set"), None)
+        if plain is not None and served.get("spelling") and "typos" in rob:
+            prob = {r["perturbation"]: r["accuracy"] for r in plain["robustness"]}
+            parts.append(
+                f"Typos (one letter edit in a quarter of the longer words) cost the served set "
+                f"{100 * (served['accuracy'] - rob['typos']):.1f} points with its spelling correction and "
+                f"{100 * (plain['accuracy'] - prob['typos']):.1f} without it (the same set with the lexicon "
+                f"removed: {pct(plain['accuracy'])}% clean, {pct(prob['typos'])}% with typos)."
+            )
     top = _best_global(systems)
     acc = next((s for s in systems if s["name"] == "moe-accurate-set"), None)
     if acc is not None and top is not None and "predictions" in acc:
@@ -644,13 +658,26 @@ def _section_control(report, systems, served, rel, figs) -> list[str]:
     return md
 
 
-def _section_gates(report) -> list[str]:
+def _section_gates(report, systems) -> list[str]:
+    served = next(s for s in systems if s["name"] == "moe-served")
+    same = [s for s in systems if s["kind"] == "global" and set(s.get("trunks", [])) & set(served.get("trunks", []))]
+    g = max(same, key=lambda s: s["accuracy"], default=None)
+
+    def vs(x) -> str:
+        if g is None or "predictions" not in x:
+            return "—"
+        r = paired(x["predictions"], g["predictions"], report["truth"])
+        return f"{r['verdict']} {100 * r['diff']:+.1f} [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]"
+
+    against = f" against {name(g)} ({pct(g['accuracy'])}%)" if g else ""
     return [
         "\n## 4. Gates on the served experts\n",
         "Fitted gates: weights per class fitted on val (L2 strength chosen by 5-fold cross-validation on val), "
-        "measured on test.\n",
+        f"measured on test; the last column is the paired difference in accuracy points{against} with its 95 % "
+        "bootstrap interval (these rows are read on test, so they show what each rule does, not a choice: the "
+        "shipped rule was chosen on val).\n",
         _table(
-            ["gate", "score", "L2", "accuracy %", "macro-F1 %", "coverage %", "accuracy when answered %"],
+            ["gate", "score", "L2", "accuracy %", "macro-F1 %", "coverage %", "accuracy when answered %", "vs global"],
             [
                 [
                     x["gate"],
@@ -660,6 +687,7 @@ def _section_gates(report) -> list[str]:
                     pct(x["macro_f1"]),
                     pct(x["coverage"]),
                     pct(x["accuracy_when_answered"]),
+                    vs(x),
                 ]
                 for x in report["gates"]
             ],
@@ -675,11 +703,14 @@ def _section_robustness(report, systems, rel, figs) -> list[str]:
             ["perturbation", "what", "example"],
             [[p["name"], p["what"], f"{p['examples'][0][1]}"] for p in report["perturbations"]],
         ),
+        "\nSystems marked *spelling* correct each misspelt word before their tokenizer (one letter edit "
+        "towards a word of the training text; `src/inference/spelling.rs`, lexicon from the train split and "
+        "`data/words`).\n",
         "\nAccuracy % (and share of predictions unchanged from the clean title):\n",
         _table(
             ["system", "clean"] + [p["name"] for p in report["perturbations"]],
             [
-                [name(s), pct(s["accuracy"])]
+                [name(s) + (" *spelling*" if s.get("spelling") else ""), pct(s["accuracy"])]
                 + [f"{pct(r['accuracy'])} ({pct(r['unchanged_predictions'])})" for r in s["robustness"]]
                 for s in systems
             ],
@@ -731,7 +762,9 @@ def _section_confusion_and_reproduce(rel, figs) -> list[str]:
         "`scripts/rebuild-models.sh` rebuilds; the accurate sets come from `build/accurate-set` and "
         "`build/accurate-fp32-set` (`scripts/rebuild-accurate.sh`, `FP32=1` for the second), the earlier default "
         "from `build/minilm-ft19-set` (a copy of `models/` before the distilled set replaced it), the previous one "
-        "from `build/kd19-set` (a copy of `models/` before the robust set replaced it). The report lists "
+        "from `build/kd19-set` (a copy of `models/` before the robust set replaced it), the served and accurate sets "
+        "without spelling correction from `build/no-spelling-set` and `build/accurate-no-spelling-set` "
+        "(`scripts/without-spelling.sh`, run by the rebuild scripts). The report lists "
         "only the systems it found.\n",
     ]
 
@@ -860,7 +893,7 @@ def render(
     md += _section_paired(report, systems)
     md += _section_experts(report, systems, served, g, rel, figs)
     md += _section_control(report, systems, served, rel, figs)
-    md += _section_gates(report)
+    md += _section_gates(report, systems)
     md += _section_robustness(report, systems, rel, figs)
     pareto = fig_dir / "pareto.png"
     md += _section_cost(systems, bench, rel(pareto) if fig_pareto(systems, bench, pareto) else None)

@@ -113,10 +113,14 @@ def test_global_baselines_are_column_head_bundles_equal_to_the_softmax(tmp_path)
         "--finetune",
         "--max-steps",
         "2",
+        "--head-augment",
+        "1",
     ]
     subprocess.run(cmd, cwd=ROOT, check=True)
     g = json.loads((tmp_path / "global.json").read_text())
     classes = g["classes"]
+    frozen = g["baselines"]["global-frozen-logreg"]  # fitted on the titles and one noisy copy of each
+    assert frozen["augmented_copies_per_title"] == 1 and frozen["train_rows"] % 2 == 0
     for name in ("global-frozen-logreg", "global-finetune"):
         for split in ("val", "test"):
             assert 0.0 <= g["baselines"][name][split]["accuracy"] <= 1.0
