@@ -20,8 +20,9 @@ PY=../.venv/bin/python
 CK=../build/checkpoints
 LEXICON=build/lexicon.txt
 rm -rf build/accurate build/accurate-set
-(cd training && $PY -m moe_training lexicon build --data "../$DATA" --out ../$LEXICON \
-   --tokenizer ../models/trunks/"$(ls models/trunks | head -1)"/tokenizer.json)
+# The same lexicon as the fast set's (built from the shipped trunk's tokenizer vocabulary).
+TOKENIZER=$(ls -d models/trunks/* | head -1)/tokenizer.json
+(cd training && $PY -m moe_training lexicon build --data "../$DATA" --out ../$LEXICON --tokenizer "../$TOKENIZER")
 (cd training && $PY -m moe_training build --backbone mpnet-base --algorithms ft19-logreg --data "../$DATA" \
    --out ../build/accurate --checkpoints $CK)
 (cd training && $PY -m moe_training lexicon attach ../$LEXICON ../build/accurate)
