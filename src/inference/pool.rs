@@ -61,11 +61,13 @@ impl ExecutorPool {
         spelling: Option<(&Path, &str)>,
     ) -> Result<Arc<TokenizerHandle>> {
         let key = (sha256.to_string(), spelling.map(|(_, h)| h.to_lowercase()).unwrap_or_default(), max_len);
-        if let Some(t) = lock(&self.tokenizers).get(&key).and_then(Weak::upgrade) {
-            return Ok(t);
-        }
+        // The lexicon first (its own map, shared across tokenizers), so that the tokenizer map is
+        // held once from lookup to insert and two loads of the same tokenizer cannot race.
         let speller = spelling.map(|(p, h)| self.speller(p, h)).transpose()?;
         let mut map = lock(&self.tokenizers);
+        if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(t);
+        }
         let t = Arc::new(TokenizerHandle::load(path, sha256, max_len, speller)?);
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(key, Arc::downgrade(&t));

@@ -41,7 +41,9 @@ impl TokenizerHandle {
 
     /// Two handles that turn every text into the same tokens.
     pub fn same_pipeline(&self, other: &TokenizerHandle) -> bool {
-        let lexicon = |t: &TokenizerHandle| t.speller.as_ref().map(|s| s.sha256.clone());
+        fn lexicon(t: &TokenizerHandle) -> Option<&str> {
+            t.speller.as_ref().map(|s| s.sha256.as_str())
+        }
         self.sha256 == other.sha256 && self.max_len == other.max_len && lexicon(self) == lexicon(other)
     }
 
