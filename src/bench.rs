@@ -17,17 +17,21 @@ use crate::{Error, Result};
 /// What `moe bench` measures.
 #[derive(Debug, Clone, Args)]
 pub struct BenchOptions {
+    /// Model root whose registry set is timed.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
     /// Texts come from this split, in file order (a fixed input set).
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Batch sizes to time, one after the other.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     pub batch: Vec<usize>,
     /// Seconds per batch size.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Texts one per line, instead of --data/--split (e.g. docs/bench/texts.txt on a host without the data).
+    /// Texts one per line, instead of --data / --split.
+    ///
+    /// E.g. docs/bench/texts.txt on a host without the data.
     #[arg(long)]
     pub texts: Option<PathBuf>,
     /// In-flight calls at once (batches overlap across graphs as in the service).

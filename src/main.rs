@@ -28,47 +28,58 @@ struct Cli {
 enum Command {
     /// Serve the experts named by the registry over HTTP.
     Serve(ServeArgs),
-    /// Evaluate one bundle on a data split: ROC, AUC, EER and its threshold, F1 (prints JSON).
+    /// Evaluate one bundle on a split: ROC, AUC, EER and its threshold, F1 (JSON).
     Eval(WithData<EvalOptions>),
     /// Write each bundle's validation EER threshold and metrics into its card.
     Calibrate(WithData<CalibrateOptions>),
     /// Keep the best calibrated candidate per class, fit the gate, write a model root.
     Select(WithData<SelectOptions>),
-    /// Score every system (served MoE, families, global baselines) on a split; writes JSON.
+    /// Score every system (served MoE, families, global baselines) on a split.
     Report(WithData<ReportOptions>),
-    /// The in-process limit: the expert set through the service's executors, no HTTP (JSON lines).
+    /// Time the expert set through the service's executors, without HTTP (JSON lines).
     Bench(WithData<BenchOptions>),
 }
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    /// Address to listen on.
     #[arg(long, env = "MOE_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on.
     #[arg(long, env = "MOE_PORT", default_value_t = 8080)]
     port: u16,
-    /// Model root: the bundles, trunks/ and the shipped registry.json (never written by the service).
+    /// Model root: the bundles, trunks/ and the shipped registry.json.
+    ///
+    /// The service never writes the shipped registry.json; uploads and training add bundles.
     #[arg(long, env = "MOE_MODELS", default_value = "models")]
     models: PathBuf,
-    /// State folder: the live registry (active set, history), seeded from the model root's
-    /// registry.json on the first start. Remove its registry.json to go back to the shipped set.
+    /// State folder: the live registry (active set, history) and the feedback log.
+    ///
+    /// Seeded from the model root's registry.json on the first start, and tied to that root (a
+    /// state seeded from another root is refused). Remove its registry.json to go back to the
+    /// shipped set.
     #[arg(long, env = "MOE_STATE", default_value = "state")]
     state: PathBuf,
-    /// Where the live registry is kept: "file" (the state folder; one process), or
-    /// etcd://host:port[,host:port...]/prefix, shared by every replica of a fleet: a change on any
-    /// replica is committed there and every replica converges to it.
+    /// Where the live registry is kept: "file" (the state folder) or etcd://HOST:PORT/P.
+    ///
+    /// "file" serves one process. etcd://host:port[,host:port...]/prefix is shared by every
+    /// replica of a fleet: a change on any replica is committed there and every replica
+    /// converges to it (docs/FLEET.md).
     #[arg(long, env = "MOE_REGISTRY", default_value = "file")]
     registry: String,
     /// This replica's name in the fleet (default: host name and port).
     #[arg(long, env = "MOE_REPLICA_ID")]
     replica_id: Option<String>,
-    /// URL where the other replicas and operators reach this one (default: http://host:port).
+    /// URL where the other replicas reach this one (default: http://HOST:PORT).
     #[arg(long, env = "MOE_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// Bearer token for the admin (mutating) routes; without it they are disabled.
     #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// A file holding the admin token (e.g. a mounted Kubernetes Secret), instead of
-    /// --admin-token; surrounding whitespace is ignored, an empty or unreadable file is an error.
+    /// A file holding the admin token (e.g. a mounted Kubernetes Secret).
+    ///
+    /// Instead of --admin-token; surrounding whitespace is ignored, an empty or unreadable file
+    /// is an error.
     #[arg(long, env = "MOE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -94,12 +105,14 @@ struct EvalOptions {
     /// Bundle folder name under the model root.
     #[arg(long)]
     bundle: String,
+    /// Split to evaluate on.
     #[arg(long, default_value = "val")]
     split: String,
 }
 
 #[derive(Debug, Args)]
 struct CalibrateOptions {
+    /// Model root whose bundles' cards are calibrated.
     #[arg(long, default_value = "models")]
     models: PathBuf,
     /// Bundles to calibrate (default: every bundle folder in the model root).
@@ -245,4 +258,31 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand's and flag's `-h` line is one short sentence: details follow a blank `///`
+    /// line and show only in `--help`.
+    #[test]
+    fn help_fits_a_terminal() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut bad = Vec::new();
+        let mut check = |what: String, help: Option<String>| match help {
+            None => bad.push(format!("{what}: no help")),
+            Some(h) if h.len() > 80 || h.contains('\n') => bad.push(format!("{what} ({} chars): {h}", h.len())),
+            Some(_) => {}
+        };
+        for sub in cli.get_subcommands() {
+            check(format!("moe {}", sub.get_name()), sub.get_about().map(|s| s.to_string()));
+            for a in sub.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                check(format!("moe {} --{}", sub.get_name(), a.get_id()), a.get_help().map(|s| s.to_string()));
+            }
+        }
+        assert!(bad.is_empty(), "help lines to shorten:\n{}", bad.join("\n"));
+    }
 }

@@ -8,15 +8,18 @@ use crate::{Error, Result};
 
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Labelled CSV (header row); the default is the repository's own copy (data/README.md).
+    /// Labelled CSV with a header row (default: the repository's copy, data/README.md).
     #[arg(long, env = "MOE_DATA", default_value = "data/wikihow19_titles.csv")]
     pub data: PathBuf,
+    /// Column holding the texts.
     #[arg(long, default_value = "title")]
     pub text_col: String,
+    /// Column holding each text's class.
     #[arg(long, default_value = "label")]
     pub label_col: String,
-    /// Split column (train/val/test). A CSV without one: let the trainer write one first
-    /// (`python -m moe_training split`).
+    /// Column holding each row's split (train / val / test).
+    ///
+    /// A CSV without one: let the trainer write one first (`python -m moe_training split`).
     #[arg(long, default_value = "split")]
     pub split_col: String,
 }

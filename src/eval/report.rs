@@ -25,11 +25,13 @@ use crate::{Error, Result};
 /// What `moe report` compares and where it writes.
 #[derive(Debug, Clone, Args)]
 pub struct ReportOptions {
-    /// The served model root: its registry is "the served MoE"; its other bundles form families.
+    /// The served model root: its registry is "the served MoE", its bundles families.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
-    /// More model roots, skipped when absent: their registries are more MoE systems and their
-    /// bundles more algorithm families (the candidate pool `scripts/rebuild-models.sh` builds).
+    /// More model roots (skipped when absent): more MoE systems and algorithm families.
+    ///
+    /// Their registries are more MoE systems and their bundles more algorithm families (the
+    /// candidate pool `scripts/rebuild-models.sh` builds).
     #[arg(
         long,
         value_delimiter = ',',
@@ -42,6 +44,7 @@ pub struct ReportOptions {
     /// Multi-label rows: this split, with every label `|`-separated in --all-labels-col.
     #[arg(long, default_value = "ambiguous")]
     pub ambiguous_split: String,
+    /// Column of the multi-label rows holding every label, `|`-separated.
     #[arg(long, default_value = "all_labels")]
     pub all_labels_col: String,
     /// Seed of the robustness perturbations.

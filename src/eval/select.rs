@@ -26,7 +26,7 @@ pub struct SelectOptions {
     /// Model root holding calibrated candidate bundles.
     #[arg(long)]
     pub candidates: PathBuf,
-    /// Model root to write (selected bundles, their trunks, registry.json, selection.json).
+    /// Model root to write: selected bundles, trunks, registry.json, selection.json.
     #[arg(long, default_value = "models")]
     pub out: PathBuf,
     /// Validation metric the candidates of a class are ranked by.

@@ -3,6 +3,11 @@
 //! Two copies with one format: the model root's `registry.json` is the shipped default (written by
 //! `moe select`, tracked in git, never written by the service); the state folder's is the live
 //! one, seeded from the shipped one on the first start and rewritten atomically on every change.
+//!
+//! Invariant: a live registry in a state folder serves only the model root it was seeded from
+//! (`seeded_root`, the root's canonical path): started on another root it is refused with what to
+//! do, never served against bundles it did not name (a copy of the root whose shipped registry is
+//! byte-identical to the seed counts as the same root).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +34,9 @@ pub struct RegistryFile {
     /// In a live registry: SHA-256 of the shipped registry it was seeded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeded_from: Option<String>,
+    /// In a state folder's live registry: the canonical path of the model root it was seeded from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_root: Option<String>,
     /// In a shared (etcd) registry: when the writing replica committed this document, in Unix
     /// milliseconds (replicas measure their convergence time from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +73,7 @@ impl RegistryFile {
             gate: GateSpec::default(),
             history: BTreeMap::new(),
             seeded_from: None,
+            seeded_root: None,
             committed_ms: None,
         }
     }
@@ -79,21 +88,47 @@ impl RegistryFile {
             std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
             tracing::warn!(path = %stale.display(), "removed the temp file of an interrupted registry write");
         }
+        let root = models.canonicalize().map_err(|e| Error::io(models, e))?.display().to_string();
         if Self::path(state).is_file() {
             let reg = Self::read(state)?;
             let shipped_hash = std::fs::read(&shipped).ok().map(|b| hex::encode(Sha256::digest(&b)));
             if shipped_hash.is_some() && reg.seeded_from != shipped_hash {
+                reg.check_root(state, models, &root)?;
                 tracing::warn!(state = %Self::path(state).display(), shipped = %shipped.display(),
                     "the shipped registry changed since the state was seeded; serving the state \
                      (remove the state registry to start from the shipped one)");
             }
             return Ok(reg);
         }
-        let reg = Self::seed(models)?;
+        let mut reg = Self::seed(models)?;
+        reg.seeded_root = Some(root);
         std::fs::create_dir_all(state).map_err(|e| Error::io(state, e))?;
         reg.write(state)?;
         tracing::info!(from = %shipped.display(), to = %Self::path(state).display(), "live registry seeded");
         Ok(reg)
+    }
+
+    /// A live registry whose seed differs from `models`' shipped registry must have been seeded
+    /// from this root (`root`: its canonical path); one from before roots were recorded must at
+    /// least name only bundles this root has.
+    fn check_root(&self, state: &Path, models: &Path, root: &str) -> Result<()> {
+        let refuse = |why: String| Error::InvalidRegistry {
+            path: Self::path(state),
+            reason: format!(
+                "{why}: give this model root a state folder of its own (--state / MOE_STATE), or remove {} \
+                 to seed it from {}",
+                Self::path(state).display(),
+                Self::path(models).display()
+            ),
+        };
+        match &self.seeded_root {
+            Some(seeded) if seeded != root => Err(refuse(format!("seeded from the model root {seeded}, not {root}"))),
+            Some(_) => Ok(()),
+            None => match self.experts.values().find(|b| !models.join(b).is_dir()) {
+                Some(missing) => Err(refuse(format!("names bundle {missing:?}, which {root} does not hold"))),
+                None => Ok(()),
+            },
+        }
     }
 
     /// The shipped registry of `models`, marked with its SHA-256 as the seed of a live registry
@@ -184,6 +219,57 @@ mod tests {
         assert!(!state.join(".registry.json.tmp").exists());
         // ... and the shipped file is byte-for-byte what it was.
         assert_eq!(std::fs::read(RegistryFile::path(&models)).unwrap(), before);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    fn root_with(base: &Path, name: &str, experts: &[(&str, &str)]) -> PathBuf {
+        let root = base.join(name);
+        let reg = RegistryFile {
+            experts: experts.iter().map(|(c, b)| (c.to_string(), b.to_string())).collect(),
+            ..RegistryFile::empty()
+        };
+        for (_, b) in experts {
+            std::fs::create_dir_all(root.join(b)).unwrap();
+        }
+        reg.write(&root).unwrap();
+        root
+    }
+
+    #[test]
+    fn a_state_never_serves_another_model_root() {
+        let base = std::env::temp_dir().join(format!("moe-reg-roots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let state = base.join("state");
+        let a = root_with(&base, "a", &[("Travel", "travel--a")]);
+        let seeded = RegistryFile::open_state(&state, &a).unwrap();
+        assert_eq!(seeded.seeded_root.as_deref(), Some(a.canonicalize().unwrap().to_str().unwrap()));
+        // Root b also holds a's bundle (it would have served a's experts) and root c does not (it
+        // would have died with "cannot open"): both are refused with what to do, naming both roots.
+        let b = root_with(&base, "b", &[("Travel", "travel--a"), ("Food", "food--b")]);
+        let c = root_with(&base, "c", &[("Food", "food--c")]);
+        for other in [&b, &c] {
+            let e = RegistryFile::open_state(&state, other).unwrap_err();
+            assert!(matches!(e, Error::InvalidRegistry { .. }), "{e}");
+            let m = e.to_string();
+            assert!(m.contains("seeded from the model root") && m.contains("--state"), "{m}");
+            assert!(m.contains(other.canonicalize().unwrap().to_str().unwrap()), "{m}");
+        }
+        // A copy of a whose shipped registry is the same bytes is the same set: served.
+        let copy = root_with(&base, "copy", &[("Travel", "travel--a")]);
+        assert_eq!(RegistryFile::open_state(&state, &copy).unwrap().experts["Travel"], "travel--a");
+        // A state from before roots were recorded: served while this root holds its bundles.
+        let mut legacy = RegistryFile::read(&state).unwrap();
+        legacy.seeded_root = None;
+        legacy.write(&state).unwrap();
+        assert!(RegistryFile::open_state(&state, &b).is_ok());
+        let m = RegistryFile::open_state(&state, &c).unwrap_err().to_string();
+        assert!(m.contains("names bundle \"travel--a\""), "{m}");
+        // Its own root, with a changed shipped registry, is still served (with a warning).
+        root_with(&base, "a", &[("Travel", "travel--a"), ("Food", "food--a")]);
+        let mut own = RegistryFile::read(&state).unwrap();
+        own.seeded_root = Some(a.canonicalize().unwrap().display().to_string());
+        own.write(&state).unwrap();
+        assert_eq!(RegistryFile::open_state(&state, &a).unwrap().experts.len(), 1);
         std::fs::remove_dir_all(base).unwrap();
     }
 }
