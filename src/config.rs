@@ -128,6 +128,12 @@ pub struct Limits {
     /// Longest wait for the next frame of a request body, in ms (408 after it).
     #[arg(long, env = "MOE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
+    /// Longest time to receive a whole request body, in ms (408 after it).
+    ///
+    /// Counted from the request head; a client that trickles a byte now and then is cut off
+    /// here. Uploads of --max-upload-bytes need that size over this time as bandwidth.
+    #[arg(long, env = "MOE_BODY_DEADLINE_MS", default_value_t = 60_000)]
+    pub body_deadline_ms: u64,
     /// Most texts being classified at once, over all requests (503 above).
     ///
     /// A request that would go over is refused at once (503 with Retry-After), before any
@@ -158,9 +164,18 @@ impl Default for Limits {
 /// Connection hygiene of the server (see `http::server`).
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
-    /// Most connections open at once; one more is answered 503 and closed.
+    /// Most connections open at once; when full, an idle one is closed for a new one.
+    ///
+    /// A connection is idle while no request of it is being served (before its first request
+    /// head, between keep-alive requests). With none idle, the new connection is answered 503
+    /// and closed.
     #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no cap; 503 above).
+    ///
+    /// Behind a proxy or load balancer every request comes from its address: raise it or set 0.
+    #[arg(long, env = "MOE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128)]
+    pub max_connections_per_client: usize,
     /// Deadline for a request's headers, in ms (the connection is closed after it).
     ///
     /// Also the longest a keep-alive connection may sit idle.

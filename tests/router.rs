@@ -208,6 +208,15 @@ async fn experts_are_listed_with_their_cards() {
     assert_eq!(one["bundle"], "travel--tokenbag");
 }
 
+/// openapi.yaml lists every history action the service records.
+#[test]
+fn openapi_lists_every_history_action() {
+    let text = std::fs::read_to_string(common::repo().join("openapi.yaml")).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with("action: {type: string, enum: [")).unwrap();
+    let listed: Vec<&str> = line.split('[').nth(1).unwrap().split(']').next().unwrap().split(", ").collect();
+    assert_eq!(listed, moe::experts::registry::ACTIONS);
+}
+
 /// openapi.yaml documents exactly the routes the router serves, and each one answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_matches_the_router() {

@@ -452,6 +452,28 @@ fn pax_bomb(dir: &str, entries: usize, bytes_each: usize) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
+/// An archive with one file under a folder name of any length (GNU long names).
+fn long_archive(dir: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("{dir}/{name}"), bytes.as_slice()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// The bundle's files with its card edited.
+fn with_card(files: &[(&'static str, Vec<u8>)], f: impl FnOnce(&mut Value)) -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = files.to_vec();
+    let mut card: Value = serde_json::from_slice(&files[0].1).unwrap();
+    f(&mut card);
+    files[0].1 = serde_json::to_vec(&card).unwrap();
+    files
+}
+
 fn bundle_files(root: &std::path::Path, bundle: &str) -> Vec<(&'static str, Vec<u8>)> {
     ["card.json", "model.onnx", "tokenizer.json"]
         .iter()
@@ -485,6 +507,14 @@ async fn uploaded_archives_are_checked_then_swapped_in() {
         ("wrong class", archive("up4", &health, None), 422),
         ("exists", archive("travel--tokenbag", &files, None), 409),
         ("too large", vec![0u8; 5 << 20], 413),
+        // Names the start-up sweep would take for its own, or that no file system holds.
+        ("temp prefix", archive(".upload-evil", &files, None), 422),
+        ("hidden", archive(".travel", &files, None), 422),
+        ("300-character name", long_archive(&"t".repeat(300), &files), 422),
+        ("trailing garbage", [archive("up7", &files, None), b"garbage".to_vec()].concat(), 422),
+        ("no self-test", archive("up8", &with_card(&files, |c| c["selftest"] = json!([])), None), 422),
+        ("huge version", archive("up9", &with_card(&files, |c| c["version"] = "v".repeat(100_000).into()), None), 422),
+        ("control in version", archive("up10", &with_card(&files, |c| c["version"] = "v1\u{7}".into()), None), 422),
     ];
     for (what, body, status) in cases {
         let res = upload(body).await.unwrap();
@@ -492,9 +522,12 @@ async fn uploaded_archives_are_checked_then_swapped_in() {
         let v: Value = res.json().await.unwrap();
         assert_eq!(s, status, "{what}: {v}");
         assert!(v["error"]["code"].is_string(), "{what}: {v}");
+        if status == 413 {
+            assert!(v["error"]["message"].as_str().unwrap().contains("--max-upload-bytes"), "{what}: {v}");
+        }
         assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag", "{what} changed the expert");
     }
-    for gone in ["up3", "up4", "escape"] {
+    for gone in ["up3", "up4", "escape", ".upload-evil", ".travel", "up7", "up8", "up9", "up10"] {
         assert!(!root.join(gone).exists(), "a refused upload left {gone} behind");
     }
     assert!(
@@ -542,6 +575,12 @@ fn leftovers_of_interrupted_uploads_are_removed_at_start() {
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert!(!root.join(".upload-123-0").exists() && !root.join(".upload-123-1.tar.gz").exists());
     assert!(root.join("travel--tokenbag/card.json").is_file(), "bundles are untouched");
+    // Only names an upload makes are swept: a folder of another name stays (and a bundle cannot
+    // be named so: names starting with '.' are refused).
+    std::fs::create_dir_all(root.join(".upload-evil")).unwrap();
+    std::fs::create_dir_all(root.join(".upload-1-2-3")).unwrap();
+    assert!(moe::control::upload::remove_leftovers(&root).unwrap().is_empty());
+    assert!(root.join(".upload-evil").is_dir() && root.join(".upload-1-2-3").is_dir());
     assert!(root.join("registry.json").is_file());
     std::fs::remove_dir_all(root).unwrap();
 }
@@ -561,5 +600,64 @@ async fn history_is_bounded_per_class() {
     // Rollback still works with what is kept.
     moe::control::swap::rollback(&core, "Travel").await.unwrap();
     assert_eq!(core.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// Two uploads of the same new bundle at once, one of which fails its guard: the failing one never
+/// removes the folder the other is loading (it did in 8 of 120 rounds before uploads of one name
+/// were serialised). After the attempts, the root restarts cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_of_one_bundle_never_remove_each_others_folder() {
+    let root = common::copy_root(&common::fixture_models(), "swap-upload-race");
+    let files = bundle_files(&root, "travel--tokenbag-b");
+    let core = common::loaded_core_in(&root, "upload-race", Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let upload = |query: &'static str, body: Vec<u8>| {
+        c.put(format!("{base}/experts/Travel{query}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/gzip")
+            .body(body)
+            .send()
+    };
+    for i in 0..12 {
+        let a = archive(&format!("travel--race-{i}"), &files, None);
+        let (failing, good) = tokio::join!(upload("?expected_version=nope", a.clone()), upload("", a));
+        let (failing, good) = (failing.unwrap(), good.unwrap());
+        assert_eq!(failing.status().as_u16(), 409, "round {i}");
+        let status = good.status().as_u16();
+        assert_eq!(status, 200, "round {i}: {}", good.text().await.unwrap());
+        assert!(root.join(format!("travel--race-{i}/card.json")).is_file(), "round {i}: the installed bundle is gone");
+    }
+    // A restart of the root (sweep, then load the live registry) serves what was installed last.
+    assert!(moe::control::upload::remove_leftovers(&root).unwrap().is_empty());
+    let again = common::loaded_core_in(&root, "upload-race", Limits::default()).await;
+    assert_eq!(again.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--race-11");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// Class names that cannot be classes are refused before any work: too long, hidden, blank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_cannot_be_classes_are_refused_at_once() {
+    let root = common::copy_root(&common::fixture_models(), "swap-class-names");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let long = "C".repeat(300);
+    for class in [long.as_str(), ".upload-x", "%20Travel"] {
+        let (s, v) = put(&c, &base, class, json!({"bundle": "travel--tokenbag"}), Some(TOKEN)).await;
+        assert_eq!(s, 400, "PUT {class}: {v}");
+        let res = c
+            .post(format!("{base}/experts/{class}/train"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"positives": ["a b", "c d", "e f", "g h", "i j"]}))
+            .send()
+            .await
+            .unwrap();
+        let s = res.status().as_u16();
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(s, 400, "train {class}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    }
     std::fs::remove_dir_all(root).unwrap();
 }

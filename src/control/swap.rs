@@ -123,6 +123,7 @@ pub async fn promote(core: &Arc<Core>, class: &str, expert: Arc<Expert>) -> Resu
 /// A swap recorded in the history under `action` ("swap", "select", "promote").
 pub async fn swap_as(core: &Arc<Core>, class: &str, req: Swap, action: &'static str) -> Result<SwapOutcome> {
     let started = Instant::now();
+    crate::experts::card::check_class(class).map_err(Error::BadRequest)?;
     let _guard = core.lock_class(class)?;
     // expected_version is checked by the commit, against the registry it writes (the latest one).
     let active = core.snapshot()?.get(class).cloned();

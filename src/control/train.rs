@@ -106,6 +106,7 @@ pub async fn start(
     class: &str,
     req: TrainRequest,
 ) -> Result<crate::control::jobs::Job> {
+    crate::experts::card::check_class(class).map_err(Error::BadRequest)?;
     check_name(&slug(class)).map_err(|e| Error::BadRequest(format!("class {class:?} cannot name a bundle: {e}")))?;
     let set = core.snapshot()?;
     if req.mode == Mode::Shadow && set.get(class).is_none() {

@@ -9,13 +9,16 @@
 //! into place and swapped in like any bundle; a bundle that fails validation is removed again, and
 //! every temporary file or folder is removed on every path. A re-upload of a bundle that is already
 //! in the model root with the same files is accepted (a retry after a crash between unpacking and
-//! the registry write); with different files it is a conflict. `remove_leftovers` clears what a
-//! killed process left behind, at start-up.
+//! the registry write); with different files it is a conflict. Uploads of one bundle name run one
+//! at a time, so a failed one never removes a folder another is loading. `remove_leftovers` clears
+//! what a killed process left behind, at start-up: only names this module makes
+//! (`.upload-<pid>-<n>[suffix]`), never a bundle (bundle names cannot start with `.`).
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::swap::{Swap, SwapOutcome, swap};
@@ -41,6 +44,18 @@ fn bad(reason: impl Into<String>) -> Error {
 pub fn temp_path(root: &Path, suffix: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     root.join(format!("{TEMP_PREFIX}{}-{}{suffix}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// The suffixes `temp_path` is called with, so that the sweep knows every name it made.
+const TEMP_SUFFIXES: &[&str] = &["", ".tar.gz", "-train"];
+
+/// Whether `name` is one of `temp_path`'s names: `.upload-<digits>-<digits><suffix>`.
+fn made_here(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else { return false };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    TEMP_SUFFIXES.iter().any(|suffix| {
+        rest.strip_suffix(suffix).and_then(|r| r.split_once('-')).is_some_and(|(pid, n)| digits(pid) && digits(n))
+    })
 }
 
 /// An archive being received: a temporary file in the model root, removed when dropped.
@@ -116,8 +131,9 @@ fn entry_place(path: &Path, is_dir: bool, is_file: bool) -> Result<(String, Opti
 /// Unpack the archive into `staging/<bundle>`; returns the bundle's folder name.
 fn unpack_into(archive: &Path, staging: &Path, limit: u64) -> Result<String> {
     let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    // bufread's decoder reads no byte past its gzip member: what is left is trailing data.
     let reader = Deadline {
-        inner: flate2::read::GzDecoder::new(file),
+        inner: flate2::bufread::GzDecoder::new(BufReader::new(file)),
         until: Instant::now() + Duration::from_secs(MAX_SECONDS),
     };
     let mut tar = tar::Archive::new(reader);
@@ -151,7 +167,24 @@ fn unpack_into(archive: &Path, staging: &Path, limit: u64) -> Result<String> {
             return Err(bad(format!("unpacks to more than {limit} bytes")));
         }
     }
-    name.ok_or_else(|| bad("the archive is empty"))
+    let name = name.ok_or_else(|| bad("the archive is empty"))?;
+    // After the tar's end: only its zero padding, then the end of the gzip member and of the file.
+    let mut rest = tar.into_inner();
+    let mut pad = [0u8; 8192];
+    loop {
+        let n = rest.read(&mut pad).map_err(|e| bad(format!("not a .tar.gz: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if pad[..n].iter().any(|&b| b != 0) {
+            return Err(bad("data after the end of the tar archive"));
+        }
+    }
+    let mut file = rest.inner.into_inner();
+    if !file.fill_buf().map_err(|e| Error::io(archive, e))?.is_empty() {
+        return Err(bad("data after the end of the gzip stream"));
+    }
+    Ok(name)
 }
 
 /// Whether two bundle folders hold the same files with the same bytes.
@@ -177,27 +210,65 @@ fn same_files(a: &Path, b: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name
-/// and whether that bundle was already in the model root with the same files.
-pub fn unpack(root: &Path, archive: &Path) -> Result<(String, bool)> {
+/// An archive unpacked into a staging folder of the model root (removed when dropped).
+pub struct Staged {
+    staging: PathBuf,
+    pub name: String,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Unpack a received archive into a staging folder of the model root (blocking).
+pub fn stage(root: &Path, archive: &Path) -> Result<Staged> {
     let size = std::fs::metadata(archive).map_err(|e| Error::io(archive, e))?.len();
     let limit = (size * MAX_EXPANSION).min(4 << 30);
     let staging = temp_path(root, "");
     std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
-    let result = unpack_into(archive, &staging, limit).and_then(|name| {
-        let target = root.join(&name);
-        if target.exists() {
-            if same_files(&staging.join(&name), &target)? {
-                tracing::info!(bundle = %name, "uploaded bundle is already in the model root with the same files");
-                return Ok((name, true));
-            }
-            return Err(Error::Conflict(format!("a different bundle named {name:?} already exists in the model root")));
+    match unpack_into(archive, &staging, limit) {
+        Ok(name) => Ok(Staged { staging, name }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
         }
-        std::fs::rename(staging.join(&name), &target).map_err(|e| Error::io(&target, e))?;
-        Ok((name, false))
-    });
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    }
+}
+
+/// Move a staged bundle to `<root>/<bundle>` (blocking); true when that bundle was already in the
+/// model root with the same files (nothing moved).
+pub fn place(root: &Path, staged: &Staged) -> Result<bool> {
+    let (name, target) = (&staged.name, root.join(&staged.name));
+    if target.exists() {
+        if same_files(&staged.staging.join(name), &target)? {
+            tracing::info!(bundle = %name, "uploaded bundle is already in the model root with the same files");
+            return Ok(true);
+        }
+        return Err(Error::Conflict(format!("a different bundle named {name:?} already exists in the model root")));
+    }
+    std::fs::rename(staged.staging.join(name), &target).map_err(|e| Error::io(&target, e))?;
+    Ok(false)
+}
+
+/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name
+/// and whether that bundle was already in the model root with the same files.
+pub fn unpack(root: &Path, archive: &Path) -> Result<(String, bool)> {
+    let staged = stage(root, archive)?;
+    let existed = place(root, &staged)?;
+    Ok((staged.name.clone(), existed))
+}
+
+/// One lock per bundle name being uploaded: a second upload of the same name waits for the first
+/// to be installed or removed.
+fn name_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = locks.get_or_insert_with(HashMap::new);
+    // Forget the locks nobody holds or waits for (only the map refers to them).
+    map.retain(|_, l| Arc::strong_count(l) > 1);
+    map.entry(name.to_string()).or_default().clone()
 }
 
 /// Remove what interrupted uploads left in the model root (`.upload-*` files and folders); returns
@@ -209,6 +280,10 @@ pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         let p = e.path();
+        if !made_here(&e.file_name().to_string_lossy()) {
+            tracing::warn!(path = %p.display(), "left in place: not a name an upload makes");
+            continue;
+        }
         let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         r.map_err(|err| Error::io(&p, err))?;
         tracing::warn!(path = %p.display(), "removed the leftover of an interrupted upload");
@@ -220,11 +295,19 @@ pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
 /// Unpack a received archive into the model root and swap it in; a bundle this upload added and
 /// that fails is removed again (blocking file work runs on blocking threads).
 pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guards: Swap) -> Result<SwapOutcome> {
+    crate::experts::card::check_class(class).map_err(Error::BadRequest)?;
     let root = core.root().to_path_buf();
-    // `existed`: the bundle was there before this upload, so a failed swap must not remove it.
-    let (name, existed) = {
+    let staged = {
         let root = root.clone();
-        tokio::task::spawn_blocking(move || unpack(&root, &archive.path)).await??
+        tokio::task::spawn_blocking(move || stage(&root, &archive.path)).await??
+    };
+    let name = staged.name.clone();
+    let lock = name_lock(&name);
+    let _held = lock.lock().await;
+    // `existed`: the bundle was there before this upload, so a failed swap must not remove it.
+    let existed = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || place(&root, &staged)).await??
     };
     let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
     if result.is_err() && !existed {

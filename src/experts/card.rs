@@ -141,7 +141,7 @@ pub fn bundle_names(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name != "trunks" && e.path().join("card.json").is_file() {
+        if name != "trunks" && !name.starts_with('.') && e.path().join("card.json").is_file() {
             names.push(name);
         }
     }
@@ -163,13 +163,53 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// A bundle or trunk name: one plain path component (no `..`, no separators, no absolute path).
+/// Longest bundle or trunk folder name, in bytes (file systems stop at 255; uploads and training
+/// add prefixes and suffixes).
+pub const MAX_NAME_BYTES: usize = 200;
+/// Longest class name, in characters.
+pub const MAX_CLASS_CHARS: usize = 100;
+/// Longest bundle version, in characters.
+pub const MAX_VERSION_CHARS: usize = 128;
+
+/// A bundle or trunk name: one plain path component (no `..`, no separators, no absolute path),
+/// not hidden (names starting with `.` are the service's own temporary files), at most
+/// `MAX_NAME_BYTES`, no control characters.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let mut comps = Path::new(name).components();
-    match (comps.next(), comps.next()) {
-        (Some(Component::Normal(_)), None) if !name.contains('/') && !name.contains('\\') => Ok(()),
-        _ => Err(format!("{name:?} is not a plain folder name inside the model root")),
+    let plain = matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None))
+        && !name.contains('/')
+        && !name.contains('\\');
+    if !plain {
+        return Err(format!("{name:?} is not a plain folder name inside the model root"));
     }
+    if name.starts_with('.') {
+        return Err(format!("{name:?} starts with '.': such names are kept for the service's temporary files"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("a folder name of {} bytes is longer than {MAX_NAME_BYTES}", name.len()));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} holds a control character"));
+    }
+    Ok(())
+}
+
+/// A class name: visible text of at most `MAX_CLASS_CHARS` characters, no control characters, not
+/// starting with `.`, no surrounding whitespace.
+pub fn check_class(class: &str) -> std::result::Result<(), String> {
+    let n = class.chars().count();
+    if class.trim().is_empty() {
+        return Err("the class name is empty".into());
+    }
+    if n > MAX_CLASS_CHARS {
+        return Err(format!("a class name of {n} characters is longer than {MAX_CLASS_CHARS}"));
+    }
+    if class.trim() != class || class.starts_with('.') || class.chars().any(char::is_control) {
+        return Err(format!(
+            "class {class:?} starts with '.' or whitespace, ends with whitespace or holds a control character"
+        ));
+    }
+    Ok(())
 }
 
 /// Join `name` to `dir` and require the canonical result to stay inside `root` (no symlink escape).
@@ -210,11 +250,18 @@ impl Card {
         if self.schema != CARD_SCHEMA {
             return bad(format!("schema {} is not supported (expected {CARD_SCHEMA})", self.schema));
         }
-        if self.class.trim().is_empty() {
-            return bad("empty class".into());
-        }
+        check_class(&self.class).or_else(bad)?;
         if self.version.trim().is_empty() || self.algorithm.trim().is_empty() {
             return bad("version and algorithm must be set".into());
+        }
+        let v = self.version.chars().count();
+        if v > MAX_VERSION_CHARS || self.version.chars().any(char::is_control) {
+            return bad(format!("version: at most {MAX_VERSION_CHARS} characters, no control characters (got {v})"));
+        }
+        if self.selftest.is_empty() {
+            return bad("selftest is empty: a bundle records at least one text with its probability, which the \
+                        service checks at load"
+                .into());
         }
         if self.max_seq_len == 0 {
             return bad("max_seq_len must be > 0".into());
@@ -351,8 +398,19 @@ mod tests {
     #[test]
     fn names_must_be_plain() {
         assert!(check_name("travel--trunk-logreg").is_ok());
-        for bad in ["..", "../x", "/etc", "a/b", "", ".", "a\\b"] {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for bad in ["..", "../x", "/etc", "a/b", "", ".", "a\\b", ".upload-evil", ".hidden", "a\u{7}b", &long] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_name(&long[1..]).is_ok());
+    }
+
+    #[test]
+    fn class_names_must_be_visible_and_short() {
+        assert!(check_class("Cars & Other Vehicles").is_ok());
+        let long = "c".repeat(MAX_CLASS_CHARS + 1);
+        for bad in ["", "  ", ".upload-x", ".Travel", " Travel", "Travel ", "a\nb", "a\u{0}", &long] {
+            assert!(check_class(bad).is_err(), "{bad:?} accepted");
         }
     }
 

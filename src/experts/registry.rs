@@ -49,12 +49,16 @@ pub struct HistoryEntry {
     pub bundle: Option<String>,
     pub version: Option<String>,
     pub at: String,
-    /// "loaded", "swap", "rollback", "delete", "select"
+    /// One of `ACTIONS`.
     pub action: String,
 }
 
+/// Every history action the service records (openapi.yaml's enum; a test keeps them equal).
+pub const ACTIONS: &[&str] = &["loaded", "swap", "rollback", "delete", "select", "train"];
+
 impl HistoryEntry {
     pub fn new(bundle: Option<&str>, version: Option<&str>, action: &str) -> HistoryEntry {
+        debug_assert!(ACTIONS.contains(&action), "history action {action:?} is not in ACTIONS");
         HistoryEntry {
             bundle: bundle.map(str::to_string),
             version: version.map(str::to_string),

@@ -19,6 +19,11 @@ use serde_json::json;
 
 use crate::Error;
 
+/// The limits a body can go over, as `ApiError::PayloadTooLarge` names them.
+pub const BODY_LIMIT: &str = "the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)";
+pub const UPLOAD_LIMIT: &str = "the archive limit (--max-upload-bytes / MOE_MAX_UPLOAD_BYTES)";
+pub const TRAIN_LIMIT: &str = "the training body limit (8 MiB)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
@@ -27,9 +32,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error("request body is larger than the configured limit (--max-body-bytes / MOE_MAX_BODY_BYTES)")]
-    PayloadTooLarge,
-    #[error("the request body did not arrive in time (--body-timeout-ms / MOE_BODY_TIMEOUT_MS)")]
+    /// The body went over the limit named (`BODY_LIMIT`, `UPLOAD_LIMIT`, `TRAIN_LIMIT`).
+    #[error("request body is larger than {0}")]
+    PayloadTooLarge(&'static str),
+    #[error("the request body did not arrive in time (--body-timeout-ms between frames, --body-deadline-ms in all)")]
     RequestTimeout,
     #[error("missing or wrong bearer token")]
     Unauthorized,
@@ -52,7 +58,7 @@ impl ApiError {
         let e = match self {
             ApiError::UnsupportedMediaType(_) => return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::MethodNotAllowed => return (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::PayloadTooLarge => return (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unauthorized => return (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RequestTimeout => return (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::AdminDisabled => return (StatusCode::FORBIDDEN, "admin_disabled"),
@@ -156,26 +162,13 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
-/// Whether a body error came from the body timeout (tower-http's TimeoutError, found by its text:
-/// axum boxes it away from its type).
-pub fn is_body_timeout(e: &dyn std::error::Error) -> bool {
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    while let Some(x) = cur {
-        if x.to_string().contains("designated timeout") {
-            return true;
-        }
-        cur = x.source();
-    }
-    false
-}
-
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        if is_body_timeout(&r) {
+        if super::deadline::is_body_timeout(&r) {
             return ApiError::RequestTimeout;
         }
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(BODY_LIMIT),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
             }

@@ -18,7 +18,7 @@ use super::dto::{
     FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, TrainQuery,
     UploadQuery,
 };
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Object};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BODY_LIMIT, Object, TRAIN_LIMIT, UPLOAD_LIMIT};
 use crate::Error;
 use crate::control::fleet::FleetStatus;
 use crate::control::swap::Swap;
@@ -84,7 +84,8 @@ pub async fn swap_expert(
         let guards = Swap { expected_version: q.expected_version, ..Default::default() };
         upload::swap_archive(&s.core, &class, archive, guards).await?
     } else if ct.starts_with("application/json") {
-        let bytes = axum::body::to_bytes(body, s.core.limits.max_body_bytes).await.map_err(body_error)?;
+        let bytes =
+            axum::body::to_bytes(body, s.core.limits.max_body_bytes).await.map_err(|e| body_error(e, BODY_LIMIT))?;
         swap::swap(&s.core, &class, Object::<SwapBody>::from_slice(&bytes)?.validate()?).await?
     } else {
         return Err(ApiError::UnsupportedMediaType(
@@ -95,13 +96,13 @@ pub async fn swap_expert(
 }
 
 /// 413 when a body went over its limit, 400 when it could not be read.
-fn body_error(e: axum::Error) -> ApiError {
-    if super::error::is_body_timeout(&e) {
+fn body_error(e: axum::Error, limit: &'static str) -> ApiError {
+    if super::deadline::is_body_timeout(&e) {
         return ApiError::RequestTimeout;
     }
     // axum wraps http-body-util's LengthLimitError; its type is not public here, so it is found by name.
     if format!("{e:?}").contains("LengthLimitError") {
-        ApiError::PayloadTooLarge
+        ApiError::PayloadTooLarge(limit)
     } else {
         ApiError::bad_request(format!("cannot read the request body: {e}"))
     }
@@ -116,7 +117,7 @@ async fn receive_archive(s: &AppState, body: Body) -> ApiResult<upload::Incoming
     let mut body = body;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     loop {
-        let frame = body.frame().await.transpose().map_err(body_error)?;
+        let frame = body.frame().await.transpose().map_err(|e| body_error(e, UPLOAD_LIMIT))?;
         let done = frame.is_none();
         if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
             buf.extend_from_slice(&data);
@@ -131,7 +132,7 @@ async fn receive_archive(s: &AppState, body: Body) -> ApiResult<upload::Incoming
             .map_err(Error::from)?;
             incoming = back;
             if !ok? {
-                return Err(ApiError::PayloadTooLarge);
+                return Err(ApiError::PayloadTooLarge(UPLOAD_LIMIT));
             }
         }
         if done {
@@ -177,7 +178,7 @@ pub async fn train(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let bytes = axum::body::to_bytes(body, super::TRAIN_BODY_BYTES).await.map_err(body_error)?;
+    let bytes = axum::body::to_bytes(body, super::TRAIN_BODY_BYTES).await.map_err(|e| body_error(e, TRAIN_LIMIT))?;
     let req = if ct.starts_with("text/csv") {
         TrainBody::from_csv(&bytes, &class, q)?
     } else if ct.starts_with("application/json") {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod canned;
 pub mod console;
+pub mod deadline;
 pub mod dto;
 pub mod error;
 pub mod handlers;
@@ -22,7 +23,6 @@ use axum::middleware;
 use axum::routing::{get, post, put};
 use std::time::Duration;
 
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::control::feedback::FeedbackLog;
@@ -134,7 +134,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn app(state: AppState) -> Router {
     let limit = state.core.limits.max_body_bytes;
     let upload_limit = state.core.limits.max_upload_bytes;
-    let body_timeout = state.core.limits.body_timeout_ms.max(1);
+    let deadlines = (
+        Duration::from_millis(state.core.limits.body_timeout_ms.max(1)),
+        Duration::from_millis(state.core.limits.body_deadline_ms.max(1)),
+    );
     Router::new()
         .route("/", get(console::index))
         .route("/console.js", get(console::script))
@@ -164,7 +167,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(body_timeout)))
+        .layer(middleware::from_fn_with_state(deadlines, deadline::body_deadlines))
         .layer(middleware::from_fn(head_limits))
         .layer(middleware::from_fn(audit::audit))
         .layer(middleware::from_fn(metrics::track))

@@ -19,7 +19,7 @@ pub struct ValidClassify {
 fn visible(c: char) -> bool {
     !(c.is_whitespace()
         || c.is_control()
-        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'))
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'))
 }
 
 impl ClassifyRequest {
@@ -189,6 +189,8 @@ mod tests {
             (req(None, Some(vec!["a", "b", "c"])), "3 texts given, the limit is 2"),
             (req(Some(" \t"), None), "text 0 is empty"),
             (req(Some("\u{200B}\u{FEFF}"), None), "text 0 has no visible characters"),
+            (req(Some("\u{202E}"), None), "text 0 has no visible characters"),
+            (req(Some("\u{202A}\u{2066}\u{2069} "), None), "text 0 has no visible characters"),
             (req(None, Some(vec!["ok", "\u{0000}\u{200D} "])), "text 1 has no visible characters"),
             (req(None, Some(vec!["ok", "toolong"])), "text 1 has 7 characters, the limit is 5"),
         ] {
