@@ -47,9 +47,10 @@ fn json_body(response: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_cannot_hold_the_server() {
-    let conns = Connections { max_connections: 4, header_read_timeout_ms: 400, drain_ms: 1000 };
-    let addr = start(Limits::default(), conns).await;
-    slow_clients_are_refused_then_dropped(&addr).await;
+    let conns =
+        Connections { max_connections: 4, header_read_timeout_ms: 400, drain_ms: 1000, ..Connections::default() };
+    let addr = start(Limits { body_deadline_ms: 800, ..Limits::default() }, conns).await;
+    slow_clients_yield_or_are_refused_then_dropped(&addr).await;
 }
 
 /// The binary itself serves through the same accept loop (it did not until the fleet work: the
@@ -58,52 +59,210 @@ async fn slow_clients_cannot_hold_the_server() {
 async fn the_binary_enforces_the_connection_limits() {
     let state = common::state_dir("binary-conns");
     let root = common::fixture_models();
-    let envs: [(&str, &std::ffi::OsStr); 4] = [
+    let envs: [(&str, &std::ffi::OsStr); 5] = [
         ("MOE_MODELS", root.as_os_str()),
         ("MOE_STATE", state.as_os_str()),
         ("MOE_MAX_CONNECTIONS", "4".as_ref()),
         ("MOE_HEADER_READ_TIMEOUT_MS", "400".as_ref()),
+        ("MOE_BODY_DEADLINE_MS", "800".as_ref()),
     ];
     let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
     server.ready(Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the readiness probe's connection closes
-    slow_clients_are_refused_then_dropped(&format!("127.0.0.1:{}", server.port)).await;
+    slow_clients_yield_or_are_refused_then_dropped(&format!("127.0.0.1:{}", server.port)).await;
     drop(server);
     let _ = std::fs::remove_dir_all(state);
 }
 
-async fn slow_clients_are_refused_then_dropped(addr: &str) {
-    // Four clients hold every slot: two send nothing, two send half a request line.
-    let mut slow = Vec::new();
+/// A connection from `ip` (any 127.x address is this machine's loopback).
+async fn connect_from(ip: [u8; 4], addr: &str) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((ip, 0)))?;
+    socket.connect(addr.parse().unwrap()).await
+}
+
+/// A request head declaring a 100-byte body, then its first bytes; a task trickles one more byte
+/// every 100 ms (each frame in time, the whole body never) until the server closes the socket.
+async fn trickling(addr: &str, ip: [u8; 4]) -> Option<TcpStream> {
+    let mut s = connect_from(ip, addr).await.ok()?;
+    let head = "POST /classify HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"text\": \"";
+    s.write_all(head.as_bytes()).await.ok()?;
+    Some(s)
+}
+
+async fn trickle_until_closed(mut s: TcpStream, until: Instant) -> String {
+    let mut buf = vec![0u8; 4096];
+    let mut answer = Vec::new();
+    while Instant::now() < until {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        } else if s.write_all(b"a").await.is_err() {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+async fn classify(client: &reqwest::Client, addr: &str) -> u16 {
+    match client
+        .post(format!("http://{addr}/classify"))
+        .json(&serde_json::json!({"text": "how to pack for a trip"}))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// With 4 slots: idle connections (silent, or half a head) yield their slot to a real request;
+/// connections inside a request (a trickling body) fill the server, so the next one gets a JSON
+/// 503, until the body deadline answers them 408 and a real client is served again.
+async fn slow_clients_yield_or_are_refused_then_dropped(addr: &str) {
+    let mut idle = Vec::new();
     for i in 0..4 {
         let mut s = TcpStream::connect(addr).await.unwrap();
         if i % 2 == 1 {
             s.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Le").await.unwrap();
         }
-        slow.push(s);
+        idle.push(s);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // A fifth connection is answered at once with the JSON error shape and closed.
+    let started = Instant::now();
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(classify(&fresh, addr).await, 200, "a real request waits for no idle connection");
+    assert!(started.elapsed() < Duration::from_millis(300), "served after {:?}", started.elapsed());
+    // The oldest idle one made room; the others are closed by the header deadline.
+    assert!(read_to_close(&mut idle[0], Duration::from_millis(200)).await.is_some(), "the oldest idle stayed open");
+    for s in &mut idle[1..] {
+        assert!(read_to_close(s, Duration::from_secs(2)).await.is_some(), "an idle client was kept open");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Four requests whose bodies trickle in hold every slot: the fifth connection is refused.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let s = trickling(addr, [127, 0, 0, 1]).await.expect("connected");
+        busy.push(tokio::spawn(trickle_until_closed(s, until)));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fifth = TcpStream::connect(addr).await.unwrap();
     let answer = read_to_close(&mut fifth, Duration::from_secs(2)).await.expect("the server closes it");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "overloaded", "{answer}");
-    // The slow ones are closed by the header deadline (not held indefinitely).
-    let started = Instant::now();
-    for s in &mut slow {
-        assert!(read_to_close(s, Duration::from_secs(3)).await.is_some(), "a slow client was kept open");
+    // The body deadline (800 ms in all) ends them with a JSON 408, though every frame came in time.
+    for b in busy {
+        let answer = b.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(json_body(&answer)["error"]["code"], "request_timeout", "{answer}");
     }
-    assert!(started.elapsed() < Duration::from_secs(3));
-    // Their slots are free again: a real client is served.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let res = reqwest::Client::new()
-        .post(format!("http://{addr}/classify"))
-        .json(&serde_json::json!({"text": "how to pack for a trip"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(classify(&fresh, addr).await, 200);
+}
+
+/// The probe's attack, scaled to the test's limits: two clients hold as many connections as they
+/// can (one trickling request bodies, one idle), reconnecting whenever they are closed; real
+/// requests from a third address keep being answered (at least 95 % with 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_cannot_starve_real_requests() {
+    let conns = Connections {
+        max_connections: 64,
+        max_connections_per_client: 16,
+        header_read_timeout_ms: 2000,
+        ..Connections::default()
+    };
+    let addr = start(Limits { body_deadline_ms: 1000, ..Limits::default() }, conns).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut attackers = Vec::new();
+    for i in 0..200 {
+        let addr = addr.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut refused = 0usize;
+            while Instant::now() < until {
+                let s = if i % 2 == 0 {
+                    trickling(&addr, [127, 0, 0, 2]).await
+                } else {
+                    connect_from([127, 0, 0, 3], &addr).await.ok()
+                };
+                let Some(s) = s else { continue };
+                let answer = trickle_until_closed(s, until).await;
+                if answer.contains(" 503 ") {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            refused
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the attack is under way
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let (mut ok, mut sent) = (0, 0);
+    while sent < 200 && Instant::now() < until {
+        sent += 1;
+        if classify(&client, &addr).await == 200 {
+            ok += 1;
+        }
+    }
+    let mut refused = 0;
+    for a in attackers {
+        refused += a.await.unwrap();
+    }
+    assert!(sent >= 50, "only {sent} real requests in the attack window");
+    assert!(ok * 100 >= sent * 95, "{ok} of {sent} real requests answered 200");
+    assert!(refused > 0, "the attackers were never refused: the per-client cap did not hold");
+}
+
+/// One client address may hold at most --max-connections-per-client connections; others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_slot() {
+    let conns = Connections { max_connections: 16, max_connections_per_client: 4, ..Connections::default() };
+    let addr = start(Limits::default(), conns).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(trickling(&addr, [127, 0, 0, 4]).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = connect_from([127, 0, 0, 4], &addr).await.unwrap();
+    let answer = read_to_close(&mut fifth, Duration::from_secs(2)).await.expect("refused and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(json_body(&answer)["error"]["message"].as_str().unwrap().contains("from this client"), "{answer}");
+    assert_eq!(classify(&reqwest::Client::new(), &addr).await, 200, "another client is served");
+}
+
+/// During the shutdown drain, a request in flight finishes while new connections are answered a
+/// JSON 503 with `Connection: close` (they were accepted and then reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_during_the_drain_get_503() {
+    let state = common::state_dir("binary-drain");
+    let root = common::fixture_models();
+    let envs: [(&str, &std::ffi::OsStr); 4] = [
+        ("MOE_MODELS", root.as_os_str()),
+        ("MOE_STATE", state.as_os_str()),
+        ("MOE_SHUTDOWN_DRAIN_MS", "3000".as_ref()),
+        ("MOE_BODY_DEADLINE_MS", "1500".as_ref()),
+    ];
+    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    server.ready(Duration::from_secs(60)).await;
+    let addr = format!("127.0.0.1:{}", server.port);
+    let in_flight = trickling(&addr, [127, 0, 0, 1]).await.unwrap();
+    let in_flight = tokio::spawn(trickle_until_closed(in_flight, Instant::now() + Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = TcpStream::connect(&addr).await.expect("still accepting during the drain");
+    let answer = read_to_close(&mut late, Duration::from_secs(2)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_lowercase().contains("connection: close"), "{answer}");
+    assert!(json_body(&answer)["error"]["message"].as_str().unwrap().contains("shutting down"), "{answer}");
+    // The request in flight is answered (its body deadline: 408), not cut off.
+    let answer = in_flight.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(state);
 }
 
 /// Oversized request heads over a real socket: the parser lets them through to the router, which
@@ -134,6 +293,8 @@ async fn requests_the_parser_refuses_get_json_errors() {
         ("GET /a b c HTTP/1.1\r\nhost: x\r\n\r\n".to_string(), "400", "bad_request"),
         ("GET /healthz HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_string(), "400", "bad_request"),
         ("GET /healthz HTTP/3.7\r\n\r\n".to_string(), "400", "bad_request"),
+        ("GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n".to_string(), "400", "bad_request"),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(), "505", "http_version_not_supported"),
         (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{parser_many}\r\n"), "431", "headers_too_large"),
         (format!("GET /{huge} HTTP/1.1\r\nhost: x\r\n\r\n"), "414", "uri_too_long"),
     ] {

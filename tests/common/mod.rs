@@ -167,6 +167,12 @@ impl Server {
         Server { child, port }
     }
 
+    /// Send SIGTERM (the service drains and exits).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
