@@ -5,8 +5,8 @@
 ARG RUNTIME_BASE=debian:bookworm-slim
 
 FROM rust:1.95-bookworm AS build
-# protoc: the etcd client (shared registry) compiles etcd's protobuf definitions at build time.
-RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
+# protoc and its includes (descriptor.proto, struct.proto): the etcd client compiles etcd's protobuf definitions at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
