@@ -34,8 +34,10 @@ bind() { # SRC DST [ro]
   [ "${3:-}" = ro ] && mount -o remount,bind,ro "$2"
   return 0
 }
+CA=/etc/ssl/certs/ca-certificates.crt
 in_root() { chroot "$ROOT" /usr/bin/env HOME=/root PATH=/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo "$@"; }
+  RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo SSL_CERT_FILE="${SSL_CERT_FILE:-$CA}" \
+  PIP_CERT="${PIP_CERT:-$CA}" REQUESTS_CA_BUNDLE="${REQUESTS_CA_BUNDLE:-$CA}" "$@"; }
 
 command -v debootstrap >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
@@ -49,6 +51,7 @@ debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR" >"$WORK/debootstrap.log
 # The host's apt settings (e.g. a snapshot mirror's validity checks) and name resolution.
 cp /etc/apt/apt.conf.d/99* "$ROOT/etc/apt/apt.conf.d/" 2>/dev/null || true
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 mount -t proc proc "$ROOT/proc"
 MOUNTED+=("$ROOT/proc")
 bind /dev "$ROOT/dev"

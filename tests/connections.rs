@@ -295,6 +295,8 @@ async fn requests_the_parser_refuses_get_json_errors() {
         ("GET /healthz HTTP/3.7\r\n\r\n".to_string(), "400", "bad_request"),
         ("GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n".to_string(), "400", "bad_request"),
         ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(), "505", "http_version_not_supported"),
+        // A fragment is not part of an HTTP/1.1 target: refused before any route (it was dropped).
+        ("DELETE /experts/Travel#x HTTP/1.1\r\nhost: x\r\n\r\n".to_string(), "400", "bad_request"),
         (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{parser_many}\r\n"), "431", "headers_too_large"),
         (format!("GET /{huge} HTTP/1.1\r\nhost: x\r\n\r\n"), "414", "uri_too_long"),
     ] {
@@ -324,4 +326,62 @@ async fn a_body_that_never_comes_gets_408() {
     assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "request_timeout", "{answer}");
+}
+
+/// Read one answer (head and a content-length body) from a keep-alive connection.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+/// The fragment check reads request lines only: a body with `#` (sent after `100 Continue`) is
+/// classified as sent, and the next request on the same connection is checked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_are_refused_on_every_request_and_bodies_are_untouched() {
+    let addr = start(Limits::default(), Connections::default()).await;
+    let body = r#"{"text": "how to #pack for a #trip"}"#;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /classify HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let direct = reqwest::Client::new()
+        .post(format!("http://{addr}/classify"))
+        .body(body)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(json_body(&answer)["results"][0]["experts"], direct["results"][0]["experts"], "the body was changed");
+    s.write_all(b"GET /healthz#x HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut s, Duration::from_secs(5)).await.expect("refused and closed");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "bad_request", "{answer}");
 }

@@ -6,6 +6,12 @@
 //! that head in what hyper writes, and writes the same status with the service's JSON error body
 //! instead, so every answer the server gives has the one error shape.
 //!
+//! A request target with a `#fragment` is not valid HTTP/1.1 (RFC 9112 3.2), and the URI parser
+//! would drop the fragment silently (`DELETE /experts/Travel#x` deleted Travel): the wrapper
+//! watches the request line of each request it reads (the first bytes of a connection and the
+//! first read after each final answer) and turns a `#` in its target into a byte the parser
+//! refuses, so such a request gets the JSON 400 below and nothing is routed.
+//!
 //! Invariants: only a write that is *one whole canned head* is replaced (status line 400 / 414 /
 //! 431, no header but those three, length 0): every answer of the router carries a content type
 //! and so never matches, and any other write passes through byte for byte. The replacement is
@@ -22,6 +28,8 @@ use super::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES};
 /// A socket whose protocol-error answers from hyper carry the JSON error shape.
 pub struct JsonProtocolErrors<S> {
     inner: S,
+    /// Where the reader is in the current request line.
+    line: Line,
     /// A replacement answer and how much of it is written.
     pending: Vec<u8>,
     sent: usize,
@@ -29,8 +37,46 @@ pub struct JsonProtocolErrors<S> {
 
 impl<S> JsonProtocolErrors<S> {
     pub fn new(inner: S) -> Self {
-        JsonProtocolErrors { inner, pending: Vec::new(), sent: 0 }
+        JsonProtocolErrors { inner, line: Line::Method, pending: Vec::new(), sent: 0 }
     }
+}
+
+/// The part of a request line the next byte read belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Line {
+    Method,
+    Target,
+    /// Past the target: the rest of the head and the body are never changed.
+    Done,
+}
+
+/// A byte the HTTP/1 parser refuses in a request target (DEL).
+const REFUSED: u8 = 0x7f;
+
+impl Line {
+    /// Scan freshly read bytes: a `#` in the target becomes `REFUSED`.
+    fn scan(mut self, bytes: &mut [u8]) -> Line {
+        for b in bytes {
+            self = match (self, *b) {
+                (Line::Done, _) => return Line::Done,
+                (Line::Method, b' ') => Line::Target,
+                (Line::Method, b'\r' | b'\n') => Line::Done,
+                (Line::Target, b' ' | b'\r' | b'\n') => Line::Done,
+                (Line::Target, b'#') => {
+                    *b = REFUSED;
+                    Line::Target
+                }
+                (state, _) => state,
+            };
+        }
+        self
+    }
+}
+
+/// Whether a write is an answer after which the next read starts a request (not an interim
+/// `100 Continue`, after which the body follows).
+fn ends_an_exchange(buf: &[u8]) -> bool {
+    !buf.starts_with(b"HTTP/1.1 100 ")
 }
 
 /// The status, code and message for a write that is exactly one of hyper's canned heads.
@@ -122,7 +168,13 @@ impl<S: AsyncWrite + Unpin> JsonProtocolErrors<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for JsonProtocolErrors<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.line != Line::Done {
+            this.line = this.line.scan(&mut buf.filled_mut()[before..]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -132,6 +184,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonProtocolErrors<S> {
         ready!(this.poll_pending(cx))?;
         if let Some(done) = this.intercept(cx, buf) {
             return done;
+        }
+        if ends_an_exchange(buf) {
+            this.line = Line::Method;
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -149,6 +204,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonProtocolErrors<S> {
             && let Some(done) = this.intercept(cx, only)
         {
             return done;
+        }
+        if bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| ends_an_exchange(b)) {
+            this.line = Line::Method;
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
@@ -173,6 +231,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonProtocolErrors<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fragment_in_the_target_is_made_unparseable_and_nothing_else_changes() {
+        let mut req = b"DELETE /experts/Travel#x HTTP/1.1\r\nHost: a#b\r\n\r\n{\"text\": \"#tag\"}".to_vec();
+        assert_eq!(Line::Method.scan(&mut req), Line::Done);
+        assert_eq!(&req[..25], b"DELETE /experts/Travel\x7fx ");
+        assert!(req.ends_with(b"Host: a#b\r\n\r\n{\"text\": \"#tag\"}"));
+        // A request line split across reads is followed across them.
+        let (mut a, mut b) = (b"GET /x".to_vec(), b"#y HTTP/1.1\r\n".to_vec());
+        let state = Line::Method.scan(&mut a);
+        assert_eq!(state, Line::Target);
+        assert_eq!(state.scan(&mut b), Line::Done);
+        assert_eq!(b[0], REFUSED);
+        assert!(!ends_an_exchange(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(ends_an_exchange(b"HTTP/1.1 200 OK\r\n"));
+    }
 
     #[test]
     fn only_whole_canned_heads_are_replaced() {

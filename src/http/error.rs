@@ -3,6 +3,9 @@
 //! (media type, body size, authentication, routing) to the library's `Error`, whose causes it
 //! keeps.
 
+use std::path::Path;
+use std::sync::RwLock;
+
 use axum::Json;
 use std::fmt;
 use std::marker::PhantomData;
@@ -90,9 +93,38 @@ impl ApiError {
     }
 }
 
-/// The message with its chain of causes (see `crate::error::chain`).
+/// This server's folders (model roots, state folders; absolute and canonical forms) and the name
+/// error messages show instead: a client learns which bundle or file failed, not where the server
+/// keeps it. Every `AppState` adds its own (one in a server; many in a test process).
+static HIDDEN: RwLock<Vec<(String, &'static str)>> = RwLock::new(Vec::new());
+
+/// Show `models` as `<models>` and `state` as `<state>` in every error message.
+pub fn hide_paths(models: &Path, state: &Path) {
+    let mut hidden = HIDDEN.write().unwrap_or_else(|e| e.into_inner());
+    for (p, name) in [(models, "<models>"), (state, "<state>")] {
+        for form in [std::path::absolute(p).ok(), p.canonicalize().ok()].into_iter().flatten() {
+            let form = form.display().to_string();
+            if form.len() > 1 && !hidden.iter().any(|(x, _)| *x == form) {
+                hidden.push((form, name));
+            }
+        }
+    }
+    // Longest first: a folder inside another is replaced whole.
+    hidden.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+}
+
+fn redact(mut message: String, hidden: &[(String, &'static str)]) -> String {
+    for (path, name) in hidden {
+        if message.contains(path.as_str()) {
+            message = message.replace(path.as_str(), name);
+        }
+    }
+    message
+}
+
+/// The message with its chain of causes (see `crate::error::chain`), this server's folders hidden.
 fn message(e: &ApiError) -> String {
-    crate::error::chain(e)
+    redact(crate::error::chain(e), &HIDDEN.read().unwrap_or_else(|e| e.into_inner()))
 }
 
 impl IntoResponse for ApiError {
@@ -197,5 +229,19 @@ pub struct ApiQuery<T>(pub T);
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::bad_request(format!("invalid query: {}", r.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn server_folders_are_named_by_their_role() {
+        let hidden = vec![("/srv/models/inner".to_string(), "<x>"), ("/srv/models".to_string(), "<models>")];
+        let m = redact("invalid bundle: /srv/models/up3/model.onnx: sha256 mismatch".into(), &hidden);
+        assert_eq!(m, "invalid bundle: <models>/up3/model.onnx: sha256 mismatch");
+        assert_eq!(redact("/srv/models/inner/a".into(), &hidden), "<x>/a");
+        assert_eq!(redact("models/up3: cannot open".into(), &hidden), "models/up3: cannot open");
     }
 }

@@ -48,6 +48,7 @@ pub struct AppState {
 impl AppState {
     /// State without selection data (selection jobs answer 400) and without admin routes (403).
     pub fn new(core: Arc<Core>) -> AppState {
+        error::hide_paths(&core.paths.models, &core.paths.state);
         let jobs = Jobs::new(core.clone(), None);
         let feedback = FeedbackLog::open(&core.paths.state, core.limits.feedback_cap);
         let fleet = Fleet::new(core.clone(), Replica { id: "local".into(), address: String::new() });
