@@ -418,7 +418,8 @@ mod tests {
         serde_json::json!({
             "schema": 1, "class": "Travel", "algorithm": "a", "kind": "full", "version": "v1",
             "graph": {"file": "model.onnx", "sha256": "00"}, "max_seq_len": 16, "threshold": null,
-            "tokenizer": {"file": "tokenizer.json", "sha256": "00"}, "custom": 3
+            "tokenizer": {"file": "tokenizer.json", "sha256": "00"}, "custom": 3,
+            "selftest": [{"text": "a trip", "probability": 0.9}]
         })
     }
 
@@ -441,6 +442,18 @@ mod tests {
         s["schema"] = 9.into();
         let c: Card = serde_json::from_value(s).unwrap();
         assert!(c.check(p).is_err());
+        for (field, value, why) in [
+            ("selftest", serde_json::json!([]), "selftest is empty"),
+            ("version", serde_json::json!("v".repeat(MAX_VERSION_CHARS + 1)), "version: at most"),
+            ("version", serde_json::json!("v1\u{1b}"), "version: at most"),
+            ("class", serde_json::json!(".Travel"), "starts with '.'"),
+        ] {
+            let mut bad = card_json();
+            bad[field] = value;
+            let c: Card = serde_json::from_value(bad).unwrap();
+            let e = c.check(p).unwrap_err().to_string();
+            assert!(e.contains(why), "{field}: {e}");
+        }
     }
 
     #[test]
