@@ -454,7 +454,9 @@ p("  through the same executors; its accuracy is in docs/REPORT.md.")
 p("- fp32 vs int8: the same 19 trunk-logreg heads' trunk exported unquantised (build/fp32, `moe_training build")
 p("  --trunk-precision fp32`). The fp32 graph gives the same answer whatever the batch, so the executor batches it;")
 p("  the int8 graph is run one text per session run. Rows are skipped when build/ is absent.")
-p("- Batch-dependent graphs: the shipped int8 trunk is run one text per session run (see docs/OPERATIONS.md), so batching")
+p(
+    "- Batch-dependent graphs: the shipped int8 trunk is run one text per session run (see docs/OPERATIONS.md), so batching"
+)
 p("  on it only saves queue hand-offs; in-process rows above use the same executors and so the same rule.")
 p("- Peer (b)'s CPU column is 0: its load is in uvicorn's worker processes, not the parent measured here.")
 p("- GPU: no GPU machine was lent to the session that wrote this page. `bench/gpu.sh` (CUDA build,")
