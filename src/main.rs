@@ -50,7 +50,8 @@ struct ServeArgs {
     port: u16,
     /// Model root: the bundles, trunks/ and the shipped registry.json.
     ///
-    /// The service never writes the shipped registry.json; uploads and training add bundles.
+    /// The service never writes the shipped registry.json; uploads and training add bundle
+    /// folders to it.
     #[arg(long, env = "MOE_MODELS", default_value = "models")]
     models: PathBuf,
     /// State folder: the live registry (active set, history) and the feedback log.

@@ -127,6 +127,11 @@ async fn refusals_use_one_error_shape() {
         (post(&format!(r#"{{"text": "{}"}}"#, "a ".repeat(150))), StatusCode::BAD_REQUEST, "bad_request"),
         (post(&format!(r#"{{"text": "{}"}}"#, "a".repeat(5000))), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         (
+            json_to(Method::PUT, "/experts/Travel", &format!(r#"{{"bundle": "{}"}}"#, "a".repeat(5000))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
             Request::post("/classify").body(Body::from(r#"{"text": "a"}"#)).unwrap(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

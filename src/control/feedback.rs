@@ -5,6 +5,7 @@
 //!
 //! Invariants:
 //! * An entry is answered only after it is on disk (appended and fsynced on a blocking thread).
+//! * Readers (`GET /experts`, `/feedback`) take no lock: writers publish a new immutable state.
 //! * At most `cap` entries are kept: past 2 x cap the file is rewritten (temp file, fsync, rename)
 //!   with the newest `cap`, so the log never grows without bound and a crash leaves either file.
 //! * Live metrics of an expert count only the entries scored by that expert's version, so a swap
@@ -15,6 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_rfc3339;
@@ -61,17 +63,20 @@ pub struct LiveMetrics {
 pub struct FeedbackLog {
     path: PathBuf,
     cap: usize,
-    /// Lines in the file (entries kept + those past the cap not yet compacted away); its lock
-    /// also orders the writers.
+    /// Lines in the file (entries kept + those past the cap not yet compacted away). Its lock
+    /// orders the writers, which run on blocking threads; readers never take it.
     lines: Mutex<usize>,
-    state: Mutex<State>,
+    /// What readers see: replaced whole by the writer after each append, so `GET /experts` and
+    /// `/feedback` read it without waiting for an fsync or a recompute.
+    published: ArcSwap<State>,
 }
 
-/// The entries kept and, per (class, version) that scored any of them, its live metrics: kept up
-/// to date by `append` (on a blocking thread) so that reading them is a lookup.
-#[derive(Default)]
+/// The entries kept and, per (class, version) that scored any of them, its live metrics: built by
+/// `append` (on a blocking thread) so that reading them is a lookup. Entries are shared between
+/// successive states, so the next state costs a pointer copy per entry, not a deep copy.
+#[derive(Default, Clone)]
 struct State {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Arc<Entry>>,
     live: HashMap<(String, String), LiveMetrics>,
 }
 
@@ -99,7 +104,7 @@ impl FeedbackLog {
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 lines += 1;
                 match serde_json::from_str::<Entry>(line) {
-                    Ok(e) => st.entries.push_back(e),
+                    Ok(e) => st.entries.push_back(Arc::new(e)),
                     Err(e) => {
                         tracing::warn!(file = %path.display(), line = i + 1, error = %e, "skipping a bad feedback line")
                     }
@@ -112,11 +117,11 @@ impl FeedbackLog {
         let pairs: HashSet<(String, String)> =
             st.entries.iter().flat_map(|e| e.experts.iter().map(|s| (s.class.clone(), s.version.clone()))).collect();
         st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
-        Arc::new(FeedbackLog { path, cap: cap.max(1), lines: Mutex::new(lines), state: Mutex::new(st) })
+        Arc::new(FeedbackLog { path, cap: cap.max(1), lines: Mutex::new(lines), published: ArcSwap::from_pointee(st) })
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.state).entries.len()
+        self.published.load().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,8 +149,9 @@ impl FeedbackLog {
         Ok(entry)
     }
 
-    /// Append one line (fsync), compacting the file past 2 x cap; refresh the live metrics of the
-    /// versions that scored the new entry or the ones dropped past the cap, and their gauges.
+    /// Append one line (fsync), compacting the file past 2 x cap; publish the next state with the
+    /// live metrics of the versions that scored the new entry or the ones dropped past the cap
+    /// refreshed, and their gauges. Blocking: call it on a blocking thread.
     fn append(&self, entry: Entry) -> Result<()> {
         let line = serde_json::to_string(&entry).expect("entry serializes");
         let mut lines = lock(&self.lines);
@@ -160,23 +166,27 @@ impl FeedbackLog {
         f.write_all(format!("{line}\n").as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         f.sync_data().map_err(|e| Error::io(&self.path, e))?;
         *lines += 1;
-        let mut st = lock(&self.state);
+        // Only writers replace the state and they hold `lines`: this copy is the latest.
+        let mut st = State::clone(&self.published.load());
         // The versions that answered this entry: the active ones, whose gauges /metrics shows.
         let active: Vec<(String, String)> =
             entry.experts.iter().map(|s| (s.class.clone(), s.version.clone())).collect();
         let mut pairs: HashSet<(String, String)> = active.iter().cloned().collect();
-        st.entries.push_back(entry);
+        st.entries.push_back(Arc::new(entry));
         while st.entries.len() > self.cap {
             if let Some(old) = st.entries.pop_front() {
-                pairs.extend(old.experts.into_iter().map(|s| (s.class, s.version)));
+                pairs.extend(old.experts.iter().map(|s| (s.class.clone(), s.version.clone())));
             }
         }
         st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
         for key in &active {
             export_gauges(&key.0, st.live.get(key));
         }
+        let st = Arc::new(st);
+        self.published.store(st.clone());
         if *lines > 2 * self.cap {
-            let text: String = st.entries.iter().map(|e| serde_json::to_string(e).expect("json") + "\n").collect();
+            let text: String =
+                st.entries.iter().map(|e| serde_json::to_string(e.as_ref()).expect("json") + "\n").collect();
             write_atomic(&self.path, text.as_bytes())?;
             *lines = st.entries.len();
         }
@@ -185,7 +195,8 @@ impl FeedbackLog {
 
     /// Live metrics of `class`'s expert at `version` over the entries it scored.
     pub fn metrics(&self, class: &str, version: &str) -> LiveMetrics {
-        lock(&self.state)
+        self.published
+            .load()
             .live
             .get(&(class.to_string(), version.to_string()))
             .cloned()
@@ -194,12 +205,12 @@ impl FeedbackLog {
 
     /// Texts with their labels, for a training job that asked for them.
     pub fn labelled(&self) -> Vec<(String, String)> {
-        lock(&self.state).entries.iter().map(|e| (e.text.clone(), e.label.clone())).collect()
+        self.published.load().entries.iter().map(|e| (e.text.clone(), e.label.clone())).collect()
     }
 }
 
 /// Live metrics of `class`'s expert at `version` over the entries it scored.
-fn compute(entries: &VecDeque<Entry>, class: &str, version: &str) -> LiveMetrics {
+fn compute(entries: &VecDeque<Arc<Entry>>, class: &str, version: &str) -> LiveMetrics {
     let mut scores = Vec::new();
     let mut labels = Vec::new();
     let mut passed = Vec::new();

@@ -243,7 +243,7 @@ async fn embed(jobs: &Jobs, id: u64, e: &Arc<Expert>, texts: &[String]) -> Resul
     let mut out = Vec::with_capacity(texts.len());
     for (k, chunk) in texts.chunks(EMBED_CHUNK).enumerate() {
         let waiting = Instant::now();
-        while e.stage1.queued() > 0 && waiting.elapsed() < YIELD_AT_MOST {
+        while e.stage1.queue_depth() > 0 && waiting.elapsed() < YIELD_AT_MOST {
             tokio::time::sleep(std::time::Duration::from_micros(500)).await;
         }
         let (tok, owned) = (e.tokenizer.clone(), chunk.to_vec());
@@ -386,7 +386,7 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
 
 /// Run CPU-heavy work on its own thread at the lowest scheduling priority (nice 19: Linux keeps a
 /// nice value per thread), so the fit takes the cores live traffic leaves idle. Measured with
-/// bench/train-load.sh (docs/bench/train-load.jsonl): see BENCHMARKS.md.
+/// bench/train-load.sh (docs/bench/train-load-chunk8-nice.jsonl): see docs/BENCHMARKS.md.
 async fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -42,7 +42,8 @@ use crate::{Error, Result};
 /// Where the service reads bundles and keeps its mutable state.
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// Model root: bundles, trunks/, and the shipped registry.json (read-only for the service).
+    /// Model root: bundles, trunks/, and the shipped registry.json. The service never rewrites the
+    /// shipped registry or an existing bundle; uploads and training add new bundle folders.
     pub models: PathBuf,
     /// State folder: the live registry.json (active set, history). Created when missing.
     pub state: PathBuf,
@@ -376,10 +377,6 @@ impl Core {
     /// The current set; requests hold this snapshot for their whole life.
     pub fn snapshot(&self) -> Result<Arc<ExpertSet>> {
         self.set.load_full().ok_or_else(|| Error::NotReady("experts are still loading".into()))
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.set.load().is_some()
     }
 
     /// Classify already validated texts on one snapshot, within the request deadline. Returns

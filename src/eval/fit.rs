@@ -83,6 +83,9 @@ mod tests {
         let x: Vec<Vec<f32>> = vec![vec![1.0]; 20];
         let y: Vec<usize> = (0..20).map(|i| usize::from(i >= 10)).collect();
         let m = fit_softmax(&x, &offset, &y, 2, 1e-2, 200);
-        assert!((m.weights[0][0] + m.bias[0] - m.weights[1][0] - m.bias[1]).abs() < 1.5);
+        for ((xi, oi), yi) in x.iter().zip(&offset).zip(&y) {
+            let z: Vec<f32> = (0..2).map(|c| oi[c] + m.bias[c] + m.weights[c][0] * xi[0]).collect();
+            assert_eq!(usize::from(z[1] > z[0]), *yi, "the fitted correction keeps every row right");
+        }
     }
 }

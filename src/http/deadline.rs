@@ -82,9 +82,15 @@ pub async fn body_deadlines(State((frame, total)): State<(Duration, Duration)>, 
 
 /// Whether an error, or one of its causes, is a missed body deadline.
 pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<BodyTimedOut>(e)
+}
+
+/// Whether an error, or one of its causes, is of type `E` (errors are matched by type, never by
+/// their message).
+pub fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(x) = cur {
-        if x.is::<BodyTimedOut>() {
+        if x.is::<E>() {
             return true;
         }
         cur = x.source();

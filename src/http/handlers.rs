@@ -100,8 +100,7 @@ fn body_error(e: axum::Error, limit: &'static str) -> ApiError {
     if super::deadline::is_body_timeout(&e) {
         return ApiError::RequestTimeout;
     }
-    // axum wraps http-body-util's LengthLimitError; its type is not public here, so it is found by name.
-    if format!("{e:?}").contains("LengthLimitError") {
+    if super::deadline::caused_by::<http_body_util::LengthLimitError>(&e) {
         ApiError::PayloadTooLarge(limit)
     } else {
         ApiError::bad_request(format!("cannot read the request body: {e}"))

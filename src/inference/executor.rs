@@ -245,11 +245,6 @@ impl Executor {
         }))
     }
 
-    /// Jobs queued and not yet taken by a worker (0 for inline graphs).
-    pub fn queued(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
-    }
-
     /// Queue a job; the receiver resolves when its batch has run.
     pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Result<Matrix>>> {
         let (reply, rx) = oneshot::channel();
@@ -289,11 +284,6 @@ impl Executor {
         metrics::histogram!("moe_graph_run_seconds", "graph" => self.label.clone())
             .record(started.elapsed().as_secs_f64());
         out
-    }
-
-    pub async fn run(&self, input: Input) -> Result<Matrix> {
-        let rx = self.submit(input)?;
-        rx.await.map_err(|_| Error::Internal(format!("graph {} dropped the job", self.label)))?
     }
 
     /// For command-line tools outside an async runtime.
@@ -345,6 +335,7 @@ impl Executor {
         &self.stats
     }
 
+    /// Jobs queued and not yet taken by a worker (0 for inline graphs).
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }
