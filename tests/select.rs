@@ -120,3 +120,23 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     std::fs::remove_dir_all(root).unwrap();
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// The offline tools score many experts on one split: heads on one trunk share one trunk pass
+/// over it, and every probability is exactly what scoring each expert alone gives.
+#[test]
+fn heads_on_one_trunk_share_one_trunk_pass_with_the_same_probabilities() {
+    use moe::eval::evaluate::{Scorer, probabilities};
+    let root = common::default_models();
+    let pool = moe::inference::ExecutorPool::default();
+    let set =
+        moe::core::ExpertSet::load(&pool, &common::runtime(), &root, &RegistryFile::read(&root).unwrap()).unwrap();
+    // 150 texts: more than two of the tools' 64-text chunks.
+    let texts: Vec<String> = common::data().read("val").unwrap().texts.into_iter().take(150).collect();
+    let mut scorer = Scorer::new(&texts);
+    for e in &set.experts {
+        assert_eq!(scorer.probabilities(e).unwrap(), probabilities(e, &texts).unwrap(), "{}", e.bundle);
+    }
+    let trunks: std::collections::HashSet<&str> = set.experts.iter().map(|e| e.stage1.sha256.as_str()).collect();
+    assert_eq!(scorer.trunk_passes(), trunks.len());
+    assert!(set.experts.len() >= 19 && trunks.len() == 1, "the shipped set: 19 heads on one trunk");
+}

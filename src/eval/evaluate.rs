@@ -2,7 +2,9 @@
 //! loading and inference code: `moe eval`, `moe calibrate`, the selection jobs and `moe select`
 //! all call these functions.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -10,30 +12,88 @@ use super::data::{DataArgs, Rows};
 use super::metrics::binary_report;
 use super::platt;
 use crate::config::RuntimeConfig;
-use crate::expert::Expert;
+use crate::expert::{Expert, positive_probabilities};
 use crate::experts::card::bundle_names;
 use crate::experts::card::{Calibration, Threshold};
 use crate::experts::metrics::{BinaryReport, SplitMetrics};
-use crate::inference::ExecutorPool;
+use crate::inference::executor::Input;
+use crate::inference::{ExecutorPool, Matrix};
 use crate::{Error, Result};
+
+/// Texts per graph run in the offline tools.
+const CHUNK: usize = 64;
 
 pub fn probabilities(expert: &Expert, texts: &[String]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(64) {
+    for chunk in texts.chunks(CHUNK) {
         out.extend(expert.probabilities_blocking(chunk)?);
     }
     Ok(out)
 }
 
+/// Scores many experts on one list of texts, running each trunk over the texts once: experts
+/// that share a trunk and a text pipeline (tokenizer, length, lexicon) reuse its embeddings and
+/// run only their heads, so calibrating or selecting N heads costs one trunk pass, not N. The
+/// embeddings come from the same executors, so every probability equals [`probabilities`]'s.
+pub struct Scorer<'a> {
+    texts: &'a [String],
+    embeddings: HashMap<String, Arc<Matrix>>,
+}
+
+impl<'a> Scorer<'a> {
+    pub fn new(texts: &'a [String]) -> Scorer<'a> {
+        Scorer { texts, embeddings: HashMap::new() }
+    }
+
+    /// Trunk passes run so far (one per distinct trunk and text pipeline).
+    pub fn trunk_passes(&self) -> usize {
+        self.embeddings.len()
+    }
+
+    pub fn probabilities(&mut self, expert: &Expert) -> Result<Vec<f32>> {
+        let Some(head) = &expert.head else { return probabilities(expert, self.texts) };
+        let embedding = self.embedding(expert)?;
+        let mut out = Vec::with_capacity(embedding.rows);
+        for start in (0..embedding.rows).step_by(CHUNK) {
+            let rows = CHUNK.min(embedding.rows - start);
+            let part = embedding.data[start * embedding.cols..(start + rows) * embedding.cols].to_vec();
+            let logits = head.run_blocking(Arc::new(Matrix { rows, cols: embedding.cols, data: part }))?;
+            out.extend(positive_probabilities(&logits));
+        }
+        Ok(out)
+    }
+
+    /// The expert's trunk output for every text, computed on first use.
+    fn embedding(&mut self, expert: &Expert) -> Result<Arc<Matrix>> {
+        let tok = &expert.tokenizer;
+        let lexicon = tok.speller.as_ref().map_or("", |s| s.sha256.as_str());
+        let key = format!("{}|{}|{}|{lexicon}", expert.stage1.sha256, tok.sha256, tok.max_len);
+        if let Some(m) = self.embeddings.get(&key) {
+            return Ok(m.clone());
+        }
+        let mut all = Matrix { rows: 0, cols: 0, data: Vec::new() };
+        for chunk in self.texts.chunks(CHUNK) {
+            let enc = chunk.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
+            let m = expert.stage1.run_blocking(Input::Tokens(Arc::new(enc)))?;
+            all.cols = m.cols;
+            all.rows += m.rows;
+            all.data.extend(m.data);
+        }
+        let all = Arc::new(all);
+        self.embeddings.insert(key, all.clone());
+        Ok(all)
+    }
+}
+
 /// Probabilities of one expert on a split and its binary report (shared with the selection jobs).
 pub fn evaluate(expert: &Expert, rows: &Rows) -> Result<BinaryReport> {
-    let (scores, labels) = scored(expert, rows)?;
+    let (scores, labels) = scored(&mut Scorer::new(&rows.texts), expert, rows)?;
     Ok(binary_report(&scores, &labels))
 }
 
 /// One expert's probabilities on a split and whether each row is of its class.
-fn scored(expert: &Expert, rows: &Rows) -> Result<(Vec<f32>, Vec<bool>)> {
-    let scores = probabilities(expert, &rows.texts)?;
+fn scored(scorer: &mut Scorer, expert: &Expert, rows: &Rows) -> Result<(Vec<f32>, Vec<bool>)> {
+    let scores = scorer.probabilities(expert)?;
     let labels: Vec<bool> = rows.labels.iter().map(|l| *l == expert.class).collect();
     if !labels.iter().any(|&y| y) || labels.iter().all(|&y| y) {
         return Err(Error::BadRequest(format!("split has no positive or no negative rows for {:?}", expert.class)));
@@ -91,9 +151,10 @@ pub fn calibrate(
     let rows = data.read(split)?;
     let names = if bundles.is_empty() { bundle_names(models)? } else { bundles.to_vec() };
     let pool = ExecutorPool::default();
+    let mut scorer = Scorer::new(&rows.texts);
     for name in names {
         let expert = Expert::load(&pool, runtime, models, &name, false)?;
-        let (scores, labels) = scored(&expert, &rows)?;
+        let (scores, labels) = scored(&mut scorer, &expert, &rows)?;
         let r = binary_report(&scores, &labels);
         let mut card = expert.card.clone();
         card.calibration = Some(platt_calibration(&scores, &labels, split));

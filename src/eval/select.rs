@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::data::DataArgs;
-use super::evaluate::probabilities;
+use super::evaluate::Scorer;
 use super::gating::{GateData, accuracy, cv_predictions, fit_gate, predictions};
 use crate::config::RuntimeConfig;
 use crate::core::ExpertSet;
@@ -131,7 +131,8 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let set = ExpertSet::load(&pool, runtime, &a.out, &reg)?;
     let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
     let (texts, truth) = data.read("val")?.labelled(&classes);
-    let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| probabilities(e, &texts)).collect::<Result<_>>()?;
+    let mut scorer = Scorer::new(&texts);
+    let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| scorer.probabilities(e)).collect::<Result<_>>()?;
     let thr = set.thresholds.clone();
     let all: Vec<usize> = (0..texts.len()).collect();
     // Calibrated scores compete only when every expert's card has its Platt map.
