@@ -11,6 +11,7 @@ use moe::config::{Connections, Limits, RuntimeConfig};
 use moe::control::fleet::{Fleet, Replica};
 use moe::core::{Core, Paths};
 use moe::eval::data::DataArgs;
+use moe::eval::fit_set::FitOptions;
 use moe::eval::report::ReportOptions;
 use moe::eval::select::SelectOptions;
 use moe::experts::store::{EtcdStore, EtcdTarget, Store};
@@ -34,6 +35,8 @@ enum Command {
     Calibrate(WithData<CalibrateOptions>),
     /// Keep the best calibrated candidate per class, fit the gate, write a model root.
     Select(WithData<SelectOptions>),
+    /// Fit a calibrated expert set from a labelled CSV; write a model root.
+    Fit(FitArgs),
     /// Score every system (served MoE, families, global baselines) on a split.
     Report(WithData<ReportOptions>),
     /// Time the expert set through the service's executors, without HTTP (JSON lines).
@@ -126,6 +129,14 @@ struct CalibrateOptions {
 
 /// A subcommand's own options plus the data and runtime flags every offline command shares.
 #[derive(Debug, Args)]
+struct FitArgs {
+    #[command(flatten)]
+    options: FitOptions,
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Args)]
 struct WithData<T: Args> {
     #[command(flatten)]
     options: T,
@@ -169,6 +180,11 @@ fn main() -> anyhow::Result<()> {
             Ok(moe::eval::evaluate::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
         }
         Command::Select(a) => Ok(moe::eval::select::select(&a.options, &a.data, &a.runtime)?),
+        Command::Fit(a) => {
+            let summary = moe::eval::fit_set::fit_set(&a.options, &a.runtime)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
         Command::Report(a) => Ok(moe::eval::report::report(&a.options, &a.data, &a.runtime)?),
         Command::Bench(a) => Ok(runtime()?.block_on(moe::bench::run(&a.options, &a.data, &a.runtime))?),
     }

@@ -34,11 +34,10 @@ use super::upload::temp_path;
 use crate::clock::now_rfc3339;
 use crate::core::Core;
 use crate::eval::data::DataArgs;
-use crate::eval::logreg::{Logistic, balanced_weights, cross_val_probabilities, fit, shuffle, stratified_folds};
-use crate::eval::metrics::binary_report;
+use crate::eval::logreg::{Logistic, cross_validate, shuffle};
 use crate::expert::Expert;
 use crate::experts::card::{
-    CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, check_name, sha256_file, write_atomic,
+    CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, check_name, sha256_file, slug, write_atomic,
 };
 use crate::experts::metrics::{BinaryReport, SplitMetrics};
 use crate::inference::Matrix;
@@ -52,8 +51,7 @@ pub const MAX_EXAMPLES: usize = 20_000;
 /// Negatives drawn from the other classes' training rows when the request brings none.
 pub const DEFAULT_NEGATIVES: usize = 1000;
 /// L2 strengths tried (sklearn's C: larger = weaker regularisation).
-pub const C_GRID: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
-pub const FOLDS: usize = 5;
+pub use crate::eval::logreg::{C_GRID, FOLDS};
 /// Texts per trunk job while embedding (a live request waits behind at most one such chunk).
 pub const EMBED_CHUNK: usize = 2;
 /// Longest a chunk waits for the trunk's queue to empty before it is queued anyway.
@@ -262,49 +260,6 @@ async fn embed(jobs: &Jobs, id: u64, e: &Arc<Expert>, texts: &[String]) -> Resul
     Ok(out)
 }
 
-/// What cross-validation chose.
-struct Fitted {
-    model: Logistic,
-    c: f64,
-    folds: usize,
-    report: BinaryReport,
-    grid: Vec<Value>,
-}
-
-/// Pick C by out-of-fold AUC, read the EER threshold off the out-of-fold probabilities, refit on all.
-/// Balanced class weights make the fit's implicit prior 1/2; `logit_shift` (ln(p / (1 - p)) for the
-/// class's expected share p of traffic) moves the probabilities, the threshold and the cv report to
-/// that prior, so the new expert competes in the gate on the scale of the others. The decisions at
-/// the threshold, the AUC and the EER do not change (a monotone shift of both sides).
-fn cross_validate(x: &[Vec<f32>], y: &[bool], logit_shift: f64) -> Fitted {
-    let rows: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
-    let pos = y.iter().filter(|&&v| v).count();
-    let k = FOLDS.min(pos).min(y.len() - pos).max(2);
-    let folds = stratified_folds(y, k, SEED);
-    let mut best: Option<(f64, Vec<f32>, BinaryReport)> = None;
-    let mut grid = Vec::new();
-    for &c in &C_GRID {
-        let oof = cross_val_probabilities(&rows, y, &folds, k, c);
-        let r = binary_report(&oof, y);
-        grid.push(json!({"C": c, "cv_auc": r.auc, "cv_eer": r.eer}));
-        if best.as_ref().is_none_or(|(_, _, b)| r.auc > b.auc) {
-            best = Some((c, oof, r));
-        }
-    }
-    let (c, oof, _) = best.expect("C_GRID is not empty");
-    let shifted: Vec<f32> = oof.iter().map(|&p| shift_probability(p, logit_shift)).collect();
-    let report = binary_report(&shifted, y);
-    let mut model = fit(&rows, y, &balanced_weights(y), c);
-    model.head.bias += logit_shift as f32;
-    Fitted { model, c, folds: k, report, grid }
-}
-
-/// sigmoid(logit(p) + shift), computed in f64.
-fn shift_probability(p: f32, shift: f64) -> f32 {
-    let p = f64::from(p).clamp(1e-12, 1.0 - 1e-12);
-    (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + shift)).exp())) as f32
-}
-
 async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result<Value> {
     let started = Instant::now();
     let texts: Vec<String> = p.positives.iter().chain(&p.negatives).cloned().collect();
@@ -404,19 +359,6 @@ async fn in_background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'sta
     rx.await.map_err(|_| Error::Internal("the training thread stopped".into()))
 }
 
-/// `Travel & Tours` → `travel-tours`.
-pub fn slug(class: &str) -> String {
-    let mut s = String::new();
-    for c in class.chars() {
-        if c.is_ascii_alphanumeric() {
-            s.push(c.to_ascii_lowercase());
-        } else if !s.ends_with('-') && !s.is_empty() {
-            s.push('-');
-        }
-    }
-    s.trim_end_matches('-').to_string()
-}
-
 /// Write `<slug>--online-<time>-<sha8>/{head.json, card.json}` into the model root via a temp
 /// folder and one rename; returns the bundle's name.
 fn write_bundle(
@@ -478,25 +420,4 @@ fn write_bundle(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_prior_shift_moves_probabilities_monotonically_and_zero_changes_nothing() {
-        assert!((shift_probability(0.3, 0.0) - 0.3).abs() < 1e-7);
-        let shift = (1.0f64 / 18.0).ln();
-        let (a, b) = (shift_probability(0.2, shift), shift_probability(0.8, shift));
-        assert!(a < 0.2 && b < 0.8 && a < b);
-        assert!((shift_probability(0.5, shift) - 1.0 / 19.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn slugs_are_bundle_names() {
-        assert_eq!(slug("Cars & Other Vehicles"), "cars-other-vehicles");
-        assert_eq!(slug("Crypto"), "crypto");
-        assert_eq!(slug("&&"), "");
-    }
 }

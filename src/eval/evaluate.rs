@@ -106,7 +106,7 @@ const CALIBRATION_FOLDS: usize = 5;
 
 /// The Platt map fitted on the whole split, with the log-loss of the raw probabilities and of the
 /// cross-fitted calibrated ones as its out-of-sample evidence.
-fn platt_calibration(scores: &[f32], labels: &[bool], split: &str) -> Calibration {
+pub fn platt_calibration(scores: &[f32], labels: &[bool], split: &str) -> Calibration {
     let [a, b] = platt::fit(scores, labels);
     let cross = platt::cross_fitted(scores, labels, CALIBRATION_FOLDS);
     Calibration {

@@ -10,7 +10,16 @@
 //! few hundred features; the whole solver is this file and it is checked against sklearn.
 //! Also: stratified k-fold cross-validation, which picks C and gives out-of-fold scores.
 
+use super::metrics::binary_report;
+use crate::experts::metrics::BinaryReport;
 use crate::inference::LinearHead;
+
+/// The C values cross-validation chooses from (sklearn's C: larger fits the data harder).
+pub const C_GRID: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
+/// Folds of the cross-validation that picks C (fewer when a class has fewer examples).
+pub const FOLDS: usize = 5;
+/// Seed of the folds' order.
+const CV_SEED: u64 = 42;
 
 /// A fitted model: probability = sigmoid(w·x + b), with w and b as the linear head that serves it.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,9 +220,61 @@ pub fn cross_val_probabilities(x: &[&[f32]], y: &[bool], folds: &[usize], k: usi
     out
 }
 
+/// What cross-validation chose.
+pub struct Fitted {
+    pub model: Logistic,
+    pub c: f64,
+    pub folds: usize,
+    pub report: BinaryReport,
+    pub grid: Vec<serde_json::Value>,
+}
+
+/// Pick C by out-of-fold AUC, read the EER threshold off the out-of-fold probabilities, refit on all.
+/// Balanced class weights make the fit's implicit prior 1/2; `logit_shift` (ln(p / (1 - p)) for the
+/// class's expected share p of traffic) moves the probabilities, the threshold and the cv report to
+/// that prior, so the new expert competes in the gate on the scale of the others. The decisions at
+/// the threshold, the AUC and the EER do not change (a monotone shift of both sides).
+pub fn cross_validate(x: &[Vec<f32>], y: &[bool], logit_shift: f64) -> Fitted {
+    let rows: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+    let pos = y.iter().filter(|&&v| v).count();
+    let k = FOLDS.min(pos).min(y.len() - pos).max(2);
+    let folds = stratified_folds(y, k, CV_SEED);
+    let mut best: Option<(f64, Vec<f32>, BinaryReport)> = None;
+    let mut grid = Vec::new();
+    for &c in &C_GRID {
+        let oof = cross_val_probabilities(&rows, y, &folds, k, c);
+        let r = binary_report(&oof, y);
+        grid.push(serde_json::json!({"C": c, "cv_auc": r.auc, "cv_eer": r.eer}));
+        if best.as_ref().is_none_or(|(_, _, b)| r.auc > b.auc) {
+            best = Some((c, oof, r));
+        }
+    }
+    let (c, oof, _) = best.expect("C_GRID is not empty");
+    let shifted: Vec<f32> = oof.iter().map(|&p| shift_probability(p, logit_shift)).collect();
+    let report = binary_report(&shifted, y);
+    let mut model = fit(&rows, y, &balanced_weights(y), c);
+    model.head.bias += logit_shift as f32;
+    Fitted { model, c, folds: k, report, grid }
+}
+
+/// sigmoid(logit(p) + shift), computed in f64.
+pub fn shift_probability(p: f32, shift: f64) -> f32 {
+    let p = f64::from(p).clamp(1e-12, 1.0 - 1e-12);
+    (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + shift)).exp())) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prior_shift_moves_probabilities_monotonically_and_zero_changes_nothing() {
+        assert!((shift_probability(0.3, 0.0) - 0.3).abs() < 1e-7);
+        let shift = (1.0f64 / 18.0).ln();
+        let (a, b) = (shift_probability(0.2, shift), shift_probability(0.8, shift));
+        assert!(a < 0.2 && b < 0.8 && a < b);
+        assert!((shift_probability(0.5, shift) - 1.0 / 19.0).abs() < 1e-6);
+    }
 
     #[test]
     fn cholesky_solves_a_small_system() {

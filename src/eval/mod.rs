@@ -5,6 +5,7 @@
 pub mod data;
 pub mod evaluate;
 pub mod fit;
+pub mod fit_set;
 pub mod gating;
 pub mod logreg;
 pub mod metrics;

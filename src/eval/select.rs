@@ -134,60 +134,14 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let mut scorer = Scorer::new(&texts);
     let probs: Vec<Vec<f32>> = set.experts.iter().map(|e| scorer.probabilities(e)).collect::<Result<_>>()?;
     let thr = set.thresholds.clone();
-    let all: Vec<usize> = (0..texts.len()).collect();
     // Calibrated scores compete only when every expert's card has its Platt map.
     let cards = set.calibrations();
     let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
     let gd = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
-    let mut modes = vec![ScoreMode::Probability, ScoreMode::Margin];
-    if cards.is_some() {
-        modes.push(ScoreMode::Calibrated);
-    }
-    let mut table = Vec::new();
-    let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
-    for kind in [GateKind::Uniform, GateKind::Length, GateKind::Stacking] {
-        for &mode in &modes {
-            let l2s: &[f32] = if kind == GateKind::Uniform { &[0.0] } else { &[0.001, 0.01, 0.1, 1.0] };
-            for &l2 in l2s {
-                // Parameter-free: scored on val. Anything fitted on val (gate weights, the
-                // calibrations): scored by 5-fold cross-validation on val.
-                let in_sample = kind == GateKind::Uniform && mode != ScoreMode::Calibrated;
-                let preds = if in_sample {
-                    predictions(&Gate::uniform(mode), &probs, &thr, &texts)
-                } else {
-                    cv_predictions(kind, mode, l2, &gd)
-                };
-                let acc = accuracy(&preds, &truth);
-                let abstain = preds.iter().filter(|p| p.1).count();
-                table.push(
-                    json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
-                                  "l2": l2, "val_accuracy": acc, "val_abstained": abstain,
-                                  "evaluation": if in_sample { "val" } else { "5-fold cross-validation on val" }}),
-                );
-                println!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
-                // Ties keep the simpler gate (evaluated first).
-                if best.is_none_or(|(b, ..)| acc > b + 1e-9) {
-                    best = Some((acc, kind, mode, l2));
-                }
-            }
-        }
-    }
-    let (acc, kind, mode, l2) = best.expect("evaluated");
-    let mut spec = GateSpec { kind, score: mode, ..Default::default() };
-    match fit_gate(kind, mode, l2, &gd, &all) {
-        GateWeights::Length(ab) if kind == GateKind::Length => {
-            spec.length = Some(LengthGate { params: classes.iter().cloned().zip(ab).collect() });
-        }
-        GateWeights::Stacking { weights, bias } if kind == GateKind::Stacking => {
-            spec.stacking = Some(StackingGate {
-                classes: classes.clone(),
-                versions: set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect(),
-                weights,
-                bias,
-            });
-        }
-        _ => {}
-    }
+    let versions = set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
+    let all_kinds = [GateKind::Uniform, GateKind::Length, GateKind::Stacking];
+    let (acc, mut spec, table) = choose_gate(&gd, &classes, versions, &all_kinds, cards.is_some());
+    let (kind, mode) = (spec.kind, spec.score);
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));
     reg.gate = spec;
     reg.write(&a.out)?;
@@ -202,4 +156,60 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
         a.out.display()
     );
     Ok(())
+}
+
+/// The gate with the best validation accuracy among `kinds` (each with every score mode; the
+/// calibrated mode only when every expert has its Platt map), fitted on all of `d`, with the table
+/// of what was scored. Parameter-free gates are scored on the rows; anything fitted (gate weights,
+/// the calibrations) by 5-fold cross-validation on them. Ties keep the simpler gate.
+pub fn choose_gate(
+    d: &GateData,
+    classes: &[String],
+    versions: BTreeMap<String, String>,
+    kinds: &[GateKind],
+    calibrated: bool,
+) -> (f64, GateSpec, Vec<serde_json::Value>) {
+    let mut modes = vec![ScoreMode::Probability, ScoreMode::Margin];
+    if calibrated {
+        modes.push(ScoreMode::Calibrated);
+    }
+    let mut table = Vec::new();
+    let mut best: Option<(f64, GateKind, ScoreMode, f32)> = None;
+    for &kind in kinds {
+        for &mode in &modes {
+            let l2s: &[f32] = if kind == GateKind::Uniform { &[0.0] } else { &[0.001, 0.01, 0.1, 1.0] };
+            for &l2 in l2s {
+                let in_sample = kind == GateKind::Uniform && mode != ScoreMode::Calibrated;
+                let preds = if in_sample {
+                    predictions(&Gate::uniform(mode), d.probs, d.thr, d.texts)
+                } else {
+                    cv_predictions(kind, mode, l2, d)
+                };
+                let acc = accuracy(&preds, d.truth);
+                let abstain = preds.iter().filter(|p| p.1).count();
+                table.push(
+                    json!({"gate": format!("{kind:?}").to_lowercase(), "score": format!("{mode:?}").to_lowercase(),
+                    "l2": l2, "val_accuracy": acc, "val_abstained": abstain,
+                    "evaluation": if in_sample { "val" } else { "5-fold cross-validation on val" }}),
+                );
+                println!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
+                if best.is_none_or(|(b, ..)| acc > b + 1e-9) {
+                    best = Some((acc, kind, mode, l2));
+                }
+            }
+        }
+    }
+    let (acc, kind, mode, l2) = best.expect("at least one gate kind");
+    let all: Vec<usize> = (0..d.texts.len()).collect();
+    let mut spec = GateSpec { kind, score: mode, ..Default::default() };
+    match fit_gate(kind, mode, l2, d, &all) {
+        GateWeights::Length(ab) if kind == GateKind::Length => {
+            spec.length = Some(LengthGate { params: classes.iter().cloned().zip(ab).collect() });
+        }
+        GateWeights::Stacking { weights, bias } if kind == GateKind::Stacking => {
+            spec.stacking = Some(StackingGate { classes: classes.to_vec(), versions, weights, bias });
+        }
+        _ => {}
+    }
+    (acc, spec, table)
 }

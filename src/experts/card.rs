@@ -171,6 +171,19 @@ pub const MAX_CLASS_CHARS: usize = 100;
 /// Longest bundle version, in characters.
 pub const MAX_VERSION_CHARS: usize = 128;
 
+/// `Travel & Tours` → `travel-tours`.
+pub fn slug(class: &str) -> String {
+    let mut s = String::new();
+    for c in class.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').to_string()
+}
+
 /// A bundle or trunk name: one plain path component (no `..`, no separators, no absolute path),
 /// not hidden (names starting with `.` are the service's own temporary files), at most
 /// `MAX_NAME_BYTES`, no control characters.
@@ -394,6 +407,13 @@ impl BundleFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slugs_are_bundle_names() {
+        assert_eq!(slug("Cars & Other Vehicles"), "cars-other-vehicles");
+        assert_eq!(slug("Crypto"), "crypto");
+        assert_eq!(slug("&&"), "");
+    }
 
     #[test]
     fn names_must_be_plain() {

@@ -1,0 +1,226 @@
+//! `moe fit`: a labelled CSV in, a model root out that the service loads (every bundle passes its
+//! self-test on load) and answers with; each kind of bad input refused with a message that names
+//! the problem, and nothing written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use moe::Error;
+use moe::config::Limits;
+use moe::eval::fit_set::{FitOptions, fit_set};
+use moe::experts::RegistryFile;
+use serde_json::Value;
+
+/// `per_class` titles of each of these classes from the repository's data, as `text,label` rows.
+fn rows(classes: &[&str], per_class: usize) -> Vec<(String, String)> {
+    let mut rdr = csv::Reader::from_path(common::repo().join("data/wikihow19_titles.csv")).unwrap();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for rec in rdr.deserialize::<std::collections::HashMap<String, String>>() {
+        let rec = rec.unwrap();
+        let label = rec["label"].clone();
+        if classes.contains(&label.as_str()) && out.iter().filter(|(_, l)| *l == label).count() < per_class {
+            out.push((rec["title"].clone(), label));
+        }
+    }
+    out
+}
+
+fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) {
+    let mut w = csv::Writer::from_path(path).unwrap();
+    w.write_record(header).unwrap();
+    for r in rows {
+        w.write_record(r).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+fn options(data: &Path, out: &Path) -> FitOptions {
+    FitOptions {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        text_col: "text".into(),
+        label_col: "label".into(),
+        split_col: "split".into(),
+        seed: 42,
+        trunk: "minilm-l6-int8-4c8c5336916d".into(),
+        models: common::default_models(),
+        min_rows: None,
+        oos_label: None,
+    }
+}
+
+fn fresh(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moe-fit-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_without_splits_becomes_a_served_calibrated_set() {
+    let dir = fresh("ok");
+    let classes = ["Travel", "Health", "Pets and Animals"];
+    let data: Vec<Vec<String>> = rows(&classes, 30).into_iter().map(|(t, l)| vec![t, l]).collect();
+    write_csv(&dir.join("data.csv"), &["text", "label"], &data);
+    let out = dir.join("root");
+    let o = options(&dir.join("data.csv"), &out);
+    // A command-line tool: it blocks, so it runs off the test's async workers.
+    let summary = tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    assert_eq!(summary["classes"], 3, "{summary}");
+
+    // The root: a registry naming one fitted linear head per class, calibrated on val.
+    let reg = RegistryFile::read(&out).unwrap();
+    let mut want: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+    want.sort();
+    assert_eq!(reg.experts.keys().cloned().collect::<Vec<_>>(), want);
+    for bundle in reg.experts.values() {
+        let card: Value = serde_json::from_slice(&std::fs::read(out.join(bundle).join("card.json")).unwrap()).unwrap();
+        assert_eq!((card["kind"].as_str(), card["threshold"]["split"].as_str()), (Some("linear"), Some("val")));
+        assert_eq!(card["calibration"]["method"], "platt");
+        assert_eq!(card["selftest"].as_array().unwrap().len(), 2);
+    }
+    // The split it made, written beside the set: 80/10/10 per class, every row once.
+    let mut split = csv::Reader::from_path(out.join("splits.csv")).unwrap();
+    let written: Vec<csv::StringRecord> = split.records().map(|r| r.unwrap()).collect();
+    assert_eq!(written.len(), 90);
+    assert_eq!(written.iter().filter(|r| &r[2] == "val").count(), 9);
+    assert_eq!(written.iter().filter(|r| &r[2] == "test").count(), 9);
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("fit-report.json")).unwrap()).unwrap();
+    assert_eq!(report["test"]["rows"], 9);
+    assert!(report["val"]["accuracy_best_guess"].as_f64().unwrap() > 0.6, "{}", report["val"]);
+    assert!(!dir.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with('.')));
+
+    // The service loads it (each bundle's self-test must pass) and answers with one of its classes.
+    let core = common::loaded_core_in(&out, "fit-served", Limits::default()).await;
+    let (results, _) = core.classify(vec!["How to pack a suitcase for a long flight".into()]).await.unwrap();
+    assert_eq!(results[0].best_guess, "Travel");
+    // The fit's val figures are the served set's: rescored through the service they agree.
+    let (texts, labels): (Vec<String>, Vec<String>) =
+        written.iter().filter(|r| &r[2] == "val").map(|r| (r[0].to_string(), r[1].to_string())).unzip();
+    let (answers, _) = core.classify(texts).await.unwrap();
+    let right = answers.iter().zip(&labels).filter(|(a, l)| a.best_guess == **l).count();
+    assert_eq!(right as f64 / labels.len() as f64, report["val"]["accuracy_best_guess"].as_f64().unwrap());
+}
+
+/// Writes a case's data file; changes its options.
+type Writes = Box<dyn Fn(&Path)>;
+type Tweak = Box<dyn Fn(&mut FitOptions)>;
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_written() {
+    let dir = fresh("bad");
+    let good = rows(&["Travel", "Health"], 12);
+    let row = |t: &str, l: &str| vec![t.to_string(), l.to_string()];
+    let mut good_rows: Vec<Vec<String>> = good.iter().map(|(t, l)| row(t, l)).collect();
+    let few = {
+        let mut r = good_rows.clone();
+        r.extend(rows(&["Youth"], 3).into_iter().map(|(t, l)| row(&t, &l)));
+        r
+    };
+    let twice = {
+        let mut r = good_rows.clone();
+        let other = if good[0].1 == "Travel" { "Health" } else { "Travel" };
+        r.push(row(&good[0].0, other));
+        r
+    };
+    let blank = {
+        let mut r = good_rows.clone();
+        r.push(row("   ", "Travel"));
+        r
+    };
+    let cases: Vec<(&str, Writes, Tweak, &str)> = vec![
+        ("empty file", Box::new(|p| std::fs::write(p, b"").unwrap()), Box::new(|_| {}), "no column \"text\""),
+        (
+            "header only",
+            Box::new(|p| std::fs::write(p, b"text,label\n").unwrap()),
+            Box::new(|_| {}),
+            "no labelled rows",
+        ),
+        (
+            "misnamed column",
+            Box::new(|p| write_csv(p, &["title", "label"], &[])),
+            Box::new(|_| {}),
+            "no column \"text\" (columns: title, label)",
+        ),
+        (
+            "not UTF-8",
+            Box::new(|p| std::fs::write(p, b"text,label\nhow to \xff\xfe travel,Travel\n").unwrap()),
+            Box::new(|_| {}),
+            "UTF-8",
+        ),
+        ("too few rows", Box::new(move |p| write_csv(p, &["text", "label"], &few)), Box::new(|_| {}), "--min-rows"),
+        (
+            "one text, two labels",
+            Box::new(move |p| write_csv(p, &["text", "label"], &twice)),
+            Box::new(|_| {}),
+            "one text, one label",
+        ),
+        ("blank text", Box::new(move |p| write_csv(p, &["text", "label"], &blank)), Box::new(|_| {}), "blank"),
+        (
+            "unknown trunk",
+            Box::new({
+                let r = good_rows.clone();
+                move |p| write_csv(p, &["text", "label"], &r)
+            }),
+            Box::new(|o| o.trunk = "no-such-trunk".into()),
+            "unknown trunk \"no-such-trunk\"",
+        ),
+        (
+            "a trunk id that leaves the folder",
+            Box::new({
+                let r = good_rows.clone();
+                move |p| write_csv(p, &["text", "label"], &r)
+            }),
+            Box::new(|o| o.trunk = "../trunks/x".into()),
+            "unknown trunk",
+        ),
+        (
+            "one class",
+            Box::new(|p| {
+                write_csv(
+                    p,
+                    &["text", "label"],
+                    &rows(&["Travel"], 12).into_iter().map(|(t, l)| vec![t, l]).collect::<Vec<_>>(),
+                )
+            }),
+            Box::new(|_| {}),
+            "at least two classes",
+        ),
+    ];
+    for (what, write, tweak, says) in cases {
+        let data = dir.join("data.csv");
+        write(&data);
+        let out = dir.join("root");
+        let mut o = options(&data, &out);
+        tweak(&mut o);
+        match fit_set(&o, &common::runtime()) {
+            Err(Error::BadRequest(msg)) => assert!(msg.contains(says), "{what}: {msg}"),
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+        assert!(!out.exists(), "{what}: nothing is written");
+        assert!(!dir.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with('.')), "{what}");
+    }
+    // An --out that already holds something is never overwritten.
+    good_rows.truncate(24);
+    write_csv(&dir.join("data.csv"), &["text", "label"], &good_rows);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::write(dir.join("root/keep"), b"x").unwrap();
+    let err = fit_set(&options(&dir.join("data.csv"), &dir.join("root")), &common::runtime()).unwrap_err();
+    assert!(err.to_string().contains("exists and is not empty"), "{err}");
+    assert!(dir.join("root/keep").is_file());
+}
+
+#[test]
+fn min_rows_drops_small_classes_with_a_note_instead_of_refusing() {
+    let dir = fresh("min-rows");
+    let mut data: Vec<Vec<String>> = rows(&["Travel", "Health"], 20).into_iter().map(|(t, l)| vec![t, l]).collect();
+    data.extend(rows(&["Youth"], 3).into_iter().map(|(t, l)| vec![t, l]));
+    write_csv(&dir.join("data.csv"), &["text", "label"], &data);
+    let mut o = options(&dir.join("data.csv"), &dir.join("root"));
+    o.min_rows = Some(5);
+    let summary = fit_set(&o, &common::runtime()).unwrap();
+    assert_eq!(summary["classes"], 2);
+    assert_eq!(summary["dropped_classes"][0]["class"], "Youth");
+    assert_eq!(RegistryFile::read(&dir.join("root")).unwrap().experts.len(), 2);
+}
