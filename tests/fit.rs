@@ -46,6 +46,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         trunk: "minilm-l6-int8-4c8c5336916d".into(),
         models: common::default_models(),
         min_rows: None,
+        drop_conflicts: false,
         oos_label: None,
     }
 }

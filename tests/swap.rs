@@ -670,6 +670,19 @@ async fn names_that_cannot_be_classes_are_refused_at_once() {
         let v: Value = res.json().await.unwrap();
         assert_eq!(s, 400, "train {class}: {v}");
         assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        let res = c
+            .post(format!("{base}/experts/{class}/select"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"candidates": ["travel--tokenbag"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "select {class}");
+        let v: Value = res.json().await.unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("class"),
+            "select {class}: the name is refused first: {v}"
+        );
     }
     std::fs::remove_dir_all(root).unwrap();
 }

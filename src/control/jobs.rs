@@ -93,6 +93,7 @@ impl Jobs {
 
     /// Start a selection job for `class`; returns at once with the job (state "running").
     pub async fn start_select(self: &Arc<Self>, class: &str, req: Selection) -> Result<Job> {
+        crate::experts::card::check_class(class).map_err(Error::BadRequest)?;
         let data = self.data.clone().ok_or_else(|| {
             Error::BadRequest("no validation data configured: start the service with --data / MOE_DATA".into())
         })?;

@@ -2,7 +2,7 @@
 //!
 //! One frozen trunk embeds every distinct text once (the serving executor, so the embeddings are
 //! the ones the service will compute); one one-vs-all logistic head per class is fitted on train
-//! on all cores (C by cross-validated AUC: the fit online training uses); each head's threshold is
+//! on all cores (the online trainer's objective; C chosen by val AUC); each head's threshold is
 //! its val EER and its Platt map is fitted on val; the gate is chosen on val; test is only
 //! reported. The model root is written into a temporary folder beside `--out`, loaded and
 //! self-tested like any served set, and renamed into place: an interrupted run leaves no root.
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::evaluate::{Scorer, platt_calibration};
 use super::gating::GateData;
-use super::logreg::{Fitted, cross_validate, shuffle};
+use super::logreg::{C_GRID, Logistic, balanced_weights, fit, shuffle};
 use super::metrics::{binary_report, multiclass};
 use super::select::choose_gate;
 use crate::clock::now_rfc3339;
@@ -43,6 +43,9 @@ pub const MIN_TRAIN_ROWS: usize = 5;
 /// Above this many classes the gate search skips the fitted gates (length, stacking), whose fit
 /// grows with classes² × rows; the uniform gate's score modes are still compared.
 pub const FITTED_GATES_UP_TO: usize = 40;
+/// Negatives a head is fitted on at most (seeded sample; every positive is kept): the Newton fit
+/// costs rows × dimension² per step, and a linear head gains little from more negatives.
+pub const MAX_NEGATIVES: usize = 4000;
 /// Texts per trunk run.
 const CHUNK: usize = 64;
 const SPLITS: [&str; 3] = ["train", "val", "test"];
@@ -80,6 +83,9 @@ pub struct FitOptions {
     /// Drop classes with fewer train rows than this (at least 5) instead of refusing.
     #[arg(long)]
     pub min_rows: Option<usize>,
+    /// Leave out every row of a text that is labelled two ways, instead of refusing the file.
+    #[arg(long)]
+    pub drop_conflicts: bool,
     /// Rows with this label are out of scope, not a class (kept out of the fit for now).
     #[arg(long)]
     pub oos_label: Option<String>,
@@ -143,7 +149,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     };
     let (train, train_truth, train_texts) = split_rows("train");
     let (val, val_truth, _) = split_rows("val");
-    let fitted = fit_heads(&classes, &train, &train_truth);
+    let fitted = fit_heads(&classes, &train, &train_truth, &val, &val_truth);
     stage("fit", t);
 
     let t = Instant::now();
@@ -209,9 +215,10 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
     };
     let (t, l) = (col(&o.text_col)?, col(&o.label_col)?);
     let s = header.iter().position(|h| h == o.split_col);
-    let (mut rows, mut splits_given) = (Vec::new(), Vec::new());
+    let mut rows = Vec::new();
     let (mut ignored, mut out_of_scope) = (0, 0);
     let mut label_of: HashMap<String, (String, u64)> = HashMap::new();
+    let mut conflicts: std::collections::HashSet<String> = Default::default();
     for rec in rdr.records() {
         let rec = rec.map_err(|e| match e.kind() {
             csv::ErrorKind::Utf8 { pos, err } => bad(format!(
@@ -241,9 +248,13 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
         }
         match label_of.get(text) {
             Some((other, at)) if other != label => {
-                return Err(bad(format!(
-                    "line {line}: the text {text:?} is labelled {label:?} here and {other:?} on line {at}; one text, one label"
-                )));
+                if !o.drop_conflicts {
+                    return Err(bad(format!(
+                        "line {line}: the text {text:?} is labelled {label:?} here and {other:?} on line {at}; one text, \
+                         one label (or leave such texts out with --drop-conflicts)"
+                    )));
+                }
+                conflicts.insert(text.to_string());
             }
             Some(_) => {}
             None => {
@@ -255,7 +266,12 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
             continue;
         }
         rows.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
-        splits_given.push(split.is_some());
+    }
+    if !conflicts.is_empty() {
+        let before = rows.len();
+        rows.retain(|r| !conflicts.contains(&r.text));
+        progress(&format!("left out {} rows of {} texts labelled two ways", before - rows.len(), conflicts.len()));
+        ignored += before - rows.len();
     }
     if rows.is_empty() {
         return Err(bad("no labelled rows".into()));
@@ -435,13 +451,22 @@ fn embed(exec: &Executor, tok: &TokenizerHandle, texts: &[&str]) -> Result<Matri
     Ok(all)
 }
 
+/// One class's head and how it was chosen.
+struct Head {
+    model: Logistic,
+    c: f64,
+    /// Val AUC per C tried.
+    grid: Vec<Value>,
+    /// Train rows it was fitted on (every positive, negatives up to `MAX_NEGATIVES`).
+    rows: usize,
+}
+
 /// One head per class, fitted in parallel (one class per core at a time).
-fn fit_heads(classes: &[String], train: &Matrix, truth: &[usize]) -> Vec<Fitted> {
-    let x: Vec<Vec<f32>> = (0..train.rows).map(|i| train.row(i).to_vec()).collect();
+fn fit_heads(classes: &[String], train: &Matrix, truth: &[usize], val: &Matrix, val_truth: &[usize]) -> Vec<Head> {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(classes.len());
-    let mut out: Vec<Option<Fitted>> = (0..classes.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Head>> = (0..classes.len()).map(|_| None).collect();
     let results = std::sync::Mutex::new(&mut out);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -451,11 +476,8 @@ fn fit_heads(classes: &[String], train: &Matrix, truth: &[usize]) -> Vec<Fitted>
                     if k >= classes.len() {
                         break;
                     }
-                    let y: Vec<bool> = truth.iter().map(|&t| t == k).collect();
-                    // The class's share of train as its prior: probabilities on the data's scale.
-                    let share = y.iter().filter(|&&v| v).count() as f64 / y.len() as f64;
-                    let fitted = cross_validate(&x, &y, (share / (1.0 - share)).ln());
-                    crate::error::lock(&results)[k] = Some(fitted);
+                    let head = fit_head(k, train, truth, val, val_truth);
+                    crate::error::lock(&results)[k] = Some(head);
                     let d = done.fetch_add(1, Ordering::SeqCst) + 1;
                     if d == classes.len() || d.is_multiple_of((classes.len() / 10).max(1)) {
                         progress(&format!("fitted {d}/{} heads", classes.len()));
@@ -467,8 +489,40 @@ fn fit_heads(classes: &[String], train: &Matrix, truth: &[usize]) -> Vec<Fitted>
     out.into_iter().map(|f| f.expect("every class fitted")).collect()
 }
 
+/// Class `k`'s head: an L2 logistic regression with balanced class weights (the trainer's and the
+/// online trainer's objective) on its positives and at most `MAX_NEGATIVES` seeded negatives, for
+/// each C of `C_GRID`; the C with the best val AUC is kept (ties: the smaller C). The bias is moved
+/// from the balanced fit's prior (1/2) to the class's share of train, so probabilities are on the
+/// data's scale. Choosing C on val (not by cross-validation on train) keeps the cost at
+/// |C_GRID| fits per class.
+fn fit_head(k: usize, train: &Matrix, truth: &[usize], val: &Matrix, val_truth: &[usize]) -> Head {
+    let (mut pos, mut neg): (Vec<usize>, Vec<usize>) = (0..train.rows).partition(|&i| truth[i] == k);
+    shuffle(&mut neg, 42 + k as u64);
+    neg.truncate(MAX_NEGATIVES);
+    pos.extend(neg);
+    pos.sort_unstable();
+    let x: Vec<&[f32]> = pos.iter().map(|&i| train.row(i)).collect();
+    let y: Vec<bool> = pos.iter().map(|&i| truth[i] == k).collect();
+    let share = truth.iter().filter(|&&t| t == k).count() as f64 / truth.len() as f64;
+    let val_y: Vec<bool> = val_truth.iter().map(|&t| t == k).collect();
+    let weights = balanced_weights(&y);
+    let mut best: Option<(f64, f64, Logistic)> = None;
+    let mut grid = Vec::new();
+    for &c in &C_GRID {
+        let m = fit(&x, &y, &weights, c);
+        let auc = m.head.logits(val).map(|l| binary_report(&positive_probabilities(&l), &val_y).auc).unwrap_or(0.0);
+        grid.push(json!({"C": c, "val_auc": auc, "newton_steps": m.iterations}));
+        if best.as_ref().is_none_or(|(b, ..)| auc > *b) {
+            best = Some((auc, c, m));
+        }
+    }
+    let (_, c, mut model) = best.expect("C_GRID is not empty");
+    model.head.bias += (share / (1.0 - share)).ln() as f32;
+    Head { model, c, grid, rows: x.len() }
+}
+
 /// Positive-class probabilities of a linear head, computed as the service computes them.
-fn head_probabilities(f: &Fitted, x: &Matrix) -> Result<Vec<f32>> {
+fn head_probabilities(f: &Head, x: &Matrix) -> Result<Vec<f32>> {
     Ok(positive_probabilities(&f.model.head.logits(x)?))
 }
 
@@ -479,7 +533,7 @@ fn write_bundles(
     root: &Path,
     o: &FitOptions,
     classes: &[String],
-    fitted: &[Fitted],
+    fitted: &[Head],
     val: &Matrix,
     val_truth: &[usize],
     (train, train_texts, train_truth): (&Matrix, &[String], &[usize]),
@@ -524,14 +578,11 @@ fn write_bundles(
                 split: "val".into(),
             }),
             calibration: Some(platt_calibration(&scores, &labels, "val")),
-            metrics: BTreeMap::from([
-                ("cv".to_string(), metrics(f.report.clone(), "moe fit (train, cross-validated)")),
-                ("val".to_string(), metrics(r, "onnxruntime (moe)")),
-            ]),
+            metrics: BTreeMap::from([("val".to_string(), metrics(r, "onnxruntime (moe)"))]),
             provenance: json!({
                 "tool": "moe fit", "created": created, "data": o.data, "data_sha256": data_sha,
                 "text_column": o.text_col, "label_column": o.label_col, "trunk": tcard.id,
-                "C": f.c, "folds": f.folds, "cv_grid": f.grid, "train_rows": train.rows,
+                "C": f.c, "C_chosen_by": "val AUC", "grid": f.grid, "train_rows": train.rows, "fitted_on_rows": f.rows,
             }),
             selftest,
             tokenizer: None,

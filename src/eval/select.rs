@@ -192,7 +192,7 @@ pub fn choose_gate(
                     "l2": l2, "val_accuracy": acc, "val_abstained": abstain,
                     "evaluation": if in_sample { "val" } else { "5-fold cross-validation on val" }}),
                 );
-                println!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
+                eprintln!("gate {kind:?}/{mode:?} l2 {l2}: val accuracy {acc:.4}, abstained {abstain}");
                 if best.is_none_or(|(b, ..)| acc > b + 1e-9) {
                     best = Some((acc, kind, mode, l2));
                 }
