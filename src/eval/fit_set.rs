@@ -83,7 +83,7 @@ pub struct FitOptions {
     /// Drop classes with fewer train rows than this (at least 5) instead of refusing.
     #[arg(long)]
     pub min_rows: Option<usize>,
-    /// Leave out every row of a text that is labelled two ways, instead of refusing the file.
+    /// Leave out texts labelled two ways instead of refusing the file.
     #[arg(long)]
     pub drop_conflicts: bool,
     /// Rows with this label are out of scope, not a class (kept out of the fit for now).
