@@ -17,11 +17,31 @@ use crate::experts::card::bundle_names;
 use crate::experts::card::{Calibration, Threshold};
 use crate::experts::metrics::{BinaryReport, SplitMetrics};
 use crate::inference::executor::Input;
-use crate::inference::{ExecutorPool, Matrix};
+use crate::inference::{Executor, ExecutorPool, Matrix, TokenizerHandle};
 use crate::{Error, Result};
 
 /// Texts per graph run in the offline tools.
 const CHUNK: usize = 64;
+
+/// A token graph's output for every text, run in chunks of `CHUNK`; `done` hears the rows so far
+/// after each chunk.
+pub fn trunk_outputs<T: AsRef<str>>(
+    exec: &Executor,
+    tok: &TokenizerHandle,
+    texts: &[T],
+    mut done: impl FnMut(usize),
+) -> Result<Matrix> {
+    let mut all = Matrix { rows: 0, cols: 0, data: Vec::new() };
+    for chunk in texts.chunks(CHUNK) {
+        let enc = chunk.iter().map(|t| tok.encode(t.as_ref())).collect::<Result<Vec<_>>>()?;
+        let m = exec.run_blocking(Input::Tokens(Arc::new(enc)))?;
+        all.cols = m.cols;
+        all.rows += m.rows;
+        all.data.extend(m.data);
+        done(all.rows);
+    }
+    Ok(all)
+}
 
 pub fn probabilities(expert: &Expert, texts: &[String]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(texts.len());
@@ -71,15 +91,7 @@ impl<'a> Scorer<'a> {
         if let Some(m) = self.embeddings.get(&key) {
             return Ok(m.clone());
         }
-        let mut all = Matrix { rows: 0, cols: 0, data: Vec::new() };
-        for chunk in self.texts.chunks(CHUNK) {
-            let enc = chunk.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
-            let m = expert.stage1.run_blocking(Input::Tokens(Arc::new(enc)))?;
-            all.cols = m.cols;
-            all.rows += m.rows;
-            all.data.extend(m.data);
-        }
-        let all = Arc::new(all);
+        let all = Arc::new(trunk_outputs(&expert.stage1, tok, self.texts, |_| {})?);
         self.embeddings.insert(key, all.clone());
         Ok(all)
     }

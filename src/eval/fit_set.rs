@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::evaluate::{Scorer, platt_calibration};
+use super::evaluate::{Scorer, platt_calibration, trunk_outputs};
 use super::gating::GateData;
 use super::logreg::{C_GRID, Logistic, balanced_weights, fit, shuffle};
 use super::metrics::{binary_report, multiclass};
@@ -34,7 +34,7 @@ use crate::experts::card::{
 use crate::experts::metrics::SplitMetrics;
 use crate::experts::registry::RegistryFile;
 use crate::gate::{GateKind, IDENTITY};
-use crate::inference::executor::{Expect, Input};
+use crate::inference::executor::Expect;
 use crate::inference::{Executor, ExecutorPool, Matrix, TokenizerHandle};
 use crate::{Error, Result};
 
@@ -46,8 +46,6 @@ pub const FITTED_GATES_UP_TO: usize = 40;
 /// Negatives a head is fitted on at most (seeded sample; every positive is kept): the Newton fit
 /// costs rows × dimension² per step, and a linear head gains little from more negatives.
 pub const MAX_NEGATIVES: usize = 4000;
-/// Texts per trunk run.
-const CHUNK: usize = 64;
 const SPLITS: [&str; 3] = ["train", "val", "test"];
 
 /// What `moe fit` reads and writes.
@@ -155,8 +153,17 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     let t = Instant::now();
     let tmp = temp_root(&o.out)?;
     let written = (|| {
-        let bundles =
-            write_bundles(&tmp, o, &classes, &fitted, &val, &val_truth, (&train, &train_texts, &train_truth), &tcard)?;
+        let bundles = write_bundles(
+            &tmp,
+            o,
+            &classes,
+            &fitted,
+            &val,
+            &val_truth,
+            (&train, &train_texts, &train_truth),
+            &tcard,
+            exec.provider,
+        )?;
         copy_trunk(&trunk_dir, &tmp.join("trunks").join(&tcard.id))?;
         if data.split_source.starts_with("stratified") {
             write_splits(&tmp.join("splits.csv"), &data.rows)?;
@@ -433,22 +440,15 @@ fn distinct_texts<'a>(rows: &[&'a Row]) -> (Vec<&'a str>, HashMap<&'a str, usize
 
 /// The trunk's embedding of each text, with a progress line every tenth.
 fn embed(exec: &Executor, tok: &TokenizerHandle, texts: &[&str]) -> Result<Matrix> {
-    let mut all = Matrix { rows: 0, cols: 0, data: Vec::with_capacity(texts.len() * 384) };
     let started = Instant::now();
     let mut next_report = texts.len() / 10;
-    for chunk in texts.chunks(CHUNK) {
-        let enc = chunk.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
-        let m = exec.run_blocking(Input::Tokens(Arc::new(enc)))?;
-        all.cols = m.cols;
-        all.rows += m.rows;
-        all.data.extend(m.data);
-        if all.rows >= next_report {
-            let rate = all.rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            progress(&format!("embedded {}/{} texts ({rate:.0}/s)", all.rows, texts.len()));
+    trunk_outputs(exec, tok, texts, |rows| {
+        if rows >= next_report {
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            progress(&format!("embedded {rows}/{} texts ({rate:.0}/s)", texts.len()));
             next_report += texts.len() / 10;
         }
-    }
-    Ok(all)
+    })
 }
 
 /// One class's head and how it was chosen.
@@ -538,6 +538,7 @@ fn write_bundles(
     val_truth: &[usize],
     (train, train_texts, train_truth): (&Matrix, &[String], &[usize]),
     tcard: &TrunkCard,
+    provider: &str,
 ) -> Result<Vec<String>> {
     let data_sha = sha256_file(&o.data)?;
     let created = now_rfc3339();
@@ -563,7 +564,8 @@ fn write_bundles(
         let probs = head_probabilities(f, &sel)?;
         let selftest =
             picks.iter().zip(probs).map(|(&i, p)| SelfTest { text: train_texts[i].clone(), probability: p }).collect();
-        let metrics = |report, runtime: &str| SplitMetrics { provider: "CPU".into(), runtime: runtime.into(), report };
+        let metrics =
+            |report, runtime: &str| SplitMetrics { provider: provider.into(), runtime: runtime.into(), report };
         let card = Card {
             schema: CARD_SCHEMA,
             class: class.clone(),
@@ -636,7 +638,8 @@ fn choose_gate_and_report(
         "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
     reg.gate = spec;
     reg.write(root)?;
-    let set = Arc::new(ExpertSet::load(&pool, runtime, root, &reg)?);
+    // The same loaded experts under the chosen gate (they passed their self-tests above).
+    let set = ExpertSet::new(set.experts.clone(), reg.gate.clone(), (0, None), Vec::new())?;
     let mut report = json!({
         "data": {"file": o.data, "rows": data.rows.len(), "split": data.split_source, "ignored_rows": data.ignored,
                  "out_of_scope_rows": data.out_of_scope, "dropped_classes": dropped},
@@ -644,27 +647,29 @@ fn choose_gate_and_report(
         "gate": {"kind": format!("{:?}", reg.gate.kind).to_lowercase(), "score": format!("{:?}", reg.gate.score).to_lowercase(),
                  "val_accuracy": acc},
     });
-    for s in ["val", "test"] {
-        let (texts, truth) = split(s);
-        if texts.is_empty() {
-            report[s] = Value::Null;
-            continue;
-        }
-        report[s] = split_report(&set, classes, &texts, &truth)?;
-    }
+    report["val"] = split_report(&set, classes, &texts, &truth, &probs)?;
+    let (test, test_truth) = split("test");
+    report["test"] = if test.is_empty() {
+        Value::Null
+    } else {
+        let mut scorer = Scorer::new(&test);
+        let probs = set.experts.iter().map(|e| scorer.probabilities(e)).collect::<Result<Vec<_>>>()?;
+        split_report(&set, classes, &test, &test_truth, &probs)?
+    };
     Ok(report)
 }
 
 /// Accuracy and macro-F1 of the set's answers on a split (best guess when it abstains, and with
 /// abstentions counted wrong), per-class expert metrics and the most confused class pairs.
-fn split_report(set: &ExpertSet, classes: &[String], texts: &[String], truth: &[usize]) -> Result<Value> {
-    let mut probs: Vec<Vec<f32>> = vec![Vec::new(); set.experts.len()];
-    for chunk in texts.chunks(CHUNK) {
-        for (k, p) in set.probabilities_blocking(chunk)?.into_iter().enumerate() {
-            probs[k].extend(p);
-        }
-    }
-    let results = set.decide_all(texts, &probs, &vec![false; texts.len()]);
+/// `probs` is expert-major, in the set's order.
+fn split_report(
+    set: &ExpertSet,
+    classes: &[String],
+    texts: &[String],
+    truth: &[usize],
+    probs: &[Vec<f32>],
+) -> Result<Value> {
+    let results = set.decide_all(texts, probs, &vec![false; texts.len()]);
     let index = |c: &str| classes.binary_search(&c.to_string()).expect("a class of the set");
     let guess: Vec<usize> = results.iter().map(|r| index(&r.best_guess)).collect();
     let answered = results.iter().zip(truth).filter(|(r, t)| r.label.as_deref() == Some(classes[**t].as_str())).count();
