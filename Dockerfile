@@ -11,6 +11,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY openapi.yaml ./
 ARG FEATURES=""
 RUN cargo build --release --locked --features "${FEATURES}"

@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --train
 export OMP_WAIT_POLICY=PASSIVE
 cargo fmt --all -- --check
-cargo clippy --release --locked --all-targets -- -D warnings
-cargo test --release --locked
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo test --release --locked --workspace
 PY_SRC="training/moe_training training/tests tests/browser tests/k8s bench scripts"
 # shellcheck disable=SC2086 # PY_SRC is a list of folders
 .venv/bin/ruff format --check --config training/pyproject.toml $PY_SRC

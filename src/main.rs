@@ -3,19 +3,21 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use moe::bench::BenchOptions;
-use moe::config::{Connections, Limits, RuntimeConfig};
-use moe::control::fleet::{Fleet, Replica};
-use moe::core::{Core, Paths};
-use moe::eval::data::DataArgs;
-use moe::eval::fit_set::FitOptions;
-use moe::eval::report::ReportOptions;
-use moe::eval::select::SelectOptions;
-use moe::experts::store::{EtcdStore, EtcdTarget, Store};
-use moe::http::{AppState, app};
+use moe_core::config::{Connections, Limits, RuntimeConfig};
+use moe_core::data::DataArgs;
+use moe_core::service::{Core, Paths};
+use moe_core::store::{FileStore, RegistryStore};
+use moe_server::control::fleet::{Fleet, Replica};
+use moe_server::etcd::{EtcdStore, EtcdTarget};
+use moe_server::http::{AppState, app};
+use moe_tools::bench::BenchOptions;
+use moe_tools::fit::FitOptions;
+use moe_tools::report::ReportOptions;
+use moe_tools::select::SelectOptions;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -171,22 +173,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Eval(a) => {
             let o = &a.options;
-            let out = moe::eval::evaluate::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;
+            let out = moe_core::scoring::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Command::Calibrate(a) => {
             let o = &a.options;
-            Ok(moe::eval::evaluate::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
+            Ok(moe_core::scoring::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
         }
-        Command::Select(a) => Ok(moe::eval::select::select(&a.options, &a.data, &a.runtime)?),
+        Command::Select(a) => Ok(moe_tools::select::select(&a.options, &a.data, &a.runtime)?),
         Command::Fit(a) => {
-            let summary = moe::eval::fit_set::fit_set(&a.options, &a.runtime)?;
+            let summary = moe_tools::fit::fit_set(&a.options, &a.runtime)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
-        Command::Report(a) => Ok(moe::eval::report::report(&a.options, &a.data, &a.runtime)?),
-        Command::Bench(a) => Ok(runtime()?.block_on(moe::bench::run(&a.options, &a.data, &a.runtime))?),
+        Command::Report(a) => Ok(moe_tools::report::report(&a.options, &a.data, &a.runtime)?),
+        Command::Bench(a) => Ok(runtime()?.block_on(moe_tools::bench::run(&a.options, &a.data, &a.runtime))?),
     }
 }
 
@@ -194,9 +196,13 @@ fn main() -> anyhow::Result<()> {
 /// async workers, then serve until SIGINT/SIGTERM, finishing in-flight requests.
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse().context("--host/--port")?;
-    let store = match a.registry.as_str() {
-        "file" => Store::file(&a.state, &a.models),
-        url => Store::Etcd(Box::new(EtcdStore::connect(EtcdTarget::parse(url)?).await?)),
+    let etcd = match a.registry.as_str() {
+        "file" => None,
+        url => Some(EtcdStore::connect(EtcdTarget::parse(url)?).await?),
+    };
+    let store: Arc<dyn RegistryStore> = match &etcd {
+        Some(etcd) => Arc::new(etcd.clone()),
+        None => Arc::new(FileStore::new(&a.state)),
     };
     let core = Core::with_store(Paths::new(&a.models, &a.state), a.runtime.clone(), a.limits.clone(), store);
     let data = a.data.available().then(|| a.data.clone());
@@ -210,11 +216,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         id: a.replica_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), a.port)),
         address: a.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}")),
     };
-    let fleet = Fleet::new(core.clone(), replica);
+    let fleet = Fleet::new(core.clone(), etcd, replica);
     let loader = tokio::task::spawn_blocking({
         let core = core.clone();
         move || {
-            moe::control::upload::remove_leftovers(core.root())?;
+            moe_server::control::upload::remove_leftovers(core.root())?;
             load_waiting_for_the_registry(&core)
         }
     });
@@ -228,7 +234,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(core).with_data(data).with_admin_token(token).with_fleet(fleet.clone());
     // Our own accept loop: the connection cap, header deadline and drain of --max-connections etc.
-    let server = tokio::spawn(moe::http::server::serve(listener, app(state), a.connections.clone(), shutdown_signal()));
+    let server =
+        tokio::spawn(moe_server::http::server::serve(listener, app(state), a.connections.clone(), shutdown_signal()));
     // A bad registry or bundle at start is fatal (non-zero exit), never a silent fallback.
     loader.await.context("loader panicked")?.context("loading the experts")?;
     fleet.start();
@@ -240,11 +247,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
 /// Load the registry's set; while a shared registry cannot be reached, wait for it (the replica
 /// answers /readyz 503 meanwhile) instead of exiting: etcd may simply start after the replicas.
-fn load_waiting_for_the_registry(core: &Core) -> moe::Result<()> {
+fn load_waiting_for_the_registry(core: &Core) -> moe_core::Result<()> {
     loop {
         match core.load_registry() {
-            Err(e @ moe::Error::Registry { .. }) => {
-                tracing::warn!(error = %moe::error::chain(&e), "registry unreachable; retrying in 1 s");
+            Err(e @ moe_core::Error::Registry { .. }) => {
+                tracing::warn!(error = %moe_core::error::chain(&e), "registry unreachable; retrying in 1 s");
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
             other => return other,

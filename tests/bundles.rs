@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use moe::core::ExpertSet;
-use moe::expert::Expert;
-use moe::inference::ExecutorPool;
+use moe_core::expert::Expert;
+use moe_core::inference::ExecutorPool;
+use moe_core::service::ExpertSet;
 
 fn load(root: &Path, bundle: &str) -> Result<Expert, String> {
     Expert::load(&ExecutorPool::default(), &common::runtime(), root, bundle, true).map_err(|e| e.to_string())
@@ -22,9 +22,9 @@ fn good_bundles_load() {
         serde_json::from_str(&std::fs::read_to_string(root.join("travel--tokenbag/card.json")).unwrap()).unwrap();
     assert_eq!(e.threshold.map(f64::from), card["threshold"]["value"].as_f64().map(|t| t as f32 as f64));
     let d = load(&common::default_models(), "travel--kd19-logreg").unwrap();
-    assert!(matches!(d.head, Some(moe::expert::Head::Linear(_))), "the shipped heads are linear, on a trunk");
+    assert!(matches!(d.head, Some(moe_core::expert::Head::Linear(_))), "the shipped heads are linear, on a trunk");
     let g = load(&common::default_models(), "travel--global-ft19-logreg").unwrap();
-    assert!(matches!(g.head, Some(moe::expert::Head::Graph(_))), "a column head is an ONNX graph on a trunk");
+    assert!(matches!(g.head, Some(moe_core::expert::Head::Graph(_))), "a column head is an ONNX graph on a trunk");
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn refusals_name_the_file_and_the_problem() {
             "lexicon-format",
             Box::new(|d| {
                 std::fs::write(d.join("lexicon.txt"), "how\t1\nHow 2\n").unwrap();
-                let sha = moe::experts::card::sha256_file(&d.join("lexicon.txt")).unwrap();
+                let sha = moe_core::files::sha256_file(&d.join("lexicon.txt")).unwrap();
                 common::edit_json(&d.join("card.json"), |c| {
                     c["spelling"] = serde_json::json!({"file": "lexicon.txt", "sha256": sha})
                 })
@@ -91,7 +91,7 @@ fn refusals_name_the_file_and_the_problem() {
             Box::new(move |d| {
                 let bytes = std::fs::read(&head).unwrap();
                 common::replace_file(&d.join("model.onnx"), &bytes);
-                let sha = moe::experts::card::sha256_file(&d.join("model.onnx")).unwrap();
+                let sha = moe_core::files::sha256_file(&d.join("model.onnx")).unwrap();
                 common::edit_json(&d.join("card.json"), |c| c["graph"]["sha256"] = sha.into());
             }),
             "unexpected input \"embedding\"",
@@ -122,8 +122,8 @@ fn symlinks_out_of_the_root_are_refused() {
 }
 
 /// The set a model root's registry names, as the offline tools load it.
-fn load_set(cfg: &moe::config::RuntimeConfig, root: &std::path::Path) -> moe::Result<ExpertSet> {
-    ExpertSet::load(&ExecutorPool::default(), cfg, root, &moe::experts::RegistryFile::read(root)?)
+fn load_set(cfg: &moe_core::config::RuntimeConfig, root: &std::path::Path) -> moe_core::Result<ExpertSet> {
+    ExpertSet::load(&ExecutorPool::default(), cfg, root, &moe_core::bundle::RegistryFile::read(root)?)
 }
 
 #[test]
@@ -169,9 +169,9 @@ fn inline_and_threaded_heads_agree() {
     let texts: Vec<String> =
         ["how to pack a suitcase", "how to bake sourdough bread", "how to train a puppy"].map(String::from).to_vec();
     let run = |inline_heads: bool| {
-        let cfg = moe::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
+        let cfg = moe_core::config::RuntimeConfig { inline_heads, sessions: Some(2), ..common::runtime() };
         let set = std::sync::Arc::new(load_set(&cfg, &root).unwrap());
-        let Some(moe::expert::Head::Graph(head)) = set.experts[0].head.as_ref() else {
+        let Some(moe_core::expert::Head::Graph(head)) = set.experts[0].head.as_ref() else {
             panic!("the column heads are ONNX heads")
         };
         assert_eq!(head.inline(), inline_heads);

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use moe::config::{Connections, Limits};
-use moe::http::{AppState, app};
+use moe_core::config::{Connections, Limits};
+use moe_server::http::{AppState, app};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,7 +18,7 @@ async fn start(limits: Limits, conns: Connections) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app(AppState::new(core));
-    tokio::spawn(moe::http::server::serve(listener, router, conns, std::future::pending()));
+    tokio::spawn(moe_server::http::server::serve(listener, router, conns, std::future::pending()));
     addr.to_string()
 }
 
@@ -271,7 +271,7 @@ async fn new_connections_during_the_drain_get_503() {
 async fn oversized_request_heads_get_json_errors() {
     let addr = start(Limits::default(), Connections::default()).await;
     let many: String = (0..150).map(|i| format!("x-extra-{i}: v\r\n")).collect();
-    let long = "a".repeat(moe::http::MAX_URI_BYTES + 1);
+    let long = "a".repeat(moe_server::http::MAX_URI_BYTES + 1);
     for (head, status, code) in [
         (format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}connection: close\r\n\r\n"), "431", "headers_too_large"),
         (format!("GET /experts/{long} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"), "414", "uri_too_long"),
@@ -286,7 +286,7 @@ async fn oversized_request_heads_get_json_errors() {
 async fn requests_the_parser_refuses_get_json_errors() {
     let addr = start(Limits::default(), Connections::default()).await;
     let parser_many: String =
-        (0..moe::http::server::PARSER_MAX_HEADERS + 50).map(|i| format!("x-{i}: v\r\n")).collect();
+        (0..moe_server::http::server::PARSER_MAX_HEADERS + 50).map(|i| format!("x-{i}: v\r\n")).collect();
     let huge = "a".repeat(70_000);
     for (head, status, code) in [
         ("GARBAGE\r\n\r\n".to_string(), "400", "bad_request"),

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use moe::config::Limits;
+use moe_core::config::Limits;
 use serde_json::{Value, json};
 
 async fn classify(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
@@ -108,9 +108,9 @@ async fn probabilities_match_python_onnxruntime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched() {
     let root = common::fixture_models();
-    let core = moe::core::Core::new(
-        moe::core::Paths::new(&root, common::state_dir("batched")),
-        moe::config::RuntimeConfig { max_wait_us: 20_000, ..common::runtime() },
+    let core = moe_core::service::Core::new(
+        moe_core::service::Paths::new(&root, common::state_dir("batched")),
+        moe_core::config::RuntimeConfig { max_wait_us: 20_000, ..common::runtime() },
         Limits::default(),
     );
     let c = core.clone();
@@ -171,9 +171,13 @@ async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
     let texts = ["how to cook pasta like a chef", "how to visit rome in winter", "how to fix a flat bike tyre"];
     let answers = |solo_threads: Option<usize>, solo_spin_us: u64| async move {
         let root = common::default_models();
-        let runtime = moe::config::RuntimeConfig { sessions: Some(2), solo_threads, solo_spin_us, ..common::runtime() };
-        let core =
-            moe::core::Core::new(moe::core::Paths::new(&root, common::state_dir("solo")), runtime, Limits::default());
+        let runtime =
+            moe_core::config::RuntimeConfig { sessions: Some(2), solo_threads, solo_spin_us, ..common::runtime() };
+        let core = moe_core::service::Core::new(
+            moe_core::service::Paths::new(&root, common::state_dir("solo")),
+            runtime,
+            Limits::default(),
+        );
         let c = core.clone();
         tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
         let set = core.snapshot().unwrap();

@@ -6,10 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use moe::Error;
-use moe::config::Limits;
-use moe::eval::fit_set::{FitOptions, fit_set};
-use moe::experts::RegistryFile;
+use moe_core::Error;
+use moe_core::bundle::RegistryFile;
+use moe_core::config::Limits;
+use moe_tools::fit::{FitOptions, fit_set};
 use serde_json::Value;
 
 /// `per_class` titles of each of these classes from the repository's data, as `text,label` rows.

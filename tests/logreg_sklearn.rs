@@ -1,7 +1,7 @@
 //! The online trainer's logistic regression against scikit-learn's LogisticRegression on the same
 //! data, weights and C (fixture written by training/scripts/sklearn_logreg_fixture.py).
 
-use moe::eval::logreg::{balanced_weights, fit};
+use moe_core::stats::logreg::{balanced_weights, fit};
 use serde_json::Value;
 
 #[test]

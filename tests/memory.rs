@@ -5,8 +5,8 @@
 
 mod common;
 
-use moe::config::Limits;
-use moe::control::swap::{Swap, swap};
+use moe_core::config::Limits;
+use moe_server::control::swap::{Swap, swap};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_swaps_release_their_sessions_and_memory() {

@@ -13,8 +13,8 @@ fn record_a_million() {
 
 #[test]
 fn histogram_samples_do_not_pile_up_without_a_scrape() {
-    let _handle = moe::http::metrics::prometheus();
-    let pause = moe::http::metrics::UPKEEP * 2;
+    let _handle = moe_server::http::prometheus::recorder();
+    let pause = moe_server::http::prometheus::UPKEEP * 2;
     record_a_million();
     std::thread::sleep(pause);
     let base = common::rss_mb();
@@ -26,7 +26,7 @@ fn histogram_samples_do_not_pile_up_without_a_scrape() {
     // Kept for a scrape, 8 million more samples would hold at least 64 MB.
     assert!(grown < 32.0, "resident memory grew {grown:.1} MB over 8 million unscraped samples");
     // And nothing is lost: a scrape still counts every sample.
-    let text = moe::http::metrics::prometheus().render();
+    let text = moe_server::http::prometheus::recorder().render();
     let count = text.lines().find(|l| l.starts_with("moe_test_upkeep_seconds_count")).unwrap_or_default().to_string();
     assert!(count.ends_with(" 9000000"), "{count}");
 }

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use moe::config::{Limits, RuntimeConfig};
-use moe::core::{Core, Paths};
+use moe_core::config::{Limits, RuntimeConfig};
+use moe_core::service::{Core, Paths};
 use serde_json::{Value, json};
 
 /// The shipped set (int8 trunk, one text per session run: ~2 ms a text) on one session.

@@ -1,7 +1,7 @@
 //! The ROC / AUC code against scikit-learn's roc_curve and roc_auc_score on the same scores
 //! (fixture written by training/scripts/sklearn_roc_fixture.py).
 
-use moe::eval::metrics::{auc, eer, roc};
+use moe_core::stats::roc::{auc, eer, roc};
 use serde_json::Value;
 
 #[test]

@@ -5,8 +5,8 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use moe::config::Limits;
-use moe::http::{AppState, app};
+use moe_core::config::Limits;
+use moe_server::http::{AppState, app};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -141,14 +141,18 @@ async fn refusals_use_one_error_shape() {
         (get("/classify"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (get("/jobs/not-a-number"), StatusCode::BAD_REQUEST, "bad_request"),
         (get("/experts/%FF%FE"), StatusCode::BAD_REQUEST, "bad_request"),
-        (get(&format!("/experts/{}", "a".repeat(moe::http::MAX_URI_BYTES))), StatusCode::URI_TOO_LONG, "uri_too_long"),
         (
-            with_headers(moe::http::MAX_HEADERS + 1, 10),
+            get(&format!("/experts/{}", "a".repeat(moe_server::http::MAX_URI_BYTES))),
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+        ),
+        (
+            with_headers(moe_server::http::MAX_HEADERS + 1, 10),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
         ),
         (
-            with_headers(4, moe::http::MAX_HEADER_BYTES / 4),
+            with_headers(4, moe_server::http::MAX_HEADER_BYTES / 4),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
         ),
@@ -219,7 +223,7 @@ fn openapi_lists_every_history_action() {
     let text = std::fs::read_to_string(common::repo().join("openapi.yaml")).unwrap();
     let line = text.lines().find(|l| l.trim_start().starts_with("action: {type: string, enum: [")).unwrap();
     let listed: Vec<&str> = line.split('[').nth(1).unwrap().split(']').next().unwrap().split(", ").collect();
-    assert_eq!(listed, moe::experts::registry::ACTIONS);
+    assert_eq!(listed, moe_core::bundle::registry::ACTIONS);
 }
 
 /// openapi.yaml documents exactly the routes the router serves, and each one answers.
@@ -235,12 +239,12 @@ async fn openapi_matches_the_router() {
     }
     documented.sort();
     let mut served: Vec<(String, String)> =
-        moe::http::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        moe_server::http::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     served.sort();
     assert_eq!(documented, served);
     let core = common::loaded_core(&common::fixture_models(), Limits::default()).await;
     let r = app(AppState::new(core));
-    for (method, path) in moe::http::ROUTES {
+    for (method, path) in moe_server::http::ROUTES {
         let uri = path.replace("{class}", "Travel").replace("{id}", "1");
         let req = match *method {
             "post" if uri == "/classify" => post(r#"{"text": "how to travel"}"#),
@@ -283,7 +287,7 @@ async fn the_console_is_served_with_its_security_headers() {
         assert_eq!(res.status(), StatusCode::OK, "{uri}");
         let h = res.headers();
         assert!(h["content-type"].to_str().unwrap().starts_with(ct), "{uri}");
-        assert_eq!(h["content-security-policy"], moe::http::console::CSP, "{uri}");
+        assert_eq!(h["content-security-policy"], moe_server::http::console::CSP, "{uri}");
         assert_eq!(h["x-content-type-options"], "nosniff");
         let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert!(!body.contains("http://") && !body.contains("https://"), "{uri} names another origin");
@@ -293,7 +297,7 @@ async fn the_console_is_served_with_its_security_headers() {
         }
     }
     for forbidden in ["unsafe-inline", "unsafe-eval", "*"] {
-        assert!(!moe::http::console::CSP.contains(forbidden), "CSP allows {forbidden}");
+        assert!(!moe_server::http::console::CSP.contains(forbidden), "CSP allows {forbidden}");
     }
 }
 

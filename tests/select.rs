@@ -5,8 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use moe::eval::select::{SelectOptions, select};
-use moe::experts::{Metric, RegistryFile};
+use moe_core::bundle::{Metric, RegistryFile};
+use moe_tools::select::{SelectOptions, select};
 use serde_json::Value;
 
 fn options(candidates: &Path, out: &Path, metric: Metric) -> SelectOptions {
@@ -40,7 +40,7 @@ fn keeps_the_best_candidate_per_class() {
             assert_eq!(reg.experts[class], want, "{metric}: {class} ({va} vs {vb})");
             assert!(out.join(&want).join("card.json").is_file());
         }
-        assert_eq!(moe::experts::card::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
+        assert_eq!(moe_core::bundle::bundle_names(&out).unwrap().len(), 2, "losers are not copied");
         let evidence: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap()).unwrap();
         assert_eq!(evidence["metric"], metric.name());
@@ -55,8 +55,13 @@ fn keeps_the_best_candidate_per_class() {
     let reg = run(&cands, &out, Metric::Eer);
     assert_eq!(reg.experts["Travel"], "travel--tokenbag-b");
     // The selected root serves.
-    let set =
-        moe::core::ExpertSet::load(&moe::inference::ExecutorPool::default(), &common::runtime(), &out, &reg).unwrap();
+    let set = moe_core::service::ExpertSet::load(
+        &moe_core::inference::ExecutorPool::default(),
+        &common::runtime(),
+        &out,
+        &reg,
+    )
+    .unwrap();
     assert_eq!(set.experts.len(), 2);
     // Uncalibrated candidates are refused.
     common::edit_json(&cands.join("health--tokenbag/card.json"), |c| c["threshold"] = Value::Null);
@@ -71,12 +76,12 @@ fn keeps_the_best_candidate_per_class() {
 /// `calibrated` ranks by each expert's own map, and falls back (saying why) when one has none.
 #[test]
 fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
-    use moe::gate::{ScoreMode, calibrated};
+    use moe_core::gate::{ScoreMode, calibrated};
     let root = common::copy_root(&common::fixture_models(), "calibrate");
     let runtime = common::runtime();
-    moe::eval::evaluate::calibrate(&root, &[], "val", &common::data(), &runtime).unwrap();
+    moe_core::scoring::calibrate(&root, &[], "val", &common::data(), &runtime).unwrap();
     let mut maps = Vec::new();
-    for bundle in moe::experts::card::bundle_names(&root).unwrap() {
+    for bundle in moe_core::bundle::bundle_names(&root).unwrap() {
         let card: Value =
             serde_json::from_str(&std::fs::read_to_string(root.join(&bundle).join("card.json")).unwrap()).unwrap();
         let c = &card["calibration"];
@@ -88,7 +93,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
         maps.push((bundle, c["a"].as_f64().unwrap(), c["b"].as_f64().unwrap()));
     }
     assert!(maps.iter().any(|(_, a, b)| (a - 1.0).abs() > 1e-3 || b.abs() > 1e-3), "the maps were fitted: {maps:?}");
-    assert!(moe::eval::evaluate::calibrate(&root, &[], "test", &common::data(), &runtime).is_err());
+    assert!(moe_core::scoring::calibrate(&root, &[], "test", &common::data(), &runtime).is_err());
 
     // select: the calibrated rows are there, scored out of sample.
     let out = root.with_file_name(format!("moe-test-calibrate-out-{}", std::process::id()));
@@ -101,9 +106,9 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     assert!(rows.iter().all(|r| r["evaluation"] == "5-fold cross-validation on val"));
 
     // Served with a calibrated gate: each expert's score is its own calibrated probability / N.
-    reg.gate = moe::gate::GateSpec { score: ScoreMode::Calibrated, ..Default::default() };
-    let pool = moe::inference::ExecutorPool::default();
-    let set = moe::core::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
+    reg.gate = moe_core::gate::GateSpec { score: ScoreMode::Calibrated, ..Default::default() };
+    let pool = moe_core::inference::ExecutorPool::default();
+    let set = moe_core::service::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
     assert_eq!((set.gate.score, set.gate.disabled.clone()), (ScoreMode::Calibrated, None));
     let probs: Vec<f32> = vec![0.3, 0.8][..set.experts.len()].to_vec();
     let r = set.decide("how to pack a suitcase", &probs, false);
@@ -114,7 +119,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     }
     // One expert without a map: probabilities again, and the reason is reported.
     common::edit_json(&out.join(&reg.experts["Health"]).join("card.json"), |c| c["calibration"] = Value::Null);
-    let set = moe::core::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
+    let set = moe_core::service::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
     assert_eq!(set.gate.score, ScoreMode::Probability);
     assert!(set.gate.disabled.as_deref().unwrap_or("").contains("Health has none"), "{:?}", set.gate.disabled);
     std::fs::remove_dir_all(root).unwrap();
@@ -125,11 +130,11 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
 /// over it, and every probability is exactly what scoring each expert alone gives.
 #[test]
 fn heads_on_one_trunk_share_one_trunk_pass_with_the_same_probabilities() {
-    use moe::eval::evaluate::{Scorer, probabilities};
+    use moe_core::scoring::{Scorer, probabilities};
     let root = common::default_models();
-    let pool = moe::inference::ExecutorPool::default();
-    let set =
-        moe::core::ExpertSet::load(&pool, &common::runtime(), &root, &RegistryFile::read(&root).unwrap()).unwrap();
+    let pool = moe_core::inference::ExecutorPool::default();
+    let set = moe_core::service::ExpertSet::load(&pool, &common::runtime(), &root, &RegistryFile::read(&root).unwrap())
+        .unwrap();
     // 150 texts: more than two of the tools' 64-text chunks.
     let texts: Vec<String> = common::data().read("val").unwrap().texts.into_iter().take(150).collect();
     let mut scorer = Scorer::new(&texts);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use moe::expert::Expert;
-use moe::inference::{ExecutorPool, Speller};
+use moe_core::expert::Expert;
+use moe_core::inference::{ExecutorPool, Speller};
 
 const TRUNK: &str = "trunks/minilm-l6-kd19-int8-215e4c228885";
 
@@ -107,9 +107,9 @@ async fn the_service_answers_the_corrected_text_unless_spelling_is_off() {
     let (misspelt, fixed) = ("How to Pakc a Suitcsae for a lnog trip", "How to Pack a Suitcase for a long trip");
     let answer = |spelling: bool, text: &'static str| async move {
         let root = common::default_models();
-        let runtime = moe::config::RuntimeConfig { spelling, ..common::runtime() };
-        let paths = moe::core::Paths::new(&root, common::state_dir("spelling"));
-        let core = moe::core::Core::new(paths, runtime, moe::config::Limits::default());
+        let runtime = moe_core::config::RuntimeConfig { spelling, ..common::runtime() };
+        let paths = moe_core::service::Paths::new(&root, common::state_dir("spelling"));
+        let core = moe_core::service::Core::new(paths, runtime, moe_core::config::Limits::default());
         let c = core.clone();
         tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
         let words = core.snapshot().unwrap().experts[0].tokenizer.speller.as_ref().map(|s| s.len());

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use moe::config::Limits;
-use moe::control::swap::{Swap, swap};
-use moe::core::Core;
-use moe::http::AppState;
+use moe_core::config::Limits;
+use moe_core::service::Core;
+use moe_server::control::swap::{Swap, swap};
+use moe_server::http::AppState;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-token";
@@ -135,13 +135,13 @@ async fn refused_swaps_change_nothing() {
     let sig = mk("travel--bad-signature");
     let head = std::fs::read(common::default_models().join("travel--global-ft19-logreg/head.onnx")).unwrap();
     common::replace_file(&sig.join("model.onnx"), &head);
-    let sha = moe::experts::card::sha256_file(&sig.join("model.onnx")).unwrap();
+    let sha = moe_core::files::sha256_file(&sig.join("model.onnx")).unwrap();
     common::edit_json(&sig.join("card.json"), |c| c["graph"]["sha256"] = sha.into());
 
     let core = common::loaded_core(&root, Limits::default()).await;
     let base = serve_admin(core.clone(), Some(TOKEN)).await;
     let c = reqwest::Client::new();
-    let live = moe::experts::RegistryFile::path(&core.paths.state);
+    let live = moe_core::bundle::RegistryFile::path(&core.paths.state);
     let (shipped_before, registry_before) =
         (std::fs::read(root.join("registry.json")).unwrap(), std::fs::read(&live).unwrap());
     let version: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
@@ -176,7 +176,7 @@ async fn refused_swaps_change_nothing() {
         swap(&core, "Travel", Swap { bundle: "travel--tokenbag-b".into(), ..Default::default() }),
     );
     assert!(a.is_ok());
-    assert!(matches!(b, Err(moe::Error::Conflict(_))), "{b:?}");
+    assert!(matches!(b, Err(moe_core::Error::Conflict(_))), "{b:?}");
     // ... and a swap with the right expected_version passes.
     let (s, v) =
         put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag", "expected_version": "x"}), Some(TOKEN)).await;
@@ -216,7 +216,7 @@ async fn restart_rollback_delete_and_new_slots() {
     assert_eq!(v["previous_bundle"], "travel--tokenbag");
 
     // A restart (same state folder) serves exactly what was active.
-    let restarted = moe::core::Core::new(core.paths.clone(), common::runtime(), Limits::default());
+    let restarted = moe_core::service::Core::new(core.paths.clone(), common::runtime(), Limits::default());
     let r = restarted.clone();
     tokio::task::spawn_blocking(move || r.load_registry()).await.unwrap().unwrap();
     assert_eq!(restarted.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag-b");
@@ -583,7 +583,7 @@ fn leftovers_of_interrupted_uploads_are_removed_at_start() {
     std::fs::create_dir_all(root.join(".upload-123-0/travel--half")).unwrap();
     std::fs::write(root.join(".upload-123-0/travel--half/card.json"), b"{").unwrap();
     std::fs::write(root.join(".upload-123-1.tar.gz"), b"partial").unwrap();
-    let removed = moe::control::upload::remove_leftovers(&root).unwrap();
+    let removed = moe_server::control::upload::remove_leftovers(&root).unwrap();
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert!(!root.join(".upload-123-0").exists() && !root.join(".upload-123-1.tar.gz").exists());
     assert!(root.join("travel--tokenbag/card.json").is_file(), "bundles are untouched");
@@ -591,7 +591,7 @@ fn leftovers_of_interrupted_uploads_are_removed_at_start() {
     // be named so: names starting with '.' are refused).
     std::fs::create_dir_all(root.join(".upload-evil")).unwrap();
     std::fs::create_dir_all(root.join(".upload-1-2-3")).unwrap();
-    assert!(moe::control::upload::remove_leftovers(&root).unwrap().is_empty());
+    assert!(moe_server::control::upload::remove_leftovers(&root).unwrap().is_empty());
     assert!(root.join(".upload-evil").is_dir() && root.join(".upload-1-2-3").is_dir());
     assert!(root.join("registry.json").is_file());
     std::fs::remove_dir_all(root).unwrap();
@@ -607,10 +607,10 @@ async fn history_is_bounded_per_class() {
     let h = core.history("Travel").unwrap();
     let kept: Vec<(&str, &str)> = h.iter().map(|e| (e.action.as_str(), e.bundle.as_deref().unwrap())).collect();
     assert_eq!(kept, [("swap", "travel--tokenbag"), ("swap", "travel--tokenbag-b")]);
-    let live = moe::experts::RegistryFile::read(&core.paths.state).unwrap();
+    let live = moe_core::bundle::RegistryFile::read(&core.paths.state).unwrap();
     assert_eq!(live.history["Travel"].len(), 2, "the file is bounded too");
     // Rollback still works with what is kept.
-    moe::control::swap::rollback(&core, "Travel").await.unwrap();
+    moe_server::control::swap::rollback(&core, "Travel").await.unwrap();
     assert_eq!(core.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--tokenbag");
     std::fs::remove_dir_all(root).unwrap();
 }
@@ -642,7 +642,7 @@ async fn concurrent_uploads_of_one_bundle_never_remove_each_others_folder() {
         assert!(root.join(format!("travel--race-{i}/card.json")).is_file(), "round {i}: the installed bundle is gone");
     }
     // A restart of the root (sweep, then load the live registry) serves what was installed last.
-    assert!(moe::control::upload::remove_leftovers(&root).unwrap().is_empty());
+    assert!(moe_server::control::upload::remove_leftovers(&root).unwrap().is_empty());
     let again = common::loaded_core_in(&root, "upload-race", Limits::default()).await;
     assert_eq!(again.snapshot().unwrap().get("Travel").unwrap().bundle, "travel--race-11");
     std::fs::remove_dir_all(root).unwrap();

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use moe::config::Limits;
-use moe::http::AppState;
+use moe_core::config::Limits;
+use moe_server::http::AppState;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "train-token";

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use moe::config::{Limits, RuntimeConfig};
-use moe::core::{Core, Paths};
-use moe::http::{AppState, app};
+use moe_core::config::{Limits, RuntimeConfig};
+use moe_core::service::{Core, Paths};
+use moe_server::http::{AppState, app};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,10 +59,10 @@ pub async fn loaded_core_in(root: &Path, state: &str, limits: Limits) -> Arc<Cor
 }
 
 /// Serve an app state on 127.0.0.1:<ephemeral>; returns the base URL.
-pub async fn serve_state(state: moe::http::AppState) -> String {
+pub async fn serve_state(state: moe_server::http::AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, moe::http::app(state)).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, moe_server::http::app(state)).await.unwrap() });
     format!("http://{addr}")
 }
 
@@ -109,8 +109,8 @@ pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 /// The repository's labelled data (data/README.md).
-pub fn data() -> moe::eval::data::DataArgs {
-    moe::eval::data::DataArgs {
+pub fn data() -> moe_core::data::DataArgs {
+    moe_core::data::DataArgs {
         data: repo().join("data/wikihow19_titles.csv"),
         text_col: "title".into(),
         label_col: "label".into(),

@@ -1,0 +1,67 @@
+//! A linear head computed in Rust: `logits = [0, w·x + b]` on a trunk embedding, the same function
+//! as the trainer's one-node ONNX Gemm heads (whose first column is all zeros), without an ONNX
+//! Runtime session, a queue or a thread hop. Stored as `head.json`: `{"weights": [dim floats],
+//! "bias": float}`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::executor::Matrix;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearHead {
+    pub weights: Vec<f32>,
+    pub bias: f32,
+}
+
+impl LinearHead {
+    /// Read `head.json` and check it fits an embedding of `dim` values.
+    pub fn read(path: &Path, dim: usize) -> Result<LinearHead> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::bundle(path, format!("cannot read: {e}")))?;
+        let head: LinearHead =
+            serde_json::from_str(&text).map_err(|e| Error::bundle(path, format!("bad linear head: {e}")))?;
+        if head.weights.len() != dim {
+            return Err(Error::bundle(
+                path,
+                format!("has {} weights, the trunk's embedding has {dim} values", head.weights.len()),
+            ));
+        }
+        if !head.bias.is_finite() || head.weights.iter().any(|w| !w.is_finite()) {
+            return Err(Error::bundle(path, "has a weight or bias that is not a finite number"));
+        }
+        Ok(head)
+    }
+
+    /// The positive-class logit of one embedding.
+    pub fn score(&self, x: &[f32]) -> f32 {
+        self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.bias
+    }
+
+    /// `[rows, 2]` logits `[0, w·x + b]`, the shape every head returns.
+    pub fn logits(&self, embedding: &Matrix) -> Result<Matrix> {
+        if embedding.cols != self.weights.len() {
+            return Err(Error::Internal(format!(
+                "linear head of {} weights got an embedding of {}",
+                self.weights.len(),
+                embedding.cols
+            )));
+        }
+        let data = (0..embedding.rows).flat_map(|i| [0.0, self.score(embedding.row(i))]).collect();
+        Ok(Matrix { rows: embedding.rows, cols: 2, data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_are_zero_and_the_affine_score() {
+        let h = LinearHead { weights: vec![1.0, -2.0], bias: 0.5 };
+        let m = Matrix { rows: 2, cols: 2, data: vec![1.0, 1.0, 0.0, -1.0] };
+        assert_eq!(h.logits(&m).unwrap().data, vec![0.0, -0.5, 0.0, 2.5]);
+        assert!(h.logits(&Matrix { rows: 1, cols: 3, data: vec![0.0; 3] }).is_err());
+    }
+}

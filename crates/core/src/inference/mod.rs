@@ -1,0 +1,16 @@
+//! ONNX Runtime: the process environment, sessions (CPU / CUDA), the batching executors that own
+//! them, and tokenization (with its optional spelling correction); and linear heads, computed
+//! without ONNX Runtime.
+
+pub mod executor;
+pub mod linear;
+pub mod pool;
+pub mod runtime;
+pub mod spelling;
+pub mod tokenize;
+
+pub use executor::{Executor, GraphRole, Matrix};
+pub use linear::LinearHead;
+pub use pool::ExecutorPool;
+pub use spelling::Speller;
+pub use tokenize::{Encoded, TokenizerHandle};

@@ -1,0 +1,378 @@
+//! An immutable expert set: the experts of one generation, the gate resolved against them, the
+//! shadows scoring beside them, and the plan of one request (which tokenizers and which trunk /
+//! full graphs run, computed once when the set is built).
+//!
+//! Invariants: experts are sorted by class, class names are unique, every expert has a threshold;
+//! a set is never modified after it is built (a change builds a new set with a new generation), so
+//! a request that holds one snapshot never mixes versions.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::bundle::registry::RegistryFile;
+use crate::config::RuntimeConfig;
+use crate::error::lock;
+use crate::expert::{Expert, Head, positive_probabilities};
+use crate::gate::{self, ExpertOutput, Gate, GateSpec};
+use crate::inference::executor::Input;
+use crate::inference::{Encoded, Executor, ExecutorPool, TokenizerHandle};
+use crate::{Error, Result};
+
+/// Requests up to this many bytes of text are tokenized on the calling async worker, larger ones on
+/// a blocking thread: a title tokenizes in tens of µs, within what an async task may run between
+/// awaits, while a 64 x 10,000-character batch (milliseconds) never holds a worker.
+/// Measured (bench/ab.sh, 3 interleaved rounds of 8 s, docs/bench/ab-relayering.jsonl): every request
+/// on a blocking thread gave 1280 req/s at concurrency 16 against 1402 inline (medians; rounds
+/// overlap: 1247-1335 vs 1183-1440) and the same p50 at concurrency 1 (1.76 vs 1.79 ms).
+pub const INLINE_TOKENIZE_BYTES: usize = 2048;
+/// The same with spelling correction in the pipeline: a misspelt word costs microseconds (7 µs for
+/// a title with two typos), but 2 KB of unknown 24-letter words cost 2.2 ms (measured on this
+/// machine), too long for an async worker; 256 bytes of that worst case cost about 0.3 ms.
+pub const INLINE_SPELLING_BYTES: usize = 256;
+
+/// Per distinct tokenizer the texts' tokens, and per text whether any tokenizer truncated it.
+type Encodings = (Vec<Arc<Vec<Encoded>>>, Vec<bool>);
+
+/// Distinct work of one request: tokenizers and first-stage graphs, each run once per request.
+struct Plan {
+    tokenizers: Vec<Arc<TokenizerHandle>>,
+    /// Distinct (trunk or full graph, tokenizer index).
+    stages: Vec<(Arc<Executor>, usize)>,
+    /// Per expert: index into `stages`.
+    stage_of: Vec<usize>,
+}
+
+impl Plan {
+    fn new(experts: &[Arc<Expert>]) -> Plan {
+        let mut tokenizers: Vec<Arc<TokenizerHandle>> = Vec::new();
+        let mut stages: Vec<(Arc<Executor>, usize)> = Vec::new();
+        let mut stage_of = Vec::with_capacity(experts.len());
+        for e in experts {
+            let t = match tokenizers.iter().position(|t| t.same_pipeline(&e.tokenizer)) {
+                Some(i) => i,
+                None => {
+                    tokenizers.push(e.tokenizer.clone());
+                    tokenizers.len() - 1
+                }
+            };
+            let s = match stages.iter().position(|(x, ti)| x.sha256 == e.stage1.sha256 && *ti == t) {
+                Some(i) => i,
+                None => {
+                    stages.push((e.stage1.clone(), t));
+                    stages.len() - 1
+                }
+            };
+            stage_of.push(s);
+        }
+        Plan { tokenizers, stages, stage_of }
+    }
+
+    /// Whether any tokenizer corrects spelling first (more work per byte).
+    fn spells(&self) -> bool {
+        self.tokenizers.iter().any(|t| t.speller.is_some())
+    }
+
+    /// Tokenize every text once per distinct tokenizer (CPU work: call from a blocking thread).
+    fn encode(&self, texts: &[String]) -> Result<Encodings> {
+        let mut truncated = vec![false; texts.len()];
+        let mut out = Vec::with_capacity(self.tokenizers.len());
+        for t in &self.tokenizers {
+            let enc = texts.iter().map(|x| t.encode(x)).collect::<Result<Vec<_>>>()?;
+            for (flag, e) in truncated.iter_mut().zip(&enc) {
+                *flag |= e.truncated;
+            }
+            out.push(Arc::new(enc));
+        }
+        Ok((out, truncated))
+    }
+}
+
+pub struct ExpertSet {
+    /// Sorted by class.
+    pub experts: Vec<Arc<Expert>>,
+    /// Each expert's decision threshold (same order as `experts`).
+    pub thresholds: Vec<f32>,
+    pub gate_spec: GateSpec,
+    pub gate: Gate,
+    pub generation: u64,
+    /// Revision of the shared registry this set serves (etcd; `None` with the file registry).
+    pub revision: Option<i64>,
+    /// Candidates scoring live traffic beside the active expert of their class.
+    pub shadows: Vec<Arc<Shadow>>,
+    plan: Plan,
+}
+
+impl ExpertSet {
+    /// A set for serving: every expert must carry a calibrated threshold, one expert per class.
+    pub fn new(
+        mut experts: Vec<Arc<Expert>>,
+        gate_spec: GateSpec,
+        (generation, revision): (u64, Option<i64>),
+        shadows: Vec<Arc<Shadow>>,
+    ) -> Result<ExpertSet> {
+        if experts.is_empty() {
+            return Err(Error::Conflict("an expert set needs at least one expert".into()));
+        }
+        experts.sort_by(|a, b| a.class.cmp(&b.class));
+        if let Some(w) = experts.windows(2).find(|w| w[0].class == w[1].class) {
+            return Err(Error::Conflict(format!("two experts for class {:?}", w[0].class)));
+        }
+        let thresholds = experts.iter().map(|e| e.served_threshold()).collect::<Result<Vec<f32>>>()?;
+        let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
+        let calibrations: Vec<Option<[f32; 2]>> = experts.iter().map(|e| e.calibration()).collect();
+        let gate = Gate::resolve(&gate_spec, &ids, &calibrations);
+        if let Some(why) = &gate.disabled {
+            tracing::warn!(reason = %why, "configured gate disabled, using uniform");
+        }
+        let shadows = shadows.into_iter().filter(|s| experts.iter().any(|e| e.class == s.class)).collect();
+        let plan = Plan::new(&experts);
+        Ok(ExpertSet { experts, thresholds, gate_spec, gate, generation, revision, shadows, plan })
+    }
+
+    /// Every expert's Platt map (set order), if each card has one: the `calibrated` score mode
+    /// needs all of them.
+    pub fn calibrations(&self) -> Option<Vec<[f32; 2]>> {
+        self.experts.iter().map(|e| e.calibration()).collect()
+    }
+
+    /// Load every bundle a registry names from the model root (blocking), each checked against
+    /// the class the registry gives it. An expert in `have` with the same class and bundle is
+    /// reused instead of loaded again (a follower of a shared registry loads only what changed).
+    pub fn load_experts(
+        pool: &ExecutorPool,
+        cfg: &RuntimeConfig,
+        root: &Path,
+        reg: &RegistryFile,
+        registry_path: &Path,
+        have: &[Arc<Expert>],
+    ) -> Result<Vec<Arc<Expert>>> {
+        let mut experts = Vec::with_capacity(reg.experts.len());
+        for (class, bundle) in &reg.experts {
+            if let Some(e) = have.iter().find(|e| &e.class == class && &e.bundle == bundle) {
+                experts.push(e.clone());
+                continue;
+            }
+            let e = Expert::load(pool, cfg, root, bundle, true)?;
+            if &e.class != class {
+                return Err(Error::InvalidRegistry {
+                    path: registry_path.to_path_buf(),
+                    reason: format!("names bundle {bundle} for class {class:?}, but its card is for {:?}", e.class),
+                });
+            }
+            experts.push(Arc::new(e));
+        }
+        Ok(experts)
+    }
+
+    /// A set for the offline tools: the experts and gate of a model root's registry (blocking).
+    pub fn load(pool: &ExecutorPool, cfg: &RuntimeConfig, root: &Path, reg: &RegistryFile) -> Result<ExpertSet> {
+        let experts = Self::load_experts(pool, cfg, root, reg, &RegistryFile::path(root), &[])?;
+        ExpertSet::new(experts, reg.gate.clone(), (0, None), Vec::new())
+    }
+
+    pub fn get(&self, class: &str) -> Option<&Arc<Expert>> {
+        self.experts.iter().find(|e| e.class == class)
+    }
+
+    pub fn position(&self, class: &str) -> Option<usize> {
+        self.experts.iter().position(|e| e.class == class)
+    }
+
+    pub fn shadow(&self, class: &str) -> Option<&Arc<Shadow>> {
+        self.shadows.iter().find(|s| s.class == class)
+    }
+
+    /// Run every expert on the texts: tokenization on a blocking thread (once per distinct
+    /// tokenizer), every distinct trunk / full graph queued at once, then the heads on their
+    /// trunk's embedding. Returns per expert the positive probabilities, and per text whether it
+    /// was truncated.
+    pub async fn probabilities(self: &Arc<Self>, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<bool>)> {
+        let started = std::time::Instant::now();
+        let chars: usize = texts.iter().map(String::len).sum();
+        let inline = if self.plan.spells() { INLINE_SPELLING_BYTES } else { INLINE_TOKENIZE_BYTES };
+        let (encoded, truncated) = if chars <= inline {
+            self.plan.encode(texts)?
+        } else {
+            let (set, owned) = (self.clone(), texts.to_vec());
+            tokio::task::spawn_blocking(move || set.plan.encode(&owned)).await??
+        };
+        let mut pending = Vec::with_capacity(self.plan.stages.len());
+        for (exec, t) in &self.plan.stages {
+            pending.push(exec.submit(Input::Tokens(encoded[*t].clone()))?);
+        }
+        let mut first = Vec::with_capacity(pending.len());
+        for (rx, (exec, _)) in pending.into_iter().zip(&self.plan.stages) {
+            let m = rx.await.map_err(|_| Error::Internal(format!("graph {} dropped a job", exec.label)))??;
+            first.push(Arc::new(m));
+        }
+        // Stage 2: heads on their stage's embedding, all queued before any is awaited.
+        // Linear heads are a dot product per row: computed here, after the graph heads are queued.
+        let mut pending = Vec::with_capacity(self.experts.len());
+        for (e, &s) in self.experts.iter().zip(&self.plan.stage_of) {
+            pending.push(match &e.head {
+                Some(Head::Graph(h)) => Some(h.submit(Input::Embedding(first[s].clone()))?),
+                Some(Head::Linear(_)) | None => None,
+            });
+        }
+        let mut probs = Vec::with_capacity(self.experts.len());
+        for ((e, rx), &s) in self.experts.iter().zip(pending).zip(&self.plan.stage_of) {
+            let logits = match (rx, &e.head) {
+                (Some(rx), _) => {
+                    rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??
+                }
+                (None, Some(Head::Linear(l))) => l.logits(&first[s])?,
+                (None, _) => (*first[s]).clone(),
+            };
+            metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())
+                .record(started.elapsed().as_secs_f64());
+            probs.push(positive_probabilities(&logits));
+        }
+        Ok((probs, truncated))
+    }
+
+    /// Probabilities outside the async runtime (evaluation tools): same plan, blocking waits.
+    pub fn probabilities_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let (encoded, _) = self.plan.encode(texts)?;
+        let first = self
+            .plan
+            .stages
+            .iter()
+            .map(|(exec, t)| exec.run_blocking(Input::Tokens(encoded[*t].clone())).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        self.experts
+            .iter()
+            .zip(&self.plan.stage_of)
+            .map(|(e, &s)| {
+                let logits = match &e.head {
+                    Some(h) => h.run_blocking(first[s].clone())?,
+                    None => (*first[s]).clone(),
+                };
+                Ok(positive_probabilities(&logits))
+            })
+            .collect()
+    }
+
+    /// The gate's decision for each text given each expert's probabilities (expert-major).
+    pub fn decide_all(&self, texts: &[String], probs: &[Vec<f32>], truncated: &[bool]) -> Vec<TextResult> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| self.decide(text, &probs.iter().map(|p| p[i]).collect::<Vec<_>>(), truncated[i]))
+            .collect()
+    }
+
+    /// The gate's decision for one text given each expert's probability (same order as `experts`).
+    pub fn decide(&self, text: &str, probs: &[f32], truncated: bool) -> TextResult {
+        let outs: Vec<ExpertOutput> = probs
+            .iter()
+            .zip(&self.thresholds)
+            .map(|(&probability, &threshold)| ExpertOutput { probability, threshold })
+            .collect();
+        let d = gate::decide(&self.gate, &outs, gate::words(text));
+        TextResult {
+            label: d.label.map(|i| self.experts[i].class.clone()),
+            abstained: d.label.is_none(),
+            best_guess: self.experts[d.best_guess].class.clone(),
+            truncated,
+            experts: self
+                .experts
+                .iter()
+                .enumerate()
+                .map(|(i, e)| ExpertResult {
+                    class: e.class.clone(),
+                    probability: outs[i].probability,
+                    threshold: outs[i].threshold,
+                    passed: d.passed[i],
+                    gate_weight: d.weights[i],
+                    score: d.scores[i],
+                    algorithm: e.card.algorithm.clone(),
+                    bundle: e.bundle.clone(),
+                    version: e.card.version.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Score texts with every shadow and record the comparison with the active expert
+    /// (blocking: runs on the shadow worker thread, never on the response path).
+    pub fn score_shadows(&self, texts: &[String], active: &[Vec<f32>]) {
+        for sh in &self.shadows {
+            let Some(i) = self.position(&sh.class) else { continue };
+            match sh.expert.probabilities_blocking(texts) {
+                Ok(p) => sh.record(&p, &active[i], self.thresholds[i]),
+                Err(e) => tracing::warn!(class = %sh.class, error = %e, "shadow scoring failed"),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertResult {
+    pub class: String,
+    pub probability: f32,
+    pub threshold: f32,
+    pub passed: bool,
+    pub gate_weight: f32,
+    pub score: f32,
+    pub algorithm: String,
+    pub bundle: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextResult {
+    pub label: Option<String>,
+    pub abstained: bool,
+    pub best_guess: String,
+    pub truncated: bool,
+    pub experts: Vec<ExpertResult>,
+}
+
+pub const SHADOW_BUCKETS: usize = 10;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ShadowStats {
+    pub texts: u64,
+    /// Texts where the shadow and the active expert made the same pass/fail decision.
+    pub agreements: u64,
+    pub sum_abs_probability_diff: f64,
+    /// Counts of the shadow's probabilities in [0, 0.1), [0.1, 0.2), ... [0.9, 1].
+    pub probability_histogram: [u64; SHADOW_BUCKETS],
+}
+
+/// A candidate scoring live traffic beside the active expert of its class (answers unchanged).
+pub struct Shadow {
+    pub class: String,
+    pub expert: Arc<Expert>,
+    pub threshold: f32,
+    stats: Mutex<ShadowStats>,
+}
+
+impl Shadow {
+    /// A shadow needs a calibrated expert of the class it shadows.
+    pub fn new(expert: Expert) -> Result<Shadow> {
+        let threshold = expert.served_threshold()?;
+        Ok(Shadow { class: expert.class.clone(), expert: Arc::new(expert), threshold, stats: Default::default() })
+    }
+
+    pub fn stats(&self) -> ShadowStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Record one batch: the shadow's probabilities against the active expert's (same texts).
+    pub fn record(&self, shadow: &[f32], active: &[f32], active_threshold: f32) {
+        let mut s = lock(&self.stats);
+        for (&p, &q) in shadow.iter().zip(active) {
+            s.texts += 1;
+            s.agreements += u64::from((p >= self.threshold) == (q >= active_threshold));
+            s.sum_abs_probability_diff += f64::from((p - q).abs());
+            s.probability_histogram[((p * SHADOW_BUCKETS as f32) as usize).min(SHADOW_BUCKETS - 1)] += 1;
+            metrics::histogram!("moe_shadow_probability", "class" => self.class.clone()).record(f64::from(p));
+        }
+        metrics::gauge!("moe_shadow_agreement_rate", "class" => self.class.clone())
+            .set(s.agreements as f64 / s.texts.max(1) as f64);
+        metrics::counter!("moe_shadow_texts_total", "class" => self.class.clone()).increment(shadow.len() as u64);
+    }
+}

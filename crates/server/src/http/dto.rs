@@ -1,0 +1,370 @@
+//! Request and response bodies: the HTTP contract (openapi.yaml). Requests are checked into typed
+//! values by `http::validate`; responses are built from the core's records here.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::control::jobs::Job;
+pub use crate::control::swap::SwapOutcome;
+use moe_core::bundle::Metric;
+use moe_core::bundle::quality::SplitMetrics;
+use moe_core::expert::Expert;
+use moe_core::service::set::SHADOW_BUCKETS;
+use moe_core::service::{ExpertSet, Shadow, TextResult};
+
+/// `POST /classify`: one text or a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRequest {
+    pub text: Option<String>,
+    pub texts: Option<Vec<String>>,
+}
+
+/// Query of `POST /classify`: how much of each text's expert table to return.
+#[derive(Debug, Default, Deserialize)]
+pub struct ClassifyQuery {
+    #[serde(default)]
+    pub experts: ExpertsView,
+}
+
+/// `all` (default): every expert's row; `passed`: only the experts that passed their threshold;
+/// `none`: no rows (label, abstention and best guess only). The decision is the same in all three.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertsView {
+    #[default]
+    All,
+    Passed,
+    None,
+}
+
+impl ExpertsView {
+    pub fn apply(self, results: &mut [TextResult]) {
+        match self {
+            ExpertsView::All => {}
+            ExpertsView::Passed => results.iter_mut().for_each(|r| r.experts.retain(|e| e.passed)),
+            ExpertsView::None => results.iter_mut().for_each(|r| r.experts = Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassifyResponse {
+    pub results: Vec<TextResult>,
+    pub took_ms: f64,
+    /// Generation of the expert set that answered (changes on every swap).
+    pub generation: u64,
+}
+
+/// `PUT /experts/{class}` with a JSON body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapBody {
+    /// Bundle folder name under the model root.
+    pub bundle: String,
+    #[serde(default)]
+    pub expected_version: Option<String>,
+    #[serde(default)]
+    pub min_metric: Option<MinMetricBody>,
+    #[serde(default)]
+    pub not_worse: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinMetricBody {
+    /// "auc", "f1" (at the EER threshold), "accuracy" (at the EER threshold) or "eer" (a maximum).
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// Query of `PUT /experts/{class}` with an archive body.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    pub expected_version: Option<String>,
+}
+
+/// `POST /experts/{class}/select`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectBody {
+    /// "eer" (default, lower is better), "auc", "f1" or "accuracy" (at the EER threshold).
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    #[serde(default)]
+    pub candidates: Option<Vec<String>>,
+    /// Evaluate on the feedback log's texts too (the job's result counts them).
+    #[serde(default)]
+    pub use_feedback: bool,
+}
+
+/// `POST /experts/{class}/train`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainBody {
+    /// Texts of the class.
+    pub positives: Vec<String>,
+    /// Texts of other classes (default: a sample of the other classes' training rows of --data).
+    #[serde(default)]
+    pub negatives: Option<Vec<String>>,
+    /// "install" (default) or "shadow".
+    #[serde(default)]
+    pub mode: crate::control::train::Mode,
+    /// Trunk id to train on (default: the trunk most experts of the set run on).
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// Quality gate: refuse when the cross-validated EER is above this (default 0.25).
+    #[serde(default)]
+    pub max_eer: Option<f64>,
+    /// Add the feedback log's texts: those labelled with the class as positives, the others as
+    /// negatives (never silently: the job's result counts them).
+    #[serde(default)]
+    pub use_feedback: bool,
+}
+
+/// Query of `POST /experts/{class}/train` with a CSV body (a JSON body carries these itself).
+#[derive(Debug, Default, Deserialize)]
+pub struct TrainQuery {
+    #[serde(default)]
+    pub mode: crate::control::train::Mode,
+    pub trunk: Option<String>,
+    pub max_eer: Option<f64>,
+    #[serde(default)]
+    pub use_feedback: bool,
+}
+
+/// `POST /feedback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    pub text: String,
+    /// The true class (it may be a class the set does not serve yet).
+    pub label: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FeedbackOutcome {
+    pub recorded: bool,
+    pub label: String,
+    /// The set's answer for the text when the feedback arrived (null: abstained).
+    pub predicted: Option<String>,
+    pub correct: bool,
+    /// Whether the label is a class the set serves.
+    pub served_label: bool,
+    pub generation: u64,
+    /// Entries in the log now.
+    pub entries: usize,
+}
+
+/// `PUT /experts/{class}/shadow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowBody {
+    pub bundle: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShadowInfo {
+    pub bundle: String,
+    pub version: String,
+    pub algorithm: String,
+    pub threshold: f32,
+    pub loaded_at: String,
+    pub texts: u64,
+    pub agreement_rate: Option<f64>,
+    pub mean_abs_probability_diff: Option<f64>,
+    pub probability_histogram: [u64; SHADOW_BUCKETS],
+}
+
+impl From<&Shadow> for ShadowInfo {
+    fn from(sh: &Shadow) -> Self {
+        let s = sh.stats();
+        let n = s.texts as f64;
+        ShadowInfo {
+            bundle: sh.expert.bundle.clone(),
+            version: sh.expert.card.version.clone(),
+            algorithm: sh.expert.card.algorithm.clone(),
+            threshold: sh.threshold,
+            loaded_at: sh.expert.loaded_at.clone(),
+            texts: s.texts,
+            agreement_rate: (s.texts > 0).then(|| s.agreements as f64 / n),
+            mean_abs_probability_diff: (s.texts > 0).then(|| s.sum_abs_probability_diff / n),
+            probability_histogram: s.probability_histogram,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExpertInfo {
+    pub class: String,
+    pub bundle: String,
+    pub version: String,
+    pub algorithm: String,
+    pub kind: moe_core::bundle::Kind,
+    pub threshold: Option<f32>,
+    pub threshold_method: Option<String>,
+    /// The Platt map (a, b) of the `calibrated` score mode, when `moe calibrate` fitted one.
+    pub calibration: Option<[f32; 2]>,
+    pub metrics: std::collections::BTreeMap<String, SplitMetrics>,
+    pub provider: &'static str,
+    pub loaded_at: String,
+    pub trunk: Option<String>,
+    pub max_seq_len: usize,
+    /// The lexicon that corrects texts before the tokenizer, if any.
+    pub spelling: Option<SpellingInfo>,
+    /// A candidate scoring live traffic beside this expert, with its agreement statistics.
+    pub shadow: Option<ShadowInfo>,
+    /// This version's precision / recall / AUC / EER on the feedback it scored (POST /feedback).
+    pub live: Option<crate::control::feedback::LiveMetrics>,
+}
+
+impl ExpertInfo {
+    /// With the live metrics of this version on the feedback log.
+    pub fn with_live(mut self, log: &crate::control::feedback::FeedbackLog) -> ExpertInfo {
+        self.live = Some(log.metrics(&self.class, &self.version));
+        self
+    }
+
+    pub fn in_set(e: &Expert, set: &ExpertSet) -> ExpertInfo {
+        ExpertInfo { shadow: set.shadow(&e.class).map(|s| ShadowInfo::from(s.as_ref())), ..ExpertInfo::from(e) }
+    }
+}
+
+impl From<&Expert> for ExpertInfo {
+    fn from(e: &Expert) -> Self {
+        ExpertInfo {
+            class: e.class.clone(),
+            bundle: e.bundle.clone(),
+            version: e.card.version.clone(),
+            algorithm: e.card.algorithm.clone(),
+            kind: e.card.kind,
+            threshold: e.threshold,
+            threshold_method: e.card.threshold.as_ref().map(|t| format!("{} on {}", t.method, t.split)),
+            calibration: e.calibration(),
+            metrics: e.card.metrics.clone(),
+            provider: e.provider(),
+            loaded_at: e.loaded_at.clone(),
+            trunk: e.card.trunk.as_ref().map(|t| t.id.clone()),
+            max_seq_len: e.card.max_seq_len,
+            spelling: e.tokenizer.speller.as_ref().map(|s| SpellingInfo { sha256: s.sha256.clone(), words: s.len() }),
+            shadow: None,
+            live: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpellingInfo {
+    pub sha256: String,
+    pub words: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GateInfo {
+    pub configured: moe_core::gate::GateKind,
+    pub active: &'static str,
+    pub score: moe_core::gate::ScoreMode,
+    pub disabled_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExpertList {
+    pub experts: Vec<ExpertInfo>,
+    pub gate: GateInfo,
+    pub generation: u64,
+    /// Revision of the shared registry this set serves (null with the file registry).
+    pub revision: Option<i64>,
+}
+
+impl From<&ExpertSet> for ExpertList {
+    fn from(s: &ExpertSet) -> Self {
+        ExpertList {
+            experts: s.experts.iter().map(|e| ExpertInfo::in_set(e, s)).collect(),
+            gate: GateInfo {
+                configured: s.gate_spec.kind,
+                active: s.gate.weights.name(),
+                score: s.gate.score,
+                disabled_reason: s.gate.disabled.clone(),
+            },
+            generation: s.generation,
+            revision: s.revision,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct History {
+    pub class: String,
+    pub history: Vec<moe_core::bundle::registry::HistoryEntry>,
+}
+
+/// Query of `GET /bundles`.
+#[derive(Debug, Default, Deserialize)]
+pub struct BundlesQuery {
+    /// Only the bundles whose card names this class.
+    pub class: Option<String>,
+}
+
+/// One bundle folder of the model root: what a swap or a shadow may name.
+#[derive(Debug, Serialize)]
+pub struct BundleInfo {
+    pub bundle: String,
+    /// None when the card cannot be read (then `error` says why).
+    pub class: Option<String>,
+    pub version: Option<String>,
+    pub algorithm: Option<String>,
+    pub kind: Option<moe_core::bundle::Kind>,
+    pub trunk: Option<String>,
+    /// The validation EER its card records (what `moe calibrate` measured).
+    pub val_eer: Option<f64>,
+    /// Serving its class in the current set.
+    pub active: bool,
+    /// Attached as the shadow of its class.
+    pub shadow: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BundleList {
+    pub bundles: Vec<BundleInfo>,
+    pub generation: u64,
+}
+
+impl BundleList {
+    pub fn new(
+        cards: Vec<(String, moe_core::Result<moe_core::bundle::Card>)>,
+        set: &ExpertSet,
+        class: Option<&str>,
+    ) -> Self {
+        let bundles = cards
+            .into_iter()
+            .map(|(bundle, card)| match card {
+                Ok(c) => BundleInfo {
+                    active: set.get(&c.class).is_some_and(|e| e.bundle == bundle),
+                    shadow: set.shadow(&c.class).is_some_and(|s| s.expert.bundle == bundle),
+                    val_eer: c.report("val").map(|r| r.eer),
+                    class: Some(c.class),
+                    version: Some(c.version),
+                    algorithm: Some(c.algorithm),
+                    kind: Some(c.kind),
+                    trunk: c.trunk.map(|t| t.id),
+                    error: None,
+                    bundle,
+                },
+                Err(e) => BundleInfo {
+                    bundle,
+                    class: None,
+                    version: None,
+                    algorithm: None,
+                    kind: None,
+                    trunk: None,
+                    val_eer: None,
+                    active: false,
+                    shadow: false,
+                    error: Some(e.to_string()),
+                },
+            })
+            .filter(|b| class.is_none() || b.class.as_deref() == class)
+            .collect();
+        BundleList { bundles, generation: set.generation }
+    }
+}

@@ -1,0 +1,206 @@
+//! Validation at the edge: request bodies become typed values the core can trust (like TGI's
+//! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
+
+use super::dto::{ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TrainBody, TrainQuery};
+use super::error::{ApiError, ApiResult};
+use crate::control::jobs::Selection;
+use crate::control::swap::{MinMetric, Swap};
+use crate::control::train::{DEFAULT_MAX_EER, TrainRequest};
+use moe_core::config::Limits;
+
+/// Texts that passed every limit: 1..=max_texts texts, none blank, none over max_text_chars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidClassify {
+    pub texts: Vec<String>,
+}
+
+/// A character that shows: not whitespace, not a control character, not an invisible format
+/// character (the same set as the `Text` pattern in openapi.yaml).
+fn visible(c: char) -> bool {
+    !(c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'))
+}
+
+impl ClassifyRequest {
+    pub fn validate(self, l: &Limits) -> ApiResult<ValidClassify> {
+        let texts = match (self.text, self.texts) {
+            (Some(t), None) => vec![t],
+            (None, Some(ts)) => ts,
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("send either \"text\" or \"texts\", not both")),
+            (None, None) => return Err(ApiError::bad_request("missing \"text\" (a string) or \"texts\" (a list)")),
+        };
+        if texts.is_empty() {
+            return Err(ApiError::bad_request("no text given: send {\"text\": \"...\"} or {\"texts\": [...]}"));
+        }
+        if texts.len() > l.max_texts {
+            return Err(ApiError::bad_request(format!("{} texts given, the limit is {}", texts.len(), l.max_texts)));
+        }
+        check_texts("text", &texts, l)?;
+        Ok(ValidClassify { texts })
+    }
+}
+
+impl SwapBody {
+    pub fn validate(self) -> ApiResult<Swap> {
+        if self.bundle.trim().is_empty() {
+            return Err(ApiError::bad_request("\"bundle\" is empty"));
+        }
+        if let Some(m) = &self.min_metric
+            && !m.value.is_finite()
+        {
+            return Err(ApiError::bad_request("\"min_metric.value\" must be a finite number"));
+        }
+        Ok(Swap {
+            bundle: self.bundle,
+            expected_version: self.expected_version,
+            min_metric: self.min_metric.map(|m| MinMetric { metric: m.metric, value: m.value }),
+            not_worse: self.not_worse,
+        })
+    }
+}
+
+/// Every text must show something (not only whitespace, control or invisible format characters)
+/// and fit `--max-text-chars`; `what` names it in the error ("text 3 is empty").
+fn check_texts(what: &str, texts: &[String], l: &Limits) -> ApiResult<()> {
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            return Err(ApiError::bad_request(format!("{what} {i} is empty")));
+        }
+        if !t.chars().any(visible) {
+            return Err(ApiError::bad_request(format!("{what} {i} has no visible characters")));
+        }
+        let n = t.chars().count();
+        if n > l.max_text_chars {
+            return Err(ApiError::bad_request(format!(
+                "{what} {i} has {n} characters, the limit is {}",
+                l.max_text_chars
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl TrainBody {
+    /// A `text,label` CSV (header row first): rows of `class` are the positives, the others the
+    /// negatives; the options come from the query.
+    pub fn from_csv(bytes: &[u8], class: &str, q: TrainQuery) -> ApiResult<TrainBody> {
+        let mut r = csv::Reader::from_reader(bytes);
+        let headers = r.headers().map_err(|e| ApiError::bad_request(format!("CSV header: {e}")))?.clone();
+        let col = |name: &str| {
+            headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "the CSV needs a header row with \"text\" and \"label\" (no {name:?} column)"
+                ))
+            })
+        };
+        let (t, l) = (col("text")?, col("label")?);
+        let (mut positives, mut negatives) = (Vec::new(), Vec::new());
+        for (i, row) in r.records().enumerate() {
+            let row = row.map_err(|e| ApiError::bad_request(format!("CSV row {}: {e}", i + 1)))?;
+            let (text, label) = (row.get(t).unwrap_or(""), row.get(l).unwrap_or(""));
+            if label.trim() == class { positives.push(text.to_string()) } else { negatives.push(text.to_string()) }
+        }
+        Ok(TrainBody {
+            positives,
+            negatives: (!negatives.is_empty()).then_some(negatives),
+            mode: q.mode,
+            trunk: q.trunk,
+            max_eer: q.max_eer,
+            use_feedback: q.use_feedback,
+        })
+    }
+
+    pub fn validate(self, l: &Limits, who: String, feedback: Option<Vec<(String, String)>>) -> ApiResult<TrainRequest> {
+        check_texts("positive", &self.positives, l)?;
+        if let Some(n) = &self.negatives {
+            check_texts("negative", n, l)?;
+        }
+        let max_eer = self.max_eer.unwrap_or(DEFAULT_MAX_EER);
+        if !(max_eer.is_finite() && (0.0..=1.0).contains(&max_eer)) {
+            return Err(ApiError::bad_request("\"max_eer\" must be a number in [0, 1]"));
+        }
+        if self.trunk.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ApiError::bad_request("\"trunk\" is empty: omit it to use the set's main trunk"));
+        }
+        Ok(TrainRequest {
+            positives: self.positives,
+            negatives: self.negatives,
+            mode: self.mode,
+            trunk: self.trunk,
+            max_eer,
+            who,
+            feedback,
+        })
+    }
+}
+
+/// Longest feedback label, in characters.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+impl FeedbackBody {
+    /// (text, label), both with a visible character, within the text and label limits.
+    pub fn validate(self, l: &Limits) -> ApiResult<(String, String)> {
+        check_texts("text", std::slice::from_ref(&self.text), l)?;
+        if !self.label.chars().any(visible) || self.label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "\"label\" must have a visible character and at most {MAX_LABEL_CHARS} characters"
+            )));
+        }
+        Ok((self.text, self.label))
+    }
+}
+
+impl SelectBody {
+    /// `feedback`: the log's (text, label) pairs when the request asked to evaluate on them.
+    pub fn validate(self, feedback: Option<Vec<(String, String)>>) -> ApiResult<Selection> {
+        if self.candidates.as_ref().is_some_and(|c| c.iter().any(|b| b.trim().is_empty())) {
+            return Err(ApiError::bad_request("\"candidates\" holds an empty bundle name"));
+        }
+        if self.candidates.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(ApiError::bad_request(
+                "\"candidates\" is empty: omit it to consider every bundle of the class",
+            ));
+        }
+        Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates, feedback })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: Option<&str>, texts: Option<Vec<&str>>) -> ClassifyRequest {
+        ClassifyRequest {
+            text: text.map(str::to_string),
+            texts: texts.map(|v| v.into_iter().map(str::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn classify_limits_are_checked_once_into_a_typed_value() {
+        let l = Limits { max_texts: 2, max_text_chars: 5, ..Limits::default() };
+        assert_eq!(req(Some("hello"), None).validate(&l).unwrap().texts, vec!["hello"]);
+        assert_eq!(req(None, Some(vec!["a", "b"])).validate(&l).unwrap().texts, vec!["a", "b"]);
+        for (r, why) in [
+            (req(None, None), "missing"),
+            (req(Some("a"), Some(vec!["b"])), "not both"),
+            (req(None, Some(vec![])), "no text"),
+            (req(None, Some(vec!["a", "b", "c"])), "3 texts given, the limit is 2"),
+            (req(Some(" \t"), None), "text 0 is empty"),
+            (req(Some("\u{200B}\u{FEFF}"), None), "text 0 has no visible characters"),
+            (req(Some("\u{202E}"), None), "text 0 has no visible characters"),
+            (req(Some("\u{202A}\u{2066}\u{2069} "), None), "text 0 has no visible characters"),
+            (req(None, Some(vec!["ok", "\u{0000}\u{200D} "])), "text 1 has no visible characters"),
+            (req(None, Some(vec!["ok", "toolong"])), "text 1 has 7 characters, the limit is 5"),
+        ] {
+            let e = r.validate(&l).unwrap_err();
+            assert_eq!(e.status_and_code().1, "bad_request");
+            assert!(e.to_string().contains(why), "{e} lacks {why:?}");
+        }
+        // Invisible characters beside a visible one are fine.
+        assert!(req(Some("a\u{200B}b"), None).validate(&l).is_ok());
+        // Characters, not bytes: five 2-byte characters pass.
+        assert!(req(Some("ééééé"), None).validate(&l).is_ok());
+    }
+}

@@ -1,0 +1,741 @@
+//! `moe fit`: a labelled CSV becomes a served, calibrated expert set, in Rust, with no Python.
+//!
+//! One frozen trunk embeds every distinct text once (the serving executor, so the embeddings are
+//! the ones the service will compute); one one-vs-all logistic head per class is fitted on train
+//! on all cores (the online trainer's objective; C chosen by val AUC); each head's threshold is
+//! its val EER and its Platt map is fitted on val; the gate is chosen on val; test is only
+//! reported. The model root is written into a temporary folder beside `--out`, loaded and
+//! self-tested like any served set, and renamed into place: an interrupted run leaves no root.
+//!
+//! Invariants: every refusal (bad file, columns, labels, classes, trunk) happens before anything is
+//! written; nothing is chosen on test.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::select::choose_gate;
+use moe_core::bundle::card::{
+    CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, TrunkCard, TrunkRef, check_class, check_name, slug,
+};
+use moe_core::bundle::quality::SplitMetrics;
+use moe_core::bundle::registry::RegistryFile;
+use moe_core::clock::now_rfc3339;
+use moe_core::config::RuntimeConfig;
+use moe_core::expert::positive_probabilities;
+use moe_core::files::{sha256_file, write_atomic};
+use moe_core::gate::{GateKind, IDENTITY};
+use moe_core::inference::executor::Expect;
+use moe_core::inference::{Executor, ExecutorPool, Matrix, TokenizerHandle};
+use moe_core::scoring::{Scorer, platt_calibration, trunk_outputs};
+use moe_core::service::ExpertSet;
+use moe_core::stats::gating::GateData;
+use moe_core::stats::logreg::{C_GRID, Logistic, balanced_weights, fit, shuffle};
+use moe_core::stats::roc::{binary_report, multiclass};
+use moe_core::{Error, Result};
+
+/// Fewest train rows a class needs (5-fold cross-validation needs 5 positives).
+pub const MIN_TRAIN_ROWS: usize = 5;
+/// Above this many classes the gate search skips the fitted gates (length, stacking), whose fit
+/// grows with classes² × rows; the uniform gate's score modes are still compared.
+pub const FITTED_GATES_UP_TO: usize = 40;
+/// Negatives a head is fitted on at most (seeded sample; every positive is kept): the Newton fit
+/// costs rows × dimension² per step, and a linear head gains little from more negatives.
+pub const MAX_NEGATIVES: usize = 4000;
+const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// What `moe fit` reads and writes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FitOptions {
+    /// Labelled CSV with a header row (UTF-8).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model root to write; must not exist yet (or be an empty folder).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Column holding the texts.
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    /// Column holding each text's class.
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    /// Column holding each row's split (train / val / test).
+    ///
+    /// When the file has no such column, a stratified 80/10/10 split is made with --seed and
+    /// written to <out>/splits.csv (reuse it with --data <out>/splits.csv).
+    #[arg(long, default_value = "split")]
+    pub split_col: String,
+    /// Seed of the stratified split (files without a split column).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The frozen trunk: an id under <models>/trunks, or a folder with trunk.json.
+    #[arg(long, default_value = "minilm-l6-int8-4c8c5336916d")]
+    pub trunk: String,
+    /// Model root whose trunks/ holds the trunk ids.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Drop classes with fewer train rows than this (at least 5) instead of refusing.
+    #[arg(long)]
+    pub min_rows: Option<usize>,
+    /// Leave out texts labelled two ways instead of refusing the file.
+    #[arg(long)]
+    pub drop_conflicts: bool,
+    /// Rows with this label are out of scope, not a class (kept out of the fit for now).
+    #[arg(long)]
+    pub oos_label: Option<String>,
+}
+
+/// One labelled row: text, label, split.
+struct Row {
+    text: String,
+    label: String,
+    split: &'static str,
+}
+
+/// What was read from the CSV.
+struct Labelled {
+    rows: Vec<Row>,
+    split_source: String,
+    /// Rows without a label or in another split, left out.
+    ignored: usize,
+    /// Out-of-scope rows (`--oos-label`), left out of the fit.
+    out_of_scope: usize,
+}
+
+/// Fit, check, write; returns the summary printed at the end.
+pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
+    let started = Instant::now();
+    let mut stages = serde_json::Map::new();
+    let mut stage = |name: &str, t: Instant| {
+        stages.insert(name.to_string(), json!((t.elapsed().as_secs_f64() * 100.0).round() / 100.0));
+    };
+    let out_free = !o.out.exists() || std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_none());
+    if !out_free {
+        return Err(Error::BadRequest(format!("--out {}: exists and is not empty", o.out.display())));
+    }
+    let t = Instant::now();
+    let data = read_labelled(o)?;
+    let (classes, dropped) = classes_of(&data.rows, o.min_rows)?;
+    let (trunk_dir, tcard) = resolve_trunk(o)?;
+    stage("read", t);
+    progress(&format!(
+        "{} rows ({}), {} classes, trunk {}",
+        data.rows.len(),
+        data.split_source,
+        classes.len(),
+        tcard.id
+    ));
+
+    let t = Instant::now();
+    let pool = ExecutorPool::default();
+    let (exec, tok) = load_trunk(&pool, runtime, &trunk_dir, &tcard)?;
+    let kept: Vec<&Row> = data.rows.iter().filter(|r| classes.binary_search(&r.label).is_ok()).collect();
+    let (distinct, index) = distinct_texts(&kept);
+    let emb = embed(&exec, &tok, &distinct)?;
+    stage("embed", t);
+
+    let t = Instant::now();
+    let split_rows = |s: &str| -> (Matrix, Vec<usize>, Vec<String>) {
+        let rows: Vec<&&Row> = kept.iter().filter(|r| r.split == s).collect();
+        let data = rows.iter().flat_map(|r| emb.row(index[r.text.as_str()]).to_vec()).collect();
+        let truth = rows.iter().map(|r| classes.binary_search(&r.label).expect("kept")).collect();
+        (Matrix { rows: rows.len(), cols: emb.cols, data }, truth, rows.iter().map(|r| r.text.clone()).collect())
+    };
+    let (train, train_truth, train_texts) = split_rows("train");
+    let (val, val_truth, _) = split_rows("val");
+    let fitted = fit_heads(&classes, &train, &train_truth, &val, &val_truth);
+    stage("fit", t);
+
+    let t = Instant::now();
+    let tmp = temp_root(&o.out)?;
+    let written = (|| {
+        let bundles = write_bundles(
+            &tmp,
+            o,
+            &classes,
+            &fitted,
+            &val,
+            &val_truth,
+            (&train, &train_texts, &train_truth),
+            &tcard,
+            exec.provider,
+        )?;
+        copy_trunk(&trunk_dir, &tmp.join("trunks").join(&tcard.id))?;
+        if data.split_source.starts_with("stratified") {
+            write_splits(&tmp.join("splits.csv"), &data.rows)?;
+        }
+        let reg = RegistryFile {
+            experts: classes.iter().cloned().zip(bundles.iter().cloned()).collect(),
+            ..RegistryFile::empty()
+        };
+        reg.write(&tmp)?;
+        let report = choose_gate_and_report(o, runtime, &tmp, reg, &data, &classes, &dropped)?;
+        Ok::<_, Error>((bundles, report))
+    })();
+    let (bundles, mut report) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    stage("calibrate, gate, check", t);
+    stages.insert("total".into(), json!((started.elapsed().as_secs_f64() * 100.0).round() / 100.0));
+    report["seconds"] = Value::Object(stages);
+    let report_path = tmp.join("fit-report.json");
+    write_atomic(&report_path, format!("{}\n", serde_json::to_string_pretty(&report).expect("json")).as_bytes())?;
+    if o.out.exists() {
+        std::fs::remove_dir(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    }
+    std::fs::rename(&tmp, &o.out).map_err(|e| Error::io(&o.out, e))?;
+    Ok(json!({
+        "out": o.out, "bundles": bundles.len(), "classes": classes.len(), "dropped_classes": dropped,
+        "gate": report["gate"], "val": headline(&report["val"]), "test": headline(&report["test"]),
+        "seconds": report["seconds"], "report": o.out.join("fit-report.json"),
+        "serve": format!("moe serve --models {} --state {}-state", o.out.display(), o.out.display()),
+    }))
+}
+
+/// A split's accuracy figures, without the per-class tables.
+fn headline(split: &Value) -> Value {
+    let keys = ["rows", "accuracy_best_guess", "macro_f1_best_guess", "accuracy_with_abstention", "abstained"];
+    if split.is_null() { Value::Null } else { keys.iter().map(|k| (k.to_string(), split[*k].clone())).collect() }
+}
+
+fn progress(msg: &str) {
+    eprintln!("moe fit: {msg}");
+}
+
+/// Read and check the CSV: columns, UTF-8, blank texts, one label per text, the split column (or a
+/// stratified split when the file has none).
+fn read_labelled(o: &FitOptions) -> Result<Labelled> {
+    let bad = |r: String| Error::BadRequest(format!("{}: {r}", o.data.display()));
+    let mut rdr = csv::Reader::from_path(&o.data).map_err(|e| bad(e.to_string()))?;
+    let header = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let names = header.iter().collect::<Vec<_>>().join(", ");
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| bad(format!("no column {name:?} (columns: {names})")))
+    };
+    let (t, l) = (col(&o.text_col)?, col(&o.label_col)?);
+    let s = header.iter().position(|h| h == o.split_col);
+    let mut rows = Vec::new();
+    let (mut ignored, mut out_of_scope) = (0, 0);
+    let mut label_of: HashMap<String, (String, u64)> = HashMap::new();
+    let mut conflicts: std::collections::HashSet<String> = Default::default();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| match e.kind() {
+            csv::ErrorKind::Utf8 { pos, err } => bad(format!(
+                "line {}: not UTF-8 text ({err}); save the file as UTF-8",
+                pos.as_ref().map_or(0, |p| p.line())
+            )),
+            _ => bad(e.to_string()),
+        })?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let (text, label) = (rec.get(t).unwrap_or("").trim(), rec.get(l).unwrap_or("").trim());
+        let split = match s.map(|s| rec.get(s).unwrap_or("").trim()) {
+            Some(v) => match SPLITS.iter().find(|x| **x == v) {
+                Some(x) => Some(*x),
+                None => {
+                    ignored += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if label.is_empty() {
+            ignored += 1;
+            continue;
+        }
+        if !text.chars().any(|c| !c.is_whitespace() && !c.is_control()) {
+            return Err(bad(format!("line {line}: the text is blank (label {label:?})")));
+        }
+        match label_of.get(text) {
+            Some((other, at)) if other != label => {
+                if !o.drop_conflicts {
+                    return Err(bad(format!(
+                        "line {line}: the text {text:?} is labelled {label:?} here and {other:?} on line {at}; one text, \
+                         one label (or leave such texts out with --drop-conflicts)"
+                    )));
+                }
+                conflicts.insert(text.to_string());
+            }
+            Some(_) => {}
+            None => {
+                label_of.insert(text.to_string(), (label.to_string(), line));
+            }
+        }
+        if o.oos_label.as_deref() == Some(label) {
+            out_of_scope += 1;
+            continue;
+        }
+        rows.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
+    }
+    if !conflicts.is_empty() {
+        let before = rows.len();
+        rows.retain(|r| !conflicts.contains(&r.text));
+        progress(&format!("left out {} rows of {} texts labelled two ways", before - rows.len(), conflicts.len()));
+        ignored += before - rows.len();
+    }
+    if rows.is_empty() {
+        return Err(bad("no labelled rows".into()));
+    }
+    let split_source = if s.is_some() {
+        format!("column:{}", o.split_col)
+    } else {
+        stratify(&mut rows, o.seed);
+        format!("stratified-80-10-10-seed-{}", o.seed)
+    };
+    Ok(Labelled { rows, split_source, ignored, out_of_scope })
+}
+
+/// A seeded stratified 80/10/10 split: per class, at least one val and one test row once it has 3.
+fn stratify(rows: &mut [Row], seed: u64) {
+    let mut by_class: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        by_class.entry(r.label.clone()).or_default().push(i);
+    }
+    for idx in by_class.values_mut() {
+        shuffle(idx, seed);
+        let n = idx.len();
+        let held = if n >= 3 { ((n as f64 * 0.1).round() as usize).max(1) } else { 0 };
+        for (k, &i) in idx.iter().enumerate() {
+            rows[i].split = if k < held {
+                "val"
+            } else if k < 2 * held {
+                "test"
+            } else {
+                "train"
+            };
+        }
+    }
+}
+
+/// The classes (sorted) and the ones dropped for too few rows (only with `--min-rows`).
+fn classes_of(rows: &[Row], min_rows: Option<usize>) -> Result<(Vec<String>, Vec<Value>)> {
+    let mut count: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+    for r in rows {
+        let k = SPLITS.iter().position(|s| *s == r.split).expect("known split");
+        count.entry(r.label.as_str()).or_default()[k] += 1;
+    }
+    let need = min_rows.unwrap_or(MIN_TRAIN_ROWS).max(MIN_TRAIN_ROWS);
+    let (mut classes, mut short) = (Vec::new(), Vec::new());
+    for (class, [train, val, _]) in &count {
+        check_class(class).map_err(|e| Error::BadRequest(format!("label {class:?} cannot be a class: {e}")))?;
+        if *train < need || *val == 0 {
+            short.push(json!({"class": class, "train_rows": train, "val_rows": val}));
+        } else {
+            classes.push(class.to_string());
+        }
+    }
+    if !short.is_empty() && min_rows.is_none() {
+        return Err(Error::BadRequest(format!(
+            "{} classes have fewer than {need} train rows or no val row: {}; add rows, or drop them with --min-rows",
+            short.len(),
+            serde_json::to_string(&short).expect("json")
+        )));
+    }
+    for s in &short {
+        progress(&format!("dropping class {} (too few rows: {s})", s["class"]));
+    }
+    if classes.len() < 2 {
+        return Err(Error::BadRequest(format!("need at least two classes with enough rows, found {}", classes.len())));
+    }
+    let mut slugs: HashMap<String, &str> = HashMap::new();
+    for c in &classes {
+        let name = format!("{}--fit-logreg", slug(c));
+        check_name(&name).map_err(|e| Error::BadRequest(format!("class {c:?} cannot name a bundle: {e}")))?;
+        if slug(c).is_empty() {
+            return Err(Error::BadRequest(format!("class {c:?} has no letter or digit to name its bundle")));
+        }
+        if let Some(other) = slugs.insert(slug(c), c) {
+            return Err(Error::BadRequest(format!("classes {other:?} and {c:?} would share the bundle name {name:?}")));
+        }
+    }
+    Ok((classes, short))
+}
+
+/// The trunk folder and card named by `--trunk` (an id under <models>/trunks, or a folder).
+fn resolve_trunk(o: &FitOptions) -> Result<(PathBuf, TrunkCard)> {
+    let as_dir = PathBuf::from(&o.trunk);
+    let dir = if as_dir.join("trunk.json").is_file() {
+        as_dir
+    } else {
+        let under = o.models.join("trunks");
+        let known = || {
+            std::fs::read_dir(&under)
+                .map(|d| {
+                    d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>().join(", ")
+                })
+                .unwrap_or_default()
+        };
+        if check_name(&o.trunk).is_err() || !under.join(&o.trunk).join("trunk.json").is_file() {
+            return Err(Error::BadRequest(format!(
+                "unknown trunk {:?}: neither a folder with trunk.json nor an id under {} (ids: {})",
+                o.trunk,
+                under.display(),
+                known()
+            )));
+        }
+        under.join(&o.trunk)
+    };
+    let path = dir.join("trunk.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let card: TrunkCard = serde_json::from_str(&text).map_err(|e| Error::bundle(&path, format!("bad JSON: {e}")))?;
+    for f in [Some(&card.graph), Some(&card.tokenizer), card.spelling.as_ref()].into_iter().flatten() {
+        check_name(&f.file).map_err(|e| Error::bundle(&path, format!("file {:?}: {e}", f.file)))?;
+        let have = sha256_file(&dir.join(&f.file))?;
+        if !have.eq_ignore_ascii_case(&f.sha256) {
+            return Err(Error::bundle(
+                dir.join(&f.file),
+                format!("sha256 {have} differs from trunk.json's {}", f.sha256),
+            ));
+        }
+    }
+    Ok((dir, card))
+}
+
+/// The trunk's executor (probed for batch dependence, as the service does) and tokenizer.
+fn load_trunk(
+    pool: &ExecutorPool,
+    runtime: &RuntimeConfig,
+    dir: &Path,
+    card: &TrunkCard,
+) -> Result<(Arc<Executor>, Arc<TokenizerHandle>)> {
+    let graph = dir.join(&card.graph.file);
+    let exec = pool.executor(
+        runtime,
+        &graph,
+        &card.graph.sha256,
+        Expect::Tokens,
+        Some(card.embedding_dim),
+        runtime.intra_threads(),
+    )?;
+    let lexicon = card.spelling.as_ref().filter(|_| runtime.spelling).map(|f| (dir.join(&f.file), f.sha256.clone()));
+    let tok = pool.tokenizer(
+        &dir.join(&card.tokenizer.file),
+        &card.tokenizer.sha256,
+        card.max_seq_len,
+        lexicon.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
+    )?;
+    let probe = ["warm-up", "how to check that a text gets the same answer in any batch"];
+    exec.probe(probe.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?)?;
+    Ok((exec, tok))
+}
+
+/// Every distinct text once, and each text's row.
+fn distinct_texts<'a>(rows: &[&'a Row]) -> (Vec<&'a str>, HashMap<&'a str, usize>) {
+    let (mut texts, mut index) = (Vec::new(), HashMap::new());
+    for r in rows {
+        index.entry(r.text.as_str()).or_insert_with(|| {
+            texts.push(r.text.as_str());
+            texts.len() - 1
+        });
+    }
+    (texts, index)
+}
+
+/// The trunk's embedding of each text, with a progress line every tenth.
+fn embed(exec: &Executor, tok: &TokenizerHandle, texts: &[&str]) -> Result<Matrix> {
+    let started = Instant::now();
+    let mut next_report = texts.len() / 10;
+    trunk_outputs(exec, tok, texts, |rows| {
+        if rows >= next_report {
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            progress(&format!("embedded {rows}/{} texts ({rate:.0}/s)", texts.len()));
+            next_report += texts.len() / 10;
+        }
+    })
+}
+
+/// One class's head and how it was chosen.
+struct Head {
+    model: Logistic,
+    c: f64,
+    /// Val AUC per C tried.
+    grid: Vec<Value>,
+    /// Train rows it was fitted on (every positive, negatives up to `MAX_NEGATIVES`).
+    rows: usize,
+}
+
+/// One head per class, fitted in parallel (one class per core at a time).
+fn fit_heads(classes: &[String], train: &Matrix, truth: &[usize], val: &Matrix, val_truth: &[usize]) -> Vec<Head> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(classes.len());
+    let mut out: Vec<Option<Head>> = (0..classes.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= classes.len() {
+                        break;
+                    }
+                    let head = fit_head(k, train, truth, val, val_truth);
+                    moe_core::error::lock(&results)[k] = Some(head);
+                    let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+                    if d == classes.len() || d.is_multiple_of((classes.len() / 10).max(1)) {
+                        progress(&format!("fitted {d}/{} heads", classes.len()));
+                    }
+                }
+            });
+        }
+    });
+    out.into_iter().map(|f| f.expect("every class fitted")).collect()
+}
+
+/// Class `k`'s head: an L2 logistic regression with balanced class weights (the trainer's and the
+/// online trainer's objective) on its positives and at most `MAX_NEGATIVES` seeded negatives, for
+/// each C of `C_GRID`; the C with the best val AUC is kept (ties: the smaller C). The bias is moved
+/// from the balanced fit's prior (1/2) to the class's share of train, so probabilities are on the
+/// data's scale. Choosing C on val (not by cross-validation on train) keeps the cost at
+/// |C_GRID| fits per class.
+fn fit_head(k: usize, train: &Matrix, truth: &[usize], val: &Matrix, val_truth: &[usize]) -> Head {
+    let (mut pos, mut neg): (Vec<usize>, Vec<usize>) = (0..train.rows).partition(|&i| truth[i] == k);
+    shuffle(&mut neg, 42 + k as u64);
+    neg.truncate(MAX_NEGATIVES);
+    pos.extend(neg);
+    pos.sort_unstable();
+    let x: Vec<&[f32]> = pos.iter().map(|&i| train.row(i)).collect();
+    let y: Vec<bool> = pos.iter().map(|&i| truth[i] == k).collect();
+    let share = truth.iter().filter(|&&t| t == k).count() as f64 / truth.len() as f64;
+    let val_y: Vec<bool> = val_truth.iter().map(|&t| t == k).collect();
+    let weights = balanced_weights(&y);
+    let mut best: Option<(f64, f64, Logistic)> = None;
+    let mut grid = Vec::new();
+    for &c in &C_GRID {
+        let m = fit(&x, &y, &weights, c);
+        let auc = m.head.logits(val).map(|l| binary_report(&positive_probabilities(&l), &val_y).auc).unwrap_or(0.0);
+        grid.push(json!({"C": c, "val_auc": auc, "newton_steps": m.iterations}));
+        if best.as_ref().is_none_or(|(b, ..)| auc > *b) {
+            best = Some((auc, c, m));
+        }
+    }
+    let (_, c, mut model) = best.expect("C_GRID is not empty");
+    model.head.bias += (share / (1.0 - share)).ln() as f32;
+    Head { model, c, grid, rows: x.len() }
+}
+
+/// Positive-class probabilities of a linear head, computed as the service computes them.
+fn head_probabilities(f: &Head, x: &Matrix) -> Result<Vec<f32>> {
+    Ok(positive_probabilities(&f.model.head.logits(x)?))
+}
+
+/// Each class's bundle (head.json + card.json with its val threshold, Platt map, metrics,
+/// provenance and self-test rows); returns the bundle names in class order.
+#[allow(clippy::too_many_arguments)]
+fn write_bundles(
+    root: &Path,
+    o: &FitOptions,
+    classes: &[String],
+    fitted: &[Head],
+    val: &Matrix,
+    val_truth: &[usize],
+    (train, train_texts, train_truth): (&Matrix, &[String], &[usize]),
+    tcard: &TrunkCard,
+    provider: &str,
+) -> Result<Vec<String>> {
+    let data_sha = sha256_file(&o.data)?;
+    let created = now_rfc3339();
+    let mut names = Vec::new();
+    for (k, (class, f)) in classes.iter().zip(fitted).enumerate() {
+        let labels: Vec<bool> = val_truth.iter().map(|&t| t == k).collect();
+        let scores = head_probabilities(f, val)?;
+        let r = binary_report(&scores, &labels);
+        let name = format!("{}--fit-logreg", slug(class));
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let head_path = dir.join("head.json");
+        write_atomic(&head_path, &serde_json::to_vec(&f.model.head).expect("json"))?;
+        let sha = sha256_file(&head_path)?;
+        // Self-test rows: the first train text of the class and the first of another.
+        let picks: Vec<usize> =
+            [true, false].iter().filter_map(|&pos| (0..train.rows).find(|&i| (train_truth[i] == k) == pos)).collect();
+        let sel = Matrix {
+            rows: picks.len(),
+            cols: train.cols,
+            data: picks.iter().flat_map(|&i| train.row(i).to_vec()).collect(),
+        };
+        let probs = head_probabilities(f, &sel)?;
+        let selftest =
+            picks.iter().zip(probs).map(|(&i, p)| SelfTest { text: train_texts[i].clone(), probability: p }).collect();
+        let metrics =
+            |report, runtime: &str| SplitMetrics { provider: provider.into(), runtime: runtime.into(), report };
+        let card = Card {
+            schema: CARD_SCHEMA,
+            class: class.clone(),
+            algorithm: "fit-logreg".into(),
+            kind: Kind::Linear,
+            version: format!("fit-{}", &sha[..12]),
+            graph: FileRef { file: "head.json".into(), sha256: sha },
+            max_seq_len: tcard.max_seq_len,
+            threshold: Some(Threshold {
+                value: (r.eer_threshold as f32).clamp(1e-6, 1.0 - 1e-6),
+                method: "eer".into(),
+                split: "val".into(),
+            }),
+            calibration: Some(platt_calibration(&scores, &labels, "val")),
+            metrics: BTreeMap::from([("val".to_string(), metrics(r, "onnxruntime (moe)"))]),
+            provenance: json!({
+                "tool": "moe fit", "created": created, "data": o.data, "data_sha256": data_sha,
+                "text_column": o.text_col, "label_column": o.label_col, "trunk": tcard.id,
+                "C": f.c, "C_chosen_by": "val AUC", "grid": f.grid, "train_rows": train.rows, "fitted_on_rows": f.rows,
+            }),
+            selftest,
+            tokenizer: None,
+            spelling: None,
+            trunk: Some(TrunkRef { id: tcard.id.clone(), sha256: tcard.graph.sha256.clone() }),
+            embedding_dim: Some(tcard.embedding_dim),
+            extra: BTreeMap::new(),
+        };
+        card.write(&dir.join("card.json"))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Load the written set as the service would (self-tests included), choose the gate on val, and
+/// score val and test through the set's own decisions.
+fn choose_gate_and_report(
+    o: &FitOptions,
+    runtime: &RuntimeConfig,
+    root: &Path,
+    mut reg: RegistryFile,
+    data: &Labelled,
+    classes: &[String],
+    dropped: &[Value],
+) -> Result<Value> {
+    let pool = ExecutorPool::default();
+    let set = ExpertSet::load(&pool, runtime, root, &reg)?;
+    let split = |s: &str| -> (Vec<String>, Vec<usize>) {
+        data.rows
+            .iter()
+            .filter(|r| r.split == s)
+            .filter_map(|r| classes.binary_search(&r.label).ok().map(|k| (r.text.clone(), k)))
+            .unzip()
+    };
+    let (texts, truth) = split("val");
+    let probs: Vec<Vec<f32>> = {
+        let mut scorer = Scorer::new(&texts);
+        set.experts.iter().map(|e| scorer.probabilities(e)).collect::<Result<_>>()?
+    };
+    let cal = set.calibrations().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
+    let gd = GateData { probs: &probs, thr: &set.thresholds, cal: &cal, texts: &texts, truth: &truth };
+    let kinds: &[GateKind] = if classes.len() <= FITTED_GATES_UP_TO {
+        &[GateKind::Uniform, GateKind::Length, GateKind::Stacking]
+    } else {
+        progress(&format!("{} classes: fitted gates skipped (over {FITTED_GATES_UP_TO})", classes.len()));
+        &[GateKind::Uniform]
+    };
+    let versions = set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
+    let (acc, mut spec, table) = choose_gate(&gd, classes, versions, kinds, true);
+    spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table,
+        "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
+    reg.gate = spec;
+    reg.write(root)?;
+    // The same loaded experts under the chosen gate (they passed their self-tests above).
+    let set = ExpertSet::new(set.experts.clone(), reg.gate.clone(), (0, None), Vec::new())?;
+    let mut report = json!({
+        "data": {"file": o.data, "rows": data.rows.len(), "split": data.split_source, "ignored_rows": data.ignored,
+                 "out_of_scope_rows": data.out_of_scope, "dropped_classes": dropped},
+        "classes": classes, "trunk": o.trunk,
+        "gate": {"kind": format!("{:?}", reg.gate.kind).to_lowercase(), "score": format!("{:?}", reg.gate.score).to_lowercase(),
+                 "val_accuracy": acc},
+    });
+    report["val"] = split_report(&set, classes, &texts, &truth, &probs)?;
+    let (test, test_truth) = split("test");
+    report["test"] = if test.is_empty() {
+        Value::Null
+    } else {
+        let mut scorer = Scorer::new(&test);
+        let probs = set.experts.iter().map(|e| scorer.probabilities(e)).collect::<Result<Vec<_>>>()?;
+        split_report(&set, classes, &test, &test_truth, &probs)?
+    };
+    Ok(report)
+}
+
+/// Accuracy and macro-F1 of the set's answers on a split (best guess when it abstains, and with
+/// abstentions counted wrong), per-class expert metrics and the most confused class pairs.
+/// `probs` is expert-major, in the set's order.
+fn split_report(
+    set: &ExpertSet,
+    classes: &[String],
+    texts: &[String],
+    truth: &[usize],
+    probs: &[Vec<f32>],
+) -> Result<Value> {
+    let results = set.decide_all(texts, probs, &vec![false; texts.len()]);
+    let index = |c: &str| classes.binary_search(&c.to_string()).expect("a class of the set");
+    let guess: Vec<usize> = results.iter().map(|r| index(&r.best_guess)).collect();
+    let answered = results.iter().zip(truth).filter(|(r, t)| r.label.as_deref() == Some(classes[**t].as_str())).count();
+    let closed = multiclass(classes, truth, &guess);
+    let mut pairs: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    for (&t, &g) in truth.iter().zip(&guess).filter(|(t, g)| t != g) {
+        *pairs.entry((t, g)).or_default() += 1;
+    }
+    let mut pairs: Vec<_> = pairs.into_iter().collect();
+    pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let experts: Vec<Value> = set
+        .experts
+        .iter()
+        .enumerate()
+        .map(|(k, e)| {
+            let labels: Vec<bool> = truth.iter().map(|&t| t == k).collect();
+            let r = binary_report(&probs[k], &labels);
+            json!({"class": e.class, "auc": r.auc, "eer": r.eer, "threshold": e.threshold, "f1_at_threshold": r.at_eer.f1})
+        })
+        .collect();
+    Ok(json!({
+        "rows": texts.len(),
+        "accuracy_best_guess": closed.accuracy,
+        "macro_f1_best_guess": closed.macro_f1,
+        "accuracy_with_abstention": answered as f64 / texts.len() as f64,
+        "abstained": results.iter().filter(|r| r.abstained).count(),
+        "most_confused": pairs.iter().take(10).map(|((t, g), n)| json!({"true": classes[*t], "predicted": classes[*g], "texts": n})).collect::<Vec<_>>(),
+        "experts": experts,
+    }))
+}
+
+/// An empty temporary folder beside `out` (hidden; stale ones of earlier interrupted runs removed).
+fn temp_root(out: &Path) -> Result<PathBuf> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "fit".into());
+    let prefix = format!(".{base}.fit-");
+    if let Ok(d) = std::fs::read_dir(parent) {
+        for e in d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// The trunk's files, hard-linked where the file system allows, else copied.
+fn copy_trunk(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    for e in std::fs::read_dir(src).map_err(|e| Error::io(src, e))?.flatten() {
+        let to = dst.join(e.file_name());
+        if e.path().is_file() && std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).map_err(|err| Error::io(&to, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows with the split made for them, so a rerun (or another tool) can reuse it.
+fn write_splits(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::Internal(format!("writing splits.csv: {e}"));
+    w.write_record(["text", "label", "split"]).map_err(io)?;
+    for r in rows {
+        w.write_record([r.text.as_str(), r.label.as_str(), r.split]).map_err(io)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Internal(format!("writing splits.csv: {e}")))?;
+    write_atomic(path, &bytes)
+}

@@ -1,0 +1,8 @@
+//! moe-tools: the offline commands on top of `moe-core`, beside the server, never under it:
+//! `moe fit` (`fit`), `moe select` (`select`), `moe report` (`report`) and `moe bench` (`bench`).
+//! `moe eval` and `moe calibrate` are `moe_core::scoring` (the selection jobs share it).
+
+pub mod bench;
+pub mod fit;
+pub mod report;
+pub mod select;
