@@ -18,7 +18,7 @@ async fn default_set_classifies_over_http() {
     let base = common::serve(core).await;
     let client = reqwest::Client::new();
 
-    let ready: Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = common::json_of(client.get(format!("{base}/readyz"))).await;
     assert_eq!(ready["experts"], 19);
 
     let (s, v) = classify(&client, &base, json!({"text": "How to cook pasta like a chef"})).await;

@@ -144,7 +144,7 @@ async fn refused_swaps_change_nothing() {
     let live = moe_core::bundle::RegistryFile::path(&core.paths.state);
     let (shipped_before, registry_before) =
         (std::fs::read(root.join("registry.json")).unwrap(), std::fs::read(&live).unwrap());
-    let version: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let version: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     let version = version["version"].as_str().unwrap().to_string();
     let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
         (json!({"bundle": "travel--tokenbag-b"}), None, 401, "unauthorized"),
@@ -181,7 +181,7 @@ async fn refused_swaps_change_nothing() {
     let (s, v) =
         put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag", "expected_version": "x"}), Some(TOKEN)).await;
     assert_eq!(s, 409, "{v}");
-    let now: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let now: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     let (s, _) = put(
         &c,
         &base,
@@ -192,7 +192,7 @@ async fn refused_swaps_change_nothing() {
     .await;
     assert_eq!(s, 200);
     assert_eq!(
-        c.get(format!("{base}/experts/Travel")).send().await.unwrap().json::<Value>().await.unwrap()["version"],
+        common::json_of(c.get(format!("{base}/experts/Travel"))).await["version"],
         version.as_str()
     );
     assert_ne!(std::fs::read(&live).unwrap(), registry_before, "history was recorded in the state folder");
@@ -225,14 +225,14 @@ async fn restart_rollback_delete_and_new_slots() {
     let res = c.post(format!("{base}/experts/Travel/rollback")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag");
-    let h: Value = c.get(format!("{base}/experts/Travel/history")).send().await.unwrap().json().await.unwrap();
+    let h: Value = common::json_of(c.get(format!("{base}/experts/Travel/history"))).await;
     let actions: Vec<&str> = h["history"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["loaded", "swap", "rollback"]);
 
     // Delete a class, then add it back as a new slot.
     let res = c.delete(format!("{base}/experts/Health")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    let list: Value = c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap();
+    let list: Value = common::json_of(c.get(format!("{base}/experts"))).await;
     assert_eq!(list["experts"].as_array().unwrap().len(), 1);
     let res = c.post(format!("{base}/classify")).json(&json!({"text": "how to pack"})).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
@@ -240,7 +240,7 @@ async fn restart_rollback_delete_and_new_slots() {
     assert_eq!(res.status().as_u16(), 409, "the last expert cannot be removed");
     let (s, _) = put(&c, &base, "Health", json!({"bundle": "health--tokenbag-b"}), Some(TOKEN)).await;
     assert_eq!(s, 200);
-    let list: Value = c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap();
+    let list: Value = common::json_of(c.get(format!("{base}/experts"))).await;
     assert_eq!(list["experts"].as_array().unwrap().len(), 2);
     let res = c.get(format!("{base}/experts/Nope/history")).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 404);
@@ -267,11 +267,11 @@ async fn a_fitted_gate_that_no_longer_matches_is_disabled() {
     let base = serve_admin(core, Some(TOKEN)).await;
     let c = reqwest::Client::new();
     let gate = |v: Value| v["gate"].clone();
-    let before = gate(c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap());
+    let before = gate(common::json_of(c.get(format!("{base}/experts"))).await);
     assert_eq!(before["active"], "stacking");
     let (s, _) = put(&c, &base, "Travel", json!({"bundle": "travel--tokenbag-b"}), Some(TOKEN)).await;
     assert_eq!(s, 200);
-    let after = gate(c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap());
+    let after = gate(common::json_of(c.get(format!("{base}/experts"))).await);
     assert_eq!(after["configured"], "stacking");
     assert_eq!(after["active"], "uniform");
     assert!(after["disabled_reason"].as_str().unwrap().contains("version"), "{after}");
@@ -280,7 +280,7 @@ async fn a_fitted_gate_that_no_longer_matches_is_disabled() {
 
 async fn wait_job(c: &reqwest::Client, base: &str, id: u64) -> Value {
     for _ in 0..600 {
-        let v: Value = c.get(format!("{base}/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        let v: Value = common::json_of(c.get(format!("{base}/jobs/{id}"))).await;
         if v["state"] != "running" {
             return v;
         }
@@ -347,7 +347,7 @@ async fn shadow_scores_live_traffic_without_changing_answers() {
     let c = reqwest::Client::new();
     let texts =
         json!({"texts": ["how to visit rome", "how to treat a cold", "how to pack light", "how to stop a cough"]});
-    let before: Value = c.post(format!("{base}/classify")).json(&texts).send().await.unwrap().json().await.unwrap();
+    let before: Value = common::json_of(c.post(format!("{base}/classify")).json(&texts)).await;
 
     let res = c
         .put(format!("{base}/experts/Travel/shadow"))
@@ -366,13 +366,13 @@ async fn shadow_scores_live_traffic_without_changing_answers() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 422, "a shadow must be for its class");
     for _ in 0..5 {
-        let after: Value = c.post(format!("{base}/classify")).json(&texts).send().await.unwrap().json().await.unwrap();
+        let after: Value = common::json_of(c.post(format!("{base}/classify")).json(&texts)).await;
         assert_eq!(before["results"], after["results"], "a shadow never changes an answer");
     }
     // Shadow scoring runs off the response path: wait for it to catch up.
     let mut info = Value::Null;
     for _ in 0..100 {
-        info = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json::<Value>().await.unwrap()["shadow"]
+        info = common::json_of(c.get(format!("{base}/experts/Travel"))).await["shadow"]
             .clone();
         if info["texts"] == 20 {
             break;
@@ -391,7 +391,7 @@ async fn shadow_scores_live_traffic_without_changing_answers() {
     let res = c.post(format!("{base}/experts/Travel/shadow/promote")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(active_bundle(&c, &base, "Travel").await, "travel--tokenbag-b");
-    let e: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let e: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     assert!(e["shadow"].is_null());
     // Attach and drop.
     let res = c

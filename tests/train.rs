@@ -47,7 +47,7 @@ async fn train(c: &reqwest::Client, base: &str, class: &str, body: Value, token:
 
 async fn finish(c: &reqwest::Client, base: &str, job: &Value) -> Value {
     for _ in 0..600 {
-        let j: Value = c.get(format!("{base}/jobs/{}", job["id"])).send().await.unwrap().json().await.unwrap();
+        let j: Value = common::json_of(c.get(format!("{base}/jobs/{}", job["id"]))).await;
         if j["state"] != "running" {
             return j;
         }
@@ -59,7 +59,7 @@ async fn finish(c: &reqwest::Client, base: &str, job: &Value) -> Value {
 /// Per class, the probability of each text (as f32 bits: "unchanged" means bit-identical).
 async fn probabilities(c: &reqwest::Client, base: &str, texts: &[&str]) -> BTreeMap<String, Vec<u32>> {
     let v: Value =
-        c.post(format!("{base}/classify")).json(&json!({"texts": texts})).send().await.unwrap().json().await.unwrap();
+        common::json_of(c.post(format!("{base}/classify")).json(&json!({"texts": texts}))).await;
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for r in v["results"].as_array().unwrap() {
         for e in r["experts"].as_array().unwrap() {
@@ -125,12 +125,12 @@ async fn a_class_taught_online_serves_and_leaves_every_other_class_bit_identical
     assert!(card["metrics"]["cv"]["report"]["auc"].as_f64().unwrap() > 0.9, "{card}");
     assert!(!card.to_string().contains(TOKEN), "the token is not in the card");
     assert_eq!(card["provenance"]["examples"]["positives"], 12);
-    let h: Value = c.get(format!("{base}/experts/Crypto/history")).send().await.unwrap().json().await.unwrap();
+    let h: Value = common::json_of(c.get(format!("{base}/experts/Crypto/history"))).await;
     assert_eq!(h["history"].as_array().unwrap().last().unwrap()["action"], "train");
 
     // It survives a restart: a new process on the same model root and state serves it.
     let again = serve(&root, "train-new").await;
-    let e: Value = c.get(format!("{again}/experts/Crypto")).send().await.unwrap().json().await.unwrap();
+    let e: Value = common::json_of(c.get(format!("{again}/experts/Crypto"))).await;
     assert_eq!(e["bundle"], bundle);
 }
 
@@ -141,7 +141,7 @@ async fn a_shadow_is_trained_beside_the_active_expert_and_refusals_change_nothin
     let c = reqwest::Client::new();
     let listing = bundles(&root);
     let generation = |v: &Value| v["generation"].as_u64().unwrap();
-    let g0 = generation(&c.get(format!("{base}/experts")).send().await.unwrap().json::<Value>().await.unwrap());
+    let g0 = generation(&common::json_of(c.get(format!("{base}/experts"))).await);
     let five = &CRYPTO[..5];
     let repeated = [five, &five[..1]].concat();
     let blank = [five, &[" \u{200B}"]].concat();
@@ -175,11 +175,11 @@ async fn a_shadow_is_trained_beside_the_active_expert_and_refusals_change_nothin
     assert_eq!(done["state"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("above the bound"), "{done}");
     assert_eq!(bundles(&root), listing, "a refused training wrote nothing (no bundle, no temp folder)");
-    let g1 = generation(&c.get(format!("{base}/experts")).send().await.unwrap().json::<Value>().await.unwrap());
+    let g1 = generation(&common::json_of(c.get(format!("{base}/experts"))).await);
     assert_eq!(g0, g1, "nothing was installed");
 
     // Shadow mode: the trained head scores beside Travel's active expert, which keeps serving.
-    let active: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let active: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     let travel: Vec<String> = common::data()
         .read("train")
         .unwrap()
@@ -200,7 +200,7 @@ async fn a_shadow_is_trained_beside_the_active_expert_and_refusals_change_nothin
     if s2 == 202 {
         finish(&c, &base, &v2).await; // the first one had already finished
     }
-    let now: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let now: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     assert_eq!(now["bundle"], active["bundle"], "a shadow does not replace the active expert");
     assert!(now["shadow"]["bundle"].as_str().unwrap().starts_with("travel--online-"), "{now}");
 }
@@ -239,7 +239,7 @@ async fn feedback_is_kept_durably_gives_live_metrics_and_trains_when_asked() {
         assert!(v["error"]["message"].as_str().unwrap().contains(why), "{why}: {v}");
     }
     // Live metrics of the active Travel expert on the feedback it scored: 5 texts, 2 positives.
-    let e: Value = c.get(format!("{base}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let e: Value = common::json_of(c.get(format!("{base}/experts/Travel"))).await;
     assert_eq!(e["live"]["texts"], 5, "{e}");
     assert_eq!(e["live"]["positives"], 2);
     assert_eq!(e["live"]["version"], e["version"]);
@@ -249,7 +249,7 @@ async fn feedback_is_kept_durably_gives_live_metrics_and_trains_when_asked() {
 
     // Durable: a restart on the same state folder has the log.
     let again = serve(&root, "train-feedback").await;
-    let e: Value = c.get(format!("{again}/experts/Travel")).send().await.unwrap().json().await.unwrap();
+    let e: Value = common::json_of(c.get(format!("{again}/experts/Travel"))).await;
     assert_eq!(e["live"]["texts"], 5, "{e}");
 
     // Training uses the feedback only when asked, and says so.

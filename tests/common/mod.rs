@@ -211,3 +211,11 @@ pub fn rss_mb() -> f64 {
         .unwrap();
     kb / 1024.0
 }
+
+/// Send a request that must answer JSON; its body.
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"))
+}

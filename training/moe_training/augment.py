@@ -3,7 +3,7 @@ for distillation (chunks of the train rows' summaries).
 
 The data set is lower-cased without punctuation; traffic is cased, punctuated, has typos and extra
 words. The augmentations here are drawn with their own seed and their own phrase lists, NOT the
-report's (src/eval/report.rs `perturbations`), so the report's perturbed test titles stay unseen
+report's (crates/tools/src/report.rs `perturbations`), so the report's perturbed test titles stay unseen
 phrasings: a gain there is robustness, not memorised wrappers.
 """
 

@@ -1,5 +1,5 @@
 """Write tests/fixtures/sklearn_logreg.json: scikit-learn's LogisticRegression (lbfgs, tight
-tolerance) on small seeded problems with balanced sample weights, the oracle for src/eval/logreg.rs.
+tolerance) on small seeded problems with balanced sample weights, the oracle for crates/core/src/stats/logreg.rs.
 
     cd training && ../.venv/bin/python scripts/sklearn_logreg_fixture.py
 """

@@ -113,10 +113,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     let mut stage = |name: &str, t: Instant| {
         stages.insert(name.to_string(), json!((t.elapsed().as_secs_f64() * 100.0).round() / 100.0));
     };
-    let out_free = !o.out.exists() || std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_none());
-    if !out_free {
-        return Err(Error::BadRequest(format!("--out {}: exists and is not empty", o.out.display())));
-    }
+    check_out_is_free(&o.out)?;
     let t = Instant::now();
     let data = read_labelled(o)?;
     let (classes, dropped) = classes_of(&data.rows, o.min_rows)?;
@@ -186,18 +183,31 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     stage("calibrate, gate, check", t);
     stages.insert("total".into(), json!((started.elapsed().as_secs_f64() * 100.0).round() / 100.0));
     report["seconds"] = Value::Object(stages);
-    let report_path = tmp.join("fit-report.json");
-    write_atomic(&report_path, format!("{}\n", serde_json::to_string_pretty(&report).expect("json")).as_bytes())?;
-    if o.out.exists() {
-        std::fs::remove_dir(&o.out).map_err(|e| Error::io(&o.out, e))?;
-    }
-    std::fs::rename(&tmp, &o.out).map_err(|e| Error::io(&o.out, e))?;
+    move_into_place(&tmp, &o.out, &report)?;
     Ok(json!({
         "out": o.out, "bundles": bundles.len(), "classes": classes.len(), "dropped_classes": dropped,
         "gate": report["gate"], "val": headline(&report["val"]), "test": headline(&report["test"]),
         "seconds": report["seconds"], "report": o.out.join("fit-report.json"),
         "serve": format!("moe serve --models {} --state {}-state", o.out.display(), o.out.display()),
     }))
+}
+
+/// `--out` must not exist or be an empty folder: a fit never mixes with other files.
+fn check_out_is_free(out: &Path) -> Result<()> {
+    if out.exists() && !std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none()) {
+        return Err(Error::BadRequest(format!("--out {}: exists and is not empty", out.display())));
+    }
+    Ok(())
+}
+
+/// Write the report into the finished root `tmp` and rename it to `out` (an empty `out` goes first).
+fn move_into_place(tmp: &Path, out: &Path, report: &Value) -> Result<()> {
+    let text = format!("{}\n", serde_json::to_string_pretty(report).expect("json"));
+    write_atomic(&tmp.join("fit-report.json"), text.as_bytes())?;
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))
 }
 
 /// A split's accuracy figures, without the per-class tables.

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use moe_core::bundle::bundle_names;
 use moe_core::bundle::registry::RegistryFile;
 use moe_core::config::RuntimeConfig;
-use moe_core::data::{DataArgs, read_multi};
+use moe_core::data::{DataArgs, MultiRows, read_multi};
 use moe_core::gate::{self, Decision, Gate, GateKind, GateSpec, IDENTITY, ScoreMode};
 use moe_core::inference::ExecutorPool;
 use moe_core::service::ExpertSet;
@@ -470,6 +470,18 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String], calibrated: b
     table
 }
 
+/// What every system is scored on: the split, its perturbed variants, the ambiguous texts, and
+/// val (for the gate table of the served set).
+struct Inputs {
+    classes: Vec<String>,
+    texts: Vec<String>,
+    truth: Vec<usize>,
+    val_texts: Vec<String>,
+    val_truth: Vec<usize>,
+    perturbed: Vec<(&'static str, &'static str, Vec<String>)>,
+    amb: MultiRows,
+}
+
 /// `moe report` (blocking): score every system on the split and write the JSON.
 pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Result<()> {
     if a.split == "val" || a.split == "train" {
@@ -481,79 +493,16 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let (val_texts, val_truth) = data.read("val")?.labelled(&classes);
     let amb = read_multi(&data.data, &data.text_col, &a.all_labels_col, &data.split_col, &a.ambiguous_split)?;
     let perturbed = perturbations(&texts, a.seed);
+    let inputs = Inputs { classes, texts, truth, val_texts, val_truth, perturbed, amb };
     let pool = ExecutorPool::default();
     let mut out_systems = Vec::new();
     let mut gates = Vec::new();
     for sys in &systems {
-        let started = std::time::Instant::now();
         let reg = RegistryFile { experts: sys.experts.clone(), gate: sys.gate.clone(), ..RegistryFile::empty() };
         let set = ExpertSet::load(&pool, runtime, &sys.root, &reg)?;
-        let thr = set.thresholds.clone();
-        let algorithms: BTreeSet<String> = set.experts.iter().map(|e| e.card.algorithm.clone()).collect();
-        let probs = score(&set, &texts)?;
-        let dec = decisions(&set.gate, &probs, &thr, &texts);
-        let forced: Vec<usize> = dec.iter().map(|d| d.label.unwrap_or(d.best_guess)).collect();
-        let m = multiclass(&classes, &truth, &forced);
-        let ab = abstention(sys.kind, &probs, &thr, &dec);
-        let own = at_cut(&ab, &truth, if sys.kind == "moe" { 0.0 } else { f32::MIN });
-        let curve: Vec<Value> = (0..=35).map(|i| at_coverage(&ab, &truth, 1.0 - i as f64 * 0.02)).collect();
-        let mut robustness = Vec::new();
-        for (name, _, variant) in &perturbed {
-            let p = score(&set, variant)?;
-            let f: Vec<usize> = predictions(&set.gate, &p, &thr, variant).iter().map(|p| p.0).collect();
-            let pm = multiclass(&classes, &truth, &f);
-            let same = f.iter().zip(&forced).filter(|(x, y)| x == y).count() as f64 / f.len().max(1) as f64;
-            robustness.push(json!({"perturbation": name, "accuracy": pm.accuracy, "macro_f1": pm.macro_f1,
-                                   "unchanged_predictions": same}));
-        }
-        let ambiguous = if amb.texts.is_empty() {
-            Value::Null
-        } else {
-            let p = score(&set, &amb.texts)?;
-            let d = decisions(&set.gate, &p, &thr, &amb.texts);
-            let mut v = multi_label(&classes, &p, &thr, &d, &amb.labels);
-            v["scores"] = json!(rows_of(&p, amb.texts.len()));
-            v
-        };
-        let single = {
-            let n: usize =
-                (0..texts.len()).map(|i| (0..classes.len()).filter(|&k| probs[k][i] >= thr[k]).count()).sum();
-            n as f64 / texts.len().max(1) as f64
-        };
-        if sys.name == "moe-served" {
-            let vp = score(&set, &val_texts)?;
-            // The cards' calibrations were fitted on val by `moe calibrate`.
-            let cards = set.calibrations();
-            let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; classes.len()]);
-            let val = GateData { probs: &vp, thr: &thr, cal: &cal, texts: &val_texts, truth: &val_truth };
-            let test = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
-            gates = gate_table(&val, &test, &classes, cards.is_some());
-        }
-        let plotted = sys.name == "moe-served" || sys.kind == "global";
-        out_systems.push(json!({
-            "name": sys.name, "kind": sys.kind, "source": sys.source, "algorithms": algorithms,
-            "gate": {"kind": set.gate.weights.name(), "score": format!("{:?}", set.gate.score).to_lowercase()},
-            "bundles": sys.experts, "trunks": trunk_ids(sys), "graph_bytes": graph_bytes(sys),
-            "provider": set.experts[0].provider(),
-            "spelling": set.experts.iter().any(|e| e.tokenizer.speller.is_some()),
-            "accuracy": m.accuracy, "macro_f1": m.macro_f1, "per_class": m.per_class,
-            "confusion": confusion(classes.len(), &truth, &forced), "predictions": forced,
-            "operating_point": own, "coverage_curve": curve,
-            "mean_experts_passing": single,
-            "experts": expert_rows(&classes, &probs, &thr, &truth, plotted),
-            "robustness": robustness, "ambiguous": ambiguous,
-            "thresholds": thr, "scores": rows_of(&probs, texts.len()),
-            "seconds": started.elapsed().as_secs_f64(),
-        }));
-        eprintln!(
-            "report: {} ({}): accuracy {:.4}, macro-F1 {:.4} in {:.1}s",
-            sys.name,
-            sys.kind,
-            m.accuracy,
-            m.macro_f1,
-            started.elapsed().as_secs_f64()
-        );
+        out_systems.push(score_system(sys, &set, &inputs, &mut gates)?);
     }
+    let Inputs { classes, texts, truth, val_texts, perturbed, amb, .. } = inputs;
     let bytes = std::fs::read(&data.data).map_err(|e| Error::io(&data.data, e))?;
     let report = json!({
         "schema": 1, "created": moe_core::clock::now_rfc3339(), "split": a.split, "seed": a.seed,
@@ -571,6 +520,86 @@ pub fn report(a: &ReportOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     moe_core::files::write_atomic(&a.out, format!("{}\n", serde_json::to_string(&report).expect("json")).as_bytes())?;
     eprintln!("report: wrote {}", a.out.display());
     Ok(())
+}
+
+/// One system's figures on the split (and, for the served MoE, the gate table into `gates`).
+fn score_system(sys: &System, set: &ExpertSet, x: &Inputs, gates: &mut Vec<Value>) -> Result<Value> {
+    let started = std::time::Instant::now();
+    let (classes, texts, truth) = (&x.classes, &x.texts, &x.truth);
+    let thr = set.thresholds.clone();
+    let algorithms: BTreeSet<String> = set.experts.iter().map(|e| e.card.algorithm.clone()).collect();
+    let probs = score(set, texts)?;
+    let dec = decisions(&set.gate, &probs, &thr, texts);
+    let forced: Vec<usize> = dec.iter().map(|d| d.label.unwrap_or(d.best_guess)).collect();
+    let m = multiclass(classes, truth, &forced);
+    let ab = abstention(sys.kind, &probs, &thr, &dec);
+    let own = at_cut(&ab, truth, if sys.kind == "moe" { 0.0 } else { f32::MIN });
+    let curve: Vec<Value> = (0..=35).map(|i| at_coverage(&ab, truth, 1.0 - i as f64 * 0.02)).collect();
+    let single = {
+        let n: usize = (0..texts.len()).map(|i| (0..classes.len()).filter(|&k| probs[k][i] >= thr[k]).count()).sum();
+        n as f64 / texts.len().max(1) as f64
+    };
+    if sys.name == "moe-served" {
+        let vp = score(set, &x.val_texts)?;
+        // The cards' calibrations were fitted on val by `moe calibrate`.
+        let cards = set.calibrations();
+        let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; classes.len()]);
+        let val = GateData { probs: &vp, thr: &thr, cal: &cal, texts: &x.val_texts, truth: &x.val_truth };
+        let test = GateData { probs: &probs, thr: &thr, cal: &cal, texts, truth };
+        *gates = gate_table(&val, &test, classes, cards.is_some());
+    }
+    let plotted = sys.name == "moe-served" || sys.kind == "global";
+    let figures = json!({
+        "name": sys.name, "kind": sys.kind, "source": sys.source, "algorithms": algorithms,
+        "gate": {"kind": set.gate.weights.name(), "score": format!("{:?}", set.gate.score).to_lowercase()},
+        "bundles": sys.experts, "trunks": trunk_ids(sys), "graph_bytes": graph_bytes(sys),
+        "provider": set.experts[0].provider(),
+        "spelling": set.experts.iter().any(|e| e.tokenizer.speller.is_some()),
+        "accuracy": m.accuracy, "macro_f1": m.macro_f1, "per_class": m.per_class,
+        "confusion": confusion(classes.len(), truth, &forced), "predictions": forced,
+        "operating_point": own, "coverage_curve": curve,
+        "mean_experts_passing": single,
+        "experts": expert_rows(classes, &probs, &thr, truth, plotted),
+        "robustness": robustness(set, x, &forced)?, "ambiguous": ambiguous(set, x)?,
+        "thresholds": thr, "scores": rows_of(&probs, texts.len()),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "report: {} ({}): accuracy {:.4}, macro-F1 {:.4} in {:.1}s",
+        sys.name,
+        sys.kind,
+        m.accuracy,
+        m.macro_f1,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(figures)
+}
+
+/// Accuracy on each perturbed variant of the split, and how many predictions stayed `forced`.
+fn robustness(set: &ExpertSet, x: &Inputs, forced: &[usize]) -> Result<Vec<Value>> {
+    let thr = &set.thresholds;
+    let mut out = Vec::new();
+    for (name, _, variant) in &x.perturbed {
+        let p = score(set, variant)?;
+        let f: Vec<usize> = predictions(&set.gate, &p, thr, variant).iter().map(|p| p.0).collect();
+        let pm = multiclass(&x.classes, &x.truth, &f);
+        let same = f.iter().zip(forced).filter(|(a, b)| a == b).count() as f64 / f.len().max(1) as f64;
+        out.push(json!({"perturbation": name, "accuracy": pm.accuracy, "macro_f1": pm.macro_f1,
+                        "unchanged_predictions": same}));
+    }
+    Ok(out)
+}
+
+/// Multi-label figures on the ambiguous texts (null when the data has none).
+fn ambiguous(set: &ExpertSet, x: &Inputs) -> Result<Value> {
+    if x.amb.texts.is_empty() {
+        return Ok(Value::Null);
+    }
+    let p = score(set, &x.amb.texts)?;
+    let d = decisions(&set.gate, &p, &set.thresholds, &x.amb.texts);
+    let mut v = multi_label(&x.classes, &p, &set.thresholds, &d, &x.amb.labels);
+    v["scores"] = json!(rows_of(&p, x.amb.texts.len()));
+    Ok(v)
 }
 
 #[cfg(test)]

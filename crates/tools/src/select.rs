@@ -54,15 +54,39 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A candidate: bundle name, card, graph bytes (the cost that breaks ties).
+type Candidate = (String, Card, u64);
+
 pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Result<()> {
-    let names = bundle_names(&a.candidates)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     if a.candidates.canonicalize().ok() == a.out.canonicalize().ok() {
         return Err(Error::BadRequest("--candidates and --out must be different folders".into()));
     }
-    let pool = ExecutorPool::default();
-    let mut by_class: BTreeMap<String, Vec<(String, Card, u64)>> = BTreeMap::new();
-    for name in names {
+    let mut by_class = candidates_by_class(a)?;
+    let (winners, evidence) = rank(&mut by_class, a.metric);
+    install_winners(a, &winners)?;
+    let mut reg = RegistryFile { experts: winners.clone(), ..RegistryFile::empty() };
+    reg.write(&a.out)?;
+    let acc = choose_gate_on_val(&mut reg, &a.out, data, runtime)?;
+    reg.write(&a.out)?;
+    let selection = json!({"metric": a.metric, "classes": evidence, "gate": reg.gate.selected_by});
+    moe_core::files::write_atomic(
+        &a.out.join("selection.json"),
+        format!("{}\n", serde_json::to_string_pretty(&selection).expect("json")).as_bytes(),
+    )?;
+    let (kind, mode) = (reg.gate.kind, reg.gate.score);
+    println!(
+        "selected {} experts into {}; gate {kind:?}/{mode:?} (val accuracy {acc:.4})",
+        winners.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Every calibrated candidate of `--candidates` (of the `--algorithms` asked for), by class.
+fn candidates_by_class(a: &SelectOptions) -> Result<BTreeMap<String, Vec<Candidate>>> {
+    let mut by_class: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    for name in bundle_names(&a.candidates)? {
         let files = BundleFiles::open(&a.candidates, &name)?;
         if !a.algorithms.is_empty() && !a.algorithms.contains(&files.card.algorithm) {
             continue;
@@ -76,12 +100,20 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     if by_class.is_empty() {
         return Err(Error::BadRequest(format!("no candidate bundles in {}", a.candidates.display())));
     }
+    Ok(by_class)
+}
+
+/// The winner of each class (best metric, rounded to 1e-4 so noise does not beat cost, then the
+/// cheaper graph) and the evidence: every candidate's validation figures.
+fn rank(
+    by_class: &mut BTreeMap<String, Vec<Candidate>>,
+    metric: Metric,
+) -> (BTreeMap<String, String>, BTreeMap<String, serde_json::Value>) {
     let mut evidence = BTreeMap::new();
     let mut winners = BTreeMap::new();
-    for (class, cands) in &mut by_class {
-        // Best metric first (rounded to 1e-4 so noise does not beat cost), then the cheaper graph.
+    for (class, cands) in by_class {
         cands.sort_by(|x, y| {
-            let (mx, my) = (rank_of(&x.1, a.metric).unwrap_or(f64::MIN), rank_of(&y.1, a.metric).unwrap_or(f64::MIN));
+            let (mx, my) = (rank_of(&x.1, metric).unwrap_or(f64::MIN), rank_of(&y.1, metric).unwrap_or(f64::MIN));
             ((my * 1e4).round()).total_cmp(&((mx * 1e4).round())).then(x.2.cmp(&y.2))
         });
         winners.insert(class.clone(), cands[0].0.clone());
@@ -96,7 +128,12 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
             .collect();
         evidence.insert(class.clone(), json!({"winner": cands[0].0, "candidates": rows}));
     }
-    // Install the winners and the trunks they use; drop bundles and trunks no longer selected.
+    (winners, evidence)
+}
+
+/// Copy the winners and the trunks they use into `--out`; drop bundles and trunks no longer
+/// selected.
+fn install_winners(a: &SelectOptions, winners: &BTreeMap<String, String>) -> Result<()> {
     std::fs::create_dir_all(a.out.join("trunks")).map_err(|e| Error::io(&a.out, e))?;
     let mut trunks = std::collections::BTreeSet::new();
     for bundle in winners.values() {
@@ -123,12 +160,14 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
             std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
         }
     }
-    let mut reg = RegistryFile { experts: winners.clone(), ..RegistryFile::empty() };
-    reg.write(&a.out)?;
+    Ok(())
+}
 
-    // Choose the gate and score mode by validation accuracy; fitted gates are scored by 5-fold
-    // cross-validation on val (fitting and scoring on the same rows would flatter them).
-    let set = ExpertSet::load(&pool, runtime, &a.out, &reg)?;
+/// Set `reg.gate` to the gate and score mode with the best validation accuracy (returned); fitted
+/// gates are scored by 5-fold cross-validation on val (fitting and scoring on the same rows would
+/// flatter them).
+fn choose_gate_on_val(reg: &mut RegistryFile, root: &Path, data: &DataArgs, runtime: &RuntimeConfig) -> Result<f64> {
+    let set = ExpertSet::load(&ExecutorPool::default(), runtime, root, reg)?;
     let classes: Vec<String> = set.experts.iter().map(|e| e.class.clone()).collect();
     let (texts, truth) = data.read("val")?.labelled(&classes);
     let mut scorer = Scorer::new(&texts);
@@ -141,21 +180,9 @@ pub fn select(a: &SelectOptions, data: &DataArgs, runtime: &RuntimeConfig) -> Re
     let versions = set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
     let all_kinds = [GateKind::Uniform, GateKind::Length, GateKind::Stacking];
     let (acc, mut spec, table) = choose_gate(&gd, &classes, versions, &all_kinds, cards.is_some());
-    let (kind, mode) = (spec.kind, spec.score);
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));
     reg.gate = spec;
-    reg.write(&a.out)?;
-    let selection = json!({"metric": a.metric, "classes": evidence, "gate": reg.gate.selected_by});
-    moe_core::files::write_atomic(
-        &a.out.join("selection.json"),
-        format!("{}\n", serde_json::to_string_pretty(&selection).expect("json")).as_bytes(),
-    )?;
-    println!(
-        "selected {} experts into {}; gate {kind:?}/{mode:?} (val accuracy {acc:.4})",
-        winners.len(),
-        a.out.display()
-    );
-    Ok(())
+    Ok(acc)
 }
 
 /// The gate with the best validation accuracy among `kinds` (each with every score mode; the

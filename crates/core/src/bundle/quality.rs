@@ -133,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn split_metrics_round_trip_the_card_format() {
+    fn a_card_metrics_block_reads_into_the_metric_vocabulary_and_writes_back_the_same_keys() {
         let text = r#"{"provider": "CPU", "runtime": "onnxruntime (moe)", "report": {"rows": 580,
             "positives": 31, "auc": 0.97, "eer": 0.1, "eer_threshold": 0.02,
             "at_eer": {"threshold": 0.02, "accuracy": 0.89, "precision": 0.3, "recall": 0.8, "f1": 0.47,
@@ -141,9 +141,12 @@ mod tests {
             "at_0_5": {"threshold": 0.5, "accuracy": 0.97, "precision": 0.8, "recall": 0.7, "f1": 0.77,
                        "tp": 22, "fp": 4, "tn": 545, "fn": 9}}}"#;
         let m: SplitMetrics = serde_json::from_str(text).unwrap();
-        assert_eq!(m.report.at_eer.fn_, 4);
-        assert_eq!(Metric::F1.of(&m.report), 0.47);
-        let back: SplitMetrics = serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
-        assert_eq!(back, m);
+        assert_eq!((m.report.at_eer.fn_, m.report.at_0_5.fn_), (4, 9));
+        // Each name of the vocabulary reads its own figure (at the EER threshold, not at 0.5).
+        let read: Vec<(Metric, f64)> = Metric::ALL.iter().map(|&k| (k, k.of(&m.report))).collect();
+        assert_eq!(read, [(Metric::Eer, 0.1), (Metric::Auc, 0.97), (Metric::F1, 0.47), (Metric::Accuracy, 0.89)]);
+        // Written back with the card's own keys ("fn", not the field's name), nothing lost.
+        let written: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(written, serde_json::from_str::<serde_json::Value>(text).unwrap());
     }
 }

@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 
 use crate::bundle::registry::RegistryFile;
 use crate::config::RuntimeConfig;
@@ -308,7 +307,8 @@ impl ExpertSet {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One expert's part in one text's decision.
+#[derive(Debug, Clone)]
 pub struct ExpertResult {
     pub class: String,
     pub probability: f32,
@@ -321,7 +321,8 @@ pub struct ExpertResult {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One text's decision: the label (or an abstention), the best guess, every expert's part.
+#[derive(Debug, Clone)]
 pub struct TextResult {
     pub label: Option<String>,
     pub abstained: bool,
@@ -332,7 +333,7 @@ pub struct TextResult {
 
 pub const SHADOW_BUCKETS: usize = 10;
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct ShadowStats {
     pub texts: u64,
     /// Texts where the shadow and the active expert made the same pass/fail decision.

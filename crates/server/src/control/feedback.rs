@@ -4,8 +4,10 @@
 //! job may use as extra examples when its request says so (`"use_feedback": true`).
 //!
 //! Invariants:
-//! * An entry is answered only after it is on disk (appended and fsynced on a blocking thread).
-//! * Readers (`GET /experts`, `/feedback`) take no lock: writers publish a new immutable state.
+//! * An entry is answered only after it is on disk. One writer thread owns the file: it appends
+//!   what is queued, fsyncs once for the lot, publishes the next state, then answers; nobody holds
+//!   a lock across the fsync, the recompute or a compaction.
+//! * Readers (`GET /experts`, `/feedback`) take no lock: the writer publishes a new immutable state.
 //! * At most `cap` entries are kept: past 2 x cap the file is rewritten (temp file, fsync, rename)
 //!   with the newest `cap`, so the log never grows without bound and a crash leaves either file.
 //! * Live metrics of an expert count only the entries scored by that expert's version, so a swap
@@ -14,13 +16,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use moe_core::clock::now_rfc3339;
-use moe_core::error::lock;
 use moe_core::files::write_atomic;
 use moe_core::service::{Core, TextResult};
 use moe_core::stats::roc::binary_report;
@@ -63,13 +65,17 @@ pub struct LiveMetrics {
 pub struct FeedbackLog {
     path: PathBuf,
     cap: usize,
-    /// Lines in the file (entries kept + those past the cap not yet compacted away). Its lock
-    /// orders the writers, which run on blocking threads; readers never take it.
-    lines: Mutex<usize>,
     /// What readers see: replaced whole by the writer after each append, so `GET /experts` and
     /// `/feedback` read it without waiting for an fsync or a recompute.
-    published: ArcSwap<State>,
+    published: Arc<ArcSwap<State>>,
+    /// Lines already in the file when it was opened (the writer counts on from there).
+    lines_at_open: usize,
+    /// The queue to the writer thread, started with the first entry.
+    writer: OnceLock<Sender<Queued>>,
 }
+
+/// An entry waiting for the writer, and where its answer goes (after the fsync).
+type Queued = (Entry, tokio::sync::oneshot::Sender<Result<()>>);
 
 /// The entries kept and, per (class, version) that scored any of them, its live metrics: built by
 /// `append` (on a blocking thread) so that reading them is a lookup. Entries are shared between
@@ -117,7 +123,13 @@ impl FeedbackLog {
         let pairs: HashSet<(String, String)> =
             st.entries.iter().flat_map(|e| e.experts.iter().map(|s| (s.class.clone(), s.version.clone()))).collect();
         st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
-        Arc::new(FeedbackLog { path, cap: cap.max(1), lines: Mutex::new(lines), published: ArcSwap::from_pointee(st) })
+        Arc::new(FeedbackLog {
+            path,
+            cap: cap.max(1),
+            published: Arc::new(ArcSwap::from_pointee(st)),
+            lines_at_open: lines,
+            writer: OnceLock::new(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -144,53 +156,34 @@ impl FeedbackLog {
             })
             .collect();
         let entry = Entry { at: now_rfc3339(), text, label, predicted: r.label.clone(), generation, experts };
-        let (log, e) = (self.clone(), entry.clone());
-        tokio::task::spawn_blocking(move || log.append(e)).await??;
+        self.append(entry.clone())?.await.map_err(|_| writer_gone())??;
         Ok(entry)
     }
 
-    /// Append one line (fsync), compacting the file past 2 x cap; publish the next state with the
-    /// live metrics of the versions that scored the new entry or the ones dropped past the cap
-    /// refreshed, and their gauges. Blocking: call it on a blocking thread.
-    fn append(&self, entry: Entry) -> Result<()> {
-        let line = serde_json::to_string(&entry).expect("entry serializes");
-        let mut lines = lock(&self.lines);
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?;
-        f.write_all(format!("{line}\n").as_bytes()).map_err(|e| Error::io(&self.path, e))?;
-        f.sync_data().map_err(|e| Error::io(&self.path, e))?;
-        *lines += 1;
-        // Only writers replace the state and they hold `lines`: this copy is the latest.
-        let mut st = State::clone(&self.published.load());
-        // The versions that answered this entry: the active ones, whose gauges /metrics shows.
-        let active: Vec<(String, String)> =
-            entry.experts.iter().map(|s| (s.class.clone(), s.version.clone())).collect();
-        let mut pairs: HashSet<(String, String)> = active.iter().cloned().collect();
-        st.entries.push_back(Arc::new(entry));
-        while st.entries.len() > self.cap {
-            if let Some(old) = st.entries.pop_front() {
-                pairs.extend(old.experts.iter().map(|s| (s.class.clone(), s.version.clone())));
+    /// Queue one entry for the writer thread (started on first use); the answer comes after its
+    /// fsync.
+    fn append(&self, entry: Entry) -> Result<tokio::sync::oneshot::Receiver<Result<()>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = match self.writer.get() {
+            Some(w) => w,
+            None => {
+                let (queue, jobs) = channel();
+                let w = Writer {
+                    path: self.path.clone(),
+                    cap: self.cap,
+                    lines: self.lines_at_open,
+                    published: self.published.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("feedback".into())
+                    .spawn(move || w.run(jobs))
+                    .map_err(|e| Error::Internal(format!("cannot start the feedback writer: {e}")))?;
+                // A racing first call may have set it: its thread then gets no work and ends.
+                self.writer.get_or_init(|| queue)
             }
-        }
-        st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
-        for key in &active {
-            export_gauges(&key.0, st.live.get(key));
-        }
-        let st = Arc::new(st);
-        self.published.store(st.clone());
-        if *lines > 2 * self.cap {
-            let text: String =
-                st.entries.iter().map(|e| serde_json::to_string(e.as_ref()).expect("json") + "\n").collect();
-            write_atomic(&self.path, text.as_bytes())?;
-            *lines = st.entries.len();
-        }
-        Ok(())
+        };
+        writer.send((entry, tx)).map_err(|_| writer_gone())?;
+        Ok(rx)
     }
 
     /// Live metrics of `class`'s expert at `version` over the entries it scored.
@@ -206,6 +199,84 @@ impl FeedbackLog {
     /// Texts with their labels, for a training job that asked for them.
     pub fn labelled(&self) -> Vec<(String, String)> {
         self.published.load().entries.iter().map(|e| (e.text.clone(), e.label.clone())).collect()
+    }
+}
+
+fn writer_gone() -> Error {
+    Error::Internal("the feedback writer stopped".into())
+}
+
+/// The one writer of the log file (its own thread, for the life of the log).
+struct Writer {
+    path: PathBuf,
+    cap: usize,
+    /// Lines in the file (entries kept + those past the cap not yet compacted away).
+    lines: usize,
+    published: Arc<ArcSwap<State>>,
+}
+
+impl Writer {
+    /// Until the log is dropped: take every queued entry, append them, fsync once, publish, answer.
+    fn run(mut self, jobs: Receiver<Queued>) {
+        while let Ok(first) = jobs.recv() {
+            let batch: Vec<Queued> = std::iter::once(first).chain(jobs.try_iter()).collect();
+            let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
+            let written = self.write(&entries);
+            if written.is_ok() {
+                self.publish(entries);
+            }
+            for (_, answer) in batch {
+                let _ = answer.send(written.as_ref().map(|_| ()).map_err(Error::share));
+            }
+        }
+    }
+
+    /// Append the lines and fsync them.
+    fn write(&mut self, entries: &[Entry]) -> Result<()> {
+        let text: String = entries.iter().map(|e| serde_json::to_string(e).expect("entry serializes") + "\n").collect();
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        f.sync_data().map_err(|e| Error::io(&self.path, e))?;
+        self.lines += entries.len();
+        Ok(())
+    }
+
+    /// The next state: these entries in, the oldest past the cap out, the live metrics of the
+    /// versions that scored either refreshed (and the gauges of the active ones); then compact the
+    /// file past 2 x cap (a failed compaction is retried on the next append: the lines are safe).
+    fn publish(&mut self, entries: Vec<Entry>) {
+        let mut st = State::clone(&self.published.load());
+        // The versions that answered these entries: the active ones, whose gauges /metrics shows.
+        let active: HashSet<(String, String)> =
+            entries.iter().flat_map(|e| e.experts.iter().map(|s| (s.class.clone(), s.version.clone()))).collect();
+        let mut pairs = active.clone();
+        st.entries.extend(entries.into_iter().map(Arc::new));
+        while st.entries.len() > self.cap {
+            if let Some(old) = st.entries.pop_front() {
+                pairs.extend(old.experts.iter().map(|s| (s.class.clone(), s.version.clone())));
+            }
+        }
+        st.refresh(pairs.iter().map(|(c, v)| (c.as_str(), v.as_str())));
+        for key in &active {
+            export_gauges(&key.0, st.live.get(key));
+        }
+        let st = Arc::new(st);
+        self.published.store(st.clone());
+        if self.lines > 2 * self.cap {
+            let text: String =
+                st.entries.iter().map(|e| serde_json::to_string(e.as_ref()).expect("json") + "\n").collect();
+            match write_atomic(&self.path, text.as_bytes()) {
+                Ok(()) => self.lines = st.entries.len(),
+                Err(e) => tracing::warn!(error = %e, "feedback log compaction failed; retrying on the next append"),
+            }
+        }
     }
 }
 
@@ -268,8 +339,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("moe-feedback-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let log = FeedbackLog::open(&dir, 3);
+        let append = |e: Entry| log.append(e).unwrap().blocking_recv().unwrap().unwrap();
         for e in [entry("A", 0.9, true), entry("B", 0.8, true), entry("A", 0.2, false), entry("B", 0.1, false)] {
-            log.append(e).unwrap();
+            append(e);
         }
         assert_eq!(log.len(), 3, "the oldest entry is dropped past the cap");
         let m = log.metrics("A", "v1");
@@ -277,7 +349,7 @@ mod tests {
         assert_eq!((m.precision, m.recall), (Some(0.0), Some(0.0)));
         assert_eq!(log.metrics("A", "v2").texts, 0, "another version starts afresh");
         for _ in 0..4 {
-            log.append(entry("A", 0.7, true)).unwrap();
+            append(entry("A", 0.7, true));
         }
         let lines = std::fs::read_to_string(dir.join("feedback.jsonl")).unwrap().lines().count();
         assert!(lines <= 6, "the file is compacted past 2 x cap ({lines} lines)");

@@ -149,63 +149,21 @@ fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option
         }
     }
     let (negatives, source) = match &req.negatives {
-        Some(n) => {
-            let mut seen_neg: HashMap<&str, usize> = HashMap::new();
-            for (i, t) in n.iter().enumerate() {
-                if let Some(j) = seen.get(t.as_str()) {
-                    return Err(Error::BadRequest(format!("negative {i} is also positive {j}")));
-                }
-                if let Some(j) = seen_neg.insert(t.as_str(), i) {
-                    return Err(Error::BadRequest(format!(
-                        "negative {i} repeats negative {j}: send each example once"
-                    )));
-                }
-            }
-            (n.clone(), "the request".to_string())
-        }
-        None => {
-            let d = data.filter(|d| d.available()).ok_or_else(|| {
-                Error::BadRequest(
-                    "no \"negatives\" given and no labelled data configured (--data / MOE_DATA) to sample them from"
-                        .into(),
-                )
-            })?;
-            let rows = d.read("train")?;
-            let mut pool: Vec<&String> = rows
-                .texts
-                .iter()
-                .zip(&rows.labels)
-                .filter(|(t, l)| *l != &class && !seen.contains_key(t.as_str()))
-                .map(|(t, _)| t)
-                .collect();
-            pool.sort();
-            pool.dedup();
-            let classes: std::collections::BTreeSet<&String> = rows.labels.iter().filter(|l| **l != class).collect();
-            shuffle(&mut pool, SEED);
-            pool.truncate(DEFAULT_NEGATIVES);
-            let source = format!(
-                "{} rows sampled (seed {SEED}) from the train split of {} ({} other classes)",
-                pool.len(),
-                d.data.display(),
-                classes.len()
-            );
-            (pool.into_iter().cloned().collect(), source)
-        }
+        Some(n) => (checked_negatives(n, &seen)?, "the request".to_string()),
+        None => sampled_negatives(&class, &seen, data)?,
     };
     // Feedback, when asked for: its texts of the class join the positives, the others the negatives.
     let (mut positives, mut negatives) = (req.positives.clone(), negatives);
     let (mut fb_pos, mut fb_neg) = (0, 0);
     if let Some(fb) = &req.feedback {
         let mut known: std::collections::HashSet<String> = positives.iter().chain(&negatives).cloned().collect();
-        for (text, label) in fb {
-            if known.insert(text.clone()) {
-                if *label == class {
-                    positives.push(text.clone());
-                    fb_pos += 1;
-                } else {
-                    negatives.push(text.clone());
-                    fb_neg += 1;
-                }
+        for (text, label) in fb.iter().filter(|(text, _)| known.insert(text.clone())) {
+            if *label == class {
+                positives.push(text.clone());
+                fb_pos += 1;
+            } else {
+                negatives.push(text.clone());
+                fb_neg += 1;
             }
         }
     }
@@ -214,22 +172,73 @@ fn prepare(class: String, req: TrainRequest, on_trunk: Arc<Expert>, data: Option
     } else {
         source
     };
-    if positives.len() < MIN_EXAMPLES {
+    check_counts(positives.len(), negatives.len())?;
+    Ok(Prepared { positives, negatives, negatives_source: source, on_trunk, class, req })
+}
+
+/// The request's negatives, each once and none also a positive (`positives`: text -> index).
+fn checked_negatives(negatives: &[String], positives: &HashMap<&str, usize>) -> Result<Vec<String>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in negatives.iter().enumerate() {
+        if let Some(j) = positives.get(t.as_str()) {
+            return Err(Error::BadRequest(format!("negative {i} is also positive {j}")));
+        }
+        if let Some(j) = seen.insert(t.as_str(), i) {
+            return Err(Error::BadRequest(format!("negative {i} repeats negative {j}: send each example once")));
+        }
+    }
+    Ok(negatives.to_vec())
+}
+
+/// At most `DEFAULT_NEGATIVES` distinct train texts of other classes (seeded), and where they came from.
+fn sampled_negatives(
+    class: &str,
+    positives: &HashMap<&str, usize>,
+    data: Option<&DataArgs>,
+) -> Result<(Vec<String>, String)> {
+    let d = data.filter(|d| d.available()).ok_or_else(|| {
+        Error::BadRequest(
+            "no \"negatives\" given and no labelled data configured (--data / MOE_DATA) to sample them from".into(),
+        )
+    })?;
+    let rows = d.read("train")?;
+    let mut pool: Vec<&String> = rows
+        .texts
+        .iter()
+        .zip(&rows.labels)
+        .filter(|(t, l)| *l != class && !positives.contains_key(t.as_str()))
+        .map(|(t, _)| t)
+        .collect();
+    pool.sort();
+    pool.dedup();
+    let classes: std::collections::BTreeSet<&String> = rows.labels.iter().filter(|l| *l != class).collect();
+    shuffle(&mut pool, SEED);
+    pool.truncate(DEFAULT_NEGATIVES);
+    let source = format!(
+        "{} rows sampled (seed {SEED}) from the train split of {} ({} other classes)",
+        pool.len(),
+        d.data.display(),
+        classes.len()
+    );
+    Ok((pool.into_iter().cloned().collect(), source))
+}
+
+fn check_counts(positives: usize, negatives: usize) -> Result<()> {
+    if positives < MIN_EXAMPLES {
         return Err(Error::BadRequest(format!(
-            "{} positives given: at least {MIN_EXAMPLES} are needed ({FOLDS}-fold cross-validation)",
-            positives.len()
+            "{positives} positives given: at least {MIN_EXAMPLES} are needed ({FOLDS}-fold cross-validation)"
         )));
     }
-    if negatives.len() < MIN_EXAMPLES {
-        return Err(Error::BadRequest(format!("{} negatives: at least {MIN_EXAMPLES} are needed", negatives.len())));
+    if negatives < MIN_EXAMPLES {
+        return Err(Error::BadRequest(format!("{negatives} negatives: at least {MIN_EXAMPLES} are needed")));
     }
-    if positives.len() + negatives.len() > MAX_EXAMPLES {
+    if positives + negatives > MAX_EXAMPLES {
         return Err(Error::BadRequest(format!(
             "{} examples: at most {MAX_EXAMPLES} per request",
-            positives.len() + negatives.len()
+            positives + negatives
         )));
     }
-    Ok(Prepared { positives, negatives, negatives_source: source, on_trunk, class, req })
+    Ok(())
 }
 
 /// Embed texts with the trunk, chunk by chunk, through its shared executor, at a lower priority

@@ -9,7 +9,7 @@ use moe_core::bundle::Metric;
 use moe_core::bundle::quality::SplitMetrics;
 use moe_core::expert::Expert;
 use moe_core::service::set::SHADOW_BUCKETS;
-use moe_core::service::{ExpertSet, Shadow, TextResult};
+use moe_core::service::{ExpertResult, ExpertSet, Shadow, TextResult};
 
 /// `POST /classify`: one text or a batch.
 #[derive(Debug, Deserialize)]
@@ -38,18 +38,66 @@ pub enum ExpertsView {
 }
 
 impl ExpertsView {
-    pub fn apply(self, results: &mut [TextResult]) {
-        match self {
-            ExpertsView::All => {}
-            ExpertsView::Passed => results.iter_mut().for_each(|r| r.experts.retain(|e| e.passed)),
-            ExpertsView::None => results.iter_mut().for_each(|r| r.experts = Vec::new()),
+    /// One text's answer with the rows this view keeps.
+    pub fn answer(self, r: &TextResult) -> ClassifyResult {
+        let rows = r.experts.iter().filter(|e| match self {
+            ExpertsView::All => true,
+            ExpertsView::Passed => e.passed,
+            ExpertsView::None => false,
+        });
+        ClassifyResult {
+            label: r.label.clone(),
+            abstained: r.abstained,
+            best_guess: r.best_guess.clone(),
+            truncated: r.truncated,
+            experts: rows.map(ExpertRow::from).collect(),
+        }
+    }
+}
+
+/// One text's answer (`#/components/schemas/TextResult` in openapi.yaml).
+#[derive(Debug, Serialize)]
+pub struct ClassifyResult {
+    pub label: Option<String>,
+    pub abstained: bool,
+    pub best_guess: String,
+    pub truncated: bool,
+    pub experts: Vec<ExpertRow>,
+}
+
+/// One expert's part in an answer (`#/components/schemas/ExpertResult`).
+#[derive(Debug, Serialize)]
+pub struct ExpertRow {
+    pub class: String,
+    pub probability: f32,
+    pub threshold: f32,
+    pub passed: bool,
+    pub gate_weight: f32,
+    pub score: f32,
+    pub algorithm: String,
+    pub bundle: String,
+    pub version: String,
+}
+
+impl From<&ExpertResult> for ExpertRow {
+    fn from(e: &ExpertResult) -> Self {
+        ExpertRow {
+            class: e.class.clone(),
+            probability: e.probability,
+            threshold: e.threshold,
+            passed: e.passed,
+            gate_weight: e.gate_weight,
+            score: e.score,
+            algorithm: e.algorithm.clone(),
+            bundle: e.bundle.clone(),
+            version: e.version.clone(),
         }
     }
 }
 
 #[derive(Debug, Serialize)]
 pub struct ClassifyResponse {
-    pub results: Vec<TextResult>,
+    pub results: Vec<ClassifyResult>,
     pub took_ms: f64,
     /// Generation of the expert set that answered (changes on every swap).
     pub generation: u64,

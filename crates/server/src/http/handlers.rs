@@ -31,8 +31,8 @@ pub async fn classify(
 ) -> ApiResult<Json<ClassifyResponse>> {
     let started = Instant::now();
     let valid = req.validate(&s.core.limits)?;
-    let (mut results, generation) = s.core.classify(valid.texts).await?;
-    q.experts.apply(&mut results);
+    let (results, generation) = s.core.classify(valid.texts).await?;
+    let results = results.iter().map(|r| q.experts.answer(r)).collect();
     Ok(Json(ClassifyResponse { results, took_ms: started.elapsed().as_secs_f64() * 1e3, generation }))
 }
 
