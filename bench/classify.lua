@@ -2,7 +2,8 @@
 -- request (env, default 1); prints one JSON line of results at the end.
 local texts = {}
 local batch = tonumber(os.getenv("BATCH") or "1")
--- EXPERTS=passed|none asks for the lighter response (POST /classify?experts=...).
+-- EXPERTS=all|top|passed|none picks the rows of each answer (POST /classify?experts=...); unset:
+-- the service's default (top; before 2026-12-03 the default was all, as in the older recordings).
 local experts = os.getenv("EXPERTS") or ""
 local path = experts == "" and "/classify" or ("/classify?experts=" .. experts)
 for line in io.lines(os.getenv("BENCH_TEXTS")) do texts[#texts + 1] = line end

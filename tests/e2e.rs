@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use moe_core::config::Limits;
 use serde_json::{Value, json};
 
+/// Every expert's row (`?experts=all`): these tests compare experts one by one.
 async fn classify(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
-    let res = client.post(format!("{base}/classify")).json(&body).send().await.unwrap();
+    let res = client.post(format!("{base}/classify?experts=all")).json(&body).send().await.unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }
 
@@ -27,6 +28,16 @@ async fn default_set_classifies_over_http() {
     assert_eq!(r["label"], "Food and Entertaining", "{r}");
     assert_eq!(r["abstained"], false);
     assert_eq!(r["experts"].as_array().unwrap().len(), 19);
+    // The default answer (`top`): the passed experts and the 5 best scores, best first.
+    let res = client.post(format!("{base}/classify")).json(&json!({"text": "How to cook pasta like a chef"}));
+    let top = common::json_of(res).await;
+    let rows = top["results"][0]["experts"].as_array().unwrap();
+    let scores: Vec<f64> = rows.iter().map(|e| e["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    assert_eq!(rows[0]["class"], "Food and Entertaining");
+    let passed = r["experts"].as_array().unwrap().iter().filter(|e| e["passed"] == true).count();
+    assert_eq!(rows.iter().filter(|e| e["passed"] == true).count(), passed, "every passed expert is listed");
+    assert!(rows.len() >= 5 && rows.len() <= 5 + passed && rows.len() < 19, "{} rows", rows.len());
 
     let texts = ["how to change a flat tire", "how to meditate", "how to house train a puppy"];
     let (s, v) = classify(&client, &base, json!({"texts": texts})).await;

@@ -211,7 +211,7 @@ fn load(
                     i += 1;
                     let r = i % bases.len();
                     let body = json!({"texts": [format!("how to plan a trip {k} {i}"), "how to cure a cold"]});
-                    let res = match c.post(format!("{}/classify", bases[r])).json(&body).send().await {
+                    let res = match c.post(format!("{}/classify?experts=all", bases[r])).json(&body).send().await {
                         Ok(res) => res,
                         Err(e) => {
                             failures.push(format!("replica {r}: {e}"));

@@ -76,16 +76,23 @@ async fn the_expert_table_can_be_left_out_without_changing_the_decision() {
         let uri = if view.is_empty() { "/classify".to_string() } else { format!("/classify?experts={view}") };
         json_to(Method::POST, &uri, body)
     };
-    let (_, all, _) = call(r.clone(), at("")).await;
-    let (_, explicit, _) = call(r.clone(), at("all")).await;
+    let (_, default, _) = call(r.clone(), at("")).await;
+    let (_, top, _) = call(r.clone(), at("top")).await;
+    let (s0, all, _) = call(r.clone(), at("all")).await;
     let (s1, passed, _) = call(r.clone(), at("passed")).await;
     let (s2, none, _) = call(r.clone(), at("none")).await;
-    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{passed} {none}");
+    assert_eq!((s0, s1, s2), (StatusCode::OK, StatusCode::OK, StatusCode::OK), "{passed} {none}");
     let mut passing_rows = 0;
     for i in 0..3 {
         let full = &all["results"][i];
-        assert_eq!(full["experts"], explicit["results"][i]["experts"]);
-        for v in [&passed, &none] {
+        assert_eq!(default["results"][i], top["results"][i], "top is the default");
+        // top: the passed experts and the 5 best scores, best first; the rest are below them.
+        let mut by_score = full["experts"].as_array().unwrap().clone();
+        by_score.sort_by(|a, b| b["score"].as_f64().unwrap().total_cmp(&a["score"].as_f64().unwrap()));
+        let kept = by_score.iter().enumerate().filter(|(k, e)| *k < 5 || e["passed"] == true).count();
+        assert_eq!(top["results"][i]["experts"], Value::Array(by_score[..kept].to_vec()), "{top}");
+        assert_eq!(top["results"][i]["experts"][0]["class"], full["best_guess"], "the best guess leads");
+        for v in [&top, &passed, &none] {
             for f in ["label", "abstained", "best_guess", "truncated"] {
                 assert_eq!(v["results"][i][f], full[f], "{f}");
             }

@@ -63,7 +63,7 @@ async fn swaps_under_load_never_fail_or_mix_versions() {
                     break;
                 }
                 let body = json!({"texts": [format!("how to plan a trip {k} {i}"), "how to cure a cold"]});
-                let res = client.post(format!("{base}/classify")).json(&body).send().await.unwrap();
+                let res = client.post(format!("{base}/classify?experts=all")).json(&body).send().await.unwrap();
                 if !res.status().is_success() {
                     failures += 1;
                     continue;
@@ -191,10 +191,7 @@ async fn refused_swaps_change_nothing() {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(
-        common::json_of(c.get(format!("{base}/experts/Travel"))).await["version"],
-        version.as_str()
-    );
+    assert_eq!(common::json_of(c.get(format!("{base}/experts/Travel"))).await["version"], version.as_str());
     assert_ne!(std::fs::read(&live).unwrap(), registry_before, "history was recorded in the state folder");
     assert_eq!(std::fs::read(root.join("registry.json")).unwrap(), shipped_before, "the shipped registry is untouched");
 
@@ -372,8 +369,7 @@ async fn shadow_scores_live_traffic_without_changing_answers() {
     // Shadow scoring runs off the response path: wait for it to catch up.
     let mut info = Value::Null;
     for _ in 0..100 {
-        info = common::json_of(c.get(format!("{base}/experts/Travel"))).await["shadow"]
-            .clone();
+        info = common::json_of(c.get(format!("{base}/experts/Travel"))).await["shadow"].clone();
         if info["texts"] == 20 {
             break;
         }

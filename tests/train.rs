@@ -58,8 +58,7 @@ async fn finish(c: &reqwest::Client, base: &str, job: &Value) -> Value {
 
 /// Per class, the probability of each text (as f32 bits: "unchanged" means bit-identical).
 async fn probabilities(c: &reqwest::Client, base: &str, texts: &[&str]) -> BTreeMap<String, Vec<u32>> {
-    let v: Value =
-        common::json_of(c.post(format!("{base}/classify")).json(&json!({"texts": texts}))).await;
+    let v: Value = common::json_of(c.post(format!("{base}/classify?experts=all")).json(&json!({"texts": texts}))).await;
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for r in v["results"].as_array().unwrap() {
         for e in r["experts"].as_array().unwrap() {
@@ -104,7 +103,7 @@ async fn a_class_taught_online_serves_and_leaves_every_other_class_bit_identical
         assert_eq!(&after[class], p, "{class}'s probabilities changed");
     }
     let v: Value = c
-        .post(format!("{base}/classify"))
+        .post(format!("{base}/classify?experts=all"))
         .json(&json!({"texts": ["How to buy bitcoin with cash", "How to bake sourdough bread"]}))
         .send()
         .await

@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-
 use crate::bundle::registry::RegistryFile;
 use crate::config::RuntimeConfig;
 use crate::error::lock;

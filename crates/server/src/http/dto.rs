@@ -26,31 +26,46 @@ pub struct ClassifyQuery {
     pub experts: ExpertsView,
 }
 
-/// `all` (default): every expert's row; `passed`: only the experts that passed their threshold;
-/// `none`: no rows (label, abstention and best guess only). The decision is the same in all three.
+/// `top` (default): every expert that passed its threshold and the `TOP_EXPERTS` best scores,
+/// best first, so an answer stays small however many experts a set has; `all`: every expert's
+/// row, in class order; `passed`: only the passed experts; `none`: no rows. The decision (label,
+/// abstention, best guess) is the same in all four.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExpertsView {
     #[default]
+    Top,
     All,
     Passed,
     None,
 }
 
+/// Rows of the default `top` view besides the passed experts.
+pub const TOP_EXPERTS: usize = 5;
+
 impl ExpertsView {
     /// One text's answer with the rows this view keeps.
     pub fn answer(self, r: &TextResult) -> ClassifyResult {
-        let rows = r.experts.iter().filter(|e| match self {
-            ExpertsView::All => true,
-            ExpertsView::Passed => e.passed,
-            ExpertsView::None => false,
-        });
+        let rows: Vec<&ExpertResult> = match self {
+            ExpertsView::All => r.experts.iter().collect(),
+            ExpertsView::Passed => r.experts.iter().filter(|e| e.passed).collect(),
+            ExpertsView::None => Vec::new(),
+            ExpertsView::Top => {
+                let mut best: Vec<&ExpertResult> = r.experts.iter().collect();
+                best.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.class.cmp(&b.class)));
+                best.into_iter()
+                    .enumerate()
+                    .filter(|(rank, e)| e.passed || *rank < TOP_EXPERTS)
+                    .map(|(_, e)| e)
+                    .collect()
+            }
+        };
         ClassifyResult {
             label: r.label.clone(),
             abstained: r.abstained,
             best_guess: r.best_guess.clone(),
             truncated: r.truncated,
-            experts: rows.map(ExpertRow::from).collect(),
+            experts: rows.into_iter().map(ExpertRow::from).collect(),
         }
     }
 }

@@ -145,7 +145,7 @@
       return;
     }
     const body = texts.length === 1 ? { text: texts[0] } : { texts };
-    const view = $("only-passed").checked ? "?experts=passed" : "";
+    const view = $("only-passed").checked ? "?experts=passed" : "?experts=all";
     const started = performance.now();
     try {
       const out = await api("POST", `/classify${view}`, body);
