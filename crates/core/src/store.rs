@@ -116,11 +116,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("moe-store-{}", std::process::id()));
         let (models, state) = (dir.join("models"), dir.join("state"));
         std::fs::create_dir_all(&models).unwrap();
-        RegistryFile::empty().write(&models).unwrap();
+        let shipped = RegistryFile { experts: [("a".into(), "a-v1".into())].into(), ..RegistryFile::empty() };
+        shipped.write(&models).unwrap();
         let store = FileStore::new(&state);
         let base = store.open(&models).unwrap();
         let mut next = base.doc.clone();
-        next.experts.insert("a".into(), "a-bundle".into());
+        next.experts.insert("a".into(), "a-v2".into());
         let mut landed = Vec::new();
         assert!(matches!(store.write(&next, &base, &mut |s| landed.push(s)).unwrap(), Written::At(None)));
         assert_eq!(landed.len(), 1);

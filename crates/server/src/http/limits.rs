@@ -1,4 +1,5 @@
-//! Request limits fixed by the HTTP layer (the configurable ones are `moe_core::config::Limits`).
+//! Request limits fixed by the HTTP layer (the configurable ones are `moe_core::config::Limits`);
+//! `head_limits` in `http/mod.rs` enforces the head limits before routing.
 
 /// Longest request target (path and query) answered; longer ones get a JSON 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
