@@ -303,6 +303,10 @@ AB_NOTES = {
     "`kind: linear` bundles (`head.json`, a dot product computed in Rust on the trunk's embedding; "
     "`moe_training linearize`), `onnx-heads` as one-node ONNX Gemm graphs run by ONNX Runtime. Same binary, same "
     "probabilities; at 16 the rounds do not overlap.",
+    "ab-workspace.jsonl": "The Cargo workspace (issue 26): `before` is the one-crate binary (f8fa142), `after` the "
+    "workspace (crates core / server / tools) with the lock-free change path; both asked for every expert's row "
+    "(`EXPERTS=all`). The rounds overlap at both concurrencies: no speed change. This machine was slower on "
+    "2026-12-03 than in the older recordings (both binaries alike).",
     "ab-sessions.jsonl": "The two designs head to head in 5 rounds: `one-session-2-threads` keeps its lone-request "
     "lead (p50 0.83 vs 1.59 ms) but under load its rounds spread from 668 to 1346 req/s against 1081 to 1365 for "
     "the default two 1-thread sessions (+ solo), which stays the default; the machine was busier in rounds 4 and 5 "
@@ -359,6 +363,46 @@ if any(os.path.exists(os.path.join(bench_dir, f)) for f, _ in TRAIN_LOAD):
         "\nOn these 2 cores (shared with wrk) training costs live traffic about a third of its throughput and "
         "doubles p99 while it runs, with no failed request; a job that takes ~4 s on an idle machine takes ~15 s "
         "under this load. The cost is CPU, not queueing: a separate training process or node would remove it.\n"
+    )
+scale_path = os.path.join(bench_dir, "scale.jsonl")
+if os.path.exists(scale_path):
+    scale = read_jsonl(scale_path)
+    n_rounds = max(r["round"] for r in scale)
+    p(f"\n## 19, 150 and 1,000 experts (`bench/scale.sh`, `docs/bench/scale.jsonl`, {n_rounds} interleaved rounds)\n")
+    p(
+        "`e19`: the shipped set (19 logistic heads, int8 MiniLM-L6 trunk). `e150`: CLINC150 fitted by `moe fit` "
+        "(150 linear heads on the same trunk). `e1000`: those 150 fitted heads served again under new class names "
+        "(`bench/scale_root.py`: the same head files, nothing trained) up to 1,000 experts. One server at a time, "
+        "wrk on the same 2 cores, one wikiHow test title per request, the default answer (`?experts=top`). Medians "
+        "over rounds; `vs e19`: requests/s at concurrency 16 against the 19-expert set of the same run "
+        "(target for 1,000: >= 0.8; RSS target <= 400 MB).\n"
+    )
+    p(
+        "| set | experts | ready s | RSS ready / after load MB | answer bytes | p50 ms at 1 | req/s at 16 | rounds | vs e19 | p99 ms at 16 |"
+    )
+    p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|")
+    base = (
+        median([r["c16_requests_per_s"] for r in scale if r["variant"] == "e19"])
+        if any(r["variant"] == "e19" for r in scale)
+        else None
+    )
+    for v in dict.fromkeys(r["variant"] for r in scale):
+        rs = [r for r in scale if r["variant"] == v]
+        rps = median([r["c16_requests_per_s"] for r in rs])
+        vs = f"{rps / base:.2f}" if base else "-"
+        p(
+            f"| {v} | {rs[0]['experts']} | {median([r['ready_s'] for r in rs]):.1f} | "
+            f"{median([r['rss_ready_mb'] for r in rs]):.0f} / {median([r['rss_after_load_mb'] for r in rs]):.0f} | "
+            f"{median([r['answer_bytes'] for r in rs]):.0f} | {median([r['c1_p50_ms'] for r in rs]):.2f} | {rps:.0f} | "
+            f"{', '.join(str(round(r['c16_requests_per_s'])) for r in rs)} | {vs} | "
+            f"{median([r['c16_p99_ms'] for r in rs]):.1f} |"
+        )
+    p(
+        "\nAt 1,000 experts the 0.8 x target is missed. A CPU profile of the 1,000-expert server at concurrency 1 "
+        "(perf, 8 s) spreads over per-expert work done on every request: the linear heads' dot products and their "
+        "per-head allocations, one `moe_expert_seconds{class}` histogram lookup per expert, and one result row "
+        "(four strings) per expert before the answer keeps its top rows. Batching the heads of a trunk into one "
+        "matrix product and recording per-stage timings are the next steps.\n"
     )
 soak_path = os.path.join(bench_dir, "soak.jsonl")
 if os.path.exists(soak_path):

@@ -29,7 +29,7 @@ for round in $(seq 1 "$ROUNDS"); do
     start=$(date +%s.%N)
     "$BIN" serve --models "$root" --state "$TMP/state-$name-$round" --port $PORT > "$TMP/$name.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 1200); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.05; done
+    for _ in $(seq 1 4000); do curl -sf -o /dev/null http://127.0.0.1:$PORT/readyz && break; sleep 0.05; done
     ready=$(date +%s.%N)
     kill -0 "$pid" || { echo "server $name did not start: $(tail -n 3 "$TMP/$name.log")" >&2; exit 1; }
     experts=$(curl -s http://127.0.0.1:$PORT/readyz | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)['experts'])")
