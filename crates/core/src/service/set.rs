@@ -7,7 +7,7 @@
 //! a request that holds one snapshot never mixes versions.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::bundle::registry::RegistryFile;
 use crate::config::RuntimeConfig;
@@ -100,6 +100,9 @@ pub struct ExpertSet {
     /// Candidates scoring live traffic beside the active expert of their class.
     pub shadows: Vec<Arc<Shadow>>,
     plan: Plan,
+    /// Each expert's `moe_expert_seconds{class}` histogram, looked up once per set (on its first
+    /// request, when the service's recorder is installed) instead of once per expert per request.
+    timers: OnceLock<Vec<metrics::Histogram>>,
 }
 
 impl ExpertSet {
@@ -126,7 +129,17 @@ impl ExpertSet {
         }
         let shadows = shadows.into_iter().filter(|s| experts.iter().any(|e| e.class == s.class)).collect();
         let plan = Plan::new(&experts);
-        Ok(ExpertSet { experts, thresholds, gate_spec, gate, generation, revision, shadows, plan })
+        Ok(ExpertSet {
+            experts,
+            thresholds,
+            gate_spec,
+            gate,
+            generation,
+            revision,
+            shadows,
+            plan,
+            timers: OnceLock::new(),
+        })
     }
 
     /// Every expert's Platt map (set order), if each card has one: the `calibrated` score mode
@@ -214,8 +227,11 @@ impl ExpertSet {
                 Some(Head::Linear(_)) | None => None,
             });
         }
+        let timers = self.timers.get_or_init(|| {
+            self.experts.iter().map(|e| metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())).collect()
+        });
         let mut probs = Vec::with_capacity(self.experts.len());
-        for ((e, rx), &s) in self.experts.iter().zip(pending).zip(&self.plan.stage_of) {
+        for (((e, rx), &s), timer) in self.experts.iter().zip(pending).zip(&self.plan.stage_of).zip(timers) {
             let logits = match (rx, &e.head) {
                 (Some(rx), _) => {
                     rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??
@@ -223,8 +239,7 @@ impl ExpertSet {
                 (None, Some(Head::Linear(l))) => l.logits(&first[s])?,
                 (None, _) => (*first[s]).clone(),
             };
-            metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())
-                .record(started.elapsed().as_secs_f64());
+            timer.record(started.elapsed().as_secs_f64());
             probs.push(positive_probabilities(&logits));
         }
         Ok((probs, truncated))
