@@ -697,6 +697,10 @@ def main(argv=None) -> None:
     rp.add_argument(
         "--online", default="../docs/report/online.json", help="scripts/online_eval.py results (may be absent)"
     )
+    rp.add_argument(
+        "--clinc", default="../docs/results/clinc150-vs-global.json", help="clinc_vs_global.py results (may be absent)"
+    )
+    rp.add_argument("--clinc-fit", default="../docs/results/clinc150-fit-summary.json", help="moe fit's summary")
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
     lz = sub.add_parser("linearize", help="copy a model root with its Gemm heads as linear heads (computed in Rust)")
     lz.add_argument("src")
