@@ -11,13 +11,8 @@ cd "$(dirname "$0")/.."
 OUT=$1; ROUNDS=$2; shift 2
 D=${BENCH_SECONDS:-8}
 PORT=18280
-TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
-.venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$TMP/texts.txt" <<'PY'
-import csv, sys
-rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
-open(sys.argv[2], "w").write("\n".join(rows) + "\n")
-PY
+source bench/common.sh
+test_titles "$TMP/texts.txt"
 : > "$OUT"
 for round in $(seq 1 "$ROUNDS"); do
   for v in "$@"; do

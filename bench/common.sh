@@ -1,9 +1,18 @@
-# Sourced by the bench scripts that drive one `moe serve` with an admin token on a copy of models/
-# (churn.sh, soak.sh, train-load.sh): a temporary folder removed at exit together with every
-# background job, and the server itself.
+# Sourced by the bench scripts (ab.sh, scale.sh, churn.sh, soak.sh, train-load.sh): a temporary
+# folder removed at exit together with every background job, the test titles, and (for those that
+# drive one `moe serve` with an admin token on a copy of models/) the server itself.
 # shellcheck shell=bash
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+
+# test_titles OUT: the test-split titles of $MOE_DATA (default: the wikiHow file), one per line.
+test_titles() {
+  .venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$1" <<'PY'
+import csv, sys
+rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
+open(sys.argv[2], "w").write("\n".join(rows) + "\n")
+PY
+}
 
 # serve_admin PORT TOKEN: `moe serve` on a hard-linked copy of models/ with a fresh state folder and
 # the admin token, logging to $TMP/serve.log; sets SPID (its pid), B (its base URL) and A (curl flags

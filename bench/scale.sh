@@ -13,13 +13,8 @@ OUT=$1; ROUNDS=$2; shift 2
 D=${BENCH_SECONDS:-10}
 PORT=18380
 BIN=${MOE_BIN:-target/release/moe}
-TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
-.venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$TMP/texts.txt" <<'PY'
-import csv, sys
-rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
-open(sys.argv[2], "w").write("\n".join(rows) + "\n")
-PY
+source bench/common.sh
+test_titles "$TMP/texts.txt"
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 : > "$OUT"
 for round in $(seq 1 "$ROUNDS"); do

@@ -219,13 +219,12 @@ impl Writer {
     /// Until the log is dropped: take every queued entry, append them, fsync once, publish, answer.
     fn run(mut self, jobs: Receiver<Queued>) {
         while let Ok(first) = jobs.recv() {
-            let batch: Vec<Queued> = std::iter::once(first).chain(jobs.try_iter()).collect();
-            let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
+            let (entries, answers): (Vec<Entry>, Vec<_>) = std::iter::once(first).chain(jobs.try_iter()).unzip();
             let written = self.write(&entries);
             if written.is_ok() {
                 self.publish(entries);
             }
-            for (_, answer) in batch {
+            for answer in answers {
                 let _ = answer.send(written.as_ref().map(|_| ()).map_err(Error::share));
             }
         }
