@@ -8,7 +8,7 @@ Usage (from the repository root, with a fitted root and a server on it):
 
 The global model: scikit-learn's multinomial LogisticRegression on the trunk's embeddings (the same
 int8 graph, tokenizer and spelling correction the service applies; onnxruntime, one text at a time),
-C chosen on val accuracy, fitted on train. The MoE's predictions are the served best guesses
+raw or standardized features and C chosen on val accuracy (the choices `moe fit` has), fitted on train. The MoE's predictions are the served best guesses
 (closed-set). Rows: the file's in-scope rows, minus texts labelled two ways (as `--drop-conflicts`).
 """
 
@@ -23,6 +23,8 @@ import numpy as np
 import onnxruntime as ort
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,13 +93,16 @@ def main(root: Path, base: str, out: Path) -> None:
     emb = {s: embed(trunk, [t for t, _ in by_split[s]]) for s in ("train", "val", "test")}
     y = {s: np.array([lab for _, lab in by_split[s]]) for s in ("train", "val", "test")}
     best = None
-    for c in (0.1, 1.0, 10.0, 100.0):
-        m = LogisticRegression(C=c, max_iter=2000).fit(emb["train"], y["train"])
-        acc = float((m.predict(emb["val"]) == y["val"]).mean())
-        print(f"global logreg C={c}: val accuracy {acc:.4f}", file=sys.stderr)
-        if best is None or acc > best[0]:
-            best = (acc, c, m)
-    val_acc, c, model = best
+    # The same choices the MoE's heads get: raw or standardized features, C on val.
+    for features in ("raw", "standardized"):
+        model_of = (lambda m: m) if features == "raw" else (lambda m: make_pipeline(StandardScaler(), m))
+        for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+            m = model_of(LogisticRegression(C=c, max_iter=3000)).fit(emb["train"], y["train"])
+            acc = float((m.predict(emb["val"]) == y["val"]).mean())
+            print(f"global logreg {features} C={c}: val accuracy {acc:.4f}", file=sys.stderr)
+            if best is None or acc > best[0]:
+                best = (acc, c, m, features)
+    val_acc, c, model, features = best
     test_texts = [t for t, _ in by_split["test"]]
     truth = y["test"]
     glob = model.predict(emb["test"])
@@ -113,6 +118,7 @@ def main(root: Path, base: str, out: Path) -> None:
         "rows": {s: len(by_split[s]) for s in by_split},
         "global": {
             "C": c,
+            "features": features,
             "val_accuracy": val_acc,
             "test_accuracy": acc(truth, glob),
             "test_macro_f1": macro_f1(truth, glob),

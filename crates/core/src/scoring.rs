@@ -65,6 +65,20 @@ impl<'a> Scorer<'a> {
         Scorer { texts, embeddings: HashMap::new() }
     }
 
+    /// Use `embedding` (one row per text, computed by the expert's own trunk and text pipeline,
+    /// e.g. by `moe fit` before the bundles existed) instead of running the trunk again.
+    pub fn seed(&mut self, expert: &Expert, embedding: Arc<Matrix>) -> Result<()> {
+        if embedding.rows != self.texts.len() {
+            return Err(Error::Internal(format!(
+                "seeded embedding has {} rows for {} texts",
+                embedding.rows,
+                self.texts.len()
+            )));
+        }
+        self.embeddings.insert(Self::key(expert), embedding);
+        Ok(())
+    }
+
     /// Trunk passes run so far (one per distinct trunk and text pipeline).
     pub fn trunk_passes(&self) -> usize {
         self.embeddings.len()
@@ -83,15 +97,20 @@ impl<'a> Scorer<'a> {
         Ok(out)
     }
 
-    /// The expert's trunk output for every text, computed on first use.
-    fn embedding(&mut self, expert: &Expert) -> Result<Arc<Matrix>> {
+    /// What makes two experts' trunk outputs the same: the graph and the text pipeline.
+    fn key(expert: &Expert) -> String {
         let tok = &expert.tokenizer;
         let lexicon = tok.speller.as_ref().map_or("", |s| s.sha256.as_str());
-        let key = format!("{}|{}|{}|{lexicon}", expert.stage1.sha256, tok.sha256, tok.max_len);
+        format!("{}|{}|{}|{lexicon}", expert.stage1.sha256, tok.sha256, tok.max_len)
+    }
+
+    /// The expert's trunk output for every text, computed on first use.
+    fn embedding(&mut self, expert: &Expert) -> Result<Arc<Matrix>> {
+        let key = Self::key(expert);
         if let Some(m) = self.embeddings.get(&key) {
             return Ok(m.clone());
         }
-        let all = Arc::new(trunk_outputs(&expert.stage1, tok, self.texts, |_| {})?);
+        let all = Arc::new(trunk_outputs(&expert.stage1, &expert.tokenizer, self.texts, |_| {})?);
         self.embeddings.insert(key, all.clone());
         Ok(all)
     }
