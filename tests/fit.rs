@@ -48,6 +48,8 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         min_rows: None,
         drop_conflicts: false,
         oos_label: None,
+        cache: Some(std::env::temp_dir().join(format!("moe-fit-cache-{}", std::process::id()))),
+        no_cache: false,
     }
 }
 
@@ -102,6 +104,17 @@ async fn a_csv_without_splits_becomes_a_served_calibrated_set() {
     let (answers, _) = core.classify(texts).await.unwrap();
     let right = answers.iter().zip(&labels).filter(|(a, l)| a.best_guess == **l).count();
     assert_eq!(right as f64 / labels.len() as f64, report["val"]["accuracy_best_guess"].as_f64().unwrap());
+
+    // A rerun on its own split file takes every embedding from the cache and fits the same heads.
+    let again = dir.join("again");
+    let o = options(&out.join("splits.csv"), &again);
+    let summary = tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    assert_eq!(summary["texts"]["from_cache"], summary["texts"]["distinct"], "{summary}");
+    assert_eq!(summary["texts"]["distinct"], 90);
+    for bundle in reg.experts.values() {
+        let head = |root: &Path| std::fs::read(root.join(bundle).join("head.json")).unwrap();
+        assert_eq!(head(&out), head(&again), "{bundle}: the cached embeddings fit the same head");
+    }
 }
 
 /// Writes a case's data file; changes its options.

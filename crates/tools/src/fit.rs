@@ -1,11 +1,13 @@
 //! `moe fit`: a labelled CSV becomes a served, calibrated expert set, in Rust, with no Python.
 //!
 //! One frozen trunk embeds every distinct text once (the serving executor, so the embeddings are
-//! the ones the service will compute); one one-vs-all logistic head per class is fitted on train
-//! on all cores (the online trainer's objective; C chosen by val AUC); each head's threshold is
-//! its val EER and its Platt map is fitted on val; the gate is chosen on val; test is only
-//! reported. The model root is written into a temporary folder beside `--out`, loaded and
-//! self-tested like any served set, and renamed into place: an interrupted run leaves no root.
+//! the ones the service will compute; kept between runs in `embed_cache`); one one-vs-all logistic
+//! head per class is fitted on train, all classes together (`stats::ovr`: the online trainer's
+//! objective on standardized features, folded back into heads on the raw embedding), at each C of
+//! a small grid, the set's C chosen by val best-guess accuracy; each head's threshold is its val
+//! EER and its Platt map is fitted on val; the gate is chosen on val; test is only reported. The
+//! model root is written into a temporary folder beside `--out`, loaded and self-tested like any
+//! served set, and renamed into place: an interrupted run leaves no root.
 //!
 //! Invariants: every refusal (bad file, columns, labels, classes, trunk) happens before anything is
 //! written; nothing is chosen on test.
@@ -17,6 +19,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::embed_cache::EmbeddingCache;
 use crate::select::choose_gate;
 use moe_core::bundle::card::{
     CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, TrunkCard, TrunkRef, check_class, check_name, slug,
@@ -86,6 +89,26 @@ pub struct FitOptions {
     /// Rows with this label are out of scope, not a class (kept out of the fit for now).
     #[arg(long)]
     pub oos_label: Option<String>,
+    /// Folder of embeddings kept between runs (default: $XDG_CACHE_HOME/moe or ~/.cache/moe).
+    #[arg(long, env = "MOE_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Embed every text again and keep nothing between runs.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl FitOptions {
+    /// Where embeddings are kept between runs, if anywhere.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        self.cache
+            .clone()
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("moe")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache").join("moe")))
+    }
 }
 
 /// One labelled row: text, label, split.
@@ -131,7 +154,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     let (exec, tok) = load_trunk(&pool, runtime, &trunk_dir, &tcard)?;
     let kept: Vec<&Row> = data.rows.iter().filter(|r| classes.binary_search(&r.label).is_ok()).collect();
     let (distinct, index) = distinct_texts(&kept);
-    let emb = embed(&exec, &tok, &distinct)?;
+    let (emb, from_cache) = embed_cached(o, &exec, &tok, &tcard, &distinct)?;
     stage("embed", t);
 
     let t = Instant::now();
@@ -190,6 +213,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     Ok(json!({
         "out": o.out, "bundles": bundles.len(), "classes": classes.len(), "dropped_classes": dropped,
         "gate": report["gate"], "val": headline(&report["val"]), "test": headline(&report["test"]),
+        "texts": {"distinct": distinct.len(), "from_cache": from_cache},
         "seconds": report["seconds"], "report": o.out.join("fit-report.json"),
         "serve": format!("moe serve --models {} --state {}-state", o.out.display(), o.out.display()),
     }))
@@ -449,6 +473,34 @@ fn distinct_texts<'a>(rows: &[&'a Row]) -> (Vec<&'a str>, HashMap<&'a str, usize
         });
     }
     (texts, index)
+}
+
+/// The trunk's embedding of each text, from the cache where it has them (the rest embedded and
+/// added to it); also how many came from the cache.
+fn embed_cached(
+    o: &FitOptions,
+    exec: &Executor,
+    tok: &TokenizerHandle,
+    tcard: &TrunkCard,
+    texts: &[&str],
+) -> Result<(Matrix, usize)> {
+    let Some(dir) = o.cache_dir() else { return Ok((embed(exec, tok, texts)?, 0)) };
+    let mut cache = EmbeddingCache::open(&dir, tcard);
+    let missing: Vec<&str> = texts.iter().copied().filter(|t| cache.get(t).is_none()).collect();
+    let found = texts.len() - missing.len();
+    progress(&format!("{found} of {} texts embedded before ({})", texts.len(), cache.path().display()));
+    if !missing.is_empty() {
+        let new = embed(exec, tok, &missing)?;
+        // The rows are added before the file is written, so a failed write only costs the next run.
+        if let Err(e) = cache.add_and_save(&missing, &new) {
+            progress(&format!("could not keep the embeddings for next time: {e}"));
+        }
+    }
+    let mut data = Vec::with_capacity(texts.len() * tcard.embedding_dim);
+    for t in texts {
+        data.extend_from_slice(cache.get(t).expect("every text is in the cache now"));
+    }
+    Ok((Matrix { rows: texts.len(), cols: tcard.embedding_dim, data }, found))
 }
 
 /// The trunk's embedding of each text, with a progress line every tenth.

@@ -3,6 +3,7 @@
 //! `moe eval` and `moe calibrate` are `moe_core::scoring` (the selection jobs share it).
 
 pub mod bench;
+pub mod embed_cache;
 pub mod fit;
 pub mod report;
 pub mod select;
