@@ -89,7 +89,9 @@ pub struct FitOptions {
     /// Rows with this label are out of scope, not a class (kept out of the fit for now).
     #[arg(long)]
     pub oos_label: Option<String>,
-    /// Folder of embeddings kept between runs (default: $XDG_CACHE_HOME/moe or ~/.cache/moe).
+    /// Folder of embeddings kept between runs.
+    ///
+    /// Default: $XDG_CACHE_HOME/moe, else ~/.cache/moe.
     #[arg(long, env = "MOE_CACHE")]
     pub cache: Option<PathBuf>,
     /// Embed every text again and keep nothing between runs.
