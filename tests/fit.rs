@@ -50,6 +50,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         oos_label: None,
         cache: Some(std::env::temp_dir().join(format!("moe-fit-cache-{}", std::process::id()))),
         no_cache: false,
+        max_in_scope_abstain: 0.03,
     }
 }
 
@@ -237,4 +238,66 @@ fn min_rows_drops_small_classes_with_a_note_instead_of_refusing() {
     assert_eq!(summary["classes"], 2);
     assert_eq!(summary["dropped_classes"][0]["class"], "Youth");
     assert_eq!(RegistryFile::read(&dir.join("root")).unwrap().experts.len(), 2);
+}
+
+/// With out-of-scope rows (`--oos-label`), the set carries a label rule and a cut-off chosen on
+/// val; the service declines texts below it as `out_of_scope`, says so in the answer, and shows
+/// the rule in `GET /experts`. With no budget there is no cut-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains() {
+    let dir = fresh("oos");
+    let mut data: Vec<Vec<String>> =
+        rows(&["Travel", "Health", "Pets and Animals"], 40).into_iter().map(|(t, l)| vec![t, l]).collect();
+    data.extend(
+        rows(&["Food and Entertaining", "Cars & Other Vehicles"], 30).into_iter().map(|(t, _)| vec![t, "none".into()]),
+    );
+    write_csv(&dir.join("data.csv"), &["text", "label"], &data);
+    let out = dir.join("root");
+    let mut o = options(&dir.join("data.csv"), &out);
+    o.oos_label = Some("none".into());
+    o.max_in_scope_abstain = 0.1;
+    let summary = tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    assert_eq!(summary["classes"], 3, "the out-of-scope label is not a class: {summary}");
+    let reg = RegistryFile::read(&out).unwrap();
+    let cut = reg.gate.open_world.as_ref().expect("a cut-off within a 10 % budget").reject_below;
+    assert!(cut > 0.0 && cut < 1.0, "{cut}");
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("fit-report.json")).unwrap()).unwrap();
+    assert_eq!(report["data"]["out_of_scope_rows"], 60);
+    let val = &report["val"]["open_world"];
+    assert!(val["in_scope_declined"].as_f64().unwrap() <= 0.1, "{val}");
+    assert_eq!(val["out_of_scope_rows"], 6, "{val}");
+    assert!(report["test"]["open_world"]["auroc_max_probability"].as_f64().is_some(), "{}", report["test"]);
+
+    // Served: every answer carries its out-of-scope score; below the cut-off the reason says so.
+    let core = common::loaded_core_in(&out, "fit-oos", Limits::default()).await;
+    let base = common::serve(core).await;
+    let texts: Vec<String> = data[96..144].iter().map(|r| r[0].clone()).collect(); // 24 in scope, 24 not
+    let http = reqwest::Client::new();
+    let body = common::json_of(http.post(format!("{base}/classify")).json(&serde_json::json!({"texts": texts}))).await;
+    let mut declined = 0;
+    for r in body["results"].as_array().unwrap() {
+        let score = r["out_of_scope_score"].as_f64().expect("a score with a rule in force");
+        let out_of_scope = 1.0 - score < f64::from(cut) - 1e-6;
+        if out_of_scope {
+            declined += 1;
+            assert_eq!((r["label"].is_null(), r["abstain_reason"].as_str()), (true, Some("out_of_scope")), "{r}");
+        }
+        if r["abstained"] == true {
+            assert!(r["abstain_reason"].is_string(), "an abstention says why: {r}");
+        } else {
+            assert!(r.get("abstain_reason").is_none(), "{r}");
+        }
+    }
+    assert!(declined > 0, "some of the out-of-scope texts are below the cut-off");
+    let experts = common::json_of(http.get(format!("{base}/experts"))).await;
+    assert_eq!(experts["gate"]["open_world"]["reject_below"].as_f64().unwrap() as f32, cut);
+    assert!(experts["gate"]["label_rule"].is_string());
+
+    // No budget, no cut-off (the label rule is still chosen on val).
+    let again = dir.join("none");
+    let mut o = options(&dir.join("data.csv"), &again);
+    o.oos_label = Some("none".into());
+    o.max_in_scope_abstain = 0.0;
+    tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    assert!(RegistryFile::read(&again).unwrap().gate.open_world.is_none());
 }

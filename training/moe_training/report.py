@@ -902,6 +902,19 @@ def _section_clinc(clinc: dict | None, fit: dict | None) -> list[str]:
             f"(embedding {sec.get('embed', 0):.0f} s, the heads {sec.get('fit', 0):.0f} s, calibration, gate and the "
             f"load check {sec.get('calibrate, gate, check', 0):.0f} s)."
         )
+    ow = ((fit or {}).get("test") or {}).get("open_world")
+    if ow and ow.get("out_of_scope_rows"):
+        gate = (fit or {}).get("gate") or {}
+        budget = ((gate.get("open_world") or {}).get("chosen_by") or {}).get("max_in_scope_abstain", 0)
+        md += [
+            "",
+            f"Out of scope (`--max-in-scope-abstain` {budget:g}, label rule "
+            f"`{gate.get('label_rule', 'best_passed')}` and the cut-off chosen on val; docs/TRAINING.md): test in-scope "
+            f"accuracy {pct(ow['in_scope_accuracy'])} with declines counted wrong ({pct(ow['in_scope_declined'])} "
+            f"declined), out-of-scope recall {pct(ow['out_of_scope_recall'])}, precision "
+            f"{pct(ow['out_of_scope_precision'])}, F1 {pct(ow['out_of_scope_f1'])}, AUROC of the top probability "
+            f"{ow['auroc_max_probability']:.3f}; the paper's BERT with a val threshold: 96.2 % / 52.3 %.",
+        ]
     return md + [""]
 
 

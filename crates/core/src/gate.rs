@@ -12,8 +12,14 @@
 //!   the validation split over every expert's logit);
 //! * g_i = w_i s_i is the gated score reported as `score`.
 //!
-//! label = argmax of g_i over the experts that passed; when none passed the answer abstains and
-//! best_guess = argmax of g_i over all experts (ties: the first class in sorted order).
+//! best_guess = argmax of g_i over all experts (ties: the first class in sorted order); the label
+//! follows the set's label rule: `best_passed` (the default) = argmax of g_i over the experts that
+//! passed; `best_guess_passed` = the best guess if it passed; `best_guess` = the best guess. With
+//! no label the answer abstains because no expert passed (`no_expert_passed`).
+//!
+//! Open world: when the set carries a rejection rule, the in-scope score is max_i p_i (the most
+//! confident expert's probability); below the rule's `reject_below` the answer abstains as
+//! `out_of_scope` whatever the label rule says. Both are chosen on val by `moe fit`.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +62,43 @@ pub struct StackingGate {
     pub bias: Vec<f32>,
 }
 
+/// Which expert names the label (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelRule {
+    #[default]
+    BestPassed,
+    BestGuessPassed,
+    BestGuess,
+}
+
+/// Why an answer has no label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbstainReason {
+    NoExpertPassed,
+    OutOfScope,
+}
+
+impl AbstainReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            AbstainReason::NoExpertPassed => "no_expert_passed",
+            AbstainReason::OutOfScope => "out_of_scope",
+        }
+    }
+}
+
+/// The set's rejection rule: decline a text as out of scope when no expert's probability reaches
+/// `reject_below`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWorld {
+    pub reject_below: f32,
+    /// How it was chosen (the val operating point), kept for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_by: Option<serde_json::Value>,
+}
+
 /// The gate as written in the registry.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GateSpec {
@@ -70,6 +113,14 @@ pub struct GateSpec {
     /// Evidence of how the gate was chosen (validation accuracies...), kept for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_by: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub label: LabelRule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<OpenWorld>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// The gate resolved against one expert set (classes in the set's order).
@@ -82,6 +133,9 @@ pub struct Gate {
     /// Why the configured gate is not the one in force (e.g. a stacking gate fitted for other
     /// bundle versions), reported by the API.
     pub disabled: Option<String>,
+    pub label: LabelRule,
+    /// The open-world cut-off on max_i p_i, when the set has one.
+    pub reject_below: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +157,19 @@ impl GateWeights {
 
 impl Gate {
     pub fn uniform(score: ScoreMode) -> Gate {
-        Gate { score, weights: GateWeights::Uniform, calibration: Vec::new(), disabled: None }
+        Gate {
+            score,
+            weights: GateWeights::Uniform,
+            calibration: Vec::new(),
+            disabled: None,
+            label: LabelRule::BestPassed,
+            reject_below: None,
+        }
+    }
+
+    /// This gate with a label rule and an open-world cut-off.
+    pub fn deciding(self, label: LabelRule, reject_below: Option<f32>) -> Gate {
+        Gate { label, reject_below, ..self }
     }
 
     /// This gate with these experts' calibrations (set order).
@@ -116,6 +182,11 @@ impl Gate {
     /// (and `calibrated` mode without every expert calibrated to `probability`) and says why, never
     /// silently applied.
     pub fn resolve(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
+        let reject_below = spec.open_world.as_ref().map(|o| o.reject_below);
+        Gate::resolve_weights(spec, experts, calibrations).deciding(spec.label, reject_below)
+    }
+
+    fn resolve_weights(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
         let gate = Gate::with_weights(spec, experts);
         if spec.score != ScoreMode::Calibrated {
             return gate;
@@ -135,23 +206,16 @@ impl Gate {
 
     /// The registry gate's weights for these experts, in the spec's score mode (no calibration).
     fn with_weights(spec: &GateSpec, experts: &[(String, String)]) -> Gate {
-        let fallback = |why: String| Gate {
-            score: spec.score,
-            weights: GateWeights::Uniform,
-            calibration: Vec::new(),
-            disabled: Some(why),
-        };
+        let fallback = |why: String| Gate { disabled: Some(why), ..Gate::uniform(spec.score) };
         match spec.kind {
             GateKind::Uniform => Gate::uniform(spec.score),
             GateKind::Length => match &spec.length {
                 None => fallback("length gate configured without parameters".into()),
                 Some(l) => Gate {
-                    score: spec.score,
                     weights: GateWeights::Length(
                         experts.iter().map(|(c, _)| l.params.get(c).copied().unwrap_or([0.0, 0.0])).collect(),
                     ),
-                    calibration: Vec::new(),
-                    disabled: None,
+                    ..Gate::uniform(spec.score)
                 },
             },
             GateKind::Stacking => {
@@ -175,10 +239,8 @@ impl Gate {
                     return fallback("stacking gate parameters have the wrong shape".into());
                 }
                 Gate {
-                    score: spec.score,
                     weights: GateWeights::Stacking { weights: s.weights.clone(), bias: s.bias.clone() },
-                    calibration: Vec::new(),
-                    disabled: None,
+                    ..Gate::uniform(spec.score)
                 }
             }
         }
@@ -199,6 +261,10 @@ pub struct Decision {
     pub passed: Vec<bool>,
     pub weights: Vec<f32>,
     pub scores: Vec<f32>,
+    /// Why there is no label (None when there is one).
+    pub reason: Option<AbstainReason>,
+    /// max_i p_i, the open-world rule's in-scope score.
+    pub in_scope: f32,
 }
 
 const EPS: f32 = 1e-6;
@@ -279,8 +345,18 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
         })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
-    let label = argmax(&|i| passed[i]);
-    Decision { label, best_guess, passed, weights: w, scores }
+    let in_scope = out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
+    let (label, reason) = if gate.reject_below.is_some_and(|t| in_scope < t) {
+        (None, Some(AbstainReason::OutOfScope))
+    } else {
+        let label = match gate.label {
+            LabelRule::BestPassed => argmax(&|i| passed[i]),
+            LabelRule::BestGuessPassed => Some(best_guess).filter(|&b| passed[b]),
+            LabelRule::BestGuess => Some(best_guess),
+        };
+        (label, label.is_none().then_some(AbstainReason::NoExpertPassed))
+    };
+    Decision { label, best_guess, passed, weights: w, scores, reason, in_scope }
 }
 
 #[cfg(test)]
@@ -301,6 +377,36 @@ mod tests {
         assert_eq!(d.best_guess, 0);
         assert!((d.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!((d.scores[2] - 0.7 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn label_rules_and_the_out_of_scope_cut_off_say_why() {
+        // expert 0 is the best guess but misses its threshold; expert 2 passes lower down
+        let o = outs(&[(0.9, 0.95), (0.6, 0.5), (0.7, 0.3)]);
+        let rule =
+            |label, reject_below| decide(&Gate::uniform(ScoreMode::Probability).deciding(label, reject_below), &o, 3);
+        assert_eq!(
+            (rule(LabelRule::BestPassed, None).label, rule(LabelRule::BestPassed, None).reason),
+            (Some(2), None)
+        );
+        let d = rule(LabelRule::BestGuessPassed, None);
+        assert_eq!((d.label, d.reason, d.best_guess), (None, Some(AbstainReason::NoExpertPassed), 0));
+        assert_eq!(rule(LabelRule::BestGuess, None).label, Some(0));
+        assert!((rule(LabelRule::BestGuess, None).in_scope - 0.9).abs() < 1e-6, "max probability");
+        // below the cut-off every rule declines it as out of scope; at it, none does
+        for label in [LabelRule::BestPassed, LabelRule::BestGuessPassed, LabelRule::BestGuess] {
+            let d = rule(label, Some(0.95));
+            assert_eq!((d.label, d.reason, d.best_guess), (None, Some(AbstainReason::OutOfScope), 0));
+            assert_ne!(rule(label, Some(0.9)).reason, Some(AbstainReason::OutOfScope));
+        }
+        // the registry spelling, and a spec without the fields reads as before
+        let spec: GateSpec =
+            serde_json::from_str(r#"{"label": "best_guess", "open_world": {"reject_below": 0.2}}"#).unwrap();
+        let g = Gate::resolve(&spec, &[("a".into(), "1".into())], &[None]);
+        assert_eq!((g.label, g.reject_below), (LabelRule::BestGuess, Some(0.2)));
+        let old: GateSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!((old.label, old.open_world.clone()), (LabelRule::BestPassed, None));
+        assert!(!serde_json::to_string(&old).unwrap().contains("label"), "defaults are not written");
     }
 
     #[test]

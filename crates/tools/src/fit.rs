@@ -20,6 +20,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::embed_cache::EmbeddingCache;
+use crate::open_world;
 use crate::select::choose_gate;
 use moe_core::bundle::card::{
     CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, TrunkCard, TrunkRef, check_class, check_name, slug,
@@ -30,7 +31,7 @@ use moe_core::clock::now_rfc3339;
 use moe_core::config::RuntimeConfig;
 use moe_core::expert::positive_probabilities;
 use moe_core::files::{sha256_file, write_atomic};
-use moe_core::gate::{GateKind, IDENTITY};
+use moe_core::gate::{GateKind, GateSpec, IDENTITY};
 use moe_core::inference::executor::Expect;
 use moe_core::inference::{Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
 use moe_core::scoring::{Scorer, platt_calibration, trunk_outputs};
@@ -97,6 +98,20 @@ pub struct FitOptions {
     /// Embed every text again and keep nothing between runs.
     #[arg(long)]
     pub no_cache: bool,
+    /// Share of in-scope val texts the set may decline (open-world cut-off; 0: none).
+    ///
+    /// The label rule and the cut-off on the most confident expert's probability are chosen on
+    /// val within this budget: the most out-of-scope val rows declined (with --oos-label), else
+    /// the best in-scope accuracy.
+    #[arg(long, default_value_t = 0.03, value_parser = budget)]
+    pub max_in_scope_abstain: f64,
+}
+
+fn budget(v: &str) -> std::result::Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if (0.0..1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{v:?}: a share from 0 up to (not including) 1, e.g. 0.03")),
+    }
 }
 
 impl FitOptions {
@@ -126,8 +141,9 @@ struct Labelled {
     split_source: String,
     /// Rows without a label or in another split, left out.
     ignored: usize,
-    /// Out-of-scope rows (`--oos-label`), left out of the fit.
-    out_of_scope: usize,
+    /// Out-of-scope rows (`--oos-label`): negatives for every head (train), the open-world rule's
+    /// operating point (val), reported (test).
+    oos: Vec<Row>,
 }
 
 /// Fit, check, write; returns the summary printed at the end.
@@ -155,7 +171,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     let pool = ExecutorPool::default();
     let (exec, tok) = load_trunk(&pool, runtime, &trunk_dir, &tcard)?;
     let kept: Vec<&Row> = data.rows.iter().filter(|r| classes.binary_search(&r.label).is_ok()).collect();
-    let (distinct, index) = distinct_texts(&kept);
+    let (distinct, index) = distinct_texts(&kept.iter().copied().chain(&data.oos).collect::<Vec<_>>());
     let (emb, from_cache) = embed_cached(o, &exec, &tok, &tcard, &distinct)?;
     stage("embed", t);
 
@@ -166,10 +182,24 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
         let truth = rows.iter().map(|r| classes.binary_search(&r.label).expect("kept")).collect();
         (Matrix { rows: rows.len(), cols: emb.cols, data }, truth, rows.iter().map(|r| r.text.clone()).collect())
     };
+    let oos_rows = |s: &str| -> (Arc<Matrix>, Vec<String>) {
+        let rows: Vec<&Row> = data.oos.iter().filter(|r| r.split == s).collect();
+        let m = rows.iter().flat_map(|r| emb.row(index[r.text.as_str()]).to_vec()).collect();
+        (Arc::new(Matrix { rows: rows.len(), cols: emb.cols, data: m }), rows.iter().map(|r| r.text.clone()).collect())
+    };
     let (train, train_truth, train_texts) = split_rows("train");
     let (val, val_truth, _) = split_rows("val");
     let (test, _, _) = split_rows("test");
-    let Heads { heads: fitted, c, grid } = fit_heads(classes.len(), &train, &train_truth, &val, &val_truth);
+    // Out-of-scope train rows are negatives for every head: class index `classes.len()`.
+    let (oos_train, _) = oos_rows("train");
+    let with_oos = Matrix {
+        rows: train.rows + oos_train.rows,
+        cols: train.cols,
+        data: [train.data.as_slice(), &oos_train.data].concat(),
+    };
+    let truth_oos: Vec<usize> =
+        train_truth.iter().copied().chain(std::iter::repeat_n(classes.len(), oos_train.rows)).collect();
+    let Heads { heads: fitted, c, grid } = fit_heads(classes.len(), &with_oos, &truth_oos, &val, &val_truth);
     stage("fit", t);
 
     let t = Instant::now();
@@ -195,7 +225,8 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
             ..RegistryFile::empty()
         };
         reg.write(&tmp)?;
-        let seen = [("val", Arc::new(val)), ("test", Arc::new(test))];
+        let seen =
+            Seen { val: Arc::new(val), test: Arc::new(test), oos_val: oos_rows("val"), oos_test: oos_rows("test") };
         let report = choose_gate_and_report(o, runtime, &tmp, reg, &data, &classes, &dropped, &seen)?;
         Ok::<_, Error>((bundles, report))
     })();
@@ -241,7 +272,8 @@ fn move_into_place(tmp: &Path, out: &Path, report: &Value) -> Result<()> {
 
 /// A split's accuracy figures, without the per-class tables.
 fn headline(split: &Value) -> Value {
-    let keys = ["rows", "accuracy_best_guess", "macro_f1_best_guess", "accuracy_with_abstention", "abstained"];
+    let keys =
+        ["rows", "accuracy_best_guess", "macro_f1_best_guess", "accuracy_with_abstention", "abstained", "open_world"];
     if split.is_null() { Value::Null } else { keys.iter().map(|k| (k.to_string(), split[*k].clone())).collect() }
 }
 
@@ -262,7 +294,8 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
     let (t, l) = (col(&o.text_col)?, col(&o.label_col)?);
     let s = header.iter().position(|h| h == o.split_col);
     let mut rows = Vec::new();
-    let (mut ignored, mut out_of_scope) = (0, 0);
+    let mut ignored = 0;
+    let mut oos = Vec::new();
     let mut label_of: HashMap<String, (String, u64)> = HashMap::new();
     let mut conflicts: std::collections::HashSet<String> = Default::default();
     for rec in rdr.records() {
@@ -308,7 +341,7 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
             }
         }
         if o.oos_label.as_deref() == Some(label) {
-            out_of_scope += 1;
+            oos.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
             continue;
         }
         rows.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
@@ -316,6 +349,7 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
     if !conflicts.is_empty() {
         let before = rows.len();
         rows.retain(|r| !conflicts.contains(&r.text));
+        oos.retain(|r: &Row| !conflicts.contains(&r.text));
         progress(&format!("left out {} rows of {} texts labelled two ways", before - rows.len(), conflicts.len()));
         ignored += before - rows.len();
     }
@@ -326,9 +360,10 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
         format!("column:{}", o.split_col)
     } else {
         stratify(&mut rows, o.seed);
+        stratify(&mut oos, o.seed);
         format!("stratified-80-10-10-seed-{}", o.seed)
     };
-    Ok(Labelled { rows, split_source, ignored, out_of_scope })
+    Ok(Labelled { rows, split_source, ignored, oos })
 }
 
 /// A seeded stratified 80/10/10 split: per class, at least one val and one test row once it has 3.
@@ -680,9 +715,26 @@ fn write_bundles(
     Ok(names)
 }
 
-/// Load the written set as the service would (self-tests included), choose the gate on val, and
-/// score val and test through the set's own decisions. `seen` holds the trunk's embeddings of
-/// each split's rows (the fit's, in row order), so no text goes through the trunk twice.
+/// The trunk's embeddings of the val and test rows (the fit's, in row order) and of the
+/// out-of-scope val and test rows with their texts, so no text goes through the trunk twice.
+struct Seen {
+    val: Arc<Matrix>,
+    test: Arc<Matrix>,
+    oos_val: (Arc<Matrix>, Vec<String>),
+    oos_test: (Arc<Matrix>, Vec<String>),
+}
+
+/// Every expert's probabilities (expert-major) on `texts`, from their seeded embeddings.
+fn score_seeded(set: &ExpertSet, texts: &[String], embedding: &Arc<Matrix>) -> Result<Vec<Vec<f32>>> {
+    let mut scorer = Scorer::new(texts);
+    if let Some(e) = set.experts.first() {
+        scorer.seed(e, embedding.clone())?;
+    }
+    set.experts.iter().map(|e| scorer.probabilities(e)).collect()
+}
+
+/// Load the written set as the service would (self-tests included), choose the gate, the label
+/// rule and the open-world cut-off on val, and score val and test through the set's own decisions.
 #[allow(clippy::too_many_arguments)]
 fn choose_gate_and_report(
     o: &FitOptions,
@@ -692,7 +744,7 @@ fn choose_gate_and_report(
     data: &Labelled,
     classes: &[String],
     dropped: &[Value],
-    seen: &[(&str, Arc<Matrix>)],
+    seen: &Seen,
 ) -> Result<Value> {
     let pool = ExecutorPool::default();
     let set = ExpertSet::load(&pool, runtime, root, &reg)?;
@@ -704,14 +756,7 @@ fn choose_gate_and_report(
             .unzip()
     };
     let (texts, truth) = split("val");
-    let score = |texts: &[String], split: &str| -> Result<Vec<Vec<f32>>> {
-        let mut scorer = Scorer::new(texts);
-        if let (Some((_, m)), Some(e)) = (seen.iter().find(|(s, _)| *s == split), set.experts.first()) {
-            scorer.seed(e, m.clone())?;
-        }
-        set.experts.iter().map(|e| scorer.probabilities(e)).collect()
-    };
-    let probs = score(&texts, "val")?;
+    let probs = score_seeded(&set, &texts, &seen.val)?;
     let cal = set.calibrations().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
     let gd = GateData { probs: &probs, thr: &set.thresholds, cal: &cal, texts: &texts, truth: &truth };
     let kinds: &[GateKind] = if classes.len() <= FITTED_GATES_UP_TO {
@@ -724,23 +769,45 @@ fn choose_gate_and_report(
     let (acc, mut spec, table) = choose_gate(&gd, classes, versions, kinds, true);
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table,
         "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
+    let oos_val = &seen.oos_val;
+    let oos_probs = score_seeded(&set, &oos_val.1, &oos_val.0)?;
+    let experts = set.experts.clone();
+    let (label, open_world, chosen_by) = open_world::choose(
+        &|spec: &GateSpec| ExpertSet::new(experts.clone(), spec.clone(), (0, None), Vec::new()),
+        &spec,
+        (&texts, &truth, &probs),
+        (&oos_val.1, &oos_probs),
+        o.max_in_scope_abstain,
+    )?;
+    spec.label = label;
+    spec.open_world = open_world;
+    if let Some(Value::Object(m)) = spec.selected_by.as_mut() {
+        m.insert("label_rule_and_open_world".into(), chosen_by);
+    }
     reg.gate = spec;
     reg.write(root)?;
     // The same loaded experts under the chosen gate (they passed their self-tests above).
     let set = ExpertSet::new(set.experts.clone(), reg.gate.clone(), (0, None), Vec::new())?;
     let mut report = json!({
         "data": {"file": o.data, "rows": data.rows.len(), "split": data.split_source, "ignored_rows": data.ignored,
-                 "out_of_scope_rows": data.out_of_scope, "dropped_classes": dropped},
+                 "out_of_scope_rows": data.oos.len(), "dropped_classes": dropped},
         "classes": classes, "trunk": o.trunk,
         "gate": {"kind": format!("{:?}", reg.gate.kind).to_lowercase(), "score": format!("{:?}", reg.gate.score).to_lowercase(),
-                 "val_accuracy": acc},
+                 "val_accuracy": acc, "label_rule": reg.gate.label, "open_world": reg.gate.open_world},
     });
     report["val"] = split_report(&set, classes, &texts, &truth, &probs)?;
+    report["val"]["open_world"] =
+        open_world::measure(&set, classes, (&texts, &truth, &probs), (&oos_val.1, &oos_probs));
     let (test, test_truth) = split("test");
     report["test"] = if test.is_empty() {
         Value::Null
     } else {
-        split_report(&set, classes, &test, &test_truth, &score(&test, "test")?)?
+        let probs = score_seeded(&set, &test, &seen.test)?;
+        let mut r = split_report(&set, classes, &test, &test_truth, &probs)?;
+        let oos_test = &seen.oos_test;
+        let oos_probs = score_seeded(&set, &oos_test.1, &oos_test.0)?;
+        r["open_world"] = open_world::measure(&set, classes, (&test, &test_truth, &probs), (&oos_test.1, &oos_probs));
+        r
     };
     Ok(report)
 }

@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod embed_cache;
 pub mod fit;
+pub mod open_world;
 pub mod report;
 pub mod select;

@@ -451,7 +451,7 @@ fn gate_table(val: &GateData, test: &GateData, classes: &[String], calibrated: b
                     [0.001f32, 0.01, 0.1, 1.0].into_iter().max_by_key(|&l| (cv_acc(l), -(l * 1e3) as i64)).unwrap();
                 let all: Vec<usize> = (0..val.texts.len()).collect();
                 let weights = fit_gate(kind, mode, l2, val, &all);
-                (Gate { score: mode, weights, calibration: val.cal.to_vec(), disabled: None }, Some(l2))
+                (Gate { weights, calibration: val.cal.to_vec(), ..Gate::uniform(mode) }, Some(l2))
             };
             let preds = predictions(&gate, test.probs, test.thr, test.texts);
             let forced: Vec<usize> = preds.iter().map(|p| p.0).collect();

@@ -479,7 +479,7 @@ impl Core {
 }
 
 /// Live decision counts for `/metrics` (and the console): texts classified, each expert's passes
-/// (its pass rate is passes / texts) and each label or abstention. Only the passed experts are
+/// (its pass rate is passes / texts), each label or abstention, and abstentions by reason. Only the passed experts are
 /// counted, so the cost is about two counter updates per text, not one per expert.
 fn record_decisions(results: &[TextResult]) {
     metrics::counter!("moe_texts_classified_total").increment(results.len() as u64);
@@ -489,5 +489,8 @@ fn record_decisions(results: &[TextResult]) {
         }
         let label = r.label.clone().unwrap_or_else(|| "(abstained)".into());
         metrics::counter!("moe_labels_total", "label" => label).increment(1);
+        if let Some(reason) = r.reason {
+            metrics::counter!("moe_abstentions_total", "reason" => reason.name()).increment(1);
+        }
     }
 }

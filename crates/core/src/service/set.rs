@@ -287,6 +287,8 @@ impl ExpertSet {
         TextResult {
             label: d.label.map(|i| self.experts[i].class.clone()),
             abstained: d.label.is_none(),
+            reason: d.reason,
+            out_of_scope_score: self.gate.reject_below.map(|_| 1.0 - d.in_scope),
             best_guess: self.experts[d.best_guess].class.clone(),
             truncated,
             experts: self
@@ -340,6 +342,10 @@ pub struct ExpertResult {
 pub struct TextResult {
     pub label: Option<String>,
     pub abstained: bool,
+    /// Why it abstained (None with a label).
+    pub reason: Option<gate::AbstainReason>,
+    /// 1 − the most confident expert's probability, when the set has an open-world rule.
+    pub out_of_scope_score: Option<f32>,
     pub best_guess: String,
     pub truncated: bool,
     pub experts: Vec<ExpertResult>,

@@ -91,7 +91,7 @@ pub fn cv_predictions(kind: GateKind, mode: ScoreMode, l2: f32, d: &GateData) ->
         let train: Vec<usize> = all.iter().copied().filter(|i| i % 5 != fold).collect();
         let cal = if mode == ScoreMode::Calibrated { fit_calibrations(d, &train) } else { d.cal.to_vec() };
         let weights = fit_gate(kind, mode, l2, &GateData { cal: &cal, ..*d }, &train);
-        let gate = Gate { score: mode, weights, calibration: cal, disabled: None };
+        let gate = Gate { weights, calibration: cal, ..Gate::uniform(mode) };
         let p = predictions(&gate, d.probs, d.thr, texts);
         for i in all.iter().copied().filter(|i| i % 5 == fold) {
             preds[i] = p[i];

@@ -50,7 +50,8 @@ const ARMIJO: f64 = 1e-4;
 const BLOCK: usize = 2048;
 
 /// Fit one head per class `0..classes` on rows `x` whose class is `truth[i]` (rows of another
-/// class are negatives), starting from `warm` when given (e.g. the fit at the previous C).
+/// class are negatives; a row whose `truth` is `classes` or more, e.g. an out-of-scope example,
+/// is a negative for every class), starting from `warm` when given (e.g. the fit at the previous C).
 pub fn fit_one_vs_rest(
     x: &Matrix,
     truth: &[usize],
@@ -61,7 +62,7 @@ pub fn fit_one_vs_rest(
     assert_eq!(x.rows, truth.len(), "one class per row");
     let (n, d) = (x.rows, x.cols);
     let mut positives = vec![0usize; classes];
-    for &t in truth {
+    for &t in truth.iter().filter(|&&t| t < classes) {
         positives[t] += 1;
     }
     // Balanced weights: positives and negatives each carry half of the n rows' weight.

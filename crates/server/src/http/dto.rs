@@ -63,7 +63,9 @@ impl ExpertsView {
         ClassifyResult {
             label: r.label.clone(),
             abstained: r.abstained,
+            abstain_reason: r.reason,
             best_guess: r.best_guess.clone(),
+            out_of_scope_score: r.out_of_scope_score,
             truncated: r.truncated,
             experts: rows.into_iter().map(ExpertRow::from).collect(),
         }
@@ -75,7 +77,11 @@ impl ExpertsView {
 pub struct ClassifyResult {
     pub label: Option<String>,
     pub abstained: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstain_reason: Option<moe_core::gate::AbstainReason>,
     pub best_guess: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_scope_score: Option<f32>,
     pub truncated: bool,
     pub experts: Vec<ExpertRow>,
 }
@@ -327,6 +333,9 @@ pub struct GateInfo {
     pub active: &'static str,
     pub score: moe_core::gate::ScoreMode,
     pub disabled_reason: Option<String>,
+    pub label_rule: moe_core::gate::LabelRule,
+    /// The rejection rule and its val operating point (null: nothing is declined as out of scope).
+    pub open_world: Option<moe_core::gate::OpenWorld>,
 }
 
 #[derive(Debug, Serialize)]
@@ -347,6 +356,8 @@ impl From<&ExpertSet> for ExpertList {
                 active: s.gate.weights.name(),
                 score: s.gate.score,
                 disabled_reason: s.gate.disabled.clone(),
+                label_rule: s.gate_spec.label,
+                open_world: s.gate_spec.open_world.clone(),
             },
             generation: s.generation,
             revision: s.revision,
