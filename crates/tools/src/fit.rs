@@ -87,7 +87,9 @@ pub struct FitOptions {
     /// Leave out texts labelled two ways instead of refusing the file.
     #[arg(long)]
     pub drop_conflicts: bool,
-    /// Rows with this label are out of scope, not a class (kept out of the fit for now).
+    /// Rows with this label are out of scope: not a class, a negative for every head.
+    ///
+    /// Their val rows set the open-world rule (--max-in-scope-abstain); test rows are reported.
     #[arg(long)]
     pub oos_label: Option<String>,
     /// Folder of embeddings kept between runs.
