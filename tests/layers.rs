@@ -28,7 +28,7 @@ const CRATES: &[(&str, &[(&str, u32)])] = &[
         ],
     ),
     ("crates/server", &[("etcd", 0), ("control", 1), ("http", 2)]),
-    ("crates/tools", &[("bench", 0), ("report", 0), ("select", 0), ("fit", 1)]),
+    ("crates/tools", &[("bench", 0), ("embed_cache", 0), ("open_world", 0), ("report", 0), ("select", 0), ("fit", 1)]),
 ];
 
 /// The workspace crates each crate may depend on.
