@@ -181,7 +181,7 @@ fn inline_and_threaded_heads_agree() {
             let calls: Vec<_> = (0..4)
                 .map(|_| {
                     let (set, texts) = (set.clone(), texts.clone());
-                    tokio::spawn(async move { set.probabilities(&texts).await.unwrap().0 })
+                    tokio::spawn(async move { set.probabilities(&texts).await.unwrap().probs })
                 })
                 .collect();
             let mut out = Vec::new();

@@ -111,7 +111,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     let set = moe_core::service::ExpertSet::load(&pool, &runtime, &out, &reg).unwrap();
     assert_eq!((set.gate.score, set.gate.disabled.clone()), (ScoreMode::Calibrated, None));
     let probs: Vec<f32> = vec![0.3, 0.8][..set.experts.len()].to_vec();
-    let r = set.decide("how to pack a suitcase", &probs, false);
+    let r = set.decide("how to pack a suitcase", &probs, false, None);
     for (i, e) in r.experts.iter().enumerate() {
         let cal = set.experts[i].calibration().unwrap();
         let want = calibrated(cal, probs[i]) / set.experts.len() as f32;

@@ -17,9 +17,14 @@
 //! passed; `best_guess_passed` = the best guess if it passed; `best_guess` = the best guess. With
 //! no label the answer abstains because no expert passed (`no_expert_passed`).
 //!
-//! Open world: when the set carries a rejection rule, the in-scope score is max_i p_i (the most
-//! confident expert's probability); below the rule's `reject_below` the answer abstains as
-//! `out_of_scope` whatever the label rule says. Both are chosen on val by `moe fit`.
+//! Open world: when the set carries a rejection rule, each text gets an in-scope score, either
+//! `max_probability` (max_i p_i, the most confident expert) or `blend`:
+//! w · (logit(max_i p_i) − m₁)/s₁ + (1 − w) · (max_i c_i·x − m₂)/s₂, where c_i·x is the text's
+//! embedding's similarity to expert i's class centroid (a distance-based score; m, s standardise
+//! both parts on val). Below the rule's `reject_below` (on that score's scale) the answer abstains
+//! as `out_of_scope` whatever the label rule says. Rule and cut-off are chosen on val by `moe fit`.
+//! The answer's out-of-scope score is sigmoid(g(reject_below) − g(score)) with g = logit for
+//! `max_probability` and the identity for `blend`: 0.5 at the cut-off, above it declined.
 
 use std::collections::BTreeMap;
 
@@ -89,10 +94,48 @@ impl AbstainReason {
     }
 }
 
-/// The set's rejection rule: decline a text as out of scope when no expert's probability reaches
+/// The in-scope score an open-world rule reads (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InScopeScore {
+    #[default]
+    MaxProbability,
+    Blend {
+        /// Weight w of the probability part.
+        weight: f32,
+        /// (m₁, s₁): mean and spread of logit(max p) over in-scope val texts.
+        logit: [f32; 2],
+        /// (m₂, s₂): the same for the nearest-centroid similarity.
+        similarity: [f32; 2],
+    },
+}
+
+impl InScopeScore {
+    /// The score of a text whose most confident expert has probability `max_p` and whose
+    /// embedding's best centroid similarity is `nearest` (None: no centroid, no blend).
+    pub fn of(&self, max_p: f32, nearest: Option<f32>) -> Option<f32> {
+        match *self {
+            InScopeScore::MaxProbability => Some(max_p),
+            InScopeScore::Blend { weight, logit: [m1, s1], similarity: [m2, s2] } => nearest
+                .map(|sim| weight * (logit(max_p) - m1) / s1.max(EPS) + (1.0 - weight) * (sim - m2) / s2.max(EPS)),
+        }
+    }
+
+    /// sigmoid(g(cut) − g(score)): 0.5 at the cut-off, towards 1 further out of scope.
+    pub fn out_of_scope(&self, score: f32, cut: f32) -> f32 {
+        match self {
+            InScopeScore::MaxProbability => sigmoid(logit(cut) - logit(score)),
+            InScopeScore::Blend { .. } => sigmoid(cut - score),
+        }
+    }
+}
+
+/// The set's rejection rule: decline a text as out of scope when its in-scope score is below
 /// `reject_below`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenWorld {
+    #[serde(default)]
+    pub score: InScopeScore,
     pub reject_below: f32,
     /// How it was chosen (the val operating point), kept for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,8 +177,8 @@ pub struct Gate {
     /// bundle versions), reported by the API.
     pub disabled: Option<String>,
     pub label: LabelRule,
-    /// The open-world cut-off on max_i p_i, when the set has one.
-    pub reject_below: Option<f32>,
+    /// The open-world score and cut-off, when the set has one in force.
+    pub open_world: Option<(InScopeScore, f32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,13 +206,13 @@ impl Gate {
             calibration: Vec::new(),
             disabled: None,
             label: LabelRule::BestPassed,
-            reject_below: None,
+            open_world: None,
         }
     }
 
-    /// This gate with a label rule and an open-world cut-off.
-    pub fn deciding(self, label: LabelRule, reject_below: Option<f32>) -> Gate {
-        Gate { label, reject_below, ..self }
+    /// This gate with a label rule and an open-world score and cut-off.
+    pub fn deciding(self, label: LabelRule, open_world: Option<(InScopeScore, f32)>) -> Gate {
+        Gate { label, open_world, ..self }
     }
 
     /// This gate with these experts' calibrations (set order).
@@ -182,8 +225,8 @@ impl Gate {
     /// (and `calibrated` mode without every expert calibrated to `probability`) and says why, never
     /// silently applied.
     pub fn resolve(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
-        let reject_below = spec.open_world.as_ref().map(|o| o.reject_below);
-        Gate::resolve_weights(spec, experts, calibrations).deciding(spec.label, reject_below)
+        let open_world = spec.open_world.as_ref().map(|o| (o.score, o.reject_below));
+        Gate::resolve_weights(spec, experts, calibrations).deciding(spec.label, open_world)
     }
 
     fn resolve_weights(spec: &GateSpec, experts: &[(String, String)], calibrations: &[Option<[f32; 2]>]) -> Gate {
@@ -263,8 +306,11 @@ pub struct Decision {
     pub scores: Vec<f32>,
     /// Why there is no label (None when there is one).
     pub reason: Option<AbstainReason>,
-    /// max_i p_i, the open-world rule's in-scope score.
-    pub in_scope: f32,
+    /// The open-world rule's in-scope score (None without a rule, or when the text has no
+    /// centroid similarity for a `blend` rule).
+    pub in_scope: Option<f32>,
+    /// sigmoid(g(cut) − g(score)) (module doc), with a rule in force.
+    pub out_of_scope: Option<f32>,
 }
 
 const EPS: f32 = 1e-6;
@@ -325,7 +371,8 @@ pub fn weights(gate: &Gate, out: &[ExpertOutput], words: usize) -> Vec<f32> {
     }
 }
 
-pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
+/// The gate's decision; `nearest` is the text's best centroid similarity (for a `blend` rule).
+pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize, nearest: Option<f32>) -> Decision {
     assert!(!out.is_empty(), "decide needs at least one expert");
     let w = weights(gate, out, words);
     let scores: Vec<f32> = out
@@ -345,8 +392,10 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
         })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
-    let in_scope = out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
-    let (label, reason) = if gate.reject_below.is_some_and(|t| in_scope < t) {
+    let max_p = out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
+    let in_scope = gate.open_world.and_then(|(score, _)| score.of(max_p, nearest));
+    let out_of_scope = gate.open_world.zip(in_scope).map(|((score, cut), s)| score.out_of_scope(s, cut));
+    let (label, reason) = if gate.open_world.zip(in_scope).is_some_and(|((_, cut), s)| s < cut) {
         (None, Some(AbstainReason::OutOfScope))
     } else {
         let label = match gate.label {
@@ -356,7 +405,7 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize) -> Decision {
         };
         (label, label.is_none().then_some(AbstainReason::NoExpertPassed))
     };
-    Decision { label, best_guess, passed, weights: w, scores, reason, in_scope }
+    Decision { label, best_guess, passed, weights: w, scores, reason, in_scope, out_of_scope }
 }
 
 #[cfg(test)]
@@ -371,7 +420,7 @@ mod tests {
     fn label_is_best_passing_expert() {
         let g = Gate::uniform(ScoreMode::Probability);
         // expert 0 has the highest probability but does not pass its strict threshold
-        let d = decide(&g, &outs(&[(0.9, 0.95), (0.6, 0.5), (0.7, 0.3)]), 3);
+        let d = decide(&g, &outs(&[(0.9, 0.95), (0.6, 0.5), (0.7, 0.3)]), 3, None);
         assert_eq!(d.passed, vec![false, true, true]);
         assert_eq!(d.label, Some(2));
         assert_eq!(d.best_guess, 0);
@@ -383,8 +432,14 @@ mod tests {
     fn label_rules_and_the_out_of_scope_cut_off_say_why() {
         // expert 0 is the best guess but misses its threshold; expert 2 passes lower down
         let o = outs(&[(0.9, 0.95), (0.6, 0.5), (0.7, 0.3)]);
-        let rule =
-            |label, reject_below| decide(&Gate::uniform(ScoreMode::Probability).deciding(label, reject_below), &o, 3);
+        let rule = |label, cut: Option<f32>| {
+            decide(
+                &Gate::uniform(ScoreMode::Probability).deciding(label, cut.map(|c| (InScopeScore::MaxProbability, c))),
+                &o,
+                3,
+                None,
+            )
+        };
         assert_eq!(
             (rule(LabelRule::BestPassed, None).label, rule(LabelRule::BestPassed, None).reason),
             (Some(2), None)
@@ -392,7 +447,9 @@ mod tests {
         let d = rule(LabelRule::BestGuessPassed, None);
         assert_eq!((d.label, d.reason, d.best_guess), (None, Some(AbstainReason::NoExpertPassed), 0));
         assert_eq!(rule(LabelRule::BestGuess, None).label, Some(0));
-        assert!((rule(LabelRule::BestGuess, None).in_scope - 0.9).abs() < 1e-6, "max probability");
+        assert_eq!(rule(LabelRule::BestGuess, None).in_scope, None, "no rule, no score");
+        assert!((rule(LabelRule::BestGuess, Some(0.5)).in_scope.unwrap() - 0.9).abs() < 1e-6, "max probability");
+        assert!((rule(LabelRule::BestGuess, Some(0.9)).out_of_scope.unwrap() - 0.5).abs() < 1e-6, "0.5 at the cut");
         // below the cut-off every rule declines it as out of scope; at it, none does
         for label in [LabelRule::BestPassed, LabelRule::BestGuessPassed, LabelRule::BestGuess] {
             let d = rule(label, Some(0.95));
@@ -403,16 +460,35 @@ mod tests {
         let spec: GateSpec =
             serde_json::from_str(r#"{"label": "best_guess", "open_world": {"reject_below": 0.2}}"#).unwrap();
         let g = Gate::resolve(&spec, &[("a".into(), "1".into())], &[None]);
-        assert_eq!((g.label, g.reject_below), (LabelRule::BestGuess, Some(0.2)));
+        assert_eq!((g.label, g.open_world), (LabelRule::BestGuess, Some((InScopeScore::MaxProbability, 0.2))));
         let old: GateSpec = serde_json::from_str("{}").unwrap();
         assert_eq!((old.label, old.open_world.clone()), (LabelRule::BestPassed, None));
         assert!(!serde_json::to_string(&old).unwrap().contains("label"), "defaults are not written");
     }
 
     #[test]
+    fn a_blend_rule_reads_the_centroid_similarity() {
+        let blend = InScopeScore::Blend { weight: 0.5, logit: [0.0, 1.0], similarity: [0.5, 0.1] };
+        let g = Gate::uniform(ScoreMode::Probability).deciding(LabelRule::BestGuess, Some((blend, 0.0)));
+        let o = outs(&[(0.5, 0.3), (0.2, 0.3)]); // logit(max p) = 0: the probability part is 0
+        let near = decide(&g, &o, 1, Some(0.6)); // (0.6 - 0.5) / 0.1 = 1 → 0.5
+        assert!((near.in_scope.unwrap() - 0.5).abs() < 1e-4 && near.label == Some(0), "{near:?}");
+        let far = decide(&g, &o, 1, Some(0.3)); // (0.3 - 0.5) / 0.1 = -2 → -1: declined
+        assert_eq!((far.label, far.reason), (None, Some(AbstainReason::OutOfScope)));
+        assert!(far.out_of_scope.unwrap() > 0.5 && near.out_of_scope.unwrap() < 0.5);
+        // no similarity (an expert without a centroid): the rule cannot score the text
+        assert_eq!(decide(&g, &o, 1, None).reason, None);
+        let spec: GateSpec = serde_json::from_str(
+            r#"{"open_world": {"score": {"kind": "blend", "weight": 0.5, "logit": [0, 1], "similarity": [0.5, 0.1]}, "reject_below": 0}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.open_world.unwrap().score, blend);
+    }
+
+    #[test]
     fn abstains_when_nobody_passes() {
         let g = Gate::uniform(ScoreMode::Probability);
-        let d = decide(&g, &outs(&[(0.2, 0.5), (0.4, 0.5)]), 1);
+        let d = decide(&g, &outs(&[(0.2, 0.5), (0.4, 0.5)]), 1, None);
         assert_eq!(d.label, None);
         assert_eq!(d.best_guess, 1);
     }
@@ -421,11 +497,11 @@ mod tests {
     fn margin_mode_normalises_by_threshold() {
         let g = Gate::uniform(ScoreMode::Margin);
         // 0.6 over a 0.5 threshold beats 0.7 over a 0.69 threshold in margin mode
-        let d = decide(&g, &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1);
+        let d = decide(&g, &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1, None);
         assert_eq!(d.label, Some(1));
-        let at = decide(&g, &outs(&[(0.3, 0.3)]), 1);
+        let at = decide(&g, &outs(&[(0.3, 0.3)]), 1, None);
         assert!((at.scores[0] - 0.5).abs() < 1e-5, "score is 0.5 at the threshold");
-        let p = decide(&Gate::uniform(ScoreMode::Probability), &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1);
+        let p = decide(&Gate::uniform(ScoreMode::Probability), &outs(&[(0.7, 0.69), (0.6, 0.5)]), 1, None);
         assert_eq!(p.label, Some(0));
     }
 
@@ -442,8 +518,8 @@ mod tests {
         let g = Gate::resolve(&spec, &experts, &[]);
         assert_eq!(g.disabled, None);
         let o = outs(&[(0.8, 0.5), (0.8, 0.5)]);
-        assert_eq!(decide(&g, &o, 0).label, Some(0));
-        assert_eq!(decide(&g, &o, 50).label, Some(1));
+        assert_eq!(decide(&g, &o, 0, None).label, Some(0));
+        assert_eq!(decide(&g, &o, 50, None).label, Some(1));
         // hand-computed: words=0 -> logits (1, -1) -> w0 = e / (e + 1/e)
         let w = weights(&g, &o, 0);
         let e = std::f32::consts::E;
@@ -470,7 +546,7 @@ mod tests {
         let grown = Gate::resolve(&spec, &[("a".into(), "1".into())], &[]);
         assert!(grown.disabled.is_some());
         // identity stacking: weights follow the experts' own logits
-        let d = decide(&ok, &outs(&[(0.9, 0.5), (0.6, 0.5)]), 1);
+        let d = decide(&ok, &outs(&[(0.9, 0.5), (0.6, 0.5)]), 1, None);
         assert!(d.weights[0] > d.weights[1]);
         assert_eq!(d.label, Some(0));
     }
@@ -483,8 +559,8 @@ mod tests {
         let g = Gate::resolve(&spec, &experts, &[Some([1.0, -logit(0.9)]), Some(IDENTITY)]);
         assert_eq!((g.score, g.disabled.clone()), (ScoreMode::Calibrated, None));
         let o = outs(&[(0.9, 0.5), (0.7, 0.5)]);
-        assert_eq!(decide(&Gate::uniform(ScoreMode::Probability), &o, 1).label, Some(0));
-        let d = decide(&g, &o, 1);
+        assert_eq!(decide(&Gate::uniform(ScoreMode::Probability), &o, 1, None).label, Some(0));
+        let d = decide(&g, &o, 1, None);
         assert_eq!(d.label, Some(1), "calibrated: 0.5 for a against 0.7 for b");
         assert!((d.scores[0] - 0.25).abs() < 1e-5, "uniform weight 1/2 x calibrated 0.5");
         assert_eq!(d.passed, vec![true, true], "pass / fail stays the raw probability against the threshold");

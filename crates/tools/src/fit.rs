@@ -201,7 +201,10 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     };
     let truth_oos: Vec<usize> =
         train_truth.iter().copied().chain(std::iter::repeat_n(classes.len(), oos_train.rows)).collect();
-    let Heads { heads: fitted, c, grid } = fit_heads(classes.len(), &with_oos, &truth_oos, &val, &val_truth);
+    let Heads { heads: mut fitted, c, grid } = fit_heads(classes.len(), &with_oos, &truth_oos, &val, &val_truth);
+    for (k, h) in fitted.iter_mut().enumerate() {
+        h.head.centroid = Some(centroid(&train, &train_truth, k));
+    }
     stage("fit", t);
 
     let t = Instant::now();
@@ -638,6 +641,18 @@ fn fit_heads(classes: usize, train: &Matrix, truth: &[usize], val: &Matrix, val_
     Heads { heads, c, grid }
 }
 
+/// Class `k`'s mean train embedding at unit length (the open-world rule's centroid).
+fn centroid(train: &Matrix, truth: &[usize], k: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; train.cols];
+    for i in (0..train.rows).filter(|&i| truth[i] == k) {
+        for (s, v) in sum.iter_mut().zip(train.row(i)) {
+            *s += f64::from(*v);
+        }
+    }
+    let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+    sum.iter().map(|v| (v / norm) as f32).collect()
+}
+
 /// Positive-class probabilities of a linear head, computed as the service computes them.
 fn head_probabilities(f: &Head, x: &Matrix) -> Result<Vec<f32>> {
     Ok(positive_probabilities(&f.head.logits(x)?))
@@ -773,12 +788,14 @@ fn choose_gate_and_report(
         "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
     let oos_val = &seen.oos_val;
     let oos_probs = score_seeded(&set, &oos_val.1, &oos_val.0)?;
+    let (near, oos_near) =
+        (set.nearest_on(std::slice::from_ref(&seen.val)), set.nearest_on(std::slice::from_ref(&oos_val.0)));
     let experts = set.experts.clone();
     let (label, open_world, chosen_by) = open_world::choose(
         &|spec: &GateSpec| ExpertSet::new(experts.clone(), spec.clone(), (0, None), Vec::new()),
         &spec,
-        (&texts, &truth, &probs),
-        (&oos_val.1, &oos_probs),
+        (&texts, &truth, &probs, &near),
+        (&oos_val.1, &oos_probs, &oos_near),
         o.max_in_scope_abstain,
     )?;
     spec.label = label;
@@ -797,18 +814,25 @@ fn choose_gate_and_report(
         "gate": {"kind": format!("{:?}", reg.gate.kind).to_lowercase(), "score": format!("{:?}", reg.gate.score).to_lowercase(),
                  "val_accuracy": acc, "label_rule": reg.gate.label, "open_world": reg.gate.open_world},
     });
-    report["val"] = split_report(&set, classes, &texts, &truth, &probs)?;
+    report["val"] = split_report(&set, classes, &texts, &truth, &probs, &near)?;
     report["val"]["open_world"] =
-        open_world::measure(&set, classes, (&texts, &truth, &probs), (&oos_val.1, &oos_probs));
+        open_world::measure(&set, classes, (&texts, &truth, &probs, &near), (&oos_val.1, &oos_probs, &oos_near));
     let (test, test_truth) = split("test");
     report["test"] = if test.is_empty() {
         Value::Null
     } else {
         let probs = score_seeded(&set, &test, &seen.test)?;
-        let mut r = split_report(&set, classes, &test, &test_truth, &probs)?;
+        let near = set.nearest_on(std::slice::from_ref(&seen.test));
+        let mut r = split_report(&set, classes, &test, &test_truth, &probs, &near)?;
         let oos_test = &seen.oos_test;
         let oos_probs = score_seeded(&set, &oos_test.1, &oos_test.0)?;
-        r["open_world"] = open_world::measure(&set, classes, (&test, &test_truth, &probs), (&oos_test.1, &oos_probs));
+        let oos_near = set.nearest_on(std::slice::from_ref(&oos_test.0));
+        r["open_world"] = open_world::measure(
+            &set,
+            classes,
+            (&test, &test_truth, &probs, &near),
+            (&oos_test.1, &oos_probs, &oos_near),
+        );
         r
     };
     Ok(report)
@@ -823,8 +847,9 @@ fn split_report(
     texts: &[String],
     truth: &[usize],
     probs: &[Vec<f32>],
+    nearest: &[Option<f32>],
 ) -> Result<Value> {
-    let results = set.decide_all(texts, probs, &vec![false; texts.len()]);
+    let results = set.decide_all(texts, probs, &vec![false; texts.len()], nearest);
     let index = |c: &str| classes.binary_search(&c.to_string()).expect("a class of the set");
     let guess: Vec<usize> = results.iter().map(|r| index(&r.best_guess)).collect();
     let answered = results.iter().zip(truth).filter(|(r, t)| r.label.as_deref() == Some(classes[**t].as_str())).count();

@@ -1,31 +1,104 @@
 //! The open-world choices `moe fit` makes on val: the label rule (`gate::LabelRule`: must a
-//! right best guess give way to a lower-ranked expert that passed its lenient threshold?) and
-//! the cut-off on the most confident expert's probability below which a text is declined as out
+//! right best guess give way to a lower-ranked expert that passed its lenient threshold?), the
+//! in-scope score (the top probability, or a blend with the embedding's similarity to the nearest
+//! class centroid, a distance-based score) and the cut-off below which a text is declined as out
 //! of scope. The operator states one trade-off, the share of in-scope val texts the set may
-//! decline (`--max-in-scope-abstain`); within it, the rule and cut-off with the best val accuracy
-//! win, counting a declined out-of-scope val text (`--oos-label` rows) as right.
-//! Every decision goes through `ExpertSet::decide_all`, the service's own code. Never test.
+//! decline (`--max-in-scope-abstain`); within it, the combination with the best val accuracy
+//! wins, counting a declined out-of-scope val text (`--oos-label` rows) as right. Label rules
+//! are judged with cross-fitted thresholds (`cross_fitted`), since the served ones are fitted on
+//! val. Every decision goes through the service's own `ExpertSet::decide`. Never test.
 
 use moe_core::Result;
-use moe_core::gate::{GateSpec, LabelRule, OpenWorld};
-use moe_core::service::ExpertSet;
+use moe_core::gate::{GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
+use moe_core::service::{ExpertSet, TextResult};
 use moe_core::stats::roc::binary_report;
 use serde_json::{Value, json};
 
 const RULES: [LabelRule; 3] = [LabelRule::BestPassed, LabelRule::BestGuessPassed, LabelRule::BestGuess];
+/// Weights of the probability part a `blend` score is tried with.
+const BLEND_WEIGHTS: [f32; 3] = [0.3, 0.5, 0.7];
 
-/// Texts, each one's class index, and every expert's probabilities (expert-major).
-pub type InScope<'a> = (&'a [String], &'a [usize], &'a [Vec<f32>]);
-/// Out-of-scope texts and every expert's probabilities on them (expert-major).
-pub type OutOfScope<'a> = (&'a [String], &'a [Vec<f32>]);
+/// Texts, each one's class index, every expert's probabilities (expert-major) and each text's
+/// best centroid similarity (`ExpertSet::nearest_on`).
+pub type InScope<'a> = (&'a [String], &'a [usize], &'a [Vec<f32>], &'a [Option<f32>]);
+/// Out-of-scope texts, every expert's probabilities on them and their centroid similarities.
+pub type OutOfScope<'a> = (&'a [String], &'a [Vec<f32>], &'a [Option<f32>]);
 
-/// max_k p_k per text: the in-scope score the cut-off reads.
-fn in_scope_scores(probs: &[Vec<f32>], rows: usize) -> Vec<f32> {
+/// max_k p_k per text.
+fn max_probabilities(probs: &[Vec<f32>], rows: usize) -> Vec<f32> {
     (0..rows).map(|i| probs.iter().map(|p| p[i]).fold(f32::NEG_INFINITY, f32::max)).collect()
+}
+
+/// Mean and standard deviation.
+fn spread(v: &[f32]) -> [f32; 2] {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / n;
+    [m as f32, var.sqrt().max(1e-6) as f32]
+}
+
+/// The in-scope scores to try: the top probability, and blends with the centroid similarity
+/// (standardised on the in-scope val texts) when every text has one.
+fn scores_to_try(max_p: &[f32], nearest: &[Option<f32>]) -> Vec<InScopeScore> {
+    let mut out = vec![InScopeScore::MaxProbability];
+    if let Some(sims) = nearest.iter().copied().collect::<Option<Vec<f32>>>().filter(|s| !s.is_empty()) {
+        let logits: Vec<f32> = max_p.iter().map(|&p| logit(p)).collect();
+        let (l, s) = (spread(&logits), spread(&sims));
+        out.extend(BLEND_WEIGHTS.iter().map(|&weight| InScopeScore::Blend { weight, logit: l, similarity: s }));
+    }
+    out
+}
+
+/// The set's answers on the val texts and the out-of-scope val texts with each expert's EER
+/// threshold read off the other half of val (two folds, alternate rows of each class; the
+/// out-of-scope rows alternate too). The served thresholds are fitted on all of val, so val
+/// cannot judge them in sample: a rule that leans on 150 thresholds looked better on val than
+/// on test (docs/TRAINING.md); cross-fitting measures it out of sample.
+fn cross_fitted(
+    set: &mut ExpertSet,
+    (texts, truth, probs): (&[String], &[usize], &[Vec<f32>]),
+    (oos_texts, oos_probs): (&[String], &[Vec<f32>]),
+) -> (Vec<TextResult>, Vec<TextResult>) {
+    let mut seen = vec![0usize; set.experts.len()];
+    let fold: Vec<usize> = truth
+        .iter()
+        .map(|&t| {
+            seen[t] += 1;
+            seen[t] % 2
+        })
+        .collect();
+    let served = set.thresholds.clone();
+    let (mut answers, mut oos) = (vec![None; texts.len()], vec![None; oos_texts.len()]);
+    for f in 0..2 {
+        let other: Vec<usize> = (0..texts.len()).filter(|&i| fold[i] != f).collect();
+        set.thresholds = probs
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let scores: Vec<f32> = other.iter().map(|&i| p[i]).collect();
+                let labels: Vec<bool> = other.iter().map(|&i| truth[i] == k).collect();
+                if labels.iter().any(|&y| y) && labels.iter().any(|&y| !y) {
+                    (binary_report(&scores, &labels).eer_threshold as f32).clamp(1e-6, 1.0 - 1e-6)
+                } else {
+                    served[k]
+                }
+            })
+            .collect();
+        let column = |p: &[Vec<f32>], i: usize| p.iter().map(|v| v[i]).collect::<Vec<f32>>();
+        for i in (0..texts.len()).filter(|&i| fold[i] == f) {
+            answers[i] = Some(set.decide(&texts[i], &column(probs, i), false, None));
+        }
+        for (i, slot) in oos.iter_mut().enumerate().filter(|(i, _)| i % 2 == f) {
+            *slot = Some(set.decide(&oos_texts[i], &column(oos_probs, i), false, None));
+        }
+    }
+    set.thresholds = served;
+    (answers.into_iter().flatten().collect(), oos.into_iter().flatten().collect())
 }
 
 /// One candidate's val figures.
 struct Candidate {
+    score: InScopeScore,
     rule: LabelRule,
     reject_below: Option<f32>,
     accuracy: f64,
@@ -39,51 +112,62 @@ struct Candidate {
 pub fn choose(
     make: &dyn Fn(&GateSpec) -> Result<ExpertSet>,
     base: &GateSpec,
-    (texts, truth, probs): InScope,
-    (oos_texts, oos_probs): OutOfScope,
+    (texts, truth, probs, nearest): InScope,
+    (oos_texts, oos_probs, oos_nearest): OutOfScope,
     budget: f64,
 ) -> Result<(LabelRule, Option<OpenWorld>, Value)> {
     let n = texts.len();
     let allowed = (budget * n as f64).floor() as usize;
-    let scores = in_scope_scores(probs, n);
-    let oos_scores = in_scope_scores(oos_probs, oos_texts.len());
+    let max_p = max_probabilities(probs, n);
+    let oos_max_p = max_probabilities(oos_probs, oos_texts.len());
+    let of = |score: &InScopeScore, p: &[f32], near: &[Option<f32>]| -> Vec<f32> {
+        p.iter()
+            .enumerate()
+            .map(|(i, &p)| score.of(p, near.get(i).copied().flatten()).unwrap_or(f32::INFINITY))
+            .collect()
+    };
     let mut candidates = Vec::new();
     for rule in RULES {
-        let set = make(&GateSpec { label: rule, open_world: None, ..base.clone() })?;
-        let answers = set.decide_all(texts, probs, &vec![false; n]);
+        let mut set = make(&GateSpec { label: rule, open_world: None, ..base.clone() })?;
+        let (answers, oos) = cross_fitted(&mut set, (texts, truth, probs), (oos_texts, oos_probs));
         let own = answers.iter().filter(|r| r.abstained).count();
-        // The cut-off spends what the label rule left of the budget on the least confident texts.
-        let mut kept: Vec<f32> = answers.iter().zip(&scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
-        kept.sort_by(f32::total_cmp);
-        let extra = allowed.saturating_sub(own);
-        let reject_below =
-            (budget > 0.0 && extra > 0).then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied()).flatten();
-        let declined = |s: f32| reject_below.is_some_and(|t| s < t);
-        let right = answers
-            .iter()
-            .zip(truth)
-            .zip(&scores)
-            .filter(|((r, t), s)| !declined(**s) && r.label.as_deref() == Some(set.experts[**t].class.as_str()))
-            .count();
-        let abstained = answers.iter().zip(&scores).filter(|(r, s)| r.abstained || declined(**s)).count();
-        let recall = (!oos_texts.is_empty()).then(|| {
-            let oos = set.decide_all(oos_texts, oos_probs, &vec![false; oos_texts.len()]);
-            oos.iter().zip(&oos_scores).filter(|(r, s)| r.abstained || declined(**s)).count() as f64
-                / oos_texts.len() as f64
-        });
-        candidates.push(Candidate {
-            rule,
-            reject_below,
-            accuracy: right as f64 / n.max(1) as f64,
-            abstained: abstained as f64 / n.max(1) as f64,
-            recall,
-            fits_budget: own <= allowed,
-        });
+        for score in scores_to_try(&max_p, nearest) {
+            let scores = of(&score, &max_p, nearest);
+            // The cut-off spends what the label rule left of the budget on the lowest scores.
+            let mut kept: Vec<f32> =
+                answers.iter().zip(&scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
+            kept.sort_by(f32::total_cmp);
+            let extra = allowed.saturating_sub(own);
+            let reject_below = (budget > 0.0 && extra > 0)
+                .then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied())
+                .flatten();
+            let declined = |s: f32| reject_below.is_some_and(|t| s < t);
+            let right = answers
+                .iter()
+                .zip(truth)
+                .zip(&scores)
+                .filter(|((r, t), s)| !declined(**s) && r.label.as_deref() == Some(set.experts[**t].class.as_str()))
+                .count();
+            let abstained = answers.iter().zip(&scores).filter(|(r, s)| r.abstained || declined(**s)).count();
+            let recall = (!oos_texts.is_empty()).then(|| {
+                let s = of(&score, &oos_max_p, oos_nearest);
+                oos.iter().zip(&s).filter(|(r, s)| r.abstained || declined(**s)).count() as f64 / oos_texts.len() as f64
+            });
+            candidates.push(Candidate {
+                score,
+                rule,
+                reject_below,
+                accuracy: right as f64 / n.max(1) as f64,
+                abstained: abstained as f64 / n.max(1) as f64,
+                recall,
+                fits_budget: own <= allowed,
+            });
+        }
     }
     // Within the budget: the best val accuracy over every val text, an out-of-scope text counted
     // right when declined (CLINC150's accuracy with out-of-scope as one more class; in-scope
     // accuracy alone without such rows); else the fewest in-scope declines. Ties keep the earlier
-    // rule (the default first).
+    // candidate (the default rule and the top probability first).
     let m = oos_texts.len() as f64;
     let overall = |c: &Candidate| (c.accuracy * n as f64 + c.recall.unwrap_or(0.0) * m) / (n as f64 + m);
     let key = |c: &Candidate| (c.fits_budget, if c.fits_budget { overall(c) } else { -c.abstained }, c.accuracy);
@@ -93,13 +177,13 @@ pub fn choose(
             Some(b) if key(b).partial_cmp(&key(c)) != Some(std::cmp::Ordering::Less) => Some(b),
             _ => Some(c),
         })
-        .expect("three rules");
+        .expect("at least three candidates");
     let table: Vec<Value> = candidates
         .iter()
         .map(|c| {
-            json!({"label_rule": c.rule, "reject_below": c.reject_below, "val_in_scope_accuracy": c.accuracy,
-                   "val_in_scope_declined": c.abstained, "val_out_of_scope_recall": c.recall,
-                   "within_budget": c.fits_budget})
+            json!({"score": c.score, "label_rule": c.rule, "reject_below": c.reject_below,
+                   "val_in_scope_accuracy": c.accuracy, "val_in_scope_declined": c.abstained,
+                   "val_out_of_scope_recall": c.recall, "within_budget": c.fits_budget})
         })
         .collect();
     let chosen_by = json!({
@@ -110,28 +194,32 @@ pub fn choose(
         "val_out_of_scope_recall": best.recall, "table": table,
     });
     eprintln!(
-        "moe fit: label rule {:?}, out-of-scope cut-off {:?}: val in-scope accuracy {:.2} %, declined {:.2} %{}",
+        "moe fit: label rule {:?}, out-of-scope score {:?} cut at {:?}: val in-scope accuracy {:.2} %, declined {:.2} %{}",
         best.rule,
+        best.score,
         best.reject_below,
         best.accuracy * 100.0,
         best.abstained * 100.0,
         best.recall.map_or(String::new(), |r| format!(", out-of-scope recall {:.1} %", r * 100.0))
     );
-    let open_world =
-        best.reject_below.map(|reject_below| OpenWorld { reject_below, chosen_by: Some(chosen_by.clone()) });
+    let open_world = best.reject_below.map(|reject_below| OpenWorld {
+        score: best.score,
+        reject_below,
+        chosen_by: Some(chosen_by.clone()),
+    });
     Ok((best.rule, open_world, chosen_by))
 }
 
 /// A split's open-world figures under the set's rules: in-scope accuracy with declines counted
 /// wrong, declines by reason, and with out-of-scope rows their recall, precision, F1 and the
-/// AUROC of the in-scope score.
+/// AUROC of the top probability and of the rule's own score.
 pub fn measure(
     set: &ExpertSet,
     classes: &[String],
-    (texts, truth, probs): InScope,
-    (oos_texts, oos_probs): OutOfScope,
+    (texts, truth, probs, nearest): InScope,
+    (oos_texts, oos_probs, oos_nearest): OutOfScope,
 ) -> Value {
-    let answers = set.decide_all(texts, probs, &vec![false; texts.len()]);
+    let answers = set.decide_all(texts, probs, &vec![false; texts.len()], nearest);
     let n = texts.len().max(1) as f64;
     let right = answers.iter().zip(truth).filter(|(r, t)| r.label.as_deref() == Some(classes[**t].as_str())).count();
     let reason = |rs: &[moe_core::service::TextResult], why: &str| {
@@ -146,13 +234,18 @@ pub fn measure(
         "out_of_scope_rows": oos_texts.len(),
     });
     if !oos_texts.is_empty() {
-        let oos = set.decide_all(oos_texts, oos_probs, &vec![false; oos_texts.len()]);
+        let oos = set.decide_all(oos_texts, oos_probs, &vec![false; oos_texts.len()], oos_nearest);
         let caught = oos.iter().filter(|r| r.abstained).count() as f64;
         let recall = caught / oos_texts.len() as f64;
         let precision = if caught + declined_in as f64 > 0.0 { caught / (caught + declined_in as f64) } else { 0.0 };
-        let mut scores: Vec<f32> = in_scope_scores(probs, texts.len()).iter().map(|s| 1.0 - s).collect();
-        scores.extend(in_scope_scores(oos_probs, oos_texts.len()).iter().map(|s| 1.0 - s));
+        let mut scores: Vec<f32> = max_probabilities(probs, texts.len()).iter().map(|s| 1.0 - s).collect();
+        scores.extend(max_probabilities(oos_probs, oos_texts.len()).iter().map(|s| 1.0 - s));
         let labels: Vec<bool> = (0..scores.len()).map(|i| i >= texts.len()).collect();
+        // The rule's own score, when it is not the top probability.
+        let rule: Vec<f32> = answers.iter().chain(&oos).filter_map(|r| r.out_of_scope_score).collect();
+        if rule.len() == labels.len() {
+            out["auroc_rule_score"] = json!(binary_report(&rule, &labels).auc);
+        }
         out["out_of_scope_recall"] = json!(recall);
         out["out_of_scope_precision"] = json!(precision);
         out["out_of_scope_f1"] =

@@ -14,6 +14,10 @@ use crate::{Error, Result};
 pub struct LinearHead {
     pub weights: Vec<f32>,
     pub bias: f32,
+    /// The class's mean train embedding at unit length (written by `moe fit`): the open-world
+    /// rule's nearest-class similarity is its dot product with a (unit-length) embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centroid: Option<Vec<f32>>,
 }
 
 impl LinearHead {
@@ -31,7 +35,22 @@ impl LinearHead {
         if !head.bias.is_finite() || head.weights.iter().any(|w| !w.is_finite()) {
             return Err(Error::bundle(path, "has a weight or bias that is not a finite number"));
         }
+        if let Some(c) = &head.centroid
+            && (c.len() != dim || c.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::bundle(path, format!("centroid must be {dim} finite numbers, has {}", c.len())));
+        }
         Ok(head)
+    }
+
+    /// The head with no centroid.
+    pub fn new(weights: Vec<f32>, bias: f32) -> LinearHead {
+        LinearHead { weights, bias, centroid: None }
+    }
+
+    /// The embedding's similarity to the class centroid, when the head has one.
+    pub fn similarity(&self, x: &[f32]) -> Option<f32> {
+        self.centroid.as_ref().map(|c| c.iter().zip(x).map(|(a, b)| a * b).sum())
     }
 
     /// The positive-class logit of one embedding.
@@ -59,7 +78,7 @@ mod tests {
 
     #[test]
     fn logits_are_zero_and_the_affine_score() {
-        let h = LinearHead { weights: vec![1.0, -2.0], bias: 0.5 };
+        let h = LinearHead::new(vec![1.0, -2.0], 0.5);
         let m = Matrix { rows: 2, cols: 2, data: vec![1.0, 1.0, 0.0, -1.0] };
         assert_eq!(h.logits(&m).unwrap().data, vec![0.0, -0.5, 0.0, 2.5]);
         assert!(h.logits(&Matrix { rows: 1, cols: 3, data: vec![0.0; 3] }).is_err());

@@ -435,10 +435,11 @@ impl Core {
                 Error::Overloaded(format!("more than {} texts in flight", self.limits.max_in_flight_texts))
             })?;
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
-        let (probs, truncated) = tokio::time::timeout(timeout, set.probabilities(&texts))
+        let scored = tokio::time::timeout(timeout, set.probabilities(&texts))
             .await
             .map_err(|_| Error::Timeout(self.limits.request_timeout_ms))??;
-        let results = set.decide_all(&texts, &probs, &truncated);
+        let results = set.decide_all(&texts, &scored.probs, &scored.truncated, &scored.nearest);
+        let probs = scored.probs;
         record_decisions(&results);
         if !set.shadows.is_empty() {
             self.queue_shadows(set.clone(), texts, probs);

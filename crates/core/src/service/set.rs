@@ -15,7 +15,7 @@ use crate::error::lock;
 use crate::expert::{Expert, Head, positive_probabilities};
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
-use crate::inference::{Encoded, Executor, ExecutorPool, TokenizerHandle};
+use crate::inference::{Encoded, Executor, ExecutorPool, Matrix, TokenizerHandle};
 use crate::{Error, Result};
 
 /// Requests up to this many bytes of text are tokenized on the calling async worker, larger ones on
@@ -123,7 +123,18 @@ impl ExpertSet {
         let thresholds = experts.iter().map(|e| e.served_threshold()).collect::<Result<Vec<f32>>>()?;
         let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
         let calibrations: Vec<Option<[f32; 2]>> = experts.iter().map(|e| e.calibration()).collect();
-        let gate = Gate::resolve(&gate_spec, &ids, &calibrations);
+        let mut gate = Gate::resolve(&gate_spec, &ids, &calibrations);
+        let blend = matches!(gate.open_world, Some((gate::InScopeScore::Blend { .. }, _)));
+        if let Some(e) =
+            experts.iter().find(|e| blend && !matches!(&e.head, Some(Head::Linear(l)) if l.centroid.is_some()))
+        {
+            gate.open_world = None;
+            gate.disabled = Some(format!(
+                "the open-world rule blends in each class's centroid similarity; {} has no centroid (a head \
+                 fitted by `moe fit` has one), so nothing is declined as out of scope",
+                e.class
+            ));
+        }
         if let Some(why) = &gate.disabled {
             tracing::warn!(reason = %why, "configured gate disabled, using uniform");
         }
@@ -199,7 +210,7 @@ impl ExpertSet {
     /// tokenizer), every distinct trunk / full graph queued at once, then the heads on their
     /// trunk's embedding. Returns per expert the positive probabilities, and per text whether it
     /// was truncated.
-    pub async fn probabilities(self: &Arc<Self>, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<bool>)> {
+    pub async fn probabilities(self: &Arc<Self>, texts: &[String]) -> Result<Scored> {
         let started = std::time::Instant::now();
         let chars: usize = texts.iter().map(String::len).sum();
         let inline = if self.plan.spells() { INLINE_SPELLING_BYTES } else { INLINE_TOKENIZE_BYTES };
@@ -242,7 +253,27 @@ impl ExpertSet {
             timer.record(started.elapsed().as_secs_f64());
             probs.push(positive_probabilities(&logits));
         }
-        Ok((probs, truncated))
+        let blend = matches!(self.gate.open_world, Some((gate::InScopeScore::Blend { .. }, _)));
+        let nearest = if blend { self.nearest_on(&first) } else { vec![None; texts.len()] };
+        Ok(Scored { probs, truncated, nearest })
+    }
+
+    /// Each text's best similarity to a class centroid, over the experts whose linear head has
+    /// one, on their stage's embedding (`stages` in plan order; one stage for a fitted set); None
+    /// for every text when no expert has a centroid. The service computes it only when the
+    /// open-world rule blends it in.
+    pub fn nearest_on(&self, stages: &[Arc<Matrix>]) -> Vec<Option<f32>> {
+        let rows = stages.first().map_or(0, |m| m.rows);
+        let mut best = vec![None; rows];
+        for (e, &s) in self.experts.iter().zip(&self.plan.stage_of) {
+            let (Some(Head::Linear(l)), Some(m)) = (&e.head, stages.get(s)) else { continue };
+            for (i, b) in best.iter_mut().enumerate() {
+                if let Some(sim) = l.similarity(m.row(i)) {
+                    *b = Some(b.map_or(sim, |v: f32| v.max(sim)));
+                }
+            }
+        }
+        best
     }
 
     /// Probabilities outside the async runtime (evaluation tools): same plan, blocking waits.
@@ -268,27 +299,37 @@ impl ExpertSet {
     }
 
     /// The gate's decision for each text given each expert's probabilities (expert-major).
-    pub fn decide_all(&self, texts: &[String], probs: &[Vec<f32>], truncated: &[bool]) -> Vec<TextResult> {
+    /// `nearest` may be empty (no centroid similarities: a `blend` rule then declines nothing).
+    pub fn decide_all(
+        &self,
+        texts: &[String],
+        probs: &[Vec<f32>],
+        truncated: &[bool],
+        nearest: &[Option<f32>],
+    ) -> Vec<TextResult> {
         texts
             .iter()
             .enumerate()
-            .map(|(i, text)| self.decide(text, &probs.iter().map(|p| p[i]).collect::<Vec<_>>(), truncated[i]))
+            .map(|(i, text)| {
+                let p: Vec<f32> = probs.iter().map(|p| p[i]).collect();
+                self.decide(text, &p, truncated[i], nearest.get(i).copied().flatten())
+            })
             .collect()
     }
 
     /// The gate's decision for one text given each expert's probability (same order as `experts`).
-    pub fn decide(&self, text: &str, probs: &[f32], truncated: bool) -> TextResult {
+    pub fn decide(&self, text: &str, probs: &[f32], truncated: bool, nearest: Option<f32>) -> TextResult {
         let outs: Vec<ExpertOutput> = probs
             .iter()
             .zip(&self.thresholds)
             .map(|(&probability, &threshold)| ExpertOutput { probability, threshold })
             .collect();
-        let d = gate::decide(&self.gate, &outs, gate::words(text));
+        let d = gate::decide(&self.gate, &outs, gate::words(text), nearest);
         TextResult {
             label: d.label.map(|i| self.experts[i].class.clone()),
             abstained: d.label.is_none(),
             reason: d.reason,
-            out_of_scope_score: self.gate.reject_below.map(|_| 1.0 - d.in_scope),
+            out_of_scope_score: d.out_of_scope,
             best_guess: self.experts[d.best_guess].class.clone(),
             truncated,
             experts: self
@@ -323,6 +364,14 @@ impl ExpertSet {
     }
 }
 
+/// Every expert's probabilities for a batch (expert-major), whether each text was truncated, and
+/// each text's best centroid similarity (for a `blend` open-world rule).
+pub struct Scored {
+    pub probs: Vec<Vec<f32>>,
+    pub truncated: Vec<bool>,
+    pub nearest: Vec<Option<f32>>,
+}
+
 /// One expert's part in one text's decision.
 #[derive(Debug, Clone)]
 pub struct ExpertResult {
@@ -344,7 +393,7 @@ pub struct TextResult {
     pub abstained: bool,
     /// Why it abstained (None with a label).
     pub reason: Option<gate::AbstainReason>,
-    /// 1 − the most confident expert's probability, when the set has an open-world rule.
+    /// How far out of scope (0.5 at the cut-off, above it declined), with a rule in force.
     pub out_of_scope_score: Option<f32>,
     pub best_guess: String,
     pub truncated: bool,

@@ -26,7 +26,7 @@ pub fn decisions(gate: &Gate, probs: &[Vec<f32>], thresholds: &[f32], texts: &[S
                 .zip(thresholds)
                 .map(|(p, &threshold)| ExpertOutput { probability: p[i], threshold })
                 .collect();
-            gate::decide(gate, &outs, gate::words(t))
+            gate::decide(gate, &outs, gate::words(t), None)
         })
         .collect()
 }

@@ -170,7 +170,7 @@ pub fn fit(x: &[&[f32]], y: &[bool], s: &[f64], c: f64) -> Logistic {
             break;
         }
     }
-    let head = LinearHead { weights: beta[..d].iter().map(|&v| v as f32).collect(), bias: beta[d] as f32 };
+    let head = LinearHead::new(beta[..d].iter().map(|&v| v as f32).collect(), beta[d] as f32);
     Logistic { head, iterations }
 }
 

@@ -108,7 +108,7 @@ pub fn fit_one_vs_rest(
     states
         .into_iter()
         .map(|s| Fitted {
-            head: LinearHead { weights: s.beta[..d].iter().map(|&v| v as f32).collect(), bias: s.beta[d] as f32 },
+            head: LinearHead::new(s.beta[..d].iter().map(|&v| v as f32).collect(), s.beta[d] as f32),
             iterations: s.iterations,
         })
         .collect()
@@ -410,7 +410,7 @@ impl Standardizer {
     pub fn fold(&self, head: &LinearHead) -> LinearHead {
         let weights: Vec<f32> = head.weights.iter().zip(&self.scale).map(|(w, s)| w / s).collect();
         let shift: f64 = weights.iter().zip(&self.mean).map(|(w, m)| f64::from(*w) * f64::from(*m)).sum();
-        LinearHead { weights, bias: (f64::from(head.bias) - shift) as f32 }
+        LinearHead { weights, bias: (f64::from(head.bias) - shift) as f32, centroid: head.centroid.clone() }
     }
 }
 
@@ -476,7 +476,7 @@ mod tests {
     fn standardizing_folds_back_into_the_same_scores() {
         let (x, _) = problem(50, 4, 2);
         let s = Standardizer::fit(&x);
-        let head = LinearHead { weights: vec![0.5, -1.0, 2.0, 0.25], bias: 0.3 };
+        let head = LinearHead::new(vec![0.5, -1.0, 2.0, 0.25], 0.3);
         let raw = s.fold(&head);
         let z = s.apply(&x);
         for i in 0..x.rows {
