@@ -906,14 +906,17 @@ def _section_clinc(clinc: dict | None, fit: dict | None) -> list[str]:
     if ow and ow.get("out_of_scope_rows"):
         gate = (fit or {}).get("gate") or {}
         budget = ((gate.get("open_world") or {}).get("chosen_by") or {}).get("max_in_scope_abstain", 0)
+        kind = ((gate.get("open_world") or {}).get("score") or {}).get("kind", "max_probability")
         md += [
             "",
             f"Out of scope (`--max-in-scope-abstain` {budget:g}, label rule "
-            f"`{gate.get('label_rule', 'best_passed')}` and the cut-off chosen on val; docs/TRAINING.md): test in-scope "
+            f"`{gate.get('label_rule', 'best_passed')}`, in-scope score `{kind}` and the cut-off chosen on val; "
+            "docs/TRAINING.md): test in-scope "
             f"accuracy {pct(ow['in_scope_accuracy'])} with declines counted wrong ({pct(ow['in_scope_declined'])} "
             f"declined), out-of-scope recall {pct(ow['out_of_scope_recall'])}, precision "
-            f"{pct(ow['out_of_scope_precision'])}, F1 {pct(ow['out_of_scope_f1'])}, AUROC of the top probability "
-            f"{ow['auroc_max_probability']:.3f}; the paper's BERT with a val threshold: 96.2 % / 52.3 %.",
+            f"{pct(ow['out_of_scope_precision'])}, F1 {pct(ow['out_of_scope_f1'])}; AUROC of the rule's score "
+            f"{ow.get('auroc_rule_score', ow['auroc_max_probability']):.3f} (the top probability alone "
+            f"{ow['auroc_max_probability']:.3f}); the paper's BERT with a val threshold: 96.2 % / 52.3 %.",
         ]
     return md + [""]
 
