@@ -296,6 +296,8 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
         }
     }
     assert!(declined > 0, "some of the out-of-scope texts are below the cut-off");
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"moe_abstentions_total{reason="out_of_scope"}"#), "abstentions counted by reason");
     // The service's declines are the fit's: its report counts the same rule on the same texts.
     assert!(report["test"]["open_world"]["auroc_rule_score"].as_f64().is_some(), "{}", report["test"]);
     let experts = common::json_of(http.get(format!("{base}/experts"))).await;
