@@ -181,6 +181,11 @@ fn choose_gate_on_val(reg: &mut RegistryFile, root: &Path, data: &DataArgs, runt
     let all_kinds = [GateKind::Uniform, GateKind::Length, GateKind::Stacking];
     let (acc, mut spec, table) = choose_gate(&gd, &classes, versions, &all_kinds, cards.is_some());
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));
+    // The label rule and the open-world rule (chosen by `moe fit`) stay: selection chooses the
+    // gate's weights and score mode only. A blend rule disables itself if a selected bundle has no
+    // class centroid (ExpertSet::new says why).
+    spec.label = reg.gate.label;
+    spec.open_world = reg.gate.open_world.take();
     reg.gate = spec;
     Ok(acc)
 }
