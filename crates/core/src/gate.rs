@@ -215,6 +215,11 @@ impl Gate {
         Gate { label, open_world, ..self }
     }
 
+    /// The open-world rule in force reads each text's centroid similarity.
+    pub fn blends(&self) -> bool {
+        matches!(self.open_world, Some((InScopeScore::Blend { .. }, _)))
+    }
+
     /// This gate with these experts' calibrations (set order).
     pub fn calibrated(self, calibration: Vec<[f32; 2]>) -> Gate {
         Gate { calibration, ..self }
@@ -392,8 +397,8 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize, nearest: Option<f
         })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
-    let max_p = out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
-    let in_scope = gate.open_world.and_then(|(score, _)| score.of(max_p, nearest));
+    let max_p = || out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
+    let in_scope = gate.open_world.and_then(|(score, _)| score.of(max_p(), nearest));
     let out_of_scope = gate.open_world.zip(in_scope).map(|((score, cut), s)| score.out_of_scope(s, cut));
     let (label, reason) = if gate.open_world.zip(in_scope).is_some_and(|((_, cut), s)| s < cut) {
         (None, Some(AbstainReason::OutOfScope))

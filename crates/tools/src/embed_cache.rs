@@ -49,14 +49,6 @@ impl EmbeddingCache {
         &self.path
     }
 
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     pub fn get(&self, text: &str) -> Option<&[f32]> {
         self.rows.get(text).map(Vec::as_slice)
     }

@@ -31,7 +31,7 @@ use moe_core::clock::now_rfc3339;
 use moe_core::config::RuntimeConfig;
 use moe_core::expert::positive_probabilities;
 use moe_core::files::{sha256_file, write_atomic};
-use moe_core::gate::{GateKind, GateSpec, IDENTITY};
+use moe_core::gate::{GateKind, GateSpec, IDENTITY, sigmoid};
 use moe_core::inference::executor::Expect;
 use moe_core::inference::{Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
 use moe_core::scoring::{Scorer, platt_calibration, trunk_outputs};
@@ -102,9 +102,8 @@ pub struct FitOptions {
     pub no_cache: bool,
     /// Share of in-scope val texts the set may decline (open-world cut-off; 0: none).
     ///
-    /// The label rule and the cut-off on the most confident expert's probability are chosen on
-    /// val within this budget: the most out-of-scope val rows declined (with --oos-label), else
-    /// the best in-scope accuracy.
+    /// The label rule, the in-scope score and its cut-off are chosen on val within this budget:
+    /// the best val accuracy, a declined --oos-label row counting as right.
     #[arg(long, default_value_t = 0.03, value_parser = budget)]
     pub max_in_scope_abstain: f64,
 }
@@ -622,7 +621,7 @@ fn fit_heads(classes: usize, train: &Matrix, truth: &[usize], val: &Matrix, val_
         ));
         for (k, s) in scores.iter().enumerate() {
             let labels: Vec<bool> = val_truth.iter().map(|&v| v == k).collect();
-            let probs: Vec<f32> = s.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect();
+            let probs: Vec<f32> = s.iter().map(|&l| sigmoid(l)).collect();
             per_class[k].push(json!({"C": c, "val_auc": binary_report(&probs, &labels).auc, "lbfgs_steps": steps[k]}));
         }
         grid.push(json!({"C": c, "val_accuracy": acc, "max_lbfgs_steps": steps.iter().max()}));

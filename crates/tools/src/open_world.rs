@@ -9,7 +9,7 @@
 //! val. Every decision goes through the service's own `ExpertSet::decide`. Never test.
 
 use moe_core::Result;
-use moe_core::gate::{GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
+use moe_core::gate::{AbstainReason, GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
 use moe_core::service::{ExpertSet, TextResult};
 use moe_core::stats::roc::binary_report;
 use serde_json::{Value, json};
@@ -222,15 +222,15 @@ pub fn measure(
     let answers = set.decide_all(texts, probs, &vec![false; texts.len()], nearest);
     let n = texts.len().max(1) as f64;
     let right = answers.iter().zip(truth).filter(|(r, t)| r.label.as_deref() == Some(classes[**t].as_str())).count();
-    let reason = |rs: &[moe_core::service::TextResult], why: &str| {
-        rs.iter().filter(|r| r.reason.is_some_and(|x| x.name() == why)).count()
+    let by_reason = |rs: &[TextResult]| {
+        json!({"no_expert_passed": rs.iter().filter(|r| r.reason == Some(AbstainReason::NoExpertPassed)).count(),
+               "out_of_scope": rs.iter().filter(|r| r.reason == Some(AbstainReason::OutOfScope)).count()})
     };
     let declined_in = answers.iter().filter(|r| r.abstained).count();
     let mut out = json!({
         "in_scope_rows": texts.len(), "in_scope_accuracy": right as f64 / n,
         "in_scope_declined": declined_in as f64 / n,
-        "in_scope_declined_by_reason": {"no_expert_passed": reason(&answers, "no_expert_passed"),
-                                         "out_of_scope": reason(&answers, "out_of_scope")},
+        "in_scope_declined_by_reason": by_reason(&answers),
         "out_of_scope_rows": oos_texts.len(),
     });
     if !oos_texts.is_empty() {
@@ -251,8 +251,7 @@ pub fn measure(
         out["out_of_scope_f1"] =
             json!(if recall + precision > 0.0 { 2.0 * recall * precision / (recall + precision) } else { 0.0 });
         out["auroc_max_probability"] = json!(binary_report(&scores, &labels).auc);
-        out["out_of_scope_declined_by_reason"] =
-            json!({"no_expert_passed": reason(&oos, "no_expert_passed"), "out_of_scope": reason(&oos, "out_of_scope")});
+        out["out_of_scope_declined_by_reason"] = by_reason(&oos);
     }
     out
 }

@@ -480,8 +480,9 @@ impl Core {
 }
 
 /// Live decision counts for `/metrics` (and the console): texts classified, each expert's passes
-/// (its pass rate is passes / texts), each label or abstention, and abstentions by reason. Only the passed experts are
-/// counted, so the cost is about two counter updates per text, not one per expert.
+/// (its pass rate is passes / texts), each label or abstention, and abstentions by reason. Only
+/// the passed experts are counted, so the cost is about two counter updates per text, not one per
+/// expert.
 fn record_decisions(results: &[TextResult]) {
     metrics::counter!("moe_texts_classified_total").increment(results.len() as u64);
     for r in results {

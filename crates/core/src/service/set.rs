@@ -124,7 +124,7 @@ impl ExpertSet {
         let ids: Vec<(String, String)> = experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
         let calibrations: Vec<Option<[f32; 2]>> = experts.iter().map(|e| e.calibration()).collect();
         let mut gate = Gate::resolve(&gate_spec, &ids, &calibrations);
-        let blend = matches!(gate.open_world, Some((gate::InScopeScore::Blend { .. }, _)));
+        let blend = gate.blends();
         if let Some(e) =
             experts.iter().find(|e| blend && !matches!(&e.head, Some(Head::Linear(l)) if l.centroid.is_some()))
         {
@@ -253,8 +253,7 @@ impl ExpertSet {
             timer.record(started.elapsed().as_secs_f64());
             probs.push(positive_probabilities(&logits));
         }
-        let blend = matches!(self.gate.open_world, Some((gate::InScopeScore::Blend { .. }, _)));
-        let nearest = if blend { self.nearest_on(&first) } else { vec![None; texts.len()] };
+        let nearest = if self.gate.blends() { self.nearest_on(&first) } else { vec![None; texts.len()] };
         Ok(Scored { probs, truncated, nearest })
     }
 

@@ -35,12 +35,12 @@ impl Logistic {
     }
 }
 
-fn sigmoid(z: f64) -> f64 {
+pub(super) fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
 /// log(1 + exp(z)) without overflow.
-fn softplus(z: f64) -> f64 {
+pub(super) fn softplus(z: f64) -> f64 {
     if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }
 }
 

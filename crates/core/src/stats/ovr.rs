@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 
+use super::logreg::{sigmoid, softplus};
 use crate::inference::{LinearHead, Matrix};
 
 /// How hard to fit.
@@ -178,26 +179,8 @@ impl Problem<'_> {
         let (d, a, m) = (self.x.cols, classes.len(), end - start);
         let xs = &self.x.data[start * d..end * d];
         let mut z = vec![0f32; m * a];
-        // SAFETY: xs is m × d row-major, w is a × d row-major read as its transpose (d × a), z is
-        // m × a row-major; every stride stays inside its slice.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                d,
-                a,
-                1.0,
-                xs.as_ptr(),
-                d as isize,
-                1,
-                w.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                z.as_mut_ptr(),
-                a as isize,
-                1,
-            );
-        }
+        // Z = X·Wᵀ: X is m × d row-major, W is a × d row-major read as its transpose.
+        gemm(m, d, a, (xs, d, 1), (w, 1, d), &mut z);
         let mut loss = vec![0f64; a];
         let mut bias_grad = vec![0f64; a];
         for (i, row) in z.chunks_mut(a).enumerate() {
@@ -214,27 +197,41 @@ impl Problem<'_> {
             }
         }
         let mut grad = vec![0f32; a * d];
-        // SAFETY: z (now the residuals R) is m × a row-major read as its transpose (a × m), xs is
-        // m × d row-major, grad is a × d row-major.
-        unsafe {
-            matrixmultiply::sgemm(
-                a,
-                m,
-                d,
-                1.0,
-                z.as_ptr(),
-                1,
-                a as isize,
-                xs.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                grad.as_mut_ptr(),
-                d as isize,
-                1,
-            );
-        }
+        // G = Rᵀ·X: z now holds the residuals R (m × a row-major), read as its transpose.
+        gemm(a, m, d, (&z, 1, a), (xs, d, 1), &mut grad);
         Part { loss, bias_grad, grad }
+    }
+}
+
+/// C = A·B for an m × k matrix A and a k × n matrix B, each given as (data, row stride, column
+/// stride), into a row-major m × n C; the strides are checked against the slices before
+/// `matrixmultiply` reads them.
+fn gemm(m: usize, k: usize, n: usize, a: (&[f32], usize, usize), b: (&[f32], usize, usize), c: &mut [f32]) {
+    let last = |rows: usize, cols: usize, (data, rs, cs): (&[f32], usize, usize)| {
+        assert!(rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < data.len(), "gemm: stride out of bounds");
+    };
+    last(m, k, a);
+    last(k, n, b);
+    assert_eq!(c.len(), m * n, "gemm: C is m × n");
+    // SAFETY: every element A[i][l] = a[i·rs + l·cs] (i < m, l < k), B[l][j] (l < k, j < n) and
+    // C[i][j] = c[i·n + j] lies inside its slice (checked above); C does not alias A or B (&mut).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.0.as_ptr(),
+            a.1 as isize,
+            a.2 as isize,
+            b.0.as_ptr(),
+            b.1 as isize,
+            b.2 as isize,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
@@ -354,15 +351,6 @@ fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
 
 fn max_abs(v: &[f64]) -> f64 {
     v.iter().map(|x| x.abs()).fold(0.0, f64::max)
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-/// log(1 + exp(z)) without overflow.
-fn softplus(z: f64) -> f64 {
-    if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }
 }
 
 /// Per-feature centring and scaling fitted on train rows, folded back into the heads after the
