@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use moe_core::Error;
 use moe_core::bundle::RegistryFile;
 use moe_core::config::Limits;
+use moe_server::http::AppState;
 use moe_tools::fit::{FitOptions, fit_set};
-use serde_json::Value;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "fit-admin";
 
 /// `per_class` titles of each of these classes from the repository's data, as `text,label` rows.
 fn rows(classes: &[&str], per_class: usize) -> Vec<(String, String)> {
@@ -276,7 +279,7 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
 
     // Served: every answer carries its out-of-scope score; below the cut-off the reason says so.
     let core = common::loaded_core_in(&out, "fit-oos", Limits::default()).await;
-    let base = common::serve(core).await;
+    let base = common::serve_state(AppState::new(core).with_admin_token(Some(TOKEN.into()))).await;
     let texts: Vec<String> = data[96..144].iter().map(|r| r[0].clone()).collect(); // 24 in scope, 24 not
     let http = reqwest::Client::new();
     let body = common::json_of(http.post(format!("{base}/classify")).json(&serde_json::json!({"texts": texts}))).await;
@@ -303,6 +306,7 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
     let experts = common::json_of(http.get(format!("{base}/experts"))).await;
     assert_eq!(experts["gate"]["open_world"]["reject_below"].as_f64().unwrap() as f32, cut);
     assert!(experts["gate"]["label_rule"].is_string());
+    declined_texts_group_into_a_class_taught_from_the_api(&http, &base, &data).await;
 
     // No budget, no cut-off (the label rule is still chosen on val).
     let again = dir.join("none");
@@ -311,4 +315,73 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
     o.max_in_scope_abstain = 0.0;
     tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
     assert!(RegistryFile::read(&again).unwrap().gate.open_world.is_none());
+}
+
+/// The texts the set declined are kept and grouped (`GET /unknowns`); teaching the largest group
+/// installs a new class that now answers for them, and they leave the unknowns. Each refusal says
+/// why.
+async fn declined_texts_group_into_a_class_taught_from_the_api(
+    http: &reqwest::Client,
+    base: &str,
+    data: &[Vec<String>],
+) {
+    let admin = |r: reqwest::RequestBuilder| r.bearer_auth(TOKEN);
+    // Every out-of-scope title (Food and Cars rows), sent twice: counted, kept once. Topical
+    // titles are less alike than paraphrased intents, so they group at a lower similarity.
+    let oos: Vec<String> = data[120..].iter().map(|r| r[0].clone()).collect();
+    for _ in 0..2 {
+        common::json_of(http.post(format!("{base}/classify")).json(&json!({"texts": oos}))).await;
+    }
+    let mut listing = Value::Null;
+    for _ in 0..200 {
+        listing = common::json_of(admin(http.get(format!("{base}/unknowns?examples=1000&similarity=0.5")))).await;
+        if listing["seen"].as_u64() == Some(2 * oos.len() as u64) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let kept = listing["kept"].as_u64().unwrap();
+    assert!(kept >= 5, "{listing}");
+    assert_eq!(listing["not_comparable"], 0, "every kept text has an embedding on the set's trunk: {listing}");
+    let group = &listing["groups"][0];
+    let size = group["size"].as_u64().unwrap();
+    assert!(size >= 5, "{group}");
+    assert!(group["seen"].as_u64().unwrap() >= 2 * size, "each text declined twice: {group}");
+    let members: Vec<String> =
+        group["examples"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    assert_eq!(members.len() as u64, size);
+    assert!(members.iter().all(|m| oos.contains(m)), "only declined texts are kept");
+
+    // Refusals: no token, a bad parameter, a served class, no such group.
+    let teach = |group: &str, body: Value| admin(http.post(format!("{base}/unknowns/{group}/teach"))).json(&body);
+    let status = |r: reqwest::RequestBuilder| async move { r.send().await.unwrap().status().as_u16() };
+    assert_eq!(status(http.get(format!("{base}/unknowns"))).await, 401);
+    assert_eq!(status(admin(http.get(format!("{base}/unknowns?similarity=2")))).await, 400);
+    let id = group["id"].as_str().unwrap();
+    assert_eq!(status(teach(id, json!({"class": "Travel"}))).await, 409, "a served class is not replaced");
+    assert_eq!(status(teach("g999999", json!({"class": "Kitchen"}))).await, 404);
+
+    // Teach it: negatives from the in-scope rows (the test serves no --data to sample them from).
+    let negatives: Vec<String> = data[..120].iter().step_by(3).map(|r| r[0].clone()).collect();
+    assert_eq!(status(teach(id, json!({"class": "Kitchen", "negatives": negatives}))).await, 404, "not at 0.65");
+    let body = json!({"class": "Kitchen", "negatives": negatives, "similarity": 0.5});
+    let res = teach(id, body).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let job: Value = res.json().await.unwrap();
+    let mut done = Value::Null;
+    for _ in 0..600 {
+        done = common::json_of(http.get(format!("{base}/jobs/{}", job["id"]))).await;
+        if done["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["unknowns_taught"].as_u64(), Some(size), "{done}");
+    assert_eq!(done["result"]["examples"]["positives"].as_u64(), Some(size), "{done}");
+    let after = common::json_of(admin(http.get(format!("{base}/unknowns?examples=1000&similarity=0.5")))).await;
+    assert_eq!(after["kept"].as_u64(), Some(kept - size), "taught texts leave the unknowns: {after}");
+    let answers = common::json_of(http.post(format!("{base}/classify")).json(&json!({"texts": members}))).await;
+    let kitchen = answers["results"].as_array().unwrap().iter().filter(|r| r["label"] == "Kitchen").count();
+    assert!(kitchen * 2 > members.len(), "the new class answers for most of its texts ({kitchen}/{size})");
 }

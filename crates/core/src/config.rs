@@ -152,6 +152,12 @@ pub struct Limits {
     /// Feedback entries kept in `<state>/feedback.jsonl` (oldest dropped).
     #[arg(long, env = "MOE_FEEDBACK_CAP", default_value_t = 10_000)]
     pub feedback_cap: usize,
+    /// Declined texts kept in `<state>/unknowns.jsonl` for `GET /unknowns` (0: keep none).
+    ///
+    /// Each distinct text once, with its trunk embedding, counts and first/last seen; past the
+    /// cap the least recently seen go. Grouping costs about cap² x 384 multiply-adds per listing.
+    #[arg(long, env = "MOE_UNKNOWNS_CAP", default_value_t = 2_000)]
+    pub unknowns_cap: usize,
 }
 
 impl Default for Limits {

@@ -1,5 +1,6 @@
-//! File helpers for every writer of a model root or a state folder: content hashes, and writes that
-//! readers see whole or not at all (temp file, fsync, rename, fsync of the folder).
+//! File helpers for every writer of a model root or a state folder: content hashes, writes that
+//! readers see whole or not at all (temp file, fsync, rename, fsync of the folder), and fsynced
+//! appends to the state folder's logs.
 //!
 //! `Staged` splits such a write so that the slow part (writing and fsyncing the temp file) runs
 //! before a caller takes its lock and only the rename runs under it (the file registry store).
@@ -69,6 +70,18 @@ impl Drop for Staged {
 
 /// fsync the folder holding `path`, so that a rename into it survives a crash (best effort: some
 /// file systems refuse to open a folder for syncing).
+/// Append `bytes` to a log file (created with its folder if missing) and fsync its data: the
+/// lines are on disk when this returns.
+pub fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
+}
+
 pub fn sync_parent(path: &Path) {
     if let Ok(d) = std::fs::File::open(path.parent().unwrap_or(Path::new("."))) {
         let _ = d.sync_all();

@@ -33,7 +33,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Semaphore;
 
-pub use self::set::{ExpertResult, ExpertSet, Shadow, TextResult};
+pub use self::set::{Declined, Embedded, ExpertResult, ExpertSet, Shadow, TextResult};
 use crate::bundle::bundle_names;
 use crate::bundle::card::Card;
 use crate::bundle::registry::{HistoryEntry, RegistryFile};
@@ -438,7 +438,8 @@ impl Core {
         let scored = tokio::time::timeout(timeout, set.probabilities(&texts))
             .await
             .map_err(|_| Error::Timeout(self.limits.request_timeout_ms))??;
-        let results = set.decide_all(&texts, &scored.probs, &scored.truncated, &scored.nearest);
+        let mut results = set.decide_all(&texts, &scored.probs, &scored.truncated, &scored.nearest);
+        scored.attach_declined(&texts, &mut results);
         let probs = scored.probs;
         record_decisions(&results);
         if !set.shadows.is_empty() {

@@ -100,6 +100,8 @@ pub struct ExpertSet {
     /// Candidates scoring live traffic beside the active expert of their class.
     pub shadows: Vec<Arc<Shadow>>,
     plan: Plan,
+    /// The stage (plan index) and trunk id most heads run on: declined texts keep its embedding.
+    primary: Option<(usize, String)>,
     /// Each expert's `moe_expert_seconds{class}` histogram, looked up once per set (on its first
     /// request, when the service's recorder is installed) instead of once per expert per request.
     timers: OnceLock<Vec<metrics::Histogram>>,
@@ -140,6 +142,7 @@ impl ExpertSet {
         }
         let shadows = shadows.into_iter().filter(|s| experts.iter().any(|e| e.class == s.class)).collect();
         let plan = Plan::new(&experts);
+        let primary = primary_trunk(&experts, &plan);
         Ok(ExpertSet {
             experts,
             thresholds,
@@ -149,6 +152,7 @@ impl ExpertSet {
             revision,
             shadows,
             plan,
+            primary,
             timers: OnceLock::new(),
         })
     }
@@ -192,6 +196,11 @@ impl ExpertSet {
     pub fn load(pool: &ExecutorPool, cfg: &RuntimeConfig, root: &Path, reg: &RegistryFile) -> Result<ExpertSet> {
         let experts = Self::load_experts(pool, cfg, root, reg, &RegistryFile::path(root), &[])?;
         ExpertSet::new(experts, reg.gate.clone(), (0, None), Vec::new())
+    }
+
+    /// The id of the trunk most heads run on (declined texts are kept with its embedding).
+    pub fn primary_trunk(&self) -> Option<&str> {
+        self.primary.as_ref().map(|(_, id)| id.as_str())
     }
 
     pub fn get(&self, class: &str) -> Option<&Arc<Expert>> {
@@ -254,7 +263,8 @@ impl ExpertSet {
             probs.push(positive_probabilities(&logits));
         }
         let nearest = if self.gate.blends() { self.nearest_on(&first) } else { vec![None; texts.len()] };
-        Ok(Scored { probs, truncated, nearest })
+        let embeddings = self.primary.as_ref().map(|(s, trunk)| (trunk.clone(), first[*s].clone()));
+        Ok(Scored { probs, truncated, nearest, embeddings })
     }
 
     /// Each text's best similarity to a class centroid, over the experts whose linear head has
@@ -331,6 +341,7 @@ impl ExpertSet {
             out_of_scope_score: d.out_of_scope,
             best_guess: self.experts[d.best_guess].class.clone(),
             truncated,
+            declined: None,
             experts: self
                 .experts
                 .iter()
@@ -369,6 +380,47 @@ pub struct Scored {
     pub probs: Vec<Vec<f32>>,
     pub truncated: Vec<bool>,
     pub nearest: Vec<Option<f32>>,
+    /// The trunk id and embeddings of the stage most heads run on (None: no expert runs on a trunk).
+    pub embeddings: Option<(String, Arc<Matrix>)>,
+}
+
+impl Scored {
+    /// Keep each declined text, with its trunk embedding, in its answer (for the unknowns store).
+    pub fn attach_declined(&self, texts: &[String], results: &mut [TextResult]) {
+        for (i, r) in results.iter_mut().enumerate().filter(|(_, r)| r.abstained) {
+            let embedding =
+                self.embeddings.as_ref().map(|(trunk, m)| Embedded { trunk: trunk.clone(), vector: m.row(i).to_vec() });
+            r.declined = Some(Declined { text: texts[i].clone(), embedding });
+        }
+    }
+}
+
+/// A declined text as the unknowns store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declined {
+    pub text: String,
+    /// On the trunk most heads run on (None: no expert runs on a trunk).
+    pub embedding: Option<Embedded>,
+}
+
+/// A text's embedding on a trunk (`trunk` is the trunk's id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    pub trunk: String,
+    pub vector: Vec<f32>,
+}
+
+/// The stage most experts with a head run on, and that trunk's id.
+fn primary_trunk(experts: &[Arc<Expert>], plan: &Plan) -> Option<(usize, String)> {
+    let mut counts = vec![0usize; plan.stages.len()];
+    for (e, &s) in experts.iter().zip(&plan.stage_of) {
+        if e.head.is_some() && e.card.trunk.is_some() {
+            counts[s] += 1;
+        }
+    }
+    let (stage, _) = counts.iter().enumerate().filter(|(_, n)| **n > 0).max_by_key(|(i, n)| (**n, usize::MAX - i))?;
+    let expert = experts.iter().zip(&plan.stage_of).find(|(e, s)| **s == stage && e.card.trunk.is_some())?.0;
+    Some((stage, expert.card.trunk.as_ref()?.id.clone()))
 }
 
 /// One expert's part in one text's decision.
@@ -396,6 +448,8 @@ pub struct TextResult {
     pub out_of_scope_score: Option<f32>,
     pub best_guess: String,
     pub truncated: bool,
+    /// The text and its trunk embedding, set by the service for abstentions only.
+    pub declined: Option<Declined>,
     pub experts: Vec<ExpertResult>,
 }
 

@@ -206,7 +206,7 @@ impl Problem<'_> {
 /// C = A·B for an m × k matrix A and a k × n matrix B, each given as (data, row stride, column
 /// stride), into a row-major m × n C; the strides are checked against the slices before
 /// `matrixmultiply` reads them.
-fn gemm(m: usize, k: usize, n: usize, a: (&[f32], usize, usize), b: (&[f32], usize, usize), c: &mut [f32]) {
+pub(super) fn gemm(m: usize, k: usize, n: usize, a: (&[f32], usize, usize), b: (&[f32], usize, usize), c: &mut [f32]) {
     let last = |rows: usize, cols: usize, (data, rs, cs): (&[f32], usize, usize)| {
         assert!(rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < data.len(), "gemm: stride out of bounds");
     };

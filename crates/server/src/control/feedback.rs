@@ -14,7 +14,6 @@
 //!   starts its numbers afresh instead of mixing two models.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, OnceLock};
@@ -23,7 +22,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use moe_core::clock::now_rfc3339;
-use moe_core::files::write_atomic;
+use moe_core::files::{append_synced, write_atomic};
 use moe_core::service::{Core, TextResult};
 use moe_core::stats::roc::binary_report;
 use moe_core::{Error, Result};
@@ -233,16 +232,7 @@ impl Writer {
     /// Append the lines and fsync them.
     fn write(&mut self, entries: &[Entry]) -> Result<()> {
         let text: String = entries.iter().map(|e| serde_json::to_string(e).expect("entry serializes") + "\n").collect();
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
-        f.sync_data().map_err(|e| Error::io(&self.path, e))?;
+        append_synced(&self.path, text.as_bytes())?;
         self.lines += entries.len();
         Ok(())
     }

@@ -10,4 +10,5 @@ pub mod jobs;
 pub mod shadow;
 pub mod swap;
 pub mod train;
+pub mod unknowns;
 pub mod upload;

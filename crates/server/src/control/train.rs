@@ -103,6 +103,22 @@ pub async fn start(
     class: &str,
     req: TrainRequest,
 ) -> Result<crate::control::jobs::Job> {
+    start_then(jobs, core, class, req, |v| async { Ok(v) }).await
+}
+
+/// `start`, with `after` run on the job's result once the head is installed (the job succeeds
+/// with what `after` returns).
+pub async fn start_then<F, Fut>(
+    jobs: &Arc<Jobs>,
+    core: &Arc<Core>,
+    class: &str,
+    req: TrainRequest,
+    after: F,
+) -> Result<crate::control::jobs::Job>
+where
+    F: FnOnce(Value) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Value>> + Send + 'static,
+{
     moe_core::bundle::card::check_class(class).map_err(Error::BadRequest)?;
     check_name(&slug(class)).map_err(|e| Error::BadRequest(format!("class {class:?} cannot name a bundle: {e}")))?;
     let set = core.snapshot()?;
@@ -116,7 +132,7 @@ pub async fn start(
     let (class_owned, r) = (class.to_string(), req);
     let prepared = tokio::task::spawn_blocking(move || prepare(class_owned, r, on_trunk, data.as_ref())).await??;
     let (core, jobs2) = (core.clone(), jobs.clone());
-    jobs.spawn("train", class, move |id| async move { run(&core, &jobs2, id, prepared).await })
+    jobs.spawn("train", class, move |id| async move { after(run(&core, &jobs2, id, prepared).await?).await })
 }
 
 /// The expert whose trunk the head will run on.

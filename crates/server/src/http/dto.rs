@@ -201,6 +201,36 @@ pub struct TrainQuery {
     pub use_feedback: bool,
 }
 
+/// Query of `GET /unknowns` (defaults in `control::unknowns`).
+#[derive(Debug, Default, Deserialize)]
+pub struct UnknownsQuery {
+    /// Cosine similarity at which two declined texts are neighbours.
+    pub similarity: Option<f32>,
+    /// Fewest texts in a group.
+    pub min_size: Option<usize>,
+    /// Texts shown per group.
+    pub examples: Option<usize>,
+}
+
+/// `POST /unknowns/{group}/teach`: the group's texts become the positives of a new class.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeachBody {
+    /// The new class's name (not one the set serves).
+    pub class: String,
+    /// Texts of other classes (default: a sample of the other classes' training rows of --data).
+    #[serde(default)]
+    pub negatives: Option<Vec<String>>,
+    /// Quality gate: refuse when the cross-validated EER is above this (default 0.25).
+    #[serde(default)]
+    pub max_eer: Option<f64>,
+    /// The grouping the group id came from (the listing's `similarity` and `min_size`).
+    #[serde(default)]
+    pub similarity: Option<f32>,
+    #[serde(default)]
+    pub min_size: Option<usize>,
+}
+
 /// `POST /feedback`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

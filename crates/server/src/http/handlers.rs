@@ -14,13 +14,14 @@ use serde_json::{Value, json};
 use super::auth::Admin;
 use super::dto::{
     BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, FeedbackBody,
-    FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TrainBody, TrainQuery,
-    UploadQuery,
+    FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TeachBody, TrainBody,
+    TrainQuery, UnknownsQuery, UploadQuery,
 };
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BODY_LIMIT, Object, TRAIN_LIMIT, UPLOAD_LIMIT};
 use super::state::AppState;
 use crate::control::fleet::FleetStatus;
 use crate::control::swap::Swap;
+use crate::control::unknowns::{self, Listing};
 use crate::control::{shadow, swap, train, upload};
 use moe_core::Error;
 
@@ -32,6 +33,7 @@ pub async fn classify(
     let started = Instant::now();
     let valid = req.validate(&s.core.limits)?;
     let (results, generation) = s.core.classify(valid.texts).await?;
+    s.unknowns.observe(&results);
     let results = results.iter().map(|r| q.experts.answer(r)).collect();
     Ok(Json(ClassifyResponse { results, took_ms: started.elapsed().as_secs_f64() * 1e3, generation }))
 }
@@ -189,6 +191,30 @@ pub async fn train(
     let labelled = req.use_feedback.then(|| s.feedback.labelled());
     let req = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers), labelled)?;
     Ok((StatusCode::ACCEPTED, Json(train::start(&s.jobs, &s.core, &class, req).await?)))
+}
+
+/// The declined texts grouped into candidate classes (on a blocking thread: a matrix product).
+pub async fn unknowns(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<UnknownsQuery>,
+) -> ApiResult<Json<Listing>> {
+    let p = q.validate()?;
+    let trunk = s.core.snapshot()?.primary_trunk().map(str::to_string);
+    let store = s.unknowns.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || store.group(trunk.as_deref(), p).0).await.map_err(Error::from)?))
+}
+
+/// Teach a group of declined texts as a new class: a training job (202 + the job).
+pub async fn teach_unknowns(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiPath(group): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<TeachBody>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let t = req.validate(&s.core.limits, super::audit::fingerprint_of(&headers))?;
+    Ok((StatusCode::ACCEPTED, Json(unknowns::teach(&s.unknowns, &s.jobs, &s.core, &group, t).await?)))
 }
 
 pub async fn job(State(s): State<AppState>, ApiPath(id): ApiPath<u64>) -> ApiResult<Json<Job>> {

@@ -66,6 +66,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/experts/{class}/shadow/promote"),
     ("get", "/bundles"),
     ("post", "/feedback"),
+    ("get", "/unknowns"),
+    ("post", "/unknowns/{group}/teach"),
     ("get", "/jobs/{id}"),
     ("get", "/fleet"),
     ("get", "/healthz"),
@@ -101,6 +103,8 @@ pub fn app(state: AppState) -> Router {
         .route("/experts/{class}/shadow/promote", post(handlers::promote_shadow))
         .route("/bundles", get(handlers::list_bundles))
         .route("/feedback", post(handlers::feedback))
+        .route("/unknowns", get(handlers::unknowns))
+        .route("/unknowns/{group}/teach", post(handlers::teach_unknowns))
         .route("/jobs/{id}", get(handlers::job))
         .route("/fleet", get(handlers::fleet))
         .route("/healthz", get(handlers::healthz))

@@ -9,6 +9,7 @@ use super::{error, prometheus};
 use crate::control::feedback::FeedbackLog;
 use crate::control::fleet::{Fleet, Replica};
 use crate::control::jobs::Jobs;
+use crate::control::unknowns::Unknowns;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,6 +23,8 @@ pub struct AppState {
     pub feedback: Arc<FeedbackLog>,
     /// This replica and, with a shared registry, the others (`GET /fleet`).
     pub fleet: Arc<Fleet>,
+    /// The texts this replica declined, for `GET /unknowns`.
+    pub unknowns: Arc<Unknowns>,
 }
 
 impl AppState {
@@ -30,8 +33,9 @@ impl AppState {
         error::hide_paths(&core.paths.models, &core.paths.state);
         let jobs = Jobs::new(core.clone(), None);
         let feedback = FeedbackLog::open(&core.paths.state, core.limits.feedback_cap);
+        let unknowns = Unknowns::open(&core.paths.state, core.limits.unknowns_cap);
         let fleet = Fleet::new(core.clone(), None, Replica { id: "local".into(), address: String::new() });
-        AppState { core, jobs, metrics: prometheus::recorder(), admin_token: None, feedback, fleet }
+        AppState { core, jobs, metrics: prometheus::recorder(), admin_token: None, feedback, fleet, unknowns }
     }
 
     /// This replica's part in a fleet (its identity; following starts with `Fleet::start`).

@@ -1,11 +1,14 @@
 //! Validation at the edge: request bodies become typed values the core can trust (like TGI's
 //! `Validation` → `ValidGenerateRequest`). Every limit of a request is checked here, once.
 
-use super::dto::{ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TrainBody, TrainQuery};
+use super::dto::{
+    ClassifyRequest, FeedbackBody, SelectBody, SwapBody, TeachBody, TrainBody, TrainQuery, UnknownsQuery,
+};
 use super::error::{ApiError, ApiResult};
 use crate::control::jobs::Selection;
 use crate::control::swap::{MinMetric, Swap};
 use crate::control::train::{DEFAULT_MAX_EER, TrainRequest};
+use crate::control::unknowns::{GroupParams, Teach};
 use moe_core::config::Limits;
 
 /// Texts that passed every limit: 1..=max_texts texts, none blank, none over max_text_chars.
@@ -163,6 +166,49 @@ impl SelectBody {
             ));
         }
         Ok(Selection { metric: self.metric.unwrap_or_default(), candidates: self.candidates, feedback })
+    }
+}
+
+/// Largest `min_size` and `examples` of a grouping.
+pub const MAX_GROUP_PARAM: usize = 10_000;
+
+/// Grouping parameters: the given ones checked, the others at their defaults.
+fn group_params(similarity: Option<f32>, min_size: Option<usize>, examples: Option<usize>) -> ApiResult<GroupParams> {
+    let d = GroupParams::default();
+    let p = GroupParams {
+        similarity: similarity.unwrap_or(d.similarity),
+        min_size: min_size.unwrap_or(d.min_size),
+        examples: examples.unwrap_or(d.examples),
+    };
+    if !(p.similarity.is_finite() && (0.0..=1.0).contains(&p.similarity)) {
+        return Err(ApiError::bad_request("\"similarity\" must be a number in [0, 1]"));
+    }
+    if !(2..=MAX_GROUP_PARAM).contains(&p.min_size) || !(1..=MAX_GROUP_PARAM).contains(&p.examples) {
+        return Err(ApiError::bad_request(format!(
+            "\"min_size\" must be in [2, {MAX_GROUP_PARAM}] and \"examples\" in [1, {MAX_GROUP_PARAM}]"
+        )));
+    }
+    Ok(p)
+}
+
+impl UnknownsQuery {
+    pub fn validate(self) -> ApiResult<GroupParams> {
+        group_params(self.similarity, self.min_size, self.examples)
+    }
+}
+
+impl TeachBody {
+    pub fn validate(self, l: &Limits, who: String) -> ApiResult<Teach> {
+        moe_core::bundle::card::check_class(&self.class).map_err(ApiError::bad_request)?;
+        if let Some(n) = &self.negatives {
+            check_texts("negative", n, l)?;
+        }
+        let max_eer = self.max_eer.unwrap_or(DEFAULT_MAX_EER);
+        if !(max_eer.is_finite() && (0.0..=1.0).contains(&max_eer)) {
+            return Err(ApiError::bad_request("\"max_eer\" must be a number in [0, 1]"));
+        }
+        let params = group_params(self.similarity, self.min_size, None)?;
+        Ok(Teach { class: self.class, negatives: self.negatives, max_eer, who, params })
     }
 }
 
