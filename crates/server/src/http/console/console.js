@@ -331,6 +331,7 @@
     $("token").value = "";
     $("ops").disabled = token === null;
     $("teach").disabled = token === null;
+    $("unknowns").disabled = token === null;
     $("token-state").textContent = token
       ? "Token set (in this page's memory only). The service checks it on every action."
       : "No token: the controls below are off. The token stays in this page's memory only.";
@@ -430,7 +431,61 @@
     });
   }
 
+  // ---- Unknowns ------------------------------------------------------------------------------
+
+  function renderGroup(g, params) {
+    const name = el("input", { type: "text", class: "group-class", spellcheck: "false", autocomplete: "off" });
+    name.setAttribute("aria-label", `new class name for group ${g.id}`);
+    const teach = el("button", { type: "button", class: "group-teach", text: "Teach as a new class" });
+    teach.addEventListener("click", async () => {
+      const cls = name.value.trim();
+      if (!cls) {
+        $("op-result").textContent = "Name the new class first.";
+        return;
+      }
+      const body = { class: cls, similarity: params.similarity, min_size: params.min_size };
+      const job = await act("Start training job", "POST", `/unknowns/${encodeURIComponent(g.id)}/teach`, body);
+      if (job) {
+        await followJob(job, "Training");
+        await listUnknowns();
+      }
+    });
+    const reasons = Object.entries(g.reasons)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ");
+    return el(
+      "article",
+      { class: "group", "data-group": g.id },
+      el(
+        "h3",
+        {
+          text: `${g.size} texts (declined ${g.seen}×) — best guess ${g.best_guess} for ${g.best_guess_texts}; cohesion ${fmt(g.cohesion, 2)}`,
+        },
+      ),
+      el("p", { class: "hint", text: `${reasons}; first ${g.first_seen}, last ${g.last_seen}` }),
+      el("ul", {}, ...g.examples.map((t) => el("li", { text: t }))),
+      el("div", { class: "row" }, name, teach),
+    );
+  }
+
+  async function listUnknowns() {
+    const params = { similarity: Number($("unknowns-similarity").value), min_size: Number($("unknowns-min-size").value) };
+    const q = `similarity=${encodeURIComponent(params.similarity)}&min_size=${encodeURIComponent(params.min_size)}`;
+    try {
+      const u = await api("GET", `/unknowns?${q}`, undefined, true);
+      $("unknowns-summary").textContent =
+        `${u.kept} declined texts kept (declined ${u.seen}×): ${u.groups.length} group` +
+        `${u.groups.length === 1 ? "" : "s"}, ${u.ungrouped} ungrouped` +
+        (u.not_comparable ? `, ${u.not_comparable} from another trunk` : "") +
+        ".";
+      $("unknowns-groups").replaceChildren(...u.groups.map((g) => renderGroup(g, params)));
+    } catch (e) {
+      $("unknowns-summary").textContent = `Cannot list the unknowns: ${e.message}`;
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    $("unknowns-list").addEventListener("click", listUnknowns);
     $("try-form").addEventListener("submit", classify);
     wireOperate();
     wireTeach();
