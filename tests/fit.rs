@@ -379,6 +379,9 @@ async fn declined_texts_group_into_a_class_taught_from_the_api(
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["unknowns_taught"].as_u64(), Some(size), "{done}");
     assert_eq!(done["result"]["examples"]["positives"].as_u64(), Some(size), "{done}");
+    // The taught head carries its centroid, so the open-world rule stays in force.
+    let experts = common::json_of(http.get(format!("{base}/experts"))).await;
+    assert!(experts["gate"]["disabled_reason"].is_null() && experts["gate"]["open_world"].is_object(), "{experts}");
     let after = common::json_of(admin(http.get(format!("{base}/unknowns?examples=1000&similarity=0.5")))).await;
     assert_eq!(after["kept"].as_u64(), Some(kept - size), "taught texts leave the unknowns: {after}");
     let answers = common::json_of(http.post(format!("{base}/classify")).json(&json!({"texts": members}))).await;

@@ -160,7 +160,7 @@ def measure(base, rows, unseen, before):
         per_class[c] = {"recall": hits / sum(y == c for _, y in test), "precision": hits / max(claimed, 1)}
     unseen_texts = [(a, y) for a, (_, y) in zip(after, test) if y in unseen]
     return {
-        "traffic": {"unseen_texts": len(traffic) - sum(y == "oos" for _, y in traffic), "oos": declined_oos},
+        "traffic": {"unseen_texts": sum(y != "oos" for _, y in traffic), "oos": sum(y == "oos" for _, y in traffic)},
         "declined": {"unseen": declined_unseen, "oos": declined_oos},
         "listing": {k: listing[k] for k in ("kept", "seen", "ungrouped", "similarity", "min_size")},
         "groups": groups,

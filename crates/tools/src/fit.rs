@@ -642,14 +642,7 @@ fn fit_heads(classes: usize, train: &Matrix, truth: &[usize], val: &Matrix, val_
 
 /// Class `k`'s mean train embedding at unit length (the open-world rule's centroid).
 fn centroid(train: &Matrix, truth: &[usize], k: usize) -> Vec<f32> {
-    let mut sum = vec![0f64; train.cols];
-    for i in (0..train.rows).filter(|&i| truth[i] == k) {
-        for (s, v) in sum.iter_mut().zip(train.row(i)) {
-            *s += f64::from(*v);
-        }
-    }
-    let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-    sum.iter().map(|v| (v / norm) as f32).collect()
+    LinearHead::centroid_of((0..train.rows).filter(|&i| truth[i] == k).map(|i| train.row(i)), train.cols)
 }
 
 /// Positive-class probabilities of a linear head, computed as the service computes them.

@@ -48,6 +48,18 @@ impl LinearHead {
         LinearHead { weights, bias, centroid: None }
     }
 
+    /// The mean of a class's embeddings at unit length: its centroid (zeros for no rows).
+    pub fn centroid_of<'a>(rows: impl IntoIterator<Item = &'a [f32]>, dim: usize) -> Vec<f32> {
+        let mut sum = vec![0f64; dim];
+        for row in rows {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += f64::from(*v);
+            }
+        }
+        let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        sum.iter().map(|v| (v / norm) as f32).collect()
+    }
+
     /// The embedding's similarity to the class centroid, when the head has one.
     pub fn similarity(&self, x: &[f32]) -> Option<f32> {
         self.centroid.as_ref().map(|c| c.iter().zip(x).map(|(a, b)| a * b).sum())

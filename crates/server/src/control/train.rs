@@ -37,8 +37,8 @@ use moe_core::clock::now_rfc3339;
 use moe_core::data::DataArgs;
 use moe_core::expert::Expert;
 use moe_core::files::{sha256_file, write_atomic};
-use moe_core::inference::Matrix;
 use moe_core::inference::executor::Input;
+use moe_core::inference::{LinearHead, Matrix};
 use moe_core::service::Core;
 use moe_core::stats::logreg::{Logistic, cross_validate, shuffle};
 use moe_core::{Error, Result};
@@ -303,6 +303,11 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
         in_background(move || cross_validate(&x, &y, logit_shift)).await?
     };
     let fit_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The class's centroid, as `moe fit` writes one, so an open-world rule that blends in the
+    // nearest-centroid similarity stays in force with the new class.
+    let mut fitted = fitted;
+    let dim = x.first().map_or(0, Vec::len);
+    fitted.model.head.centroid = Some(LinearHead::centroid_of(x[..p.positives.len()].iter().map(Vec::as_slice), dim));
     let cv = json!({"folds": fitted.folds, "C": fitted.c, "grid": fitted.grid, "auc": fitted.report.auc,
                     "eer": fitted.report.eer, "threshold": fitted.report.eer_threshold,
                     "f1_at_eer": fitted.report.at_eer.f1, "precision_at_eer": fitted.report.at_eer.precision,
