@@ -115,7 +115,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     for (i, e) in r.experts.iter().enumerate() {
         let cal = set.experts[i].calibration().unwrap();
         let want = calibrated(cal, probs[i]) / set.experts.len() as f32;
-        assert!((e.score - want).abs() < 1e-6, "{}: {} vs {want}", e.class, e.score);
+        assert!((e.score - want).abs() < 1e-6, "{}: {} vs {want}", r.name(e).class, e.score);
     }
     // One expert without a map: probabilities again, and the reason is reported.
     common::edit_json(&out.join(&reg.experts["Health"]).join("card.json"), |c| c["calibration"] = Value::Null);

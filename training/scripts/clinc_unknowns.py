@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 DATA = Path("data/clinc150/clinc150.csv")
-MOE = Path("target/release/moe")
+MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
 TOKEN = "clinc-unknowns"
 
 

@@ -33,7 +33,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Semaphore;
 
-pub use self::set::{Declined, Embedded, ExpertResult, ExpertSet, Shadow, TextResult};
+pub use self::set::{Declined, Embedded, ExpertName, ExpertResult, ExpertSet, Shadow, TextResult};
 use crate::bundle::bundle_names;
 use crate::bundle::card::Card;
 use crate::bundle::registry::{HistoryEntry, RegistryFile};
@@ -488,7 +488,7 @@ fn record_decisions(results: &[TextResult]) {
     metrics::counter!("moe_texts_classified_total").increment(results.len() as u64);
     for r in results {
         for e in r.experts.iter().filter(|e| e.passed) {
-            metrics::counter!("moe_expert_passed_total", "class" => e.class.clone()).increment(1);
+            metrics::counter!("moe_expert_passed_total", "class" => r.name(e).class.clone()).increment(1);
         }
         let label = r.label.clone().unwrap_or_else(|| "(abstained)".into());
         metrics::counter!("moe_labels_total", "label" => label).increment(1);

@@ -15,7 +15,8 @@ use crate::error::lock;
 use crate::expert::{Expert, Head, positive_probabilities};
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
-use crate::inference::{Encoded, Executor, ExecutorPool, Matrix, TokenizerHandle};
+use crate::inference::{Encoded, Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
+use crate::stats::linalg::gemm;
 use crate::{Error, Result};
 
 /// Requests up to this many bytes of text are tokenized on the calling async worker, larger ones on
@@ -102,6 +103,10 @@ pub struct ExpertSet {
     plan: Plan,
     /// The stage (plan index) and trunk id most heads run on: declined texts keep its embedding.
     primary: Option<(usize, String)>,
+    /// Per stage, its linear heads stacked: one matrix product scores them all.
+    stacked: Vec<Stacked>,
+    /// The experts' names (set order), shared by every answer instead of copied into each.
+    names: Arc<Vec<ExpertName>>,
     /// Each expert's `moe_expert_seconds{class}` histogram, looked up once per set (on its first
     /// request, when the service's recorder is installed) instead of once per expert per request.
     timers: OnceLock<Vec<metrics::Histogram>>,
@@ -143,6 +148,18 @@ impl ExpertSet {
         let shadows = shadows.into_iter().filter(|s| experts.iter().any(|e| e.class == s.class)).collect();
         let plan = Plan::new(&experts);
         let primary = primary_trunk(&experts, &plan);
+        let stacked = Stacked::build(&experts, &plan);
+        let names = Arc::new(
+            experts
+                .iter()
+                .map(|e| ExpertName {
+                    class: e.class.clone(),
+                    algorithm: e.card.algorithm.clone(),
+                    bundle: e.bundle.clone(),
+                    version: e.card.version.clone(),
+                })
+                .collect(),
+        );
         Ok(ExpertSet {
             experts,
             thresholds,
@@ -153,6 +170,8 @@ impl ExpertSet {
             shadows,
             plan,
             primary,
+            stacked,
+            names,
             timers: OnceLock::new(),
         })
     }
@@ -250,17 +269,23 @@ impl ExpertSet {
         let timers = self.timers.get_or_init(|| {
             self.experts.iter().map(|e| metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())).collect()
         });
+        let mut linear: Vec<Option<Vec<f32>>> = vec![None; self.experts.len()];
+        for st in &self.stacked {
+            st.probabilities(&first[st.stage], &mut linear)?;
+        }
         let mut probs = Vec::with_capacity(self.experts.len());
-        for (((e, rx), &s), timer) in self.experts.iter().zip(pending).zip(&self.plan.stage_of).zip(timers) {
-            let logits = match (rx, &e.head) {
-                (Some(rx), _) => {
-                    rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??
-                }
-                (None, Some(Head::Linear(l))) => l.logits(&first[s])?,
-                (None, _) => (*first[s]).clone(),
-            };
+        for ((((e, rx), &s), timer), linear) in
+            self.experts.iter().zip(pending).zip(&self.plan.stage_of).zip(timers).zip(linear)
+        {
+            probs.push(match (rx, &e.head, linear) {
+                (Some(rx), _, _) => positive_probabilities(
+                    &rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??,
+                ),
+                (None, _, Some(p)) => p,
+                (None, Some(Head::Linear(l)), None) => positive_probabilities(&l.logits(&first[s])?),
+                (None, _, None) => positive_probabilities(&first[s]),
+            });
             timer.record(started.elapsed().as_secs_f64());
-            probs.push(positive_probabilities(&logits));
         }
         let nearest = if self.gate.blends() { self.nearest_on(&first) } else { vec![None; texts.len()] };
         let embeddings = self.primary.as_ref().map(|(s, trunk)| (trunk.clone(), first[*s].clone()));
@@ -342,22 +367,17 @@ impl ExpertSet {
             best_guess: self.experts[d.best_guess].class.clone(),
             truncated,
             declined: None,
-            experts: self
-                .experts
-                .iter()
-                .enumerate()
-                .map(|(i, e)| ExpertResult {
-                    class: e.class.clone(),
+            experts: (0..self.experts.len())
+                .map(|i| ExpertResult {
+                    index: i,
                     probability: outs[i].probability,
                     threshold: outs[i].threshold,
                     passed: d.passed[i],
                     gate_weight: d.weights[i],
                     score: d.scores[i],
-                    algorithm: e.card.algorithm.clone(),
-                    bundle: e.bundle.clone(),
-                    version: e.card.version.clone(),
                 })
                 .collect(),
+            names: self.names.clone(),
         }
     }
 
@@ -410,6 +430,92 @@ pub struct Embedded {
     pub vector: Vec<f32>,
 }
 
+/// The linear heads of one stage as one `k x dim` matrix, so a request scores all of them with one
+/// matrix product instead of `k` dot-product loops and `k` allocations (the 1,000-expert profile,
+/// docs/BENCHMARKS.md). The probability is the per-head path's: 1 / (1 + e^-(w·x + b)).
+struct Stacked {
+    stage: usize,
+    /// Set indices of the experts, in row order of `weights`.
+    experts: Vec<usize>,
+    dim: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Stacked {
+    /// One per stage with at least two linear heads (one head gains nothing from a product).
+    fn build(experts: &[Arc<Expert>], plan: &Plan) -> Vec<Stacked> {
+        let mut out: Vec<Stacked> = Vec::new();
+        for (stage, _) in plan.stages.iter().enumerate() {
+            let heads: Vec<(usize, &LinearHead)> = experts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| plan.stage_of[*i] == stage)
+                .filter_map(|(i, e)| match &e.head {
+                    Some(Head::Linear(l)) => Some((i, l.as_ref())),
+                    _ => None,
+                })
+                .collect();
+            let Some(dim) = heads.first().map(|(_, l)| l.weights.len()) else { continue };
+            if heads.len() < 2 || heads.iter().any(|(_, l)| l.weights.len() != dim) {
+                continue;
+            }
+            out.push(Stacked {
+                stage,
+                experts: heads.iter().map(|(i, _)| *i).collect(),
+                dim,
+                weights: heads.iter().flat_map(|(_, l)| l.weights.iter().copied()).collect(),
+                bias: heads.iter().map(|(_, l)| l.bias).collect(),
+            });
+        }
+        out
+    }
+
+    /// Each stacked expert's positive probabilities on `x` (rows x dim), into `out[expert]`.
+    fn probabilities(&self, x: &Matrix, out: &mut [Option<Vec<f32>>]) -> Result<()> {
+        if x.cols != self.dim {
+            return Err(Error::Internal(format!(
+                "linear heads of {} weights got an embedding of {}",
+                self.dim, x.cols
+            )));
+        }
+        let k = self.experts.len();
+        let mut z = vec![0f32; x.rows * k];
+        if x.rows <= DIRECT_ROWS {
+            // A few rows: dot products straight off the weight rows; a matrix product would first
+            // copy (pack) all k x dim weights, which cost more than the products for one text.
+            for (r, zr) in z.chunks_mut(k).enumerate() {
+                for (zj, w) in zr.iter_mut().zip(self.weights.chunks(self.dim)) {
+                    *zj = dot(x.row(r), w);
+                }
+            }
+        } else {
+            // Z = X · Wᵀ: W is k x dim row-major, read as its transpose (row stride 1, column stride dim).
+            gemm(x.rows, self.dim, k, (&x.data, self.dim, 1), (&self.weights, 1, self.dim), &mut z);
+        }
+        for (j, &e) in self.experts.iter().enumerate() {
+            out[e] = Some((0..x.rows).map(|r| 1.0 / (1.0 + (0.0 - (z[r * k + j] + self.bias[j])).exp())).collect());
+        }
+        Ok(())
+    }
+}
+
+/// Up to this many rows the stacked heads take direct dot products instead of a matrix product.
+const DIRECT_ROWS: usize = 4;
+
+/// `a · b` in eight independent partial sums (which the compiler turns into vector lanes).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// The stage most experts with a head run on, and that trunk's id.
 fn primary_trunk(experts: &[Arc<Expert>], plan: &Plan) -> Option<(usize, String)> {
     let mut counts = vec![0usize; plan.stages.len()];
@@ -423,15 +529,22 @@ fn primary_trunk(experts: &[Arc<Expert>], plan: &Plan) -> Option<(usize, String)
     Some((stage, expert.card.trunk.as_ref()?.id.clone()))
 }
 
-/// One expert's part in one text's decision.
+/// One expert's part in one text's decision (its names: `TextResult::name`).
 #[derive(Debug, Clone)]
 pub struct ExpertResult {
-    pub class: String,
+    /// The expert's place in the set (class order).
+    pub index: usize,
     pub probability: f32,
     pub threshold: f32,
     pub passed: bool,
     pub gate_weight: f32,
     pub score: f32,
+}
+
+/// What names an expert in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertName {
+    pub class: String,
     pub algorithm: String,
     pub bundle: String,
     pub version: String,
@@ -451,6 +564,15 @@ pub struct TextResult {
     /// The text and its trunk embedding, set by the service for abstentions only.
     pub declined: Option<Declined>,
     pub experts: Vec<ExpertResult>,
+    /// The set's expert names, shared (one pointer per answer, not four strings per expert).
+    pub names: Arc<Vec<ExpertName>>,
+}
+
+impl TextResult {
+    /// The names of the expert behind a row of `experts`.
+    pub fn name(&self, e: &ExpertResult) -> &ExpertName {
+        &self.names[e.index]
+    }
 }
 
 pub const SHADOW_BUCKETS: usize = 10;
@@ -497,5 +619,43 @@ impl Shadow {
         metrics::gauge!("moe_shadow_agreement_rate", "class" => self.class.clone())
             .set(s.agreements as f64 / s.texts.max(1) as f64);
         metrics::counter!("moe_shadow_texts_total", "class" => self.class.clone()).increment(shadow.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stacked heads give each head's own probabilities (its `logits`, as served one by one), by
+    /// direct dot products for a few rows and by the matrix product for more.
+    #[test]
+    fn stacked_heads_match_each_head_alone() {
+        let (dim, k) = (37, 5);
+        let mut s = 11u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let heads: Vec<LinearHead> =
+            (0..k).map(|_| LinearHead::new((0..dim).map(|_| next()).collect(), next())).collect();
+        let stacked = Stacked {
+            stage: 0,
+            experts: (0..k).collect(),
+            dim,
+            weights: heads.iter().flat_map(|h| h.weights.clone()).collect(),
+            bias: heads.iter().map(|h| h.bias).collect(),
+        };
+        for rows in [1, DIRECT_ROWS, DIRECT_ROWS + 3] {
+            let x = Matrix { rows, cols: dim, data: (0..rows * dim).map(|_| next()).collect() };
+            let mut out = vec![None; k];
+            stacked.probabilities(&x, &mut out).unwrap();
+            for (h, got) in heads.iter().zip(&out) {
+                let want = positive_probabilities(&h.logits(&x).unwrap());
+                let got = got.as_ref().unwrap();
+                assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-6), "{rows} rows: {want:?} vs {got:?}");
+            }
+        }
+        let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };
+        assert!(stacked.probabilities(&wrong, &mut vec![None; k]).is_err());
     }
 }

@@ -9,7 +9,7 @@
 //! in two groups. Cost: n² · dim multiply-adds (one matrix product per block of rows), and the
 //! neighbour lists.
 
-use super::ovr::gemm;
+use super::linalg::gemm;
 
 /// One candidate class: indices into the rows given to `communities`.
 #[derive(Debug, Clone, PartialEq)]

@@ -148,8 +148,8 @@ impl FeedbackLog {
             .experts
             .iter()
             .map(|e| Scored {
-                class: e.class.clone(),
-                version: e.version.clone(),
+                class: r.name(e).class.clone(),
+                version: r.name(e).version.clone(),
                 probability: e.probability,
                 passed: e.passed,
             })

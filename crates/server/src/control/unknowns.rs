@@ -524,6 +524,7 @@ mod tests {
                 embedding: Some(Embedded { trunk: "t1".into(), vector: v }),
             }),
             experts: Vec::new(),
+            names: Default::default(),
         }
     }
 

@@ -52,7 +52,8 @@ impl ExpertsView {
             ExpertsView::None => Vec::new(),
             ExpertsView::Top => {
                 let mut best: Vec<&ExpertResult> = r.experts.iter().collect();
-                best.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.class.cmp(&b.class)));
+                // Ties in class order (the set's order).
+                best.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.index.cmp(&b.index)));
                 best.into_iter()
                     .enumerate()
                     .filter(|(rank, e)| e.passed || *rank < TOP_EXPERTS)
@@ -67,7 +68,7 @@ impl ExpertsView {
             best_guess: r.best_guess.clone(),
             out_of_scope_score: r.out_of_scope_score,
             truncated: r.truncated,
-            experts: rows.into_iter().map(ExpertRow::from).collect(),
+            experts: rows.into_iter().map(|e| ExpertRow::of(r, e)).collect(),
         }
     }
 }
@@ -100,18 +101,20 @@ pub struct ExpertRow {
     pub version: String,
 }
 
-impl From<&ExpertResult> for ExpertRow {
-    fn from(e: &ExpertResult) -> Self {
+impl ExpertRow {
+    /// Row `e` of answer `r`.
+    fn of(r: &TextResult, e: &ExpertResult) -> ExpertRow {
+        let name = r.name(e);
         ExpertRow {
-            class: e.class.clone(),
+            class: name.class.clone(),
             probability: e.probability,
             threshold: e.threshold,
             passed: e.passed,
             gate_weight: e.gate_weight,
             score: e.score,
-            algorithm: e.algorithm.clone(),
-            bundle: e.bundle.clone(),
-            version: e.version.clone(),
+            algorithm: name.algorithm.clone(),
+            bundle: name.bundle.clone(),
+            version: name.version.clone(),
         }
     }
 }
