@@ -701,6 +701,14 @@ def main(argv=None) -> None:
         "--clinc", default="../docs/results/clinc150-vs-global.json", help="clinc_vs_global.py results (may be absent)"
     )
     rp.add_argument("--clinc-fit", default="../docs/results/clinc150-fit-summary.json", help="moe fit's summary")
+    rp.add_argument(
+        "--open-intent",
+        default="../docs/results/wikihow-open-intent.json",
+        help="open_intent.py results (may be absent)",
+    )
+    rp.add_argument(
+        "--unknowns", default="../docs/results/clinc150-unknowns.json", help="clinc_unknowns.py results (may be absent)"
+    )
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
     lz = sub.add_parser("linearize", help="copy a model root with its Gemm heads as linear heads (computed in Rust)")
     lz.add_argument("src")
