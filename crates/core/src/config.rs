@@ -152,7 +152,7 @@ pub struct Limits {
     /// Feedback entries kept in `<state>/feedback.jsonl` (oldest dropped).
     #[arg(long, env = "MOE_FEEDBACK_CAP", default_value_t = 10_000)]
     pub feedback_cap: usize,
-    /// Declined texts kept in `<state>/unknowns.jsonl` for `GET /unknowns` (0: keep none).
+    /// Declined texts kept in `<state>/unknowns.jsonl` for `GET /unknowns` (0: none).
     ///
     /// Each distinct text once, with its trunk embedding, counts and first/last seen; past the
     /// cap the least recently seen go. Grouping costs about cap² x 384 multiply-adds per listing.
