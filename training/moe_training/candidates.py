@@ -130,7 +130,9 @@ def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str]
     y = torch.from_numpy(np.array([classes.index(c) for c in labels]))
     info = _recipe(s, data_sha256=data_sha, rows=len(texts))
     loss = lambda out, i: torch.nn.functional.cross_entropy(out, y[i])  # noqa: E731
-    return model, _train_19way(model, tok, texts, s, "global19", f"{s.backbone} 19-way fine-tune", loss, info)
+    return model, _train_19way(
+        model, tok, texts, s, "global19", f"{s.backbone} {len(classes)}-way fine-tune", loss, info
+    )
 
 
 def _recipe(s: TrainSettings, **extra) -> dict:

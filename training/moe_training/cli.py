@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -139,17 +140,17 @@ def _settings(args, **extra):
     )
 
 
-def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path, out: Path) -> dict:
+def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path, out: Path, embed: bool = True) -> dict:
     """Export one shared trunk ("frozen": the pretrained backbone; "ft19": the backbone fine-tuned
-    once as a multi-class classifier on train) into `out`, and embed train with the artefact that
-    is served."""
+    once as a multi-class classifier on train) into `out`, and (with `embed`) embed train with the
+    artefact that is served."""
     from . import backbone, bundle, candidates
     from .export import run_onnx
 
     t0 = time.time()
     train, val = ds["train"], ds["val"]
     encoder, extra = None, {}
-    if name == "ft19":
+    if name in ("ft19", "ft"):  # "ft": the `trunk` command's, named for any number of classes
         model, info = candidates.finetune_global(tok, train.texts, train.labels, ds.classes, settings, ds.sha256)
         encoder = model.encoder
         extra = {"fine_tuned": {**info, "task": f"{len(ds.classes)}-way classification on train"}}
@@ -167,10 +168,22 @@ def _build_trunk(args, name: str, ds, settings, tok, work: Path, tok_path: Path,
         graph = work / f"trunk-{name}-fp32.onnx"
         meta["quantization"] = "none (fp32)"
     p = args.trunk_precision
+    if p == "int8" and getattr(args, "activations", "per-tensor") == "per-row":  # batchable (rowquant.py)
+        from . import rowquant
+
+        rowquant.per_row(graph, graph)
+        meta["quantization"], p = rowquant.QUANTIZATION, "int8-rowq"
+        feeds = backbone.encode(tok, val.texts[:32])  # the parity of the graph that is served
+        ref, got = run_onnx(work / f"trunk-{name}-fp32.onnx", feeds), run_onnx(graph, feeds)
+        cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        meta["parity"].update(int8_max_abs_diff=float(np.max(np.abs(ref - got))), int8_min_cosine=float(cos.min()))
     prefix = f"{args.backbone}-{p}" if name == "frozen" else f"{args.backbone}-{name}-{p}"
     trunk_id = bundle.write_trunk(out, prefix, graph, tok_path, {**meta, **extra, "created": bundle.utc_now()})
     path = out / "trunks" / trunk_id / "trunk.onnx"
     ref = {"id": trunk_id, "sha256": json.loads((path.parent / "trunk.json").read_text())["graph"]["sha256"]}
+    summary = {"id": trunk_id, "seconds": round(time.time() - t0, 1), **meta["parity"], **extra}
+    if not embed:
+        return {"ref": ref, "path": path, "summary": summary}
     # Heads are trained on the embeddings of the artefact that is served (the int8 trunk), of the
     # train titles and of --head-augment noisy copies of each (`head_rows`).
     texts, labels = head_rows(args, train)
@@ -299,6 +312,25 @@ def build(args) -> None:
     manifest["seconds"] = round(time.time() - t_start, 1)
     bundle.write_json(out / f"manifest-{manifest['started'].replace(':', '')}.json", manifest)
     print(f"wrote {len(manifest['bundles'])} bundles to {out} in {manifest['seconds']}s")
+
+
+def trunk(args) -> None:
+    """The accurate path's trunk: fine-tune the backbone as one classifier over the CSV's labels
+    (train split only; resumable with --checkpoints: a rerun continues, a finished run is loaded)
+    and export its encoder, int8, as a shared trunk under OUT/trunks/<id>/ for `moe fit --trunk`."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    ds = _load_data(args)
+    settings = _settings(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work, tok, tok_path = _workdir("moe-trunk-", args.backbone)
+    built = _build_trunk(args, "ft", ds, settings, tok, work, tok_path, out, embed=False)
+    summary = {**built["summary"], "path": str(built["path"].parent), "data": _data_info(ds, args)}
+    (out / f"trunk-{built['ref']['id']}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    print(f"next: moe fit --data {args.data} --trunk {built['path'].parent} --out DIR")
 
 
 class _Globals:
@@ -602,40 +634,90 @@ def spell(args) -> None:
 def reference(args) -> None:
     """Probabilities of one bundle for texts, computed by onnxruntime's Python API (parity oracle;
     a linear head's dot product in numpy). Needs only numpy, tokenizers and onnxruntime (no torch)."""
+    probs = bundle_probabilities(Path(args.root), args.bundle, args.texts)
+    print(json.dumps({"bundle": args.bundle, "probabilities": probs}))
+
+
+def bundle_probabilities(root: Path, name: str, texts: list[str]) -> list[float]:
+    """One bundle's probabilities for texts, one text per run (what the service answers for a text)."""
+    from tokenizers import Tokenizer
+
     from .export import run_onnx, softmax_pos
+    from .spelling import correct, read_lexicon
     from .tokens import encode
 
-    root = Path(args.root)
-    card = json.loads((root / args.bundle / "card.json").read_text())
+    card = json.loads((root / name / "card.json").read_text())
     if card["kind"] in ("head", "linear"):
         tdir = root / "trunks" / card["trunk"]["id"]
         tok_file, trunk = tdir / "tokenizer.json", tdir / "trunk.onnx"
         spelling = json.loads((tdir / "trunk.json").read_text()).get("spelling")
         spelling_dir = tdir
     else:
-        tok_file, trunk = root / args.bundle / card["tokenizer"]["file"], None
-        spelling, spelling_dir = card.get("spelling"), root / args.bundle
-    from tokenizers import Tokenizer
-
-    from .spelling import correct, read_lexicon
-
+        tok_file, trunk = root / name / card["tokenizer"]["file"], None
+        spelling, spelling_dir = card.get("spelling"), root / name
     lexicon = read_lexicon(spelling_dir / spelling["file"]) if spelling else None
-
     tok = Tokenizer.from_file(str(tok_file))
     tok.no_padding()
     tok.enable_truncation(max_length=card["max_seq_len"])
     probs = []
-    for text in args.texts:  # one text per run: what the service answers for a text
+    for text in texts:
         feeds = encode(tok, [correct(text, lexicon) if lexicon else text])
         if trunk is not None:
             feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
         if card["kind"] == "linear":  # head.json: sigmoid(w . embedding + b), here in numpy
-            head = json.loads((root / args.bundle / card["graph"]["file"]).read_text())
+            head = json.loads((root / name / card["graph"]["file"]).read_text())
             z = float(feeds["embedding"][0].astype(np.float64) @ np.array(head["weights"]) + head["bias"])
             probs.append(1.0 / (1.0 + np.exp(-z)))
             continue
-        probs.append(float(softmax_pos(run_onnx(root / args.bundle / card["graph"]["file"], feeds))[0]))
-    print(json.dumps({"bundle": args.bundle, "probabilities": probs}))
+        probs.append(float(softmax_pos(run_onnx(root / name / card["graph"]["file"], feeds))[0]))
+    return probs
+
+
+def rowquant(args) -> None:
+    """Copy a model root with every dynamically quantised trunk rewritten to per-row activation
+    scales (rowquant.py: each text's numbers its own, so the service can batch it), the bundles on
+    it re-pointed and their self-test probabilities recomputed. Heads, thresholds, calibration and
+    the registry are kept as they are: the same experts on a batch-invariant trunk."""
+    from . import bundle, rowquant
+    from .data import sha256_file
+
+    src, out = Path(args.src), Path(args.out)
+    if out.exists():
+        sys.exit(f"{out} exists: choose a new folder")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    renamed = {}
+    for tdir in sorted((tmp / "trunks").iterdir()):
+        meta = json.loads((tdir / "trunk.json").read_text())
+        graph = tdir / meta["graph"]["file"]
+        try:
+            n = rowquant.per_row(graph, graph)
+        except ValueError as e:
+            print(f"{tdir.name}: kept ({e})")
+            continue
+        sha = sha256_file(graph)
+        prefix = meta["id"].rsplit("-", 1)[0] if meta["id"].count("-") else meta["id"]
+        new_id = f"{prefix}-rowq-{sha[:12]}"
+        meta.update(id=new_id, graph={**meta["graph"], "sha256": sha}, quantization=rowquant.QUANTIZATION)
+        meta["rewritten_from"] = {"id": tdir.name, "quantize_linear_nodes": n, "at": bundle.utc_now()}
+        bundle.write_json(tdir / "trunk.json", meta)
+        tdir.rename(tdir.with_name(new_id))
+        renamed[tdir.name] = (new_id, sha)
+        print(f"{tdir.name} -> {new_id}: {n} activations quantised per row")
+    for card_path in sorted(tmp.glob("*/card.json")):
+        card = json.loads(card_path.read_text())
+        ref = card.get("trunk") or {}
+        if ref.get("id") not in renamed:
+            continue
+        card["trunk"] = {**ref, "id": renamed[ref["id"]][0], "sha256": renamed[ref["id"]][1]}
+        bundle.write_json(card_path, card)  # the new trunk first: the probabilities below run on it
+        texts = [t["text"] for t in card["selftest"]]
+        probs = bundle_probabilities(tmp, card_path.parent.name, texts)
+        card["selftest"] = [{**t, "probability": p} for t, p in zip(card["selftest"], probs)]
+        bundle.write_json(card_path, card)
+    tmp.rename(out)
+    print(f"wrote {out}: {len(renamed)} trunk(s) rewritten")
 
 
 def main(argv=None) -> None:
@@ -665,6 +747,19 @@ def main(argv=None) -> None:
     b.add_argument("--hard-weight", type=float, default=0.5, help="kd19-logreg: weight of the labelled loss")
     _training_args(b)
     b.set_defaults(func=build)
+    tr = sub.add_parser("trunk", help="fine-tune the backbone on a CSV's labels and export it as a trunk")
+    _data_args(tr)
+    tr.add_argument("--out", required=True, help="folder to write trunks/<id>/ into")
+    tr.add_argument("--trunk-precision", default="int8", choices=["int8", "fp32"], help="the trunk as exported or int8")
+    tr.add_argument(
+        "--activations",
+        default="per-row",
+        choices=["per-row", "per-tensor"],
+        help="int8 activation scales: per text row (batchable) or per batch (rowquant.py)",
+    )
+    _run_args(tr)
+    _training_args(tr)
+    tr.set_defaults(func=trunk)
     t = sub.add_parser("teach", help="write a fine-tuned teacher's logits for distillation")
     _data_args(t)
     t.add_argument("--summary-col", default="summary", help="unlabelled text: chunks of train rows' summaries")
@@ -738,6 +833,10 @@ def main(argv=None) -> None:
             ", ".join(__import__("moe_training.spelling", fromlist=["x"]).attach(Path(a.lexicon), Path(a.root))),
         )
     )
+    rq = sub.add_parser("rowquant", help="copy a model root with its int8 trunks quantised per row (batchable)")
+    rq.add_argument("src")
+    rq.add_argument("out")
+    rq.set_defaults(func=rowquant)
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)

@@ -1,0 +1,124 @@
+"""The shipped set on its int8 trunk (one activation scale per batch, run one text at a time) against
+the same experts on the per-row rewrite (`python -m moe_training rowquant models build/rowq-set`:
+heads, thresholds and gate unchanged; batched by the service). Both served by `moe serve`, the val
+and test titles sent 64 per request: the served label's accuracy (an abstention counts wrong), the
+best guess's, the paired bootstrap interval of the difference, and the batch check through HTTP:
+every expert's probability for each of 200 test titles alone and inside batches of 64 (other
+titles, other lengths, so other padding), largest difference.
+
+Usage (from the repository root, after `cargo build --release`):
+  .venv/bin/python training/scripts/rowquant_accuracy.py models build/rowq-set OUT.json
+"""
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import random
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path("data/wikihow19_titles.csv")
+MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
+BOOT = 2000
+
+
+def post(base, texts):
+    body = json.dumps({"texts": texts}).encode()
+    req = urllib.request.Request(base + "/classify?experts=all", data=body, method="POST")
+    req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())["results"]
+
+
+@contextlib.contextmanager
+def serving(models, port):
+    state = Path(tempfile.mkdtemp(prefix="moe-rowq-"))
+    cmd = [str(MOE), "serve", "--models", str(models), "--state", str(state), "--port", str(port)]
+    log = (state / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(base + "/readyz", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield base, state / "serve.log"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def probs(result):
+    return {e["class"]: e["probability"] for e in result["experts"]}
+
+
+def measure(models, port, splits):
+    out = {}
+    with serving(models, port) as (base, log):
+        for name, rows in splits.items():
+            texts = [t for t, _ in rows]
+            res = [r for i in range(0, len(texts), 64) for r in post(base, texts[i : i + 64])]
+            out[name] = {
+                "label": [r.get("label") == y for r, (_, y) in zip(res, rows)],
+                "best": [r.get("best_guess", r.get("label")) == y for r, (_, y) in zip(res, rows)],
+            }
+        texts = [t for t, _ in splits["test"][:200]]
+        alone = [probs(post(base, [t])[0]) for t in texts]
+        shuffled = list(range(len(texts)))
+        random.Random(0).shuffle(shuffled)
+        batched = {}
+        for i in range(0, len(shuffled), 64):
+            idx = shuffled[i : i + 64]
+            for j, r in zip(idx, post(base, [texts[j] for j in idx])):
+                batched[j] = probs(r)
+        diff = max(abs(alone[j][c] - batched[j][c]) for j in range(len(texts)) for c in alone[j])
+        out["batch_check"] = {"texts": len(texts), "max_abs_diff": diff}
+        out["row_by_row_logged"] = "one text at a time" in log.read_text()
+    return out
+
+
+def paired(a, b, seed=0):
+    a, b = np.array(a, float), np.array(b, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (BOOT, len(a)))
+    d = (b[idx] - a[idx]).mean(1)
+    return {
+        "a": a.mean(),
+        "b": b.mean(),
+        "b_minus_a": (b - a).mean(),
+        "interval95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("out")
+    ap.add_argument("--port", type=int, default=18731)
+    args = ap.parse_args()
+    rows = list(csv.DictReader(DATA.open()))
+    splits = {s: [(r["title"], r["label"]) for r in rows if r["split"] == s] for s in ("val", "test")}
+    old = measure(args.old, args.port, splits)
+    new = measure(args.new, args.port + 1, splits)
+    result = {"old": str(args.old), "new": str(args.new), "rows": {s: len(r) for s, r in splits.items()}}
+    for s in splits:
+        result[s] = {k: paired(old[s][k], new[s][k]) for k in ("label", "best")}
+    result["batch_check"] = {"old": old["batch_check"], "new": new["batch_check"]}
+    result["row_by_row_logged"] = {"old": old["row_by_row_logged"], "new": new["row_by_row_logged"]}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
