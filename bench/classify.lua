@@ -6,6 +6,9 @@ local batch = tonumber(os.getenv("BATCH") or "1")
 -- the service's default (top; before 2026-12-03 the default was all, as in the older recordings).
 local experts = os.getenv("EXPERTS") or ""
 local path = experts == "" and "/classify" or ("/classify?experts=" .. experts)
+-- PEER=tei: the same titles to text-embeddings-inference (POST /embed {"inputs": text}).
+local tei = os.getenv("PEER") == "tei"
+if tei then path = "/embed" end
 for line in io.lines(os.getenv("BENCH_TEXTS")) do texts[#texts + 1] = line end
 local i = 0
 local function esc(s) return (s:gsub('\\', '\\\\'):gsub('"', '\\"')) end
@@ -16,7 +19,8 @@ request = function()
     parts[k] = '"' .. esc(texts[i]) .. '"'
   end
   local body
-  if batch == 1 then body = '{"text": ' .. parts[1] .. '}' else body = '{"texts": [' .. table.concat(parts, ",") .. ']}' end
+  if tei then body = '{"inputs": ' .. parts[1] .. '}'
+  elseif batch == 1 then body = '{"text": ' .. parts[1] .. '}' else body = '{"texts": [' .. table.concat(parts, ",") .. ']}' end
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
 end
 done = function(summary, latency, requests)

@@ -307,6 +307,21 @@ AB_NOTES = {
     "workspace (crates core / server / tools) with the lock-free change path; both asked for every expert's row "
     "(`EXPERTS=all`). The rounds overlap at both concurrencies: no speed change. This machine was slower on "
     "2026-12-03 than in the older recordings (both binaries alike).",
+    "ab-stacked-heads.jsonl": "Stacked linear heads and shared names (issue 27): a stage's linear heads are one "
+    "`k x dim` matrix (direct dot products in eight lanes for up to 4 rows, one `matrixmultiply` product for more; "
+    "the per-request packing of 1,000 x 384 weights had been the top symbol of a perf profile at concurrency 16), "
+    "and an answer shares the set's expert names instead of copying four strings per expert. `e1000` serves a "
+    "synthetic 1,000-expert root (`bench/scale_root.py`, /tmp/scale-1000), `old1000` the same root with the build "
+    "before. +42 % at 1,000 experts; the ratio to 19 experts rose from 0.47 to 0.68-0.69, still under the 0.8 "
+    "target. What remains per request is per-expert by nature: the gate's score for every expert, one "
+    "`moe_expert_seconds{class}` histogram record per expert, and the `top` view sorting every row.",
+    "ab-rowquant-tei.jsonl": "Batch-invariant int8 against TEI (issue 28), 5 interleaved rounds, one server at a "
+    "time: `shipped` serves models/ (its int8 trunk quantises each batch's activations with one scale, so the "
+    "executor runs it one text at a time); `per-row` serves the same 19 experts on that trunk rewritten to per-row "
+    "activation scales (`python -m moe_training rowquant models build/rowq-set`: each text's numbers its own, so "
+    "the executor batches it; a text's probabilities alone and in batches of 64 differ by at most 7e-7); `tei` is "
+    "text-embeddings-inference 1.9.3 on the same int8 MiniLM-L6 (`TEI_DIR=../shared/peers/tei`), which batches "
+    "and whose outputs depend on the batch. Ratios to TEI are per round, then the median.",
     "ab-sessions.jsonl": "The two designs head to head in 5 rounds: `one-session-2-threads` keeps its lone-request "
     "lead (p50 0.83 vs 1.59 ms) but under load its rounds spread from 668 to 1346 req/s against 1081 to 1365 for "
     "the default two 1-thread sessions (+ solo), which stays the default; the machine was busier in rounds 4 and 5 "
@@ -331,6 +346,20 @@ for ab_file in sorted(f for f in os.listdir(bench_dir) if f.startswith("ab-") an
                 f"{each} | {median([r['p50_ms'] for r in rs]):.2f} | "
                 f"{median([r['p99_ms'] for r in rs]):.2f} |"
             )
+    if "tei" in variants:
+        p(
+            "\n| against TEI (per round, median) | p50 at 1 (target <= 0.9) | requests/s at 16 (>= 1.3) | p99 at 16 (<= 1) |"
+        )
+        p("|---|---:|---:|---:|")
+        for v in variants:
+            if v == "tei":
+                continue
+
+            def vs_tei(c, k, v=v):
+                fig = {(r["variant"], r["round"]): r[k] for r in ab if r["concurrency"] == c}
+                return median([fig[(v, n)] / fig[("tei", n)] for n in range(1, n_rounds + 1)])
+
+            p(f"| {v} | {vs_tei(1, 'p50_ms'):.2f} | {vs_tei(16, 'requests_per_s'):.2f} | {vs_tei(16, 'p99_ms'):.2f} |")
 TRAIN_LOAD = [
     ("train-load-chunk8.jsonl", "chunks of 8 texts, fit on a normal-priority blocking thread"),
     ("train-load-chunk8-nice.jsonl", "chunks of 8 texts, fit on a nice-19 thread"),
