@@ -16,7 +16,6 @@ use crate::expert::{Expert, Head, positive_probabilities};
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
 use crate::inference::{Encoded, Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
-use crate::stats::linalg::gemm;
 use crate::{Error, Result};
 
 /// Requests up to this many bytes of text are tokenized on the calling async worker, larger ones on
@@ -103,7 +102,7 @@ pub struct ExpertSet {
     plan: Plan,
     /// The stage (plan index) and trunk id most heads run on: declined texts keep its embedding.
     primary: Option<(usize, String)>,
-    /// Per stage, its linear heads stacked: one matrix product scores them all.
+    /// Per stage, its linear heads stacked: one pass over their weights scores them all.
     stacked: Vec<Stacked>,
     /// The experts' names (set order), shared by every answer instead of copied into each.
     names: Arc<Vec<ExpertName>>,
@@ -430,8 +429,8 @@ pub struct Embedded {
     pub vector: Vec<f32>,
 }
 
-/// The linear heads of one stage as one `k x dim` matrix, so a request scores all of them with one
-/// matrix product instead of `k` dot-product loops and `k` allocations (the 1,000-expert profile,
+/// The linear heads of one stage as one `k x dim` matrix, so a request scores all of them in one
+/// pass over contiguous weights with one allocation instead of `k` (the 1,000-expert profile,
 /// docs/BENCHMARKS.md). The probability is the per-head path's: 1 / (1 + e^-(w·x + b)).
 struct Stacked {
     stage: usize,
@@ -481,17 +480,13 @@ impl Stacked {
         }
         let k = self.experts.len();
         let mut z = vec![0f32; x.rows * k];
-        if x.rows <= DIRECT_ROWS {
-            // A few rows: dot products straight off the weight rows; a matrix product would first
-            // copy (pack) all k x dim weights, which cost more than the products for one text.
-            for (r, zr) in z.chunks_mut(k).enumerate() {
-                for (zj, w) in zr.iter_mut().zip(self.weights.chunks(self.dim)) {
-                    *zj = dot(x.row(r), w);
-                }
+        // One dot product per (text, head), each summed in the same order whatever the number of
+        // rows: a text's probabilities must not depend on its batch (a matrix product sums in blocks
+        // that change with the shape, ~1e-6 apart). Weights outer, so a head's row stays in cache.
+        for (j, w) in self.weights.chunks(self.dim).enumerate() {
+            for r in 0..x.rows {
+                z[r * k + j] = dot(x.row(r), w);
             }
-        } else {
-            // Z = X · Wᵀ: W is k x dim row-major, read as its transpose (row stride 1, column stride dim).
-            gemm(x.rows, self.dim, k, (&x.data, self.dim, 1), (&self.weights, 1, self.dim), &mut z);
         }
         for (j, &e) in self.experts.iter().enumerate() {
             out[e] = Some((0..x.rows).map(|r| 1.0 / (1.0 + (0.0 - (z[r * k + j] + self.bias[j])).exp())).collect());
@@ -499,9 +494,6 @@ impl Stacked {
         Ok(())
     }
 }
-
-/// Up to this many rows the stacked heads take direct dot products instead of a matrix product.
-const DIRECT_ROWS: usize = 4;
 
 /// `a · b` in eight independent partial sums (which the compiler turns into vector lanes).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -626,8 +618,8 @@ impl Shadow {
 mod tests {
     use super::*;
 
-    /// Stacked heads give each head's own probabilities (its `logits`, as served one by one), by
-    /// direct dot products for a few rows and by the matrix product for more.
+    /// Stacked heads give each head's own probabilities (its `logits`, as served one by one), and
+    /// a text's are bit for bit the same alone and inside batches of any size.
     #[test]
     fn stacked_heads_match_each_head_alone() {
         let (dim, k) = (37, 5);
@@ -645,14 +637,22 @@ mod tests {
             weights: heads.iter().flat_map(|h| h.weights.clone()).collect(),
             bias: heads.iter().map(|h| h.bias).collect(),
         };
-        for rows in [1, DIRECT_ROWS, DIRECT_ROWS + 3] {
-            let x = Matrix { rows, cols: dim, data: (0..rows * dim).map(|_| next()).collect() };
+        let probabilities = |x: &Matrix| {
             let mut out = vec![None; k];
-            stacked.probabilities(&x, &mut out).unwrap();
-            for (h, got) in heads.iter().zip(&out) {
+            stacked.probabilities(x, &mut out).unwrap();
+            out.into_iter().map(Option::unwrap).collect::<Vec<_>>()
+        };
+        for rows in [1, 4, 7, 64] {
+            let x = Matrix { rows, cols: dim, data: (0..rows * dim).map(|_| next()).collect() };
+            let got = probabilities(&x);
+            for (h, got) in heads.iter().zip(&got) {
                 let want = positive_probabilities(&h.logits(&x).unwrap());
-                let got = got.as_ref().unwrap();
                 assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-6), "{rows} rows: {want:?} vs {got:?}");
+            }
+            for r in 0..rows {
+                let alone = Matrix { rows: 1, cols: dim, data: x.row(r).to_vec() };
+                let alone = probabilities(&alone);
+                assert!(got.iter().zip(&alone).all(|(b, a)| b[r].to_bits() == a[0].to_bits()), "row {r} of {rows}");
             }
         }
         let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };

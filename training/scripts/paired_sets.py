@@ -1,13 +1,15 @@
-"""The shipped set on its int8 trunk (one activation scale per batch, run one text at a time) against
-the same experts on the per-row rewrite (`python -m moe_training rowquant models build/rowq-set`:
-heads, thresholds and gate unchanged; batched by the service). Both served by `moe serve`, the val
-and test titles sent 64 per request: the served label's accuracy (an abstention counts wrong), the
-best guess's, the paired bootstrap interval of the difference, and the batch check through HTTP:
-every expert's probability for each of 200 test titles alone and inside batches of 64 (other
-titles, other lengths, so other padding), largest difference.
+"""Two model roots served by `moe serve` on the same val and test texts (64 per request): the served
+label's accuracy (an abstention counts wrong), the best guess's, and the paired bootstrap interval
+of the difference (second minus first); and the batch check through HTTP: every expert's
+probability for each of 200 test texts alone and inside batches of 64 (other texts, other lengths,
+so other padding), largest difference, and whether the server ran a graph one text at a time.
 
 Usage (from the repository root, after `cargo build --release`):
-  .venv/bin/python training/scripts/rowquant_accuracy.py models build/rowq-set OUT.json
+  # the shipped set against the same experts on its per-row rewrite (docs/results/wikihow-rowquant.json)
+  .venv/bin/python training/scripts/paired_sets.py models build/rowq-set OUT.json
+  # CLINC150: the frozen-trunk fit against the accurate path's (in-scope texts only)
+  .venv/bin/python training/scripts/paired_sets.py FROZEN ACCURATE OUT.json \
+      --data data/clinc150/clinc150.csv --text-col text --exclude-label oos
 """
 
 import argparse
@@ -24,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path("data/wikihow19_titles.csv")
 MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
 BOOT = 2000
 
@@ -106,12 +107,20 @@ def main():
     ap.add_argument("new")
     ap.add_argument("out")
     ap.add_argument("--port", type=int, default=18731)
+    ap.add_argument("--data", default="data/wikihow19_titles.csv")
+    ap.add_argument("--text-col", default="title")
+    ap.add_argument("--exclude-label", default="", help="rows with this label are left out (e.g. oos)")
     args = ap.parse_args()
-    rows = list(csv.DictReader(DATA.open()))
-    splits = {s: [(r["title"], r["label"]) for r in rows if r["split"] == s] for s in ("val", "test")}
+    rows = [r for r in csv.DictReader(open(args.data)) if r["label"] != args.exclude_label]
+    splits = {s: [(r[args.text_col], r["label"]) for r in rows if r["split"] == s] for s in ("val", "test")}
     old = measure(args.old, args.port, splits)
     new = measure(args.new, args.port + 1, splits)
-    result = {"old": str(args.old), "new": str(args.new), "rows": {s: len(r) for s, r in splits.items()}}
+    result = {
+        "old": str(args.old),
+        "new": str(args.new),
+        "data": args.data,
+        "rows": {s: len(r) for s, r in splits.items()},
+    }
     for s in splits:
         result[s] = {k: paired(old[s][k], new[s][k]) for k in ("label", "best")}
     result["batch_check"] = {"old": old["batch_check"], "new": new["batch_check"]}
