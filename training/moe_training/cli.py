@@ -797,6 +797,16 @@ def main(argv=None) -> None:
     )
     rp.add_argument("--clinc-fit", default="../docs/results/clinc150-fit-summary.json", help="moe fit's summary")
     rp.add_argument(
+        "--clinc-accurate",
+        default="../docs/results/clinc150-accurate.json",
+        help="the accurate path's figures (scripts/fit-accurate.sh; may be absent)",
+    )
+    rp.add_argument(
+        "--clinc-accurate-paired",
+        default="../docs/results/clinc150-accurate-vs-frozen.json",
+        help="training/scripts/paired_sets.py: the accurate set against the frozen-trunk fit",
+    )
+    rp.add_argument(
         "--open-intent",
         default="../docs/results/wikihow-open-intent.json",
         help="open_intent.py results (may be absent)",

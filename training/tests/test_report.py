@@ -242,3 +242,25 @@ def test_paired_statistics_match_a_hand_count():
     assert (same["verdict"], same["p"], same["low"], same["high"]) == ("ties", 1.0, 0.0, 0.0)
     big = paired([0] * 150 + [1] * 50, [0] * 100 + [1] * 100, truth)
     assert big["verdict"] == "wins" and big["low"] > 0.15
+
+
+def test_the_accurate_path_section_is_drawn_from_its_json():
+    """Section 9's accurate-path table and verdicts come from the recorded JSON files: every recipe
+    with steps is a row, the per-tensor re-export is not, and the paired verdicts follow the intervals."""
+    import json
+
+    from moe_training.report import _section_accurate
+
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    accurate = json.loads((results / "clinc150-accurate.json").read_text())
+    paired = json.loads((results / "clinc150-accurate-vs-frozen.json").read_text())
+    text = "\n".join(_section_accurate(accurate, paired)).replace("\n\n", "\n")
+    with_steps = [r for r in accurate["recipes"] if "steps" in r]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| trunk ")]
+    assert len(rows) == 1 + len(with_steps)  # the frozen trunk, then one row per recipe
+    chosen = with_steps[-1]
+    assert f"{100 * chosen['test']['accuracy_best_guess']:.1f} %" in text
+    best, label = paired["test"]["best"]["interval95"], paired["test"]["label"]["interval95"]
+    assert ("the fine-tuned trunk wins" in text) == (best[0] > 0 or label[0] > 0)
+    assert ("no difference" in text) == (best[0] <= 0 <= best[1] or label[0] <= 0 <= label[1])
+    assert _section_accurate(None, paired) == []
