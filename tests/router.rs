@@ -143,6 +143,17 @@ async fn refusals_use_one_error_shape() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
         ),
+        // The fixture set has no trunk: nothing to group or train a head on (the set, not the request).
+        (json_to(Method::POST, "/unknowns/g1/teach", r#"{"class": "Brand new"}"#), StatusCode::CONFLICT, "conflict"),
+        (
+            json_to(
+                Method::POST,
+                "/experts/Brand%20new/train",
+                r#"{"positives": ["how to a", "how to b", "how to c", "how to d", "how to e"], "negatives": ["x y", "y z", "z w", "w v", "v u"]}"#,
+            ),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
         (get("/experts/NoSuchClass"), StatusCode::NOT_FOUND, "unknown_class"),
         (get("/no/such/route"), StatusCode::NOT_FOUND, "not_found"),
         (get("/classify"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -152,7 +152,7 @@ fn pick_trunk(experts: &[Arc<Expert>], wanted: Option<&str>) -> Result<Arc<Exper
     }
     let best = counts.iter().max_by_key(|(_, n)| **n).map(|(t, _)| t.clone());
     best.and_then(|t| on_trunks.into_iter().find(|e| id(e) == t).cloned()).ok_or_else(|| {
-        Error::BadRequest("no expert of the serving set runs on a trunk: nothing to train a head on".into())
+        Error::Conflict("no expert of the serving set runs on a trunk: nothing to train a head on".into())
     })
 }
 

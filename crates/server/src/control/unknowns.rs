@@ -334,7 +334,8 @@ pub async fn teach(unknowns: &Arc<Unknowns>, jobs: &Arc<Jobs>, core: &Arc<Core>,
         )));
     }
     let trunk = set.primary_trunk().map(str::to_string).ok_or_else(|| {
-        Error::BadRequest("no expert of the serving set runs on a trunk: nothing to group or train on".into())
+        // The request is sound; the serving set cannot take it (409, as for a served class).
+        Error::Conflict("no expert of the serving set runs on a trunk: nothing to group or train on".into())
     })?;
     let params = t.params;
     let unknown_group = || {
