@@ -7,8 +7,8 @@
 # Each server gets a copy of models/ (hard links) unless its flags name --models, and a fresh state
 # folder; loopback only.
 # TEI_DIR=FOLDER adds text-embeddings-inference as one more variant of every round ("tei": FOLDER/run.sh
-# PORT starts it, with the .venv's libonnxruntime; wrk posts the same titles to /embed), e.g. the
-# peer in ../shared/peers/tei. The project never reads that folder unless it is named here.
+# PORT starts it, with the .venv's libonnxruntime; wrk posts the same titles to /embed). The folder is
+# not part of the project: it is read only when TEI_DIR names it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$1; ROUNDS=$2; shift 2

@@ -323,7 +323,7 @@ AB_NOTES = {
     "most 3e-7, and accuracy is unchanged: `docs/results/wikihow-rowquant.json`; stacked linear heads now take one "
     "dot product per text and head in every batch, where a matrix product for more than 4 rows had summed in "
     "another order, 1.5e-6 apart); `tei` is "
-    "text-embeddings-inference 1.9.3 on the same int8 MiniLM-L6 (`TEI_DIR=../shared/peers/tei`), which batches "
+    "text-embeddings-inference 1.9.3 on the same int8 MiniLM-L6 (`TEI_DIR=<its folder>`), which batches "
     "and whose outputs depend on the batch. Ratios to TEI are per round, then the median. The targets are missed: "
     "batching the per-row trunk gains about 3 % at 16 on 2 cores (rounds overlap), and TEI leads the lone request "
     "and the tail. Why, from `perf` on the shipped server at concurrency 1: 83 % of its CPU samples are inside "
