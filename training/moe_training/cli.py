@@ -600,6 +600,15 @@ def _run_args(p) -> None:
     p.add_argument("--threads", type=int, default=2)
 
 
+def _trunk_precision_arg(p) -> None:
+    p.add_argument(
+        "--trunk-precision",
+        default="int8",
+        choices=["int8", "fp32"],
+        help="shared trunks as exported (fp32) or dynamically quantised (int8)",
+    )
+
+
 def _training_args(p) -> None:
     """Options `build` and `global` share: the backbone, its fine-tune recipe, checkpoints."""
     p.add_argument("--backbone", default="minilm-l6", choices=["minilm-l6", "mpnet-base"])
@@ -638,15 +647,16 @@ def reference(args) -> None:
     print(json.dumps({"bundle": args.bundle, "probabilities": probs}))
 
 
-def bundle_probabilities(root: Path, name: str, texts: list[str]) -> list[float]:
-    """One bundle's probabilities for texts, one text per run (what the service answers for a text)."""
+def bundle_probabilities(root: Path, name: str, texts: list[str], card: dict | None = None) -> list[float]:
+    """One bundle's probabilities for texts, one text per run (what the service answers for a text);
+    `card`: the bundle's card when the caller holds it (default: read from its folder)."""
     from tokenizers import Tokenizer
 
     from .export import run_onnx, softmax_pos
     from .spelling import correct, read_lexicon
     from .tokens import encode
 
-    card = json.loads((root / name / "card.json").read_text())
+    card = card or json.loads((root / name / "card.json").read_text())
     if card["kind"] in ("head", "linear"):
         tdir = root / "trunks" / card["trunk"]["id"]
         tok_file, trunk = tdir / "tokenizer.json", tdir / "trunk.onnx"
@@ -711,9 +721,8 @@ def rowquant(args) -> None:
         if ref.get("id") not in renamed:
             continue
         card["trunk"] = {**ref, "id": renamed[ref["id"]][0], "sha256": renamed[ref["id"]][1]}
-        bundle.write_json(card_path, card)  # the new trunk first: the probabilities below run on it
         texts = [t["text"] for t in card["selftest"]]
-        probs = bundle_probabilities(tmp, card_path.parent.name, texts)
+        probs = bundle_probabilities(tmp, card_path.parent.name, texts, card)
         card["selftest"] = [{**t, "probability": p} for t, p in zip(card["selftest"], probs)]
         bundle.write_json(card_path, card)
     tmp.rename(out)
@@ -732,12 +741,7 @@ def main(argv=None) -> None:
     b.add_argument("--ratio", type=float, default=0.0, help="negatives per positive for under/oversampling")
     b.add_argument("--finetune-epochs", type=int, default=2)
     b.add_argument("--tokenbag-dim", type=int, default=64)
-    b.add_argument(
-        "--trunk-precision",
-        default="int8",
-        choices=["int8", "fp32"],
-        help="shared trunks as exported (fp32) or dynamically quantised (int8)",
-    )
+    _trunk_precision_arg(b)
     _run_args(b)
     b.add_argument(
         "--head-augment", type=int, default=0, help="heads on a shared trunk: noisy copies of each train title"
@@ -750,7 +754,7 @@ def main(argv=None) -> None:
     tr = sub.add_parser("trunk", help="fine-tune the backbone on a CSV's labels and export it as a trunk")
     _data_args(tr)
     tr.add_argument("--out", required=True, help="folder to write trunks/<id>/ into")
-    tr.add_argument("--trunk-precision", default="int8", choices=["int8", "fp32"], help="the trunk as exported or int8")
+    _trunk_precision_arg(tr)
     tr.add_argument(
         "--activations",
         default="per-row",

@@ -5,12 +5,16 @@ self-tests. onnxruntime at its default (extended) optimisations: the fusion that
 scales runs there."""
 
 import json
+import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import DATA
 from moe_training.cli import bundle_probabilities, rowquant
 from moe_training.rowquant import QUANTIZATION, per_row
 from moe_training.tokens import encode
@@ -73,8 +77,6 @@ def test_each_text_alone_and_in_every_batch(sessions):
 def test_rowquant_root_points_bundles_at_the_new_trunk(tmp_path):
     src = tmp_path / "src"
     (src / "trunks").mkdir(parents=True)
-    import shutil
-
     shutil.copytree(MODELS / BUNDLE, src / BUNDLE)
     shutil.copytree(_trunk_dir(), src / "trunks" / _trunk_dir().name)
     rowquant(Namespace(src=str(src), out=str(tmp_path / "out")))
@@ -96,10 +98,6 @@ def test_trunk_command_fine_tunes_resumably_and_exports_a_batchable_trunk(tmp_pa
     """`moe_training trunk` (the accurate path's first step): a fine-tuned, per-row int8 trunk
     whose card names what it was tuned on; a rerun loads the finished checkpoint instead of
     training again and writes the same graph."""
-    import subprocess
-    import sys
-
-    from conftest import DATA
 
     def run(out):
         cmd = [sys.executable, "-m", "moe_training", "trunk", "--data", str(DATA), "--out", str(out)]
