@@ -669,13 +669,14 @@ def bundle_probabilities(root: Path, name: str, texts: list[str], card: dict | N
     tok = Tokenizer.from_file(str(tok_file))
     tok.no_padding()
     tok.enable_truncation(max_length=card["max_seq_len"])
+    # head.json: sigmoid(w . embedding + b), here in numpy
+    head = json.loads((root / name / card["graph"]["file"]).read_text()) if card["kind"] == "linear" else None
     probs = []
     for text in texts:
         feeds = encode(tok, [correct(text, lexicon) if lexicon else text])
         if trunk is not None:
             feeds = {"embedding": run_onnx(trunk, feeds).astype(np.float32)}
-        if card["kind"] == "linear":  # head.json: sigmoid(w . embedding + b), here in numpy
-            head = json.loads((root / name / card["graph"]["file"]).read_text())
+        if head is not None:
             z = float(feeds["embedding"][0].astype(np.float64) @ np.array(head["weights"]) + head["bias"])
             probs.append(1.0 / (1.0 + np.exp(-z)))
             continue

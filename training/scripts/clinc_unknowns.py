@@ -17,10 +17,8 @@ Usage (from the repository root, after `cargo build --release`):
 """
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -31,8 +29,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from served import MOE, serving
+
 DATA = Path("data/clinc150/clinc150.csv")
-MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
 TOKEN = "clinc-unknowns"
 
 
@@ -74,32 +73,14 @@ def run(seed, held_out, work):
     known, new, oos = test_rows(rows, unseen)
     test = known + new + oos
     # The set as fitted, on test, by a server that keeps no unknowns (test texts never reach the store).
-    with serving(models, work / "state-before", data, 18700 + seed, ["--unknowns-cap", "0"]) as base:
+    serve, port = ["--data", str(data), "--text-col", "text", "--admin-token", TOKEN], 18700 + seed
+    with serving(
+        models, work / "state-before", port, work / "state-before.log", [*serve, "--unknowns-cap", "0"]
+    ) as base:
         before = classify(base, [t for t, _ in test])
-    with serving(models, work / "state", data, 18700 + seed, []) as base:
+    with serving(models, work / "state", port, work / "state.log", serve) as base:
         result = measure(base, rows, unseen, before)
     return result | {"seed": seed, "held_out": sorted(unseen), "fit_s": round(fit_s, 1)}
-
-
-@contextlib.contextmanager
-def serving(models, state, data, port, extra):
-    serve = [str(MOE), "serve", "--models", str(models), "--state", str(state), "--port", str(port)]
-    serve += ["--data", str(data), "--text-col", "text", "--admin-token", TOKEN, *extra]
-    log = (state.parent / f"{state.name}.log").open("w")
-    proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(base + "/readyz", timeout=5).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def split(rows, name, keep):

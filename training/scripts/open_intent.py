@@ -17,7 +17,6 @@ Usage (from the repository root, after `cargo build --release`):
 import argparse
 import csv
 import json
-import os
 import random
 import shutil
 import struct
@@ -28,12 +27,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from served import MOE, serving
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 DATA = Path("data/wikihow19_titles.csv")
-MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
 KNOWN_SHARE = 0.75
 BUDGET = 0.03
 BOOT = 2000
@@ -123,23 +122,9 @@ def run(seed, work, cache):
     fit_s = time.time() - t
     report = json.loads((models / "fit-report.json").read_text())
     port = 18800 + seed
-    log = (work / "serve.log").open("w")
-    serve = [str(MOE), "serve", "--models", str(models), "--state", str(work / "state"), "--port", str(port)]
-    proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(base + "/readyz", timeout=5).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with serving(models, work / "state", port, work / "serve.log") as base:
         test = [(t, y) for t, y, s in rows if s == "test"]
         answers = classify(base, [t for t, _ in test])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     emb = read_cache(cache)
     model, c, cut = global_softmax(emb, rows, known)
     proba = model.predict_proba(np.stack([emb[t] for t, _ in test]))

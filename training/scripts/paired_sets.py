@@ -13,20 +13,16 @@ Usage (from the repository root, after `cargo build --release`):
 """
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import random
-import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+from served import serving
 
-MOE = Path(os.environ.get("MOE_BIN", "target/release/moe"))
 BOOT = 2000
 
 
@@ -38,34 +34,15 @@ def post(base, texts):
         return json.loads(r.read())["results"]
 
 
-@contextlib.contextmanager
-def serving(models, port):
-    state = Path(tempfile.mkdtemp(prefix="moe-rowq-"))
-    cmd = [str(MOE), "serve", "--models", str(models), "--state", str(state), "--port", str(port)]
-    log = (state / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(base + "/readyz", timeout=5).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield base, state / "serve.log"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-
 def probs(result):
     return {e["class"]: e["probability"] for e in result["experts"]}
 
 
 def measure(models, port, splits):
     out = {}
-    with serving(models, port) as (base, log):
+    state = Path(tempfile.mkdtemp(prefix="moe-paired-"))
+    log = state.parent / f"{state.name}.log"
+    with serving(models, state, port, log) as base:
         for name, rows in splits.items():
             texts = [t for t, _ in rows]
             res = [r for i in range(0, len(texts), 64) for r in post(base, texts[i : i + 64])]
