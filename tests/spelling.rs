@@ -1,4 +1,4 @@
-//! Spelling correction (inference/spelling.rs) against its independent oracle, the Python rule in
+//! Spelling correction (inference/tokenize.rs) against its independent oracle, the Python rule in
 //! training/moe_training/spelling.py, on the shipped lexicon and misspelt val titles; and where a
 //! lexicon may be named.
 

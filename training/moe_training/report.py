@@ -704,7 +704,7 @@ def _section_robustness(report, systems, rel, figs) -> list[str]:
             [[p["name"], p["what"], f"{p['examples'][0][1]}"] for p in report["perturbations"]],
         ),
         "\nSystems marked *spelling* correct each misspelt word before their tokenizer (one letter edit "
-        "towards a word of the training text; `crates/core/src/inference/spelling.rs`, lexicon from the train split and "
+        "towards a word of the training text; `crates/core/src/inference/tokenize.rs`, lexicon from the train split and "
         "`data/words`).\n",
         "\nAccuracy % (and share of predictions unchanged from the clean title):\n",
         _table(

@@ -1,5 +1,5 @@
 """Spelling correction before tokenization: the lexicon a trunk (or a full-model bundle) names, and
-the correction `moe` applies to every text before its tokenizer (crates/core/src/inference/spelling.rs).
+the correction `moe` applies to every text before its tokenizer (crates/core/src/inference/tokenize.rs).
 
 This module is the Rust corrector's independent oracle (the parity test runs both on the same
 texts) and builds and attaches the lexicon.

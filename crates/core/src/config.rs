@@ -68,7 +68,7 @@ pub struct RuntimeConfig {
     /// Correct misspelt words before tokenizing where a trunk names a spelling lexicon.
     ///
     /// false: every text reaches its tokenizer unchanged (the thresholds were calibrated with
-    /// correction, so expect small shifts). The rule: src/inference/spelling.rs.
+    /// correction, so expect small shifts). The rule: crates/core/src/inference/tokenize.rs.
     #[arg(long, env = "MOE_SPELLING", default_value_t = true, action = clap::ArgAction::Set)]
     pub spelling: bool,
 }

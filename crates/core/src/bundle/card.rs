@@ -110,7 +110,7 @@ pub struct TrunkCard {
     pub id: String,
     pub graph: FileRef,
     pub tokenizer: FileRef,
-    /// The lexicon that corrects texts before the tokenizer (inference/spelling.rs).
+    /// The lexicon that corrects texts before the tokenizer (inference/tokenize.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spelling: Option<FileRef>,
     pub embedding_dim: usize,

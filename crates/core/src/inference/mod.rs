@@ -6,11 +6,9 @@ pub mod executor;
 pub mod linear;
 pub mod pool;
 pub mod runtime;
-pub mod spelling;
 pub mod tokenize;
 
 pub use executor::{Executor, GraphRole, Matrix};
 pub use linear::LinearHead;
 pub use pool::ExecutorPool;
-pub use spelling::Speller;
-pub use tokenize::{Encoded, TokenizerHandle};
+pub use tokenize::{Encoded, Speller, TokenizerHandle};

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::executor::{Executor, Expect};
-use super::spelling::Speller;
-use super::tokenize::TokenizerHandle;
+use super::tokenize::{Speller, TokenizerHandle};
 use crate::Result;
 use crate::config::RuntimeConfig;
 use crate::error::lock;

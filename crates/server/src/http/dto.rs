@@ -1,5 +1,5 @@
 //! Request and response bodies: the HTTP contract (openapi.yaml). Requests are checked into typed
-//! values by `http::validate`; responses are built from the core's records here.
+//! values by `http::extract`; responses are built from the core's records here.
 
 use serde::{Deserialize, Serialize};
 

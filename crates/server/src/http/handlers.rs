@@ -11,13 +11,13 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::auth::Admin;
 use super::dto::{
     BundleList, BundlesQuery, ClassifyQuery, ClassifyRequest, ClassifyResponse, ExpertInfo, ExpertList, FeedbackBody,
     FeedbackOutcome, History, Job, SelectBody, ShadowBody, ShadowInfo, SwapBody, SwapOutcome, TeachBody, TrainBody,
     TrainQuery, UnknownsQuery, UploadQuery,
 };
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, BODY_LIMIT, Object, TRAIN_LIMIT, UPLOAD_LIMIT};
+use super::error::{ApiError, ApiResult, BODY_LIMIT, TRAIN_LIMIT, UPLOAD_LIMIT};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Object};
 use super::state::AppState;
 use crate::control::fleet::FleetStatus;
 use crate::control::swap::Swap;
