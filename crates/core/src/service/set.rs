@@ -15,6 +15,7 @@ use crate::error::lock;
 use crate::expert::{Expert, Head, positive_probabilities};
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
+use crate::inference::linear::dot;
 use crate::inference::{Encoded, Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
 use crate::{Error, Result};
 
@@ -297,12 +298,21 @@ impl ExpertSet {
     /// open-world rule blends it in.
     pub fn nearest_on(&self, stages: &[Arc<Matrix>]) -> Vec<Option<f32>> {
         let rows = stages.first().map_or(0, |m| m.rows);
-        let mut best = vec![None; rows];
-        for (e, &s) in self.experts.iter().zip(&self.plan.stage_of) {
+        let mut best: Vec<Option<f32>> = vec![None; rows];
+        // Stacked centroids in one pass over contiguous rows; the other heads one by one.
+        let mut done = vec![false; self.experts.len()];
+        for st in &self.stacked {
+            if let Some(m) = stages.get(st.stage)
+                && st.nearest(m, &mut best)
+            {
+                st.experts.iter().for_each(|&e| done[e] = true);
+            }
+        }
+        for ((e, &s), _) in self.experts.iter().zip(&self.plan.stage_of).zip(&done).filter(|(_, d)| !**d) {
             let (Some(Head::Linear(l)), Some(m)) = (&e.head, stages.get(s)) else { continue };
             for (i, b) in best.iter_mut().enumerate() {
                 if let Some(sim) = l.similarity(m.row(i)) {
-                    *b = Some(b.map_or(sim, |v: f32| v.max(sim)));
+                    *b = Some(b.map_or(sim, |v| v.max(sim)));
                 }
             }
         }
@@ -439,6 +449,8 @@ struct Stacked {
     dim: usize,
     weights: Vec<f32>,
     bias: Vec<f32>,
+    /// The heads' class centroids, `k x dim` in the same order, when every head has one.
+    centroids: Option<Vec<f32>>,
 }
 
 impl Stacked {
@@ -465,9 +477,27 @@ impl Stacked {
                 dim,
                 weights: heads.iter().flat_map(|(_, l)| l.weights.iter().copied()).collect(),
                 bias: heads.iter().map(|(_, l)| l.bias).collect(),
+                centroids: heads
+                    .iter()
+                    .map(|(_, l)| l.centroid.as_deref())
+                    .collect::<Option<Vec<&[f32]>>>()
+                    .map(|cs| cs.concat()),
             });
         }
         out
+    }
+
+    /// Raise each row's best centroid similarity (`LinearHead::similarity`, bit for bit) with these
+    /// heads' centroids; false (nothing done) when they have none or `x` has another width.
+    fn nearest(&self, x: &Matrix, best: &mut [Option<f32>]) -> bool {
+        let Some(cs) = self.centroids.as_ref().filter(|_| x.cols == self.dim) else { return false };
+        for c in cs.chunks(self.dim) {
+            for (r, b) in best.iter_mut().enumerate().take(x.rows) {
+                let sim = dot(c, x.row(r));
+                *b = Some(b.map_or(sim, |v| v.max(sim)));
+            }
+        }
+        true
     }
 
     /// Each stacked expert's positive probabilities on `x` (rows x dim), into `out[expert]`.
@@ -493,19 +523,6 @@ impl Stacked {
         }
         Ok(())
     }
-}
-
-/// `a · b` in eight independent partial sums (which the compiler turns into vector lanes).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The stage most experts with a head run on, and that trunk's id.
@@ -636,6 +653,7 @@ mod tests {
             dim,
             weights: heads.iter().flat_map(|h| h.weights.clone()).collect(),
             bias: heads.iter().map(|h| h.bias).collect(),
+            centroids: None,
         };
         let probabilities = |x: &Matrix| {
             let mut out = vec![None; k];
@@ -657,5 +675,43 @@ mod tests {
         }
         let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };
         assert!(stacked.probabilities(&wrong, &mut vec![None; k]).is_err());
+    }
+
+    /// Stacked centroids give each row the best of the heads' own similarities, bit for bit, and
+    /// decline (false) without centroids or on another width.
+    #[test]
+    fn stacked_centroids_give_the_best_head_similarity() {
+        let (dim, k, rows) = (37, 5, 6);
+        let mut s = 7u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let heads: Vec<LinearHead> = (0..k)
+            .map(|_| {
+                let mut h = LinearHead::new(vec![0.0; dim], 0.0);
+                h.centroid = Some((0..dim).map(|_| next()).collect());
+                h
+            })
+            .collect();
+        let mut stacked = Stacked {
+            stage: 0,
+            experts: (0..k).collect(),
+            dim,
+            weights: vec![0.0; k * dim],
+            bias: vec![0.0; k],
+            centroids: Some(heads.iter().flat_map(|h| h.centroid.clone().unwrap()).collect()),
+        };
+        let x = Matrix { rows, cols: dim, data: (0..rows * dim).map(|_| next()).collect() };
+        let mut best = vec![None; rows];
+        assert!(stacked.nearest(&x, &mut best));
+        for (r, b) in best.iter().enumerate() {
+            let want = heads.iter().map(|h| h.similarity(x.row(r)).unwrap()).fold(f32::MIN, f32::max);
+            assert_eq!(b.unwrap().to_bits(), want.to_bits(), "row {r}");
+        }
+        let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };
+        assert!(!stacked.nearest(&wrong, &mut [None]));
+        stacked.centroids = None;
+        assert!(!stacked.nearest(&x, &mut best));
     }
 }
