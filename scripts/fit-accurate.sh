@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The accurate path for your own classes: fine-tune the trunk on the CSV's labels, then `moe fit` on it.
 #   scripts/fit-accurate.sh --data FILE --out DIR [any other `moe fit` option]
-# 1. `python -m moe_training trunk`: MiniLM-L6 (MOE_BACKBONE=mpnet-base for the larger one) fine-tuned
+# 1. `python -m moe_training trunk`: MiniLM-L6 (MOE_BACKBONE=mpnet-base for the larger one: CLINC150
+#    97.5 % against 96.3 %, ~90 instead of ~21 minutes on 2 cores; docs/TRAINING.md) fine-tuned
 #    as one classifier over every label of the train split (an --oos-label's rows included: the trunk
 #    learns to set them apart), exported int8 with per-row activation scales (batchable, rowquant.py)
 #    into DIR.trunk/trunks/<id>/. Resumable: checkpoints go to DIR.checkpoints every few steps, a rerun
