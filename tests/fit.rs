@@ -54,6 +54,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         cache: Some(std::env::temp_dir().join(format!("moe-fit-cache-{}", std::process::id()))),
         no_cache: false,
         max_in_scope_abstain: 0.03,
+        max_rows_per_class: None,
     }
 }
 
@@ -241,6 +242,42 @@ fn min_rows_drops_small_classes_with_a_note_instead_of_refusing() {
     assert_eq!(summary["classes"], 2);
     assert_eq!(summary["dropped_classes"][0]["class"], "Youth");
     assert_eq!(RegistryFile::read(&dir.join("root")).unwrap().experts.len(), 2);
+}
+
+/// A million-row file streams through `--max-rows-per-class`: each class keeps a seeded sample of
+/// at most that many rows per split, the report counts the rest, and the same seed keeps the same
+/// rows (the fitted heads are identical).
+#[test]
+fn a_million_rows_stream_into_a_bounded_seeded_sample() {
+    let dir = fresh("million");
+    let titles = rows(&["Travel", "Health", "Youth"], 60);
+    let split = |i: usize| ["val", "test", "train", "train", "train"][i % 5];
+    let mut w = csv::Writer::from_path(dir.join("data.csv")).unwrap();
+    w.write_record(["text", "label", "split"]).unwrap();
+    for n in 0..1_000_000 {
+        let i = n % titles.len();
+        w.write_record([titles[i].0.as_str(), titles[i].1.as_str(), split(i)]).unwrap();
+    }
+    w.flush().unwrap();
+    let cap = 40;
+    let fit = |out: &str| {
+        let mut o = options(&dir.join("data.csv"), &dir.join(out));
+        o.max_rows_per_class = Some(cap);
+        fit_set(&o, &common::runtime()).unwrap();
+        serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join(out).join("fit-report.json")).unwrap()).unwrap()
+    };
+    let report = fit("a");
+    let kept = report["data"]["rows"].as_u64().unwrap();
+    assert_eq!(kept, 3 * 3 * cap as u64, "{}", report["data"]);
+    assert_eq!(report["data"]["rows_not_kept"].as_u64().unwrap(), 1_000_000 - kept);
+    assert_eq!(fit("b")["data"], report["data"]);
+    let head = |out: &str| std::fs::read(dir.join(out).join("travel--fit-logreg/head.json")).unwrap();
+    assert_eq!(head("a"), head("b"), "the same seed keeps the same rows");
+    let mut o = options(&dir.join("data.csv"), &dir.join("c"));
+    o.seed = 7;
+    o.max_rows_per_class = Some(cap);
+    fit_set(&o, &common::runtime()).unwrap();
+    assert_ne!(head("a"), head("c"), "another seed keeps other rows");
 }
 
 /// With out-of-scope rows (`--oos-label`), the set carries a label rule and a cut-off chosen on

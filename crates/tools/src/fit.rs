@@ -12,7 +12,7 @@
 //! Invariants: every refusal (bad file, columns, labels, classes, trunk) happens before anything is
 //! written; nothing is chosen on test.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,6 +106,19 @@ pub struct FitOptions {
     /// the best val accuracy, a declined --oos-label row counting as right.
     #[arg(long, default_value_t = 0.03, value_parser = budget)]
     pub max_in_scope_abstain: f64,
+    /// Keep at most this many rows per class and split (a seeded uniform sample; at least 5).
+    ///
+    /// The file is read once, row by row, whatever its size; memory then grows with classes, not
+    /// rows. Default: every row.
+    #[arg(long, value_parser = at_least_min_rows)]
+    pub max_rows_per_class: Option<usize>,
+}
+
+fn at_least_min_rows(v: &str) -> std::result::Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= MIN_TRAIN_ROWS => Ok(n),
+        _ => Err(format!("{v:?}: a whole number of rows, at least {MIN_TRAIN_ROWS}")),
+    }
 }
 
 fn budget(v: &str) -> std::result::Result<f64, String> {
@@ -142,6 +155,8 @@ struct Labelled {
     split_source: String,
     /// Rows without a label or in another split, left out.
     ignored: usize,
+    /// Rows read but not kept (`--max-rows-per-class`).
+    capped: usize,
     /// Out-of-scope rows (`--oos-label`): negatives for every head (train), the open-world rule's
     /// operating point (val), reported (test).
     oos: Vec<Row>,
@@ -286,7 +301,9 @@ fn progress(msg: &str) {
 }
 
 /// Read and check the CSV: columns, UTF-8, blank texts, one label per text, the split column (or a
-/// stratified split when the file has none).
+/// stratified split when the file has none). Streams: with `--max-rows-per-class` each class keeps
+/// a seeded uniform sample of its rows per split (a reservoir), so memory grows with classes, not
+/// rows; the one-label-per-text check keeps a 64-bit hash per distinct text, not the text.
 fn read_labelled(o: &FitOptions) -> Result<Labelled> {
     let bad = |r: String| Error::BadRequest(format!("{}: {r}", o.data.display()));
     let mut rdr = csv::Reader::from_path(&o.data).map_err(|e| bad(e.to_string()))?;
@@ -297,12 +314,10 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
     };
     let (t, l) = (col(&o.text_col)?, col(&o.label_col)?);
     let s = header.iter().position(|h| h == o.split_col);
-    let mut rows = Vec::new();
+    let mut kept = Reservoirs::new(o.max_rows_per_class, o.seed);
     let mut ignored = 0;
-    let mut oos = Vec::new();
-    let mut label_of: HashMap<String, (String, u64)> = HashMap::new();
-    let mut conflicts: std::collections::HashSet<String> = Default::default();
-    for rec in rdr.records() {
+    let mut one_label = OneLabel { drop: o.drop_conflicts, ..OneLabel::default() };
+    for (n, rec) in (0u64..).zip(rdr.records()) {
         let rec = rec.map_err(|e| match e.kind() {
             csv::ErrorKind::Utf8 { pos, err } => bad(format!(
                 "line {}: not UTF-8 text ({err}); save the file as UTF-8",
@@ -329,33 +344,28 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
         if !text.chars().any(|c| !c.is_whitespace() && !c.is_control()) {
             return Err(bad(format!("line {line}: the text is blank (label {label:?})")));
         }
-        match label_of.get(text) {
-            Some((other, at)) if other != label => {
-                if !o.drop_conflicts {
-                    return Err(bad(format!(
-                        "line {line}: the text {text:?} is labelled {label:?} here and {other:?} on line {at}; one text, \
-                         one label (or leave such texts out with --drop-conflicts)"
-                    )));
-                }
-                conflicts.insert(text.to_string());
-            }
-            Some(_) => {}
-            None => {
-                label_of.insert(text.to_string(), (label.to_string(), line));
-            }
-        }
-        if o.oos_label.as_deref() == Some(label) {
-            oos.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
-            continue;
-        }
-        rows.push(Row { text: text.to_string(), label: label.to_string(), split: split.unwrap_or("train") });
+        let id = one_label.check(text, label, line).map_err(bad)?;
+        let oos = o.oos_label.as_deref() == Some(label);
+        kept.offer(oos, id, split.unwrap_or("train"), n, || Row {
+            text: text.to_string(),
+            label: label.to_string(),
+            split: split.unwrap_or("train"),
+        });
     }
+    let (mut rows, mut oos, capped) = kept.into_rows();
+    let conflicts = one_label.conflicts;
     if !conflicts.is_empty() {
         let before = rows.len();
-        rows.retain(|r| !conflicts.contains(&r.text));
-        oos.retain(|r: &Row| !conflicts.contains(&r.text));
+        rows.retain(|r| !conflicts.contains(&text_key(&r.text)));
+        oos.retain(|r: &Row| !conflicts.contains(&text_key(&r.text)));
         progress(&format!("left out {} rows of {} texts labelled two ways", before - rows.len(), conflicts.len()));
         ignored += before - rows.len();
+    }
+    if capped > 0 {
+        progress(&format!(
+            "kept a seeded sample of at most {} rows per class and split; {capped} rows read and not kept",
+            o.max_rows_per_class.unwrap_or(0)
+        ));
     }
     if rows.is_empty() {
         return Err(bad("no labelled rows".into()));
@@ -367,7 +377,116 @@ fn read_labelled(o: &FitOptions) -> Result<Labelled> {
         stratify(&mut oos, o.seed);
         format!("stratified-80-10-10-seed-{}", o.seed)
     };
-    Ok(Labelled { rows, split_source, ignored, oos })
+    Ok(Labelled { rows, split_source, ignored, capped, oos })
+}
+
+/// One label per text: each distinct text's first label and line, by the text's 64-bit key.
+#[derive(Default)]
+struct OneLabel {
+    drop: bool,
+    labels: Vec<String>,
+    ids: HashMap<String, u32>,
+    first: HashMap<u64, (u32, u64)>,
+    /// Texts seen under two labels (with --drop-conflicts; else the first one is refused).
+    conflicts: HashSet<u64>,
+}
+
+impl OneLabel {
+    /// The label's id, after checking the text was not seen under another label.
+    fn check(&mut self, text: &str, label: &str, line: u64) -> std::result::Result<u32, String> {
+        let id = match self.ids.get(label) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.labels.len()).map_err(|_| "more than 4 billion labels".to_string())?;
+                self.labels.push(label.to_string());
+                self.ids.insert(label.to_string(), id);
+                id
+            }
+        };
+        let key = text_key(text);
+        match self.first.get(&key) {
+            Some(&(other, at)) if other != id => {
+                if !self.drop {
+                    return Err(format!(
+                        "line {line}: the text {text:?} is labelled {label:?} here and {:?} on line {at}; one text, \
+                         one label (or leave such texts out with --drop-conflicts)",
+                        self.labels[other as usize]
+                    ));
+                }
+                self.conflicts.insert(key);
+            }
+            Some(_) => {}
+            None => {
+                self.first.insert(key, (id, line));
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// A text's key for the one-label-per-text check (SipHash with fixed keys: the same every run).
+fn text_key(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// (out of scope?, label id, split).
+type BinKey = (bool, u32, &'static str);
+/// (rows seen, kept rows with their record number).
+type Bin = (u64, Vec<(u64, Row)>);
+
+/// The rows kept while reading: all of them, or per (out of scope?, label, split) a uniform
+/// sample of at most `cap` (reservoir sampling, seeded: the same file and seed keep the same rows).
+/// Either way they come out in file order.
+struct Reservoirs {
+    cap: Option<usize>,
+    seed: u64,
+    bins: HashMap<BinKey, Bin>,
+    capped: usize,
+}
+
+impl Reservoirs {
+    fn new(cap: Option<usize>, seed: u64) -> Reservoirs {
+        Reservoirs { cap, seed, bins: HashMap::new(), capped: 0 }
+    }
+
+    /// Offer the `n`-th record's row; `row` is built only when it is kept.
+    fn offer(&mut self, oos: bool, label: u32, split: &'static str, n: u64, row: impl FnOnce() -> Row) {
+        let (seen, bin) = self.bins.entry((oos, label, split)).or_default();
+        *seen += 1;
+        match self.cap {
+            Some(cap) if bin.len() >= cap => {
+                self.capped += 1;
+                let j = (splitmix(self.seed ^ (u64::from(label) << 32) ^ *seen) % *seen) as usize;
+                if j < cap {
+                    bin[j] = (n, row());
+                }
+            }
+            _ => bin.push((n, row())),
+        }
+    }
+
+    /// In-scope rows and out-of-scope rows, in file order, and how many rows were not kept.
+    fn into_rows(self) -> (Vec<Row>, Vec<Row>, usize) {
+        let mut all: Vec<(u64, bool, Row)> = self
+            .bins
+            .into_iter()
+            .flat_map(|((oos, _, _), (_, bin))| bin.into_iter().map(move |(l, r)| (l, oos, r)))
+            .collect();
+        all.sort_by_key(|(n, _, _)| *n);
+        let (oos, rows): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, oos, _)| *oos);
+        (rows.into_iter().map(|x| x.2).collect(), oos.into_iter().map(|x| x.2).collect(), self.capped)
+    }
+}
+
+/// One step of SplitMix64 (the stratified split's generator, `stats::logreg::shuffle`).
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A seeded stratified 80/10/10 split: per class, at least one val and one test row once it has 3.
@@ -800,7 +919,7 @@ fn choose_gate_and_report(
     // The same loaded experts under the chosen gate (they passed their self-tests above).
     let set = ExpertSet::new(set.experts.clone(), reg.gate.clone(), (0, None), Vec::new())?;
     let mut report = json!({
-        "data": {"file": o.data, "rows": data.rows.len(), "split": data.split_source, "ignored_rows": data.ignored,
+        "data": {"file": o.data, "rows": data.rows.len(), "split": data.split_source, "ignored_rows": data.ignored, "rows_not_kept": data.capped,
                  "out_of_scope_rows": data.oos.len(), "dropped_classes": dropped},
         "classes": classes, "trunk": o.trunk,
         "gate": {"kind": format!("{:?}", reg.gate.kind).to_lowercase(), "score": format!("{:?}", reg.gate.score).to_lowercase(),
@@ -910,4 +1029,15 @@ fn write_splits(path: &Path, rows: &[Row]) -> Result<()> {
     }
     let bytes = w.into_inner().map_err(|e| Error::Internal(format!("writing splits.csv: {e}")))?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_row_cap_under_five_is_refused() {
+        assert_eq!(super::at_least_min_rows("5"), Ok(5));
+        for bad in ["4", "0", "-1", "many"] {
+            assert!(super::at_least_min_rows(bad).is_err(), "{bad}");
+        }
+    }
 }
