@@ -192,33 +192,21 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     stage("embed", t);
 
     let t = Instant::now();
-    let split_rows = |s: &str| -> (Matrix, Vec<usize>, Vec<String>) {
-        let rows: Vec<&&Row> = kept.iter().filter(|r| r.split == s).collect();
-        let data = rows.iter().flat_map(|r| emb.row(index[r.text.as_str()]).to_vec()).collect();
-        let truth = rows.iter().map(|r| classes.binary_search(&r.label).expect("kept")).collect();
-        (Matrix { rows: rows.len(), cols: emb.cols, data }, truth, rows.iter().map(|r| r.text.clone()).collect())
+    let split_rows = |s: &str| {
+        let (m, texts, rows) = embedded(kept.iter().copied(), s, &emb, &index);
+        (m, rows.iter().map(|r| classes.binary_search(&r.label).expect("kept")).collect::<Vec<_>>(), texts)
     };
-    let oos_rows = |s: &str| -> (Arc<Matrix>, Vec<String>) {
-        let rows: Vec<&Row> = data.oos.iter().filter(|r| r.split == s).collect();
-        let m = rows.iter().flat_map(|r| emb.row(index[r.text.as_str()]).to_vec()).collect();
-        (Arc::new(Matrix { rows: rows.len(), cols: emb.cols, data: m }), rows.iter().map(|r| r.text.clone()).collect())
+    let oos_rows = |s: &str| {
+        let (m, texts, _) = embedded(data.oos.iter(), s, &emb, &index);
+        (Arc::new(m), texts)
     };
     let (train, train_truth, train_texts) = split_rows("train");
     let (val, val_truth, _) = split_rows("val");
     let (test, _, _) = split_rows("test");
     // Out-of-scope train rows are negatives for every head: class index `classes.len()`.
     let (oos_train, _) = oos_rows("train");
-    let with_oos = Matrix {
-        rows: train.rows + oos_train.rows,
-        cols: train.cols,
-        data: [train.data.as_slice(), &oos_train.data].concat(),
-    };
-    let truth_oos: Vec<usize> =
-        train_truth.iter().copied().chain(std::iter::repeat_n(classes.len(), oos_train.rows)).collect();
-    let Heads { heads: mut fitted, c, grid } = fit_heads(classes.len(), &with_oos, &truth_oos, &val, &val_truth);
-    for (k, h) in fitted.iter_mut().enumerate() {
-        h.head.centroid = Some(centroid(&train, &train_truth, k));
-    }
+    let Heads { heads: fitted, c, grid } =
+        fit_with_centroids(classes.len(), (&train, &train_truth), &oos_train, (&val, &val_truth));
     stage("fit", t);
 
     let t = Instant::now();
@@ -262,13 +250,57 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     stages.insert("total".into(), json!((started.elapsed().as_secs_f64() * 100.0).round() / 100.0));
     report["seconds"] = Value::Object(stages);
     move_into_place(&tmp, &o.out, &report)?;
-    Ok(json!({
-        "out": o.out, "bundles": bundles.len(), "classes": classes.len(), "dropped_classes": dropped,
-        "gate": report["gate"], "val": headline(&report["val"]), "test": headline(&report["test"]),
-        "texts": {"distinct": distinct.len(), "from_cache": from_cache},
+    Ok(summary(o, &report, (bundles.len(), classes.len()), &dropped, (distinct.len(), from_cache)))
+}
+
+/// The rows of one split: their embeddings (rows of `emb` by `index`), texts, and the rows.
+fn embedded<'a>(
+    rows: impl Iterator<Item = &'a Row>,
+    split: &str,
+    emb: &Matrix,
+    index: &HashMap<&str, usize>,
+) -> (Matrix, Vec<String>, Vec<&'a Row>) {
+    let rows: Vec<&Row> = rows.filter(|r| r.split == split).collect();
+    let data = rows.iter().flat_map(|r| emb.row(index[r.text.as_str()]).to_vec()).collect();
+    (Matrix { rows: rows.len(), cols: emb.cols, data }, rows.iter().map(|r| r.text.clone()).collect(), rows)
+}
+
+/// The heads fitted on train (out-of-scope train rows a negative for every head), each with its
+/// class centroid.
+fn fit_with_centroids(
+    classes: usize,
+    (train, truth): (&Matrix, &[usize]),
+    oos_train: &Matrix,
+    (val, val_truth): (&Matrix, &[usize]),
+) -> Heads {
+    let with_oos = Matrix {
+        rows: train.rows + oos_train.rows,
+        cols: train.cols,
+        data: [train.data.as_slice(), &oos_train.data].concat(),
+    };
+    let truth_oos: Vec<usize> = truth.iter().copied().chain(std::iter::repeat_n(classes, oos_train.rows)).collect();
+    let mut heads = fit_heads(classes, &with_oos, &truth_oos, val, val_truth);
+    for (k, h) in heads.heads.iter_mut().enumerate() {
+        h.head.centroid = Some(centroid(train, truth, k));
+    }
+    heads
+}
+
+/// What `moe fit` prints at the end: where the set is, how good, and the command that serves it.
+fn summary(
+    o: &FitOptions,
+    report: &Value,
+    (bundles, classes): (usize, usize),
+    dropped: &[Value],
+    (distinct, from_cache): (usize, usize),
+) -> Value {
+    json!({
+        "out": o.out, "bundles": bundles, "classes": classes,
+        "dropped_classes": dropped, "gate": report["gate"], "val": headline(&report["val"]),
+        "test": headline(&report["test"]), "texts": {"distinct": distinct, "from_cache": from_cache},
         "seconds": report["seconds"], "report": o.out.join("fit-report.json"),
         "serve": format!("moe serve --models {} --state {}-state", o.out.display(), o.out.display()),
-    }))
+    })
 }
 
 /// `--out` must not exist or be an empty folder: a fit never mixes with other files.

@@ -164,11 +164,22 @@ pub fn choose(
             });
         }
     }
+    let (best, chosen_by) = pick(&candidates, n, oos_texts.len(), budget);
+    let open_world = best.reject_below.map(|reject_below| OpenWorld {
+        score: best.score,
+        reject_below,
+        chosen_by: Some(chosen_by.clone()),
+    });
+    Ok((best.rule, open_world, chosen_by))
+}
+
+/// The candidate chosen on val, and how (the table of every candidate, for the card and report).
+fn pick(candidates: &[Candidate], n: usize, oos_rows: usize, budget: f64) -> (&Candidate, Value) {
     // Within the budget: the best val accuracy over every val text, an out-of-scope text counted
     // right when declined (CLINC150's accuracy with out-of-scope as one more class; in-scope
     // accuracy alone without such rows); else the fewest in-scope declines. Ties keep the earlier
     // candidate (the default rule and the top probability first).
-    let m = oos_texts.len() as f64;
+    let m = oos_rows as f64;
     let overall = |c: &Candidate| (c.accuracy * n as f64 + c.recall.unwrap_or(0.0) * m) / (n as f64 + m);
     let key = |c: &Candidate| (c.fits_budget, if c.fits_budget { overall(c) } else { -c.abstained }, c.accuracy);
     let best = candidates
@@ -187,8 +198,8 @@ pub fn choose(
         })
         .collect();
     let chosen_by = json!({
-        "max_in_scope_abstain": budget, "split": "val", "in_scope_rows": n, "out_of_scope_rows": oos_texts.len(),
-        "metric": if oos_texts.is_empty() { "in-scope accuracy within the budget" }
+        "max_in_scope_abstain": budget, "split": "val", "in_scope_rows": n, "out_of_scope_rows": oos_rows,
+        "metric": if oos_rows == 0 { "in-scope accuracy within the budget" }
                   else { "accuracy over in-scope and out-of-scope val texts (declined = right for out-of-scope) within the budget" },
         "val_in_scope_accuracy": best.accuracy, "val_in_scope_declined": best.abstained,
         "val_out_of_scope_recall": best.recall, "table": table,
@@ -202,12 +213,7 @@ pub fn choose(
         best.abstained * 100.0,
         best.recall.map_or(String::new(), |r| format!(", out-of-scope recall {:.1} %", r * 100.0))
     );
-    let open_world = best.reject_below.map(|reject_below| OpenWorld {
-        score: best.score,
-        reject_below,
-        chosen_by: Some(chosen_by.clone()),
-    });
-    Ok((best.rule, open_world, chosen_by))
+    (best, chosen_by)
 }
 
 /// A split's open-world figures under the set's rules: in-scope accuracy with declines counted
