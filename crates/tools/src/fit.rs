@@ -106,7 +106,7 @@ pub struct FitOptions {
     /// the best val accuracy, a declined --oos-label row counting as right.
     #[arg(long, default_value_t = 0.03, value_parser = budget)]
     pub max_in_scope_abstain: f64,
-    /// Keep at most this many rows per class and split (a seeded uniform sample; at least 5).
+    /// Keep at most N rows per class and split (a seeded uniform sample; at least 5).
     ///
     /// The file is read once, row by row, whatever its size; memory then grows with classes, not
     /// rows. Default: every row.
