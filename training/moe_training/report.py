@@ -937,45 +937,41 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
         "| trunk | fine-tune | val best guess | test best guess | test in scope / out-of-scope recall / precision |",
         "|---|---|---:|---:|---:|",
     ]
+    # a recipe without steps is the same fine-tune exported another way (in TRAINING.md)
+    tuned = [r for r in accurate["recipes"] if "steps" in r]
     rows = [("frozen MiniLM-L6 int8 (the default)", "none", accurate["frozen_default_trunk"])]
-    rows += [  # a recipe without steps is the same fine-tune exported another way (in TRAINING.md)
-        (r["recipe"], f"{r['steps']:,} steps, {r['fine_tune_seconds']:.0f} s", r)
-        for r in accurate["recipes"]
-        if "steps" in r
-    ]
+    rows += [(r["recipe"], f"{r['steps']:,} steps, {r['fine_tune_seconds']:.0f} s", r) for r in tuned]
     for name, tune, r in rows:
         v, t = r["val"], r["test"]
         md.append(
             f"| {name} | {tune} | {pct(v['accuracy_best_guess'])} | {pct(t['accuracy_best_guess'])} | "
             f"{pct(t['in_scope_accuracy'])} / {pct(t['out_of_scope_recall'])} / {pct(t['out_of_scope_precision'])} |"
         )
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    # "[low, high]: verdict" of a paired difference (second − first)
+    span = lambda x, who: f"[{pts(x['interval95'][0])}, {pts(x['interval95'][1])}]: {_verdict(x['interval95'], *who)}"  # noqa: E731
     if paired:
         d, lab = paired["test"]["best"], paired["test"]["label"]
         who = ("the frozen trunk", "the fine-tuned trunk")
-        pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
         md += [
             "",
             f"Fine-tuned (the chosen recipe) − frozen on the same {paired['rows']['test']:,} in-scope test queries, both "
             f"served (`training/scripts/paired_sets.py`): best guess {pts(d['b_minus_a'])} points, paired bootstrap "
-            f"95 % [{pts(d['interval95'][0])}, {pts(d['interval95'][1])}]: {_verdict(d['interval95'], *who)}; the "
-            f"served label with the open-world rule declining {pts(lab['b_minus_a'])} [{pts(lab['interval95'][0])}, "
-            f"{pts(lab['interval95'][1])}]: {_verdict(lab['interval95'], *who)}. Targets: closed set 96.9 % (the paper's "
-            "BERT) and 96 % in scope with 80 % out-of-scope recall.",
+            f"95 % {span(d, who)}; the served label with the open-world rule declining {pts(lab['b_minus_a'])} "
+            f"{span(lab, who)}. Targets: closed set 96.9 % (the paper's BERT) and 96 % in scope with 80 % "
+            "out-of-scope recall.",
         ]
     mp = accurate.get("mpnet_vs_minilm")
-    tuned = [r for r in accurate["recipes"] if "steps" in r]
     if mp and len(tuned) >= 2:
         m, ml = tuned[-1], tuned[-2]  # MPNet-base last, the chosen MiniLM recipe before it
         mv, mt = m["val"], m["test"]
         d, lab = mp["test"]["best"], mp["test"]["label"]
         who = ("fine-tuned MiniLM-L6", "fine-tuned MPNet-base")
-        pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
         md += [
             "",
             f"MPNet-base − MiniLM-L6, both fine-tuned, on the same {mp['rows']['test']:,} in-scope test queries, both "
-            f"served (`{mp['file']}`): best guess {pts(d['b_minus_a'])} points [{pts(d['interval95'][0])}, "
-            f"{pts(d['interval95'][1])}]: {_verdict(d['interval95'], *who)}; served label {pts(lab['b_minus_a'])} "
-            f"[{pts(lab['interval95'][0])}, {pts(lab['interval95'][1])}]: {_verdict(lab['interval95'], *who)}. "
+            f"served (`{mp['file']}`): best guess {pts(d['b_minus_a'])} points {span(d, who)}; served label "
+            f"{pts(lab['b_minus_a'])} {span(lab, who)}. "
             f"MPNet-base's open-world operating point, chosen on val ({pct(mv['in_scope_accuracy'])} in scope, "
             f"{pct(mv['out_of_scope_recall'])} recall there), gives {pct(mt['in_scope_accuracy'])} in scope with "
             f"{pct(mt['out_of_scope_recall'])} recall on test. Its fine-tune took {m['fine_tune_seconds'] / 60:.0f} "

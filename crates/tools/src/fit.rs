@@ -37,7 +37,7 @@ use moe_core::inference::{Executor, ExecutorPool, LinearHead, Matrix, TokenizerH
 use moe_core::scoring::{Scorer, platt_calibration, trunk_outputs};
 use moe_core::service::ExpertSet;
 use moe_core::stats::gating::GateData;
-use moe_core::stats::logreg::shuffle;
+use moe_core::stats::logreg::{shuffle, splitmix64};
 use moe_core::stats::ovr::{Fitted, Options, Standardizer, fit_one_vs_rest};
 use moe_core::stats::roc::{binary_report, multiclass};
 use moe_core::{Error, Result};
@@ -456,7 +456,8 @@ impl OneLabel {
     }
 }
 
-/// A text's key for the one-label-per-text check (SipHash with fixed keys: the same every run).
+/// A text's key for the one-label-per-text check (SipHash with fixed keys; only compared within
+/// one run).
 fn text_key(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
@@ -491,7 +492,7 @@ impl Reservoirs {
         match self.cap {
             Some(cap) if bin.len() >= cap => {
                 self.capped += 1;
-                let j = (splitmix(self.seed ^ (u64::from(label) << 32) ^ *seen) % *seen) as usize;
+                let j = (splitmix64(&mut (self.seed ^ (u64::from(label) << 32) ^ *seen)) % *seen) as usize;
                 if j < cap {
                     bin[j] = (n, row());
                 }
@@ -511,14 +512,6 @@ impl Reservoirs {
         let (oos, rows): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, oos, _)| *oos);
         (rows.into_iter().map(|x| x.2).collect(), oos.into_iter().map(|x| x.2).collect(), self.capped)
     }
-}
-
-/// One step of SplitMix64 (the stratified split's generator, `stats::logreg::shuffle`).
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A seeded stratified 80/10/10 split: per class, at least one val and one test row once it has 3.

@@ -301,11 +301,7 @@ impl Rng {
         Rng(seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ variant.wrapping_mul(0xD1B5_4A32_D192_ED03))
     }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        moe_core::stats::logreg::splitmix64(&mut self.0)
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize

@@ -312,7 +312,7 @@ impl ExpertSet {
             let (Some(Head::Linear(l)), Some(m)) = (&e.head, stages.get(s)) else { continue };
             for (i, b) in best.iter_mut().enumerate() {
                 if let Some(sim) = l.similarity(m.row(i)) {
-                    *b = Some(b.map_or(sim, |v| v.max(sim)));
+                    raise(b, sim);
                 }
             }
         }
@@ -493,8 +493,7 @@ impl Stacked {
         let Some(cs) = self.centroids.as_ref().filter(|_| x.cols == self.dim) else { return false };
         for c in cs.chunks(self.dim) {
             for (r, b) in best.iter_mut().enumerate().take(x.rows) {
-                let sim = dot(c, x.row(r));
-                *b = Some(b.map_or(sim, |v| v.max(sim)));
+                raise(b, dot(c, x.row(r)));
             }
         }
         true
@@ -523,6 +522,11 @@ impl Stacked {
         }
         Ok(())
     }
+}
+
+/// Keep the larger similarity.
+fn raise(best: &mut Option<f32>, sim: f32) {
+    *best = Some(best.map_or(sim, |v| v.max(sim)));
 }
 
 /// The stage most experts with a head run on, and that trunk's id.

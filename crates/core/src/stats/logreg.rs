@@ -188,18 +188,22 @@ pub fn stratified_folds(y: &[bool], k: usize, seed: u64) -> Vec<usize> {
     fold
 }
 
+/// One SplitMix64 step: advance `state` and return the next number of its stream (seeded,
+/// portable, no dependency: the shuffles, samples and perturbations here must repeat on every
+/// machine).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Fisher–Yates with a SplitMix64 stream: deterministic for a seed, no dependency.
 pub fn shuffle<T>(v: &mut [T], seed: u64) {
     let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
     for i in (1..v.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
         v.swap(i, j);
     }
 }
