@@ -194,11 +194,9 @@ fn inline_and_threaded_heads_agree() {
     let (inline, threaded) = (run(true), run(false));
     assert_eq!(inline.len(), 4);
     for (a, b) in inline.iter().zip(&threaded) {
-        assert_eq!(a.len(), 19);
-        for (x, y) in a.iter().zip(b) {
-            for (p, q) in x.iter().zip(y) {
-                assert!((p - q).abs() < 1e-6, "inline {p} vs threaded {q}");
-            }
+        assert_eq!((a.rows, a.cols), (texts.len(), 19));
+        for (p, q) in a.data.iter().zip(&b.data) {
+            assert!((p - q).abs() < 1e-6, "inline {p} vs threaded {q}");
         }
     }
     assert_eq!(inline[0], inline[3], "concurrent inline calls agree");

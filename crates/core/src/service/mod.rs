@@ -40,7 +40,7 @@ use crate::bundle::registry::{HistoryEntry, RegistryFile};
 use crate::config::{Limits, RuntimeConfig};
 use crate::error::lock;
 use crate::expert::Expert;
-use crate::inference::ExecutorPool;
+use crate::inference::{ExecutorPool, Matrix};
 use crate::store::{FileStore, RegistryStore, Stored, Written};
 use crate::{Error, Result};
 
@@ -119,7 +119,7 @@ pub struct Committed {
     pub previous: Option<Arc<Expert>>,
 }
 
-type ShadowJob = (Arc<ExpertSet>, Vec<String>, Vec<Vec<f32>>);
+type ShadowJob = (Arc<ExpertSet>, Vec<String>, Matrix);
 
 /// The service core shared by the HTTP layer and the control parts.
 pub struct Core {
@@ -438,7 +438,7 @@ impl Core {
         let scored = tokio::time::timeout(timeout, set.probabilities(&texts))
             .await
             .map_err(|_| Error::Timeout(self.limits.request_timeout_ms))??;
-        let mut results = set.decide_all(&texts, &scored.probs, &scored.truncated, &scored.nearest);
+        let mut results = set.decide_rows(&texts, &scored.probs, &scored.truncated, &scored.nearest);
         scored.attach_declined(&texts, &mut results);
         let probs = scored.probs;
         record_decisions(&results);
@@ -450,7 +450,7 @@ impl Core {
 
     /// Hand a request to the shadow-scoring thread; when its queue is full the request is not
     /// shadowed (counted), so shadows never slow or grow the response path.
-    fn queue_shadows(&self, set: Arc<ExpertSet>, texts: Vec<String>, probs: Vec<Vec<f32>>) {
+    fn queue_shadows(&self, set: Arc<ExpertSet>, texts: Vec<String>, probs: Matrix) {
         let capacity = self.limits.shadow_queue.max(1);
         let tx = self.shadow_tx.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<ShadowJob>(capacity);

@@ -7,6 +7,8 @@
 //! a request that holds one snapshot never mixes versions.
 
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::bundle::registry::RegistryFile;
@@ -30,6 +32,8 @@ pub const INLINE_TOKENIZE_BYTES: usize = 2048;
 /// a title with two typos), but 2 KB of unknown 24-letter words cost 2.2 ms (measured on this
 /// machine), too long for an async worker; 256 bytes of that worst case cost about 0.3 ms.
 pub const INLINE_SPELLING_BYTES: usize = 256;
+/// Experts timed per request in `moe_expert_seconds` (`ExpertSet::timed_experts`).
+pub const TIMED_EXPERTS: usize = 64;
 
 /// Per distinct tokenizer the texts' tokens, and per text whether any tokenizer truncated it.
 type Encodings = (Vec<Arc<Vec<Encoded>>>, Vec<bool>);
@@ -110,6 +114,8 @@ pub struct ExpertSet {
     /// Each expert's `moe_expert_seconds{class}` histogram, looked up once per set (on its first
     /// request, when the service's recorder is installed) instead of once per expert per request.
     timers: OnceLock<Vec<metrics::Histogram>>,
+    /// Where the next request's window of timed experts starts (`timed_experts`).
+    timer_cursor: AtomicUsize,
 }
 
 impl ExpertSet {
@@ -173,6 +179,7 @@ impl ExpertSet {
             stacked,
             names,
             timers: OnceLock::new(),
+            timer_cursor: AtomicUsize::new(0),
         })
     }
 
@@ -269,27 +276,50 @@ impl ExpertSet {
         let timers = self.timers.get_or_init(|| {
             self.experts.iter().map(|e| metrics::histogram!("moe_expert_seconds", "class" => e.class.clone())).collect()
         });
-        let mut linear: Vec<Option<Vec<f32>>> = vec![None; self.experts.len()];
+        let timed = self.timed_experts();
+        let k = self.experts.len();
+        let mut probs = Matrix { rows: texts.len(), cols: k, data: vec![0.0; texts.len() * k] };
+        let mut stacked = vec![false; k];
         for st in &self.stacked {
-            st.probabilities(&first[st.stage], &mut linear)?;
+            st.probabilities(&first[st.stage], &mut probs)?;
+            let took = started.elapsed().as_secs_f64();
+            for &e in &st.experts {
+                stacked[e] = true;
+                if timed(e) {
+                    timers[e].record(took);
+                }
+            }
         }
-        let mut probs = Vec::with_capacity(self.experts.len());
-        for ((((e, rx), &s), timer), linear) in
-            self.experts.iter().zip(pending).zip(&self.plan.stage_of).zip(timers).zip(linear)
-        {
-            probs.push(match (rx, &e.head, linear) {
-                (Some(rx), _, _) => positive_probabilities(
+        for (i, ((e, rx), &s)) in self.experts.iter().zip(pending).zip(&self.plan.stage_of).enumerate() {
+            if stacked[i] {
+                continue;
+            }
+            let p = match (rx, &e.head) {
+                (Some(rx), _) => positive_probabilities(
                     &rx.await.map_err(|_| Error::Internal(format!("head of {} dropped a job", e.class)))??,
                 ),
-                (None, _, Some(p)) => p,
-                (None, Some(Head::Linear(l)), None) => positive_probabilities(&l.logits(&first[s])?),
-                (None, _, None) => positive_probabilities(&first[s]),
-            });
-            timer.record(started.elapsed().as_secs_f64());
+                (None, Some(Head::Linear(l))) => positive_probabilities(&l.logits(&first[s])?),
+                (None, _) => positive_probabilities(&first[s]),
+            };
+            for (r, v) in p.into_iter().enumerate() {
+                probs.data[r * k + i] = v;
+            }
+            if timed(i) {
+                timers[i].record(started.elapsed().as_secs_f64());
+            }
         }
         let nearest = if self.gate.blends() { self.nearest_on(&first) } else { vec![None; texts.len()] };
         let embeddings = self.primary.as_ref().map(|(s, trunk)| (trunk.clone(), first[*s].clone()));
         Ok(Scored { probs, truncated, nearest, embeddings })
+    }
+
+    /// Which experts this request times in `moe_expert_seconds`: all of them up to `TIMED_EXPERTS`,
+    /// else the next `TIMED_EXPERTS` in rotation (one histogram record per expert was 5 % of a
+    /// 1,000-expert server's CPU, docs/BENCHMARKS.md), so each class's histogram samples requests.
+    fn timed_experts(&self) -> impl Fn(usize) -> bool {
+        let k = self.experts.len();
+        let start = if k <= TIMED_EXPERTS { 0 } else { self.timer_cursor.fetch_add(TIMED_EXPERTS, Relaxed) % k };
+        move |i| k <= TIMED_EXPERTS || (i + k - start) % k < TIMED_EXPERTS
     }
 
     /// Each text's best similarity to a class centroid, over the experts whose linear head has
@@ -350,13 +380,22 @@ impl ExpertSet {
         truncated: &[bool],
         nearest: &[Option<f32>],
     ) -> Vec<TextResult> {
+        let data = (0..texts.len()).flat_map(|i| probs.iter().map(move |p| p[i])).collect();
+        self.decide_rows(texts, &Matrix { rows: texts.len(), cols: probs.len(), data }, truncated, nearest)
+    }
+
+    /// `decide_all` on text-major probabilities (row i: text i's probability from every expert).
+    pub fn decide_rows(
+        &self,
+        texts: &[String],
+        probs: &Matrix,
+        truncated: &[bool],
+        nearest: &[Option<f32>],
+    ) -> Vec<TextResult> {
         texts
             .iter()
             .enumerate()
-            .map(|(i, text)| {
-                let p: Vec<f32> = probs.iter().map(|p| p[i]).collect();
-                self.decide(text, &p, truncated[i], nearest.get(i).copied().flatten())
-            })
+            .map(|(i, text)| self.decide(text, probs.row(i), truncated[i], nearest.get(i).copied().flatten()))
             .collect()
     }
 
@@ -392,11 +431,13 @@ impl ExpertSet {
 
     /// Score texts with every shadow and record the comparison with the active expert
     /// (blocking: runs on the shadow worker thread, never on the response path).
-    pub fn score_shadows(&self, texts: &[String], active: &[Vec<f32>]) {
+    /// `active`: the set's probabilities for the texts, text-major (`Scored::probs`).
+    pub fn score_shadows(&self, texts: &[String], active: &Matrix) {
         for sh in &self.shadows {
             let Some(i) = self.position(&sh.class) else { continue };
+            let column: Vec<f32> = (0..active.rows).map(|r| active.row(r)[i]).collect();
             match sh.expert.probabilities_blocking(texts) {
-                Ok(p) => sh.record(&p, &active[i], self.thresholds[i]),
+                Ok(p) => sh.record(&p, &column, self.thresholds[i]),
                 Err(e) => tracing::warn!(class = %sh.class, error = %e, "shadow scoring failed"),
             }
         }
@@ -406,7 +447,8 @@ impl ExpertSet {
 /// Every expert's probabilities for a batch (expert-major), whether each text was truncated, and
 /// each text's best centroid similarity (for a `blend` open-world rule).
 pub struct Scored {
-    pub probs: Vec<Vec<f32>>,
+    /// Text-major: row i holds text i's probability from every expert (set order).
+    pub probs: Matrix,
     pub truncated: Vec<bool>,
     pub nearest: Vec<Option<f32>>,
     /// The trunk id and embeddings of the stage most heads run on (None: no expert runs on a trunk).
@@ -499,26 +541,23 @@ impl Stacked {
         true
     }
 
-    /// Each stacked expert's positive probabilities on `x` (rows x dim), into `out[expert]`.
-    fn probabilities(&self, x: &Matrix, out: &mut [Option<Vec<f32>>]) -> Result<()> {
+    /// Each stacked expert's positive probabilities on `x` (rows x dim), into its column of `out`
+    /// (texts x experts, set order).
+    fn probabilities(&self, x: &Matrix, out: &mut Matrix) -> Result<()> {
         if x.cols != self.dim {
             return Err(Error::Internal(format!(
                 "linear heads of {} weights got an embedding of {}",
                 self.dim, x.cols
             )));
         }
-        let k = self.experts.len();
-        let mut z = vec![0f32; x.rows * k];
         // One dot product per (text, head), each summed in the same order whatever the number of
         // rows: a text's probabilities must not depend on its batch (a matrix product sums in blocks
-        // that change with the shape, ~1e-6 apart). Weights outer, so a head's row stays in cache.
-        for (j, w) in self.weights.chunks(self.dim).enumerate() {
+        // that change with the shape, ~1e-6 apart).
+        // Weights outer, so a head's row stays in cache.
+        for ((w, &b), &e) in self.weights.chunks(self.dim).zip(&self.bias).zip(&self.experts) {
             for r in 0..x.rows {
-                z[r * k + j] = dot(x.row(r), w);
+                out.data[r * out.cols + e] = 1.0 / (1.0 + (0.0 - (dot(x.row(r), w) + b)).exp());
             }
-        }
-        for (j, &e) in self.experts.iter().enumerate() {
-            out[e] = Some((0..x.rows).map(|r| 1.0 / (1.0 + (0.0 - (z[r * k + j] + self.bias[j])).exp())).collect());
         }
         Ok(())
     }
@@ -643,7 +682,7 @@ mod tests {
     /// a text's are bit for bit the same alone and inside batches of any size.
     #[test]
     fn stacked_heads_match_each_head_alone() {
-        let (dim, k) = (37, 5);
+        let (dim, k) = (37, 6);
         let mut s = 11u64;
         let mut next = || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -660,9 +699,9 @@ mod tests {
             centroids: None,
         };
         let probabilities = |x: &Matrix| {
-            let mut out = vec![None; k];
+            let mut out = Matrix { rows: x.rows, cols: k, data: vec![f32::NAN; x.rows * k] };
             stacked.probabilities(x, &mut out).unwrap();
-            out.into_iter().map(Option::unwrap).collect::<Vec<_>>()
+            (0..k).map(|h| (0..x.rows).map(|r| out.row(r)[h]).collect()).collect::<Vec<Vec<f32>>>()
         };
         for rows in [1, 4, 7, 64] {
             let x = Matrix { rows, cols: dim, data: (0..rows * dim).map(|_| next()).collect() };
@@ -678,14 +717,14 @@ mod tests {
             }
         }
         let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };
-        assert!(stacked.probabilities(&wrong, &mut vec![None; k]).is_err());
+        assert!(stacked.probabilities(&wrong, &mut Matrix { rows: 1, cols: k, data: vec![0.0; k] }).is_err());
     }
 
     /// Stacked centroids give each row the best of the heads' own similarities, bit for bit, and
     /// decline (false) without centroids or on another width.
     #[test]
     fn stacked_centroids_give_the_best_head_similarity() {
-        let (dim, k, rows) = (37, 5, 6);
+        let (dim, k, rows) = (37, 7, 6);
         let mut s = 7u64;
         let mut next = || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
