@@ -7,10 +7,16 @@
 //! Invariants:
 //! * A classify never waits for this: its declined texts are queued to the writer thread (at most
 //!   `QUEUE` waiting; past that they are dropped and counted in `moe_unknowns_dropped_total`). The
-//!   writer appends each batch and fsyncs once, so a crash loses at most the batch in flight.
-//! * Bounded: at most `cap` distinct texts (the least recently seen go first); past 2 x cap lines
-//!   the file is rewritten whole (temp file, fsync, rename), like the feedback log. Cap 0 keeps
-//!   nothing.
+//!   writer gathers what arrives within `BATCH_WINDOW` of a batch's first sighting, appends it and
+//!   fsyncs once, so a crash loses at most the batch in flight (one fsync per sighting cost more
+//!   than the sightings themselves under out-of-scope load, docs/BENCHMARKS.md).
+//! * Bounded: at most `cap` distinct texts (the least recently seen go first). A text's first
+//!   sighting (or one with a new embedding) writes its whole state; a later one a short `again`
+//!   line (counts, last seen, reason, best guess: ~150 bytes where a 384-float embedding takes 3 KB;
+//!   full lines for repeated out-of-scope traffic cost 7-14 % of a 1,000-expert server's
+//!   throughput, docs/BENCHMARKS.md). Once the file is twice what a rewrite would hold (at least
+//!   `COMPACT_FLOOR` bytes) it is rewritten whole (temp file, fsync, rename), like the feedback
+//!   log. Cap 0 keeps nothing.
 //! * Readers take no lock: the writer publishes an immutable snapshot after each batch.
 //! * Texts taught as a class leave the store (a `taught` line) once the class is installed.
 //! * Only embeddings of one trunk are grouped together: the trunk the served set's heads run on.
@@ -42,6 +48,10 @@ pub const DEFAULT_MIN_SIZE: usize = 5;
 pub const DEFAULT_EXAMPLES: usize = 5;
 /// Declined texts waiting for the writer before more are dropped.
 pub const QUEUE: usize = 4096;
+/// How long the writer gathers sightings into one append and fsync.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+/// The file is not compacted below this size (so a few kept texts are not rewritten every batch).
+pub const COMPACT_FLOOR: u64 = 64 * 1024;
 
 /// One distinct declined text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,7 +79,19 @@ pub struct Unknown {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Line {
     Seen(Unknown),
-    Taught { ids: Vec<u64>, class: String, at: String },
+    /// A later sighting of kept text `id` on the same trunk, with the same embedding.
+    Again {
+        id: u64,
+        last_seen: String,
+        count: u64,
+        reason: String,
+        best_guess: String,
+    },
+    Taught {
+        ids: Vec<u64>,
+        class: String,
+        at: String,
+    },
 }
 
 /// What the writer is asked to do.
@@ -136,7 +158,8 @@ pub struct Unknowns {
     cap: usize,
     /// Kept texts by id, replaced whole by the writer after each batch.
     published: Arc<ArcSwap<Vec<Arc<Unknown>>>>,
-    lines_at_open: usize,
+    /// The file's size when opened (the writer's compaction starts from it).
+    bytes_at_open: u64,
     next_id: u64,
     queued: Arc<AtomicUsize>,
     writer: OnceLock<Sender<Msg>>,
@@ -147,13 +170,18 @@ impl Unknowns {
     pub fn open(state: &std::path::Path, cap: usize) -> Arc<Unknowns> {
         let path = state.join("unknowns.jsonl");
         let mut kept: BTreeMap<u64, Arc<Unknown>> = BTreeMap::new();
-        let mut lines = 0;
+        let mut bytes = 0;
         if let Ok(text) = std::fs::read_to_string(&path) {
+            bytes = text.len() as u64;
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                lines += 1;
                 match serde_json::from_str::<Line>(line) {
                     Ok(Line::Seen(u)) => {
                         kept.insert(u.id, Arc::new(u));
+                    }
+                    Ok(Line::Again { id, last_seen, count, reason, best_guess }) => {
+                        if let Some(u) = kept.get_mut(&id) {
+                            *u = Arc::new(Unknown { last_seen, count, reason, best_guess, ..Unknown::clone(u) });
+                        }
                     }
                     Ok(Line::Taught { ids, .. }) => kept.retain(|id, _| !ids.contains(id)),
                     Err(e) => {
@@ -170,7 +198,7 @@ impl Unknowns {
             path,
             cap,
             published: Arc::new(ArcSwap::from_pointee(kept)),
-            lines_at_open: lines,
+            bytes_at_open: bytes,
             next_id,
             queued: Arc::new(AtomicUsize::new(0)),
             writer: OnceLock::new(),
@@ -220,7 +248,8 @@ impl Unknowns {
             let w = Writer {
                 path: self.path.clone(),
                 cap: self.cap,
-                lines: self.lines_at_open,
+                bytes: self.bytes_at_open,
+                compacted: 0,
                 next_id: self.next_id,
                 published: self.published.clone(),
                 queued: self.queued.clone(),
@@ -387,8 +416,10 @@ pub async fn teach(unknowns: &Arc<Unknowns>, jobs: &Arc<Jobs>, core: &Arc<Core>,
 struct Writer {
     path: PathBuf,
     cap: usize,
-    /// Lines in the file (kept texts' latest lines plus older ones not yet compacted away).
-    lines: usize,
+    /// The file's size (kept texts' latest lines plus older ones not yet compacted away).
+    bytes: u64,
+    /// Its size after the last compaction (0: none since the store opened).
+    compacted: u64,
     next_id: u64,
     published: Arc<ArcSwap<Vec<Arc<Unknown>>>>,
     queued: Arc<AtomicUsize>,
@@ -399,6 +430,7 @@ impl Writer {
         let mut kept: BTreeMap<u64, Arc<Unknown>> = self.published.load().iter().map(|u| (u.id, u.clone())).collect();
         let mut by_text: HashMap<String, u64> = kept.values().map(|u| (u.text.clone(), u.id)).collect();
         while let Ok(first) = rx.recv() {
+            std::thread::sleep(BATCH_WINDOW);
             let mut lines = Vec::new();
             let mut answers = Vec::new();
             let mut seen = 0;
@@ -407,7 +439,9 @@ impl Writer {
                 match msg {
                     Msg::Seen { text, reason, best_guess, trunk, embedding } => {
                         seen += 1;
-                        let u = match by_text.get(&text).and_then(|id| kept.get(id)) {
+                        let old = by_text.get(&text).and_then(|id| kept.get(id));
+                        let same = old.is_some_and(|o| o.trunk == trunk && o.embedding == embedding);
+                        let u = match old {
                             Some(old) => Unknown {
                                 last_seen: now.clone(),
                                 count: old.count + 1,
@@ -433,9 +467,18 @@ impl Writer {
                             }
                         };
                         by_text.insert(text, u.id);
-                        let u = Arc::new(u);
-                        kept.insert(u.id, u.clone());
-                        lines.push(Line::Seen(Unknown::clone(&u)));
+                        lines.push(if same {
+                            Line::Again {
+                                id: u.id,
+                                last_seen: u.last_seen.clone(),
+                                count: u.count,
+                                reason: u.reason.clone(),
+                                best_guess: u.best_guess.clone(),
+                            }
+                        } else {
+                            Line::Seen(u.clone())
+                        });
+                        kept.insert(u.id, Arc::new(u));
                     }
                     Msg::Taught { ids, class, done } => {
                         let mut gone = 0;
@@ -469,18 +512,19 @@ impl Writer {
         }
     }
 
-    /// Append the lines with one fsync; past 2 x cap lines rewrite the file with what is kept.
+    /// Append the lines with one fsync; once the file is twice its last compacted size (and past
+    /// `COMPACT_FLOOR`) rewrite it with what is kept.
     fn write(&mut self, lines: &[Line], kept: &[Arc<Unknown>]) -> Result<()> {
         let text: String = lines.iter().map(|l| serde_json::to_string(l).expect("line serializes") + "\n").collect();
         append_synced(&self.path, text.as_bytes())?;
-        self.lines += lines.len();
-        if self.lines > 2 * self.cap.max(1) {
+        self.bytes += text.len() as u64;
+        if self.bytes > 2 * self.compacted.max(COMPACT_FLOOR) {
             let whole: String = kept
                 .iter()
                 .map(|u| serde_json::to_string(&Line::Seen(Unknown::clone(u))).expect("line serializes") + "\n")
                 .collect();
             match write_atomic(&self.path, whole.as_bytes()) {
-                Ok(()) => self.lines = kept.len(),
+                Ok(()) => (self.bytes, self.compacted) = (whole.len() as u64, whole.len() as u64),
                 Err(e) => tracing::warn!(error = %e, "unknowns compaction failed; retrying after the next batch"),
             }
         }
@@ -569,8 +613,14 @@ mod tests {
         let (other, _) = u.group(Some("t2"), GroupParams::default());
         assert_eq!((other.groups.len(), other.not_comparable), (0, 11), "another trunk's embeddings are not compared");
 
+        let file = std::fs::read_to_string(dir.join("unknowns.jsonl")).unwrap();
+        let short = file.lines().filter(|l| l.contains(r#""kind":"again""#)).collect::<Vec<_>>();
+        assert_eq!(short.len(), 1, "a repeated sighting writes a short line: {file}");
+        assert!(!short[0].contains("embedding") && !short[0].contains("pay bill"), "{}", short[0]);
         let again = Unknowns::open(&dir, 12);
         assert_eq!(again.kept().len(), 11, "kept across a restart");
+        let restored = again.kept().iter().find(|x| x.text == "pay bill 0").unwrap().clone();
+        assert_eq!((restored.count, restored.embedding.as_ref().map(Vec::len)), (2, Some(8)), "{restored:?}");
         assert_eq!(
             again.group(Some("t1"), GroupParams { similarity: 0.9, ..Default::default() }).0.groups[0].id,
             listing.groups[0].id
@@ -579,12 +629,17 @@ mod tests {
         assert_eq!(u.forget(members[1].clone(), "Music".into()).await.unwrap(), 5);
         assert_eq!(u.kept().len(), 6);
         assert_eq!(Unknowns::open(&dir, 12).kept().len(), 6, "the taught line survives a restart");
-        // Past the cap the least recently seen go; the file is compacted.
-        let more: Vec<TextResult> = (0..30).map(|i| declined(&format!("other {i}"), 6)).collect();
-        u.observe(&more);
+        // Past the cap the least recently seen go; past twice COMPACT_FLOOR the file is compacted.
+        let more: Vec<TextResult> = (0..1000).map(|i| declined(&format!("other {i}"), 6)).collect();
+        for chunk in more.chunks(100) {
+            u.observe(chunk);
+        }
         settle(&u, 12).await;
-        let lines = std::fs::read_to_string(dir.join("unknowns.jsonl")).unwrap().lines().count();
-        assert!(lines <= 24, "compacted past 2 x cap ({lines} lines)");
-        assert_eq!(Unknowns::open(&dir, 12).kept().len(), 12);
+        let bytes = std::fs::metadata(dir.join("unknowns.jsonl")).unwrap().len();
+        assert!(bytes <= 2 * COMPACT_FLOOR, "compacted past twice the floor ({bytes} bytes)");
+        assert!(1000 * 150 > 2 * COMPACT_FLOOR, "the test writes enough to compact");
+        let reopened = Unknowns::open(&dir, 12);
+        assert_eq!(reopened.kept().len(), 12);
+        assert!(reopened.kept().iter().all(|x| x.text.starts_with("other 9")), "the most recent stay");
     }
 }
