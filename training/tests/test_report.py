@@ -256,8 +256,12 @@ def test_the_accurate_path_section_is_drawn_from_its_json():
     paired = json.loads((results / "clinc150-accurate-vs-frozen.json").read_text())
     text = "\n".join(_section_accurate(accurate, paired)).replace("\n\n", "\n")
     with_steps = [r for r in accurate["recipes"] if "steps" in r]
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| trunk ")]
+    lines = text.splitlines()
+    recipes = lines[: next(i for i, line in enumerate(lines) if line.startswith("| budget "))]
+    rows = [line for line in recipes if line.startswith("| ") and not line.startswith("| trunk ")]
     assert len(rows) == 1 + len(with_steps)  # the frozen trunk, then one row per recipe
+    budgets = [line for line in lines if line.startswith("| ") and line.endswith("% |") and line not in rows]
+    assert len(budgets) == len(accurate["mpnet_budgets"]["rows"])  # then one row per in-scope budget
     chosen = with_steps[-1]
     assert f"{100 * chosen['test']['accuracy_best_guess']:.1f} %" in text
     best, label = paired["test"]["best"]["interval95"], paired["test"]["label"]["interval95"]
