@@ -342,6 +342,7 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
     assert!(report["test"]["open_world"]["auroc_rule_score"].as_f64().is_some(), "{}", report["test"]);
     let experts = common::json_of(http.get(format!("{base}/experts"))).await;
     assert_eq!(experts["gate"]["open_world"]["reject_below"].as_f64().unwrap() as f32, cut);
+    assert_eq!(experts["gate"]["open_world"]["changed_since_chosen"], json!([]), "served as chosen");
     assert!(experts["gate"]["label_rule"].is_string());
     declined_texts_group_into_a_class_taught_from_the_api(&http, &base, &data).await;
 
@@ -419,6 +420,8 @@ async fn declined_texts_group_into_a_class_taught_from_the_api(
     // The taught head carries its centroid, so the open-world rule stays in force.
     let experts = common::json_of(http.get(format!("{base}/experts"))).await;
     assert!(experts["gate"]["disabled_reason"].is_null() && experts["gate"]["open_world"].is_object(), "{experts}");
+    // ... chosen without it, which the rule says.
+    assert_eq!(experts["gate"]["open_world"]["changed_since_chosen"], json!(["Kitchen"]), "{experts}");
     let after = common::json_of(admin(http.get(format!("{base}/unknowns?examples=1000&similarity=0.5")))).await;
     assert_eq!(after["kept"].as_u64(), Some(kept - size), "taught texts leave the unknowns: {after}");
     let answers = common::json_of(http.post(format!("{base}/classify")).json(&json!({"texts": members}))).await;

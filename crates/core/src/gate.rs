@@ -140,6 +140,25 @@ pub struct OpenWorld {
     /// How it was chosen (the val operating point), kept for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen_by: Option<serde_json::Value>,
+    /// The experts it was chosen with (class -> bundle version). A swap or a new class keeps the
+    /// rule in force (declining nothing would be worse) but `changed_since_chosen` names them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
+}
+
+impl OpenWorld {
+    /// The classes swapped, added or removed since the rule was chosen, in class order (None: the
+    /// rule does not record its experts).
+    pub fn changed_since_chosen(&self, now: &[(String, String)]) -> Option<Vec<String>> {
+        if self.versions.is_empty() {
+            return None;
+        }
+        let mut changed: Vec<String> =
+            now.iter().filter(|(c, v)| self.versions.get(c) != Some(v)).map(|(c, _)| c.clone()).collect();
+        changed.extend(self.versions.keys().filter(|c| !now.iter().any(|(n, _)| n == *c)).cloned());
+        changed.sort();
+        Some(changed)
+    }
 }
 
 /// The gate as written in the registry.
@@ -419,6 +438,26 @@ mod tests {
 
     fn outs(v: &[(f32, f32)]) -> Vec<ExpertOutput> {
         v.iter().map(|&(probability, threshold)| ExpertOutput { probability, threshold }).collect()
+    }
+
+    #[test]
+    fn an_open_world_rule_names_what_changed_since_it_was_chosen() {
+        let pair = |c: &str, v: &str| (c.to_string(), v.to_string());
+        let mut rule = OpenWorld {
+            score: InScopeScore::MaxProbability,
+            reject_below: 0.5,
+            chosen_by: None,
+            versions: BTreeMap::new(),
+        };
+        assert_eq!(rule.changed_since_chosen(&[pair("a", "1")]), None, "not recorded");
+        rule.versions = [pair("a", "1"), pair("b", "1"), pair("c", "1")].into();
+        assert_eq!(rule.changed_since_chosen(&[pair("a", "1"), pair("b", "1"), pair("c", "1")]), Some(vec![]));
+        let now = [pair("a", "1"), pair("b", "2"), pair("d", "1")];
+        assert_eq!(
+            rule.changed_since_chosen(&now),
+            Some(vec!["b".into(), "c".into(), "d".into()]),
+            "swapped, gone, new"
+        );
     }
 
     #[test]

@@ -165,10 +165,12 @@ pub fn choose(
         }
     }
     let (best, chosen_by) = pick(&candidates, n, oos_texts.len(), budget);
+    let versions = make(base)?.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
     let open_world = best.reject_below.map(|reject_below| OpenWorld {
         score: best.score,
         reject_below,
         chosen_by: Some(chosen_by.clone()),
+        versions,
     });
     Ok((best.rule, open_world, chosen_by))
 }

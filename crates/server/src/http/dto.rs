@@ -373,7 +373,16 @@ pub struct GateInfo {
     pub disabled_reason: Option<String>,
     pub label_rule: moe_core::gate::LabelRule,
     /// The rejection rule and its val operating point (null: nothing is declined as out of scope).
-    pub open_world: Option<moe_core::gate::OpenWorld>,
+    pub open_world: Option<OpenWorldInfo>,
+}
+
+/// The rejection rule as the registry holds it, and what changed since it was chosen.
+#[derive(Debug, Serialize)]
+pub struct OpenWorldInfo {
+    #[serde(flatten)]
+    pub rule: moe_core::gate::OpenWorld,
+    /// Classes swapped, added or removed since the rule was chosen on val (null: not recorded).
+    pub changed_since_chosen: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -395,7 +404,11 @@ impl From<&ExpertSet> for ExpertList {
                 score: s.gate.score,
                 disabled_reason: s.gate.disabled.clone(),
                 label_rule: s.gate_spec.label,
-                open_world: s.gate_spec.open_world.clone(),
+                open_world: s.gate_spec.open_world.clone().map(|rule| {
+                    let now: Vec<(String, String)> =
+                        s.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
+                    OpenWorldInfo { changed_since_chosen: rule.changed_since_chosen(&now), rule }
+                }),
             },
             generation: s.generation,
             revision: s.revision,
