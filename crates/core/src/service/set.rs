@@ -318,8 +318,7 @@ impl ExpertSet {
     /// 1,000-expert server's CPU, docs/BENCHMARKS.md), so each class's histogram samples requests.
     fn timed_experts(&self) -> impl Fn(usize) -> bool {
         let k = self.experts.len();
-        let start = if k <= TIMED_EXPERTS { 0 } else { self.timer_cursor.fetch_add(TIMED_EXPERTS, Relaxed) % k };
-        move |i| k <= TIMED_EXPERTS || (i + k - start) % k < TIMED_EXPERTS
+        timed_window(k, if k <= TIMED_EXPERTS { 0 } else { self.timer_cursor.fetch_add(TIMED_EXPERTS, Relaxed) })
     }
 
     /// Each text's best similarity to a class centroid, over the experts whose linear head has
@@ -563,6 +562,12 @@ impl Stacked {
     }
 }
 
+/// Of `k` experts, the `TIMED_EXPERTS` from `start` on (modulo `k`, wrapping), or all of them.
+fn timed_window(k: usize, start: usize) -> impl Fn(usize) -> bool {
+    let start = start % k.max(1);
+    move |i| k <= TIMED_EXPERTS || (i + k - start) % k < TIMED_EXPERTS
+}
+
 /// Keep the larger similarity.
 fn raise(best: &mut Option<f32>, sim: f32) {
     *best = Some(best.map_or(sim, |v| v.max(sim)));
@@ -718,6 +723,22 @@ mod tests {
         }
         let wrong = Matrix { rows: 1, cols: dim + 1, data: vec![0.0; dim + 1] };
         assert!(stacked.probabilities(&wrong, &mut Matrix { rows: 1, cols: k, data: vec![0.0; k] }).is_err());
+    }
+
+    /// Up to TIMED_EXPERTS every expert is timed; past it each window holds TIMED_EXPERTS of them,
+    /// and consecutive windows time every expert equally often.
+    #[test]
+    fn timed_windows_rotate_over_every_expert() {
+        assert!((0..TIMED_EXPERTS).all(timed_window(TIMED_EXPERTS, 5)));
+        let k = 150;
+        let mut counts = vec![0; k];
+        for call in 0..k {
+            let timed = timed_window(k, call * TIMED_EXPERTS);
+            let window: Vec<usize> = (0..k).filter(|&i| timed(i)).collect();
+            assert_eq!(window.len(), TIMED_EXPERTS);
+            window.iter().for_each(|&i| counts[i] += 1);
+        }
+        assert!(counts.iter().all(|&c| c == TIMED_EXPERTS), "{counts:?}");
     }
 
     /// Stacked centroids give each row the best of the heads' own similarities, bit for bit, and
