@@ -8,15 +8,14 @@
 //! * A classify never waits for this: its declined texts are queued to the writer thread (at most
 //!   `QUEUE` waiting; past that they are dropped and counted in `moe_unknowns_dropped_total`). The
 //!   writer gathers what arrives within `BATCH_WINDOW` of a batch's first sighting, appends it and
-//!   fsyncs once, so a crash loses at most the batch in flight (one fsync per sighting cost more
-//!   than the sightings themselves under out-of-scope load, docs/BENCHMARKS.md).
+//!   fsyncs once, so a crash loses at most the batch in flight.
 //! * Bounded: at most `cap` distinct texts (the least recently seen go first). A text's first
 //!   sighting (or one with a new embedding) writes its whole state; a later one a short `again`
-//!   line (counts, last seen, reason, best guess: ~150 bytes where a 384-float embedding takes 3 KB;
-//!   full lines for repeated out-of-scope traffic cost 7-14 % of a 1,000-expert server's
-//!   throughput, docs/BENCHMARKS.md). Once the file is twice what a rewrite would hold (at least
-//!   `COMPACT_FLOOR` bytes) it is rewritten whole (temp file, fsync, rename), like the feedback
-//!   log. Cap 0 keeps nothing.
+//!   line (counts, last seen, reason, best guess: ~150 bytes where a 384-float embedding takes 3
+//!   KB; with a full line and an fsync per sighting the store cost a 1,000-expert server 7-14 % of
+//!   its requests/s under out-of-scope load, docs/BENCHMARKS.md). Once the file is twice what a
+//!   rewrite would hold (at least `COMPACT_FLOOR` bytes) it is rewritten whole (temp file, fsync,
+//!   rename), like the feedback log. Cap 0 keeps nothing.
 //! * Readers take no lock: the writer publishes an immutable snapshot after each batch.
 //! * Texts taught as a class leave the store (a `taught` line) once the class is installed.
 //! * Only embeddings of one trunk are grouped together: the trunk the served set's heads run on.
