@@ -175,6 +175,45 @@ async fn answers_do_not_depend_on_the_batch() {
     }
 }
 
+/// A graph run one text at a time takes one job per batch: concurrent requests, even with 20 ms
+/// of waiting for more work, each run as their own batch, so no reply waits for other requests'
+/// texts to be computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_by_row_trunk_runs_one_job_per_batch() {
+    let root = common::default_models();
+    let runtime = moe_core::config::RuntimeConfig {
+        max_wait_us: 20_000,
+        sessions: Some(1),
+        solo_threads: Some(0),
+        ..common::runtime()
+    };
+    let core = moe_core::service::Core::new(
+        moe_core::service::Paths::new(&root, common::state_dir("one-job")),
+        runtime,
+        Limits::default(),
+    );
+    let c = core.clone();
+    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+    let set = core.snapshot().unwrap();
+    let trunk = set.experts[0].stage1.clone();
+    assert!(trunk.row_by_row(), "the shipped int8 trunk is batch-dependent");
+    let (b0, r0) = (trunk.stats().batches.load(Relaxed), trunk.stats().rows.load(Relaxed));
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let core = core.clone();
+        // Every fourth request carries three texts: a job's own texts stay one batch.
+        let texts: Vec<String> =
+            (0..if i % 4 == 0 { 3 } else { 1 }).map(|k| format!("how to paint wall {i} {k}")).collect();
+        tasks.push(tokio::spawn(async move { core.classify(texts).await.map(|(r, _)| r.len()) }));
+    }
+    let mut texts = 0;
+    for t in tasks {
+        texts += t.await.unwrap().unwrap();
+    }
+    let (batches, rows) = (trunk.stats().batches.load(Relaxed) - b0, trunk.stats().rows.load(Relaxed) - r0);
+    assert_eq!((batches, rows), (24, texts), "24 jobs ({texts} texts) ran as {batches} batches of {rows} rows");
+}
+
 /// A lone request runs on the solo session (every core) and gets the probabilities the ordinary
 /// single-thread sessions give; requests that arrive together do not use it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

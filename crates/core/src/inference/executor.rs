@@ -393,6 +393,12 @@ impl Worker {
             }
             rows += j.input.rows();
             jobs.push(j);
+            // A graph run one text at a time gains nothing from a batch, and every job of a batch
+            // waits for the last: take one job, so each reply goes out when its rows are done and
+            // the other workers take the next ones (docs/BENCHMARKS.md, ab-tail.jsonl).
+            if self.shape.row_by_row.load(Ordering::Relaxed) {
+                break;
+            }
         }
         Some((jobs, rows))
     }
