@@ -337,6 +337,13 @@ AB_NOTES = {
     "product) cost about 0.7 ms per lone request, the shipped one (5 and 2) about what per-tensor costs. This "
     "machine was noisy on 2026-12-04: an earlier 3-round run (shipped / an intermediate per-row graph / tei) gave "
     "758 / 950 / 799 req/s at 16.",
+    "ab-fair.jsonl": "A worker's fair share of the queue (issue 28), 5 interleaved rounds, all three on the per-row "
+    "trunk (`build/rowq-set`, batched): `per-row` takes every queued job up to 64 texts, `per-row-fair` takes its "
+    "share of the jobs queued when it looks (queued / sessions, the default now when executors do not wait for "
+    "more work), `per-row-max4` takes at most 4 texts (`--max-batch 4`). The fair share raised requests/s at 16 in "
+    "every round (2,017-2,152 against 1,830-1,913) and cut p99 from 18.3 to 13.6 ms; the 4-text cap did better "
+    "still here (2,136, 11.7 ms) but is one machine's number on one load, so the default largest batch stays 64 "
+    "and the 4-text cap is a flag (`--max-batch 4`).",
     "ab-lone.jsonl": "The lone request (issue 28), 5 interleaved rounds, TEI beside: `one-job` is the service with "
     "the one-job collector (`ab-tail.jsonl`); `lone-here` also ran a lone text's trunk on the requesting task's own "
     "thread (tokio's `block_in_place` on the solo session) to skip the hand-off to an executor thread and back. It did "

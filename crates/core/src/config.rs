@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     #[arg(long, env = "MOE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub intra_op_spinning: bool,
     /// Largest batch (texts) one graph run takes.
+    ///
+    /// With several sessions and no waiting (`--max-wait-us 0`), a worker takes at most its share
+    /// of the jobs queued when it looks (queued / sessions). Measured: docs/BENCHMARKS.md (ab-fair.jsonl).
     #[arg(long, env = "MOE_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
     /// How long an executor waits for more work before running a batch, in µs.
