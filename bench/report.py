@@ -477,9 +477,12 @@ if os.path.exists(scale_path):
             f"{median([r['c16_p99_ms'] for r in rs]):.1f} |"
         )
     p(
-        "\nAt 1,000 experts the 0.8 x target is met on the medians (944 / 1,115 req/s = 0.85 x), narrowly: this machine's "
-        "rounds swing by a third (the ratio within a round runs 0.61-0.91, median 0.80), so take the 5-round median, not "
-        "any one round. This run (2026-12-04, 5 rounds) follows three fixes found by `perf` (8 s at concurrency 16 "
+        "\nThis run (2026-12-05, 5 rounds) is after the executor's one-job and fair-share changes (issue 28): at 1,000 "
+        "experts the 0.8 x target is met at its edge (1,547 / 1,922 req/s = 0.80 x on the medians; within a round "
+        "0.74-0.84, median 0.80). The run before those changes (2026-12-04, `docs/bench/scale-2026-12-04.jsonl`) gave "
+        "944 / 1,115 = 0.85 x (rounds 0.61-0.91): the changes raised every set's throughput (and the machine was "
+        "quieter; +72 % for e19, +64 % for e150 and e1000), so the ratio fell. "
+        "The 2026-12-04 run followed three fixes found by `perf` (8 s at concurrency 16 "
         "on the 1,000-expert server; the round before them gave 0.59 x): (1) `moe_expert_seconds{class}` is recorded for "
         "at most 64 experts a request, in rotation (one record per expert was 5 % of the CPU samples; each class's "
         "histogram now samples requests); (2) the experts' probabilities are one text-major matrix instead of a "
