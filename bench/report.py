@@ -337,6 +337,14 @@ AB_NOTES = {
     "product) cost about 0.7 ms per lone request, the shipped one (5 and 2) about what per-tensor costs. This "
     "machine was noisy on 2026-12-04: an earlier 3-round run (shipped / an intermediate per-row graph / tei) gave "
     "758 / 950 / 799 req/s at 16.",
+    "ab-avx2-dots.jsonl": "The linear heads' and centroids' dot products compiled for AVX2 where the CPU has it "
+    "(issue 27), 3 interleaved rounds on the synthetic 1,000-expert root (`bench/scale_root.py`): `portable` is the "
+    'service before, `avx2` the same source under `#[target_feature(enable = "avx2")]`, chosen at run time (the '
+    "same sums in the same order: bit for bit the same scores, a unit test checks it). Requests/s at 16: 1,761 "
+    "against 1,678 (medians), but the rounds overlap (1,662-1,840 against 1,562-1,706), so this run does not show a "
+    "gain beyond the noise; kept because the results are identical and the kernel alone is 1.4 x faster (measured "
+    "2026-12-04). perf before it (1,000 experts, concurrency 16): the 1,000 centroid similarities 4.3 % and the "
+    "1,000 heads 4.2 % of the samples.",
     "ab-fair.jsonl": "A worker's fair share of the queue (issue 28), 5 interleaved rounds, all three on the per-row "
     "trunk (`build/rowq-set`, batched): `per-row` takes every queued job up to 64 texts, `per-row-fair` takes its "
     "share of the jobs queued when it looks (queued / sessions, the default now when executors do not wait for "
@@ -477,7 +485,8 @@ if os.path.exists(scale_path):
             f"{median([r['c16_p99_ms'] for r in rs]):.1f} |"
         )
     p(
-        "\nThis run (2026-12-05, 5 rounds) is after the executor's one-job and fair-share changes (issue 28): at 1,000 "
+        "\nThis run (2026-12-05, 5 rounds) is after the executor's one-job and fair-share changes (issue 28) and before the AVX2 dot "
+        "products (`ab-avx2-dots.jsonl`): at 1,000 "
         "experts the 0.8 x target is met at its edge (1,547 / 1,922 req/s = 0.80 x on the medians; within a round "
         "0.74-0.84, median 0.80). The run before those changes (2026-12-04, `docs/bench/scale-2026-12-04.jsonl`) gave "
         "944 / 1,115 = 0.85 x (rounds 0.61-0.91): the changes raised every set's throughput (and the machine was "
@@ -494,8 +503,8 @@ if os.path.exists(scale_path):
         "9 % -> 4 %); before (3), two A/B pairs of 10 s gave 854 and 904 req/s with the store against 980 and 974 "
         "without it (`MOE_UNKNOWNS_CAP=0`). What is left per request at 1,000 experts: 2,000 dot products of 384 "
         "(1,000 heads and 1,000 centroids, 3 MB of weights through the caches, ~7 % of the samples); an AVX2 build "
-        "of the same sums measured 1.4 x faster in isolation (bit for bit the same results) and was not adopted "
-        "(it needs `unsafe` runtime dispatch for ~2 %). Four rows at a time through one function (`dots`) ran "
+        "of the same sums measured 1.4 x faster in isolation (bit for bit the same results); it was adopted on "
+        "2026-12-05 (`ab-avx2-dots.jsonl`). Four rows at a time through one function (`dots`) ran "
         "slower than one at a time (the compiler spilled registers), and was dropped.\n"
     )
 soak_path = os.path.join(bench_dir, "soak.jsonl")
