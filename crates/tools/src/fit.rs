@@ -918,8 +918,8 @@ fn choose_gate_and_report(
         progress(&format!("{} classes: fitted gates skipped (over {FITTED_GATES_UP_TO})", classes.len()));
         &[GateKind::Uniform]
     };
-    let versions = set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
-    let (acc, mut spec, table) = choose_gate(&gd, classes, versions, kinds, true);
+    let versions: BTreeMap<String, String> = set.versions().into_iter().collect();
+    let (acc, mut spec, table) = choose_gate(&gd, classes, versions.clone(), kinds, true);
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table,
         "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
     let oos_val = &seen.oos_val;
@@ -930,6 +930,7 @@ fn choose_gate_and_report(
     let (label, open_world, chosen_by) = open_world::choose(
         &|spec: &GateSpec| ExpertSet::new(experts.clone(), spec.clone(), (0, None), Vec::new()),
         &spec,
+        versions,
         (&texts, &truth, &probs, &near),
         (&oos_val.1, &oos_probs, &oos_near),
         o.max_in_scope_abstain,

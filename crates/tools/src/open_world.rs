@@ -8,6 +8,8 @@
 //! are judged with cross-fitted thresholds (`cross_fitted`), since the served ones are fitted on
 //! val. Every decision goes through the service's own `ExpertSet::decide`. Never test.
 
+use std::collections::BTreeMap;
+
 use moe_core::Result;
 use moe_core::gate::{AbstainReason, GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
 use moe_core::service::{ExpertSet, TextResult};
@@ -109,9 +111,11 @@ struct Candidate {
 
 /// The label rule and the open-world rule (None: no cut-off) for the set `make` builds from a
 /// gate spec, chosen on val within `budget` (module doc), and the table they were chosen from.
+/// `versions` (class -> bundle version of the set's experts) goes into the rule as it stands.
 pub fn choose(
     make: &dyn Fn(&GateSpec) -> Result<ExpertSet>,
     base: &GateSpec,
+    versions: BTreeMap<String, String>,
     (texts, truth, probs, nearest): InScope,
     (oos_texts, oos_probs, oos_nearest): OutOfScope,
     budget: f64,
@@ -165,7 +169,6 @@ pub fn choose(
         }
     }
     let (best, chosen_by) = pick(&candidates, n, oos_texts.len(), budget);
-    let versions = make(base)?.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
     let open_world = best.reject_below.map(|reject_below| OpenWorld {
         score: best.score,
         reject_below,

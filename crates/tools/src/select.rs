@@ -177,7 +177,7 @@ fn choose_gate_on_val(reg: &mut RegistryFile, root: &Path, data: &DataArgs, runt
     let cards = set.calibrations();
     let cal = cards.clone().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
     let gd = GateData { probs: &probs, thr: &thr, cal: &cal, texts: &texts, truth: &truth };
-    let versions = set.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
+    let versions = set.versions().into_iter().collect();
     let all_kinds = [GateKind::Uniform, GateKind::Length, GateKind::Stacking];
     let (acc, mut spec, table) = choose_gate(&gd, &classes, versions, &all_kinds, cards.is_some());
     spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table}));

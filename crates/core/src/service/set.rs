@@ -237,6 +237,12 @@ impl ExpertSet {
         self.experts.iter().position(|e| e.class == class)
     }
 
+    /// Each expert's class and bundle version, in set order (what a gate or an open-world rule
+    /// was chosen with).
+    pub fn versions(&self) -> Vec<(String, String)> {
+        self.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect()
+    }
+
     pub fn shadow(&self, class: &str) -> Option<&Arc<Shadow>> {
         self.shadows.iter().find(|s| s.class == class)
     }

@@ -404,11 +404,11 @@ impl From<&ExpertSet> for ExpertList {
                 score: s.gate.score,
                 disabled_reason: s.gate.disabled.clone(),
                 label_rule: s.gate_spec.label,
-                open_world: s.gate_spec.open_world.clone().map(|rule| {
-                    let now: Vec<(String, String)> =
-                        s.experts.iter().map(|e| (e.class.clone(), e.card.version.clone())).collect();
-                    OpenWorldInfo { changed_since_chosen: rule.changed_since_chosen(&now), rule }
-                }),
+                open_world: s
+                    .gate_spec
+                    .open_world
+                    .clone()
+                    .map(|rule| OpenWorldInfo { changed_since_chosen: rule.changed_since_chosen(&s.versions()), rule }),
             },
             generation: s.generation,
             revision: s.revision,
