@@ -118,14 +118,8 @@ async fn probabilities_match_python_onnxruntime() {
 /// session per graph that waits up to 20 ms for more work, so 64 concurrent requests must share).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_batched() {
-    let root = common::fixture_models();
-    let core = moe_core::service::Core::new(
-        moe_core::service::Paths::new(&root, common::state_dir("batched")),
-        moe_core::config::RuntimeConfig { max_wait_us: 20_000, ..common::runtime() },
-        Limits::default(),
-    );
-    let c = core.clone();
-    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+    let runtime = moe_core::config::RuntimeConfig { max_wait_us: 20_000, ..common::runtime() };
+    let core = common::loaded_core_with(&common::fixture_models(), "batched", runtime, Limits::default()).await;
     let set = core.snapshot().unwrap();
     let before: Vec<(usize, usize)> = set
         .experts
@@ -180,20 +174,13 @@ async fn answers_do_not_depend_on_the_batch() {
 /// texts to be computed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_by_row_trunk_runs_one_job_per_batch() {
-    let root = common::default_models();
     let runtime = moe_core::config::RuntimeConfig {
         max_wait_us: 20_000,
         sessions: Some(1),
         solo_threads: Some(0),
         ..common::runtime()
     };
-    let core = moe_core::service::Core::new(
-        moe_core::service::Paths::new(&root, common::state_dir("one-job")),
-        runtime,
-        Limits::default(),
-    );
-    let c = core.clone();
-    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+    let core = common::loaded_core_with(&common::default_models(), "one-job", runtime, Limits::default()).await;
     let set = core.snapshot().unwrap();
     let trunk = set.experts[0].stage1.clone();
     assert!(trunk.row_by_row(), "the shipped int8 trunk is batch-dependent");
@@ -220,16 +207,9 @@ async fn a_row_by_row_trunk_runs_one_job_per_batch() {
 async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
     let texts = ["how to cook pasta like a chef", "how to visit rome in winter", "how to fix a flat bike tyre"];
     let answers = |solo_threads: Option<usize>, solo_spin_us: u64| async move {
-        let root = common::default_models();
         let runtime =
             moe_core::config::RuntimeConfig { sessions: Some(2), solo_threads, solo_spin_us, ..common::runtime() };
-        let core = moe_core::service::Core::new(
-            moe_core::service::Paths::new(&root, common::state_dir("solo")),
-            runtime,
-            Limits::default(),
-        );
-        let c = core.clone();
-        tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+        let core = common::loaded_core_with(&common::default_models(), "solo", runtime, Limits::default()).await;
         let set = core.snapshot().unwrap();
         let trunk = set.experts[0].stage1.clone();
         let solo_before = trunk.stats().solo.load(Relaxed);

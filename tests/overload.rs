@@ -8,15 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use moe_core::config::{Limits, RuntimeConfig};
-use moe_core::service::{Core, Paths};
+use moe_core::service::Core;
 use serde_json::{Value, json};
 
 /// The shipped set (int8 trunk, one text per session run: ~2 ms a text) on one session.
 async fn slow_core(limits: Limits, runtime: RuntimeConfig) -> Arc<Core> {
-    let core = Core::new(Paths::new(common::default_models(), common::state_dir("overload")), runtime, limits);
-    let c = core.clone();
-    tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
-    core
+    common::loaded_core_with(&common::default_models(), "overload", runtime, limits).await
 }
 
 /// 64 distinct titles: one request's worth of work, ~130 ms on one core.

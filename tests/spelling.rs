@@ -106,12 +106,9 @@ fn a_head_names_no_lexicon_of_its_own() {
 async fn the_service_answers_the_corrected_text_unless_spelling_is_off() {
     let (misspelt, fixed) = ("How to Pakc a Suitcsae for a lnog trip", "How to Pack a Suitcase for a long trip");
     let answer = |spelling: bool, text: &'static str| async move {
-        let root = common::default_models();
         let runtime = moe_core::config::RuntimeConfig { spelling, ..common::runtime() };
-        let paths = moe_core::service::Paths::new(&root, common::state_dir("spelling"));
-        let core = moe_core::service::Core::new(paths, runtime, moe_core::config::Limits::default());
-        let c = core.clone();
-        tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().unwrap();
+        let limits = moe_core::config::Limits::default();
+        let core = common::loaded_core_with(&common::default_models(), "spelling", runtime, limits).await;
         let words = core.snapshot().unwrap().experts[0].tokenizer.speller.as_ref().map(|s| s.len());
         assert_eq!(words.is_some(), spelling);
         let (results, _) = core.classify(vec![text.to_string()]).await.unwrap();

@@ -42,7 +42,12 @@ pub fn core(root: &Path, limits: Limits) -> Arc<Core> {
 
 /// A core with the registry of `root` loaded (loading blocks, so it runs off the async workers).
 pub async fn loaded_core(root: &Path, limits: Limits) -> Arc<Core> {
-    let core = core(root, limits);
+    loaded_core_with(root, "core", runtime(), limits).await
+}
+
+/// `loaded_core` with its own runtime settings, in a fresh state folder named after `tag`.
+pub async fn loaded_core_with(root: &Path, tag: &str, runtime: RuntimeConfig, limits: Limits) -> Arc<Core> {
+    let core = Core::new(Paths::new(root, state_dir(tag)), runtime, limits);
     let c = core.clone();
     tokio::task::spawn_blocking(move || c.load_registry()).await.unwrap().expect("registry loads");
     core
