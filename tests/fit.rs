@@ -46,7 +46,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         label_col: "label".into(),
         split_col: "split".into(),
         seed: 42,
-        trunk: "minilm-l6-int8-4c8c5336916d".into(),
+        trunk: "minilm-l6-int8-fe7a4bf6faea".into(),
         models: common::default_models(),
         min_rows: None,
         drop_conflicts: false,

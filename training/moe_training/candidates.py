@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
-from . import backbone
+from . import backbone, simplify
 from .export import OPSET, export_torch, quantize_int8, run_onnx, softmax_pos
 
 # Default rebalancing per algorithm (overridable on the command line), and whether it is a trunk head.
@@ -242,6 +242,12 @@ def export_trunk(
     int8 = workdir / f"trunk-{tag}-int8.onnx"
     export_torch(trunk, feeds, names, "embedding", fp32)
     quantize_int8(fp32, int8)
+    simplified = {}  # the same outputs from fewer nodes (simplify.py); a graph it cannot match stays
+    for kind, graph in (("fp32", fp32), ("int8", int8)):
+        try:
+            simplified[kind] = simplify.simplify(graph, graph)
+        except ValueError as e:
+            simplified[kind] = {"kept": str(e)}
     got32 = run_onnx(fp32, feeds)
     got8 = run_onnx(int8, feeds)
     cos8 = float(np.min(np.sum(ref * got8, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got8, axis=1))))
@@ -252,6 +258,7 @@ def export_trunk(
         "embedding_dim": int(ref.shape[1]),
         "max_seq_len": backbone.MAX_SEQ_LEN,
         "quantization": "dynamic int8, per-channel weights (onnxruntime.quantization.quantize_dynamic)",
+        "simplified": simplified,
         "parity": {
             "inputs": len(example_texts),
             "fp32_max_abs_diff": float(np.max(np.abs(ref - got32))),

@@ -689,10 +689,42 @@ def rowquant(args) -> None:
     scales (rowquant.py: each text's numbers its own, so the service can batch it), the bundles on
     it re-pointed and their self-test probabilities recomputed. Heads, thresholds, calibration and
     the registry are kept as they are: the same experts on a batch-invariant trunk."""
-    from . import bundle, rowquant
+    from . import rowquant
+
+    def rewrite(graph: Path, meta: dict) -> str:
+        n = rowquant.per_row(graph, graph)
+        meta.update(quantization=rowquant.QUANTIZATION)
+        meta["rewritten_from"]["quantize_linear_nodes"] = n
+        return f"{n} activations quantised per row"
+
+    _rewrite_root(Path(args.src), Path(args.out), rewrite, "-rowq")
+
+
+def simplify(args) -> None:
+    """Copy a model root with every trunk graph simplified (simplify.py: constant reshapes, one
+    attention operator a layer, a key padding mask; refused unless the outputs match), the bundles
+    on it re-pointed and their self-tests recomputed. Everything else is kept: the same numbers
+    from fewer nodes."""
+    from . import simplify as graphs
+
+    def rewrite(graph: Path, meta: dict) -> str:
+        done = graphs.simplify(graph, graph)
+        if not (done["constant_reshapes"] or done["fused_attention"]):
+            raise ValueError("nothing to simplify")
+        meta["simplified"] = done
+        return f"{done['nodes'][0]} -> {done['nodes'][1]} nodes, outputs within {done['max_abs_diff']:.3g}"
+
+    _rewrite_root(Path(args.src), Path(args.out), rewrite, "")
+
+
+def _rewrite_root(src: Path, out: Path, rewrite, tag: str) -> None:
+    """Copy `src` to `out` with `rewrite(graph, meta)` applied to every trunk graph (a ValueError
+    keeps that trunk as it was): each rewritten trunk gets the id `<prefix><tag>-<sha12>` and a
+    `rewritten_from` record, and the bundles on it are re-pointed with their self-test
+    probabilities recomputed on the new graph. Written beside `out` and renamed when complete."""
+    from . import bundle
     from .data import sha256_file
 
-    src, out = Path(args.src), Path(args.out)
     if out.exists():
         sys.exit(f"{out} exists: choose a new folder")
     tmp = out.with_name(out.name + ".tmp")
@@ -702,20 +734,21 @@ def rowquant(args) -> None:
     for tdir in sorted((tmp / "trunks").iterdir()):
         meta = json.loads((tdir / "trunk.json").read_text())
         graph = tdir / meta["graph"]["file"]
+        earlier = meta.get("rewritten_from")
+        meta["rewritten_from"] = {"id": tdir.name, "at": bundle.utc_now(), **({"earlier": earlier} if earlier else {})}
         try:
-            n = rowquant.per_row(graph, graph)
+            said = rewrite(graph, meta)
         except ValueError as e:
             print(f"{tdir.name}: kept ({e})")
             continue
         sha = sha256_file(graph)
         prefix = meta["id"].rsplit("-", 1)[0] if meta["id"].count("-") else meta["id"]
-        new_id = f"{prefix}-rowq-{sha[:12]}"
-        meta.update(id=new_id, graph={**meta["graph"], "sha256": sha}, quantization=rowquant.QUANTIZATION)
-        meta["rewritten_from"] = {"id": tdir.name, "quantize_linear_nodes": n, "at": bundle.utc_now()}
+        new_id = f"{prefix}{tag}-{sha[:12]}"
+        meta.update(id=new_id, graph={**meta["graph"], "sha256": sha})
         bundle.write_json(tdir / "trunk.json", meta)
         tdir.rename(tdir.with_name(new_id))
         renamed[tdir.name] = (new_id, sha)
-        print(f"{tdir.name} -> {new_id}: {n} activations quantised per row")
+        print(f"{tdir.name} -> {new_id}: {said}")
     for card_path in sorted(tmp.glob("*/card.json")):
         card = json.loads(card_path.read_text())
         ref = card.get("trunk") or {}
@@ -852,6 +885,10 @@ def main(argv=None) -> None:
     rq.add_argument("src")
     rq.add_argument("out")
     rq.set_defaults(func=rowquant)
+    si = sub.add_parser("simplify", help="copy a model root with its trunk graphs simplified (same outputs)")
+    si.add_argument("src")
+    si.add_argument("out")
+    si.set_defaults(func=simplify)
     r = sub.add_parser("reference", help="onnxruntime probabilities for texts")
     r.add_argument("--root", required=True)
     r.add_argument("--bundle", required=True)

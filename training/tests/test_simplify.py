@@ -1,0 +1,107 @@
+"""simplify: a freshly exported BERT-style trunk (a small random one, exported and quantised as the
+trainer does) loses its computed reshapes, gets one attention operator a layer and a key padding
+mask, and computes exactly what it did, alone and in padded batches; a rewrite that changes the
+numbers is refused and leaves the file as it was; the shipped trunks are already simplified."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from moe_training import simplify
+from moe_training.backbone import Trunk
+from moe_training.export import export_torch, quantize_int8
+from transformers import BertConfig, BertModel
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=6000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        initializer_range=0.3,  # peaked attention, as in a trained model: a wrong scale shows
+    )
+    trunk = Trunk(BertModel(cfg, add_pooling_layer=False), NAMES).eval()
+    d = tmp_path_factory.mktemp("tiny")
+    ids = np.array([[101, 2000, 3000, 102, 0], [101, 1500, 2500, 3500, 102]], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    export_torch(trunk, feeds, NAMES, "embedding", d / "fp32.onnx")
+    quantize_int8(d / "fp32.onnx", d / "int8.onnx")
+    return d
+
+
+def _run(path, feeds):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("graph", ["fp32.onnx", "int8.onnx"])
+def test_the_same_numbers_from_fewer_nodes(exported, graph, tmp_path):
+    src, dst = exported / graph, tmp_path / graph
+    done = simplify.simplify(src, dst)
+    assert done["fused_attention"] == 2 and done["key_padding_masks"] == 2 and done["constant_reshapes"] > 0
+    assert done["nodes"][1] < done["nodes"][0] / 2 and done["max_abs_diff"] == 0.0
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops and "Shape" not in ops[:5]
+    # Independently of the probes simplify checks itself on: a batch of texts padded to other lengths.
+    rng = np.random.default_rng(1)
+    for lengths in ([7], [3, 11, 6, 9], [20, 4]):
+        ids = np.zeros((len(lengths), max(lengths)), np.int64)
+        for r, n in enumerate(lengths):
+            ids[r, :n] = rng.integers(1, 6000, n)
+        feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+        assert np.array_equal(_run(src, feeds), _run(dst, feeds))
+
+
+def _scale_off_by_1_percent(monkeypatch):
+    fuse = simplify._fuse_attention
+
+    def wrong(model):
+        n = fuse(model)
+        for node in model.graph.node:
+            for a in node.attribute:
+                if node.op_type == "MultiHeadAttention" and a.name == "scale":
+                    a.f *= 1.01
+        return n
+
+    monkeypatch.setattr(simplify, "_fuse_attention", wrong)
+
+
+def _no_padding_mask(monkeypatch):
+    def wrong(model):  # attends to the padding too
+        for node in model.graph.node:
+            if node.op_type == "MultiHeadAttention":
+                del node.input[3:]
+        simplify._drop_dead(model)
+        return 0
+
+    monkeypatch.setattr(simplify, "_key_padding_mask", wrong)
+
+
+@pytest.mark.parametrize("break_it", [_scale_off_by_1_percent, _no_padding_mask])
+def test_a_rewrite_that_changes_the_numbers_is_refused(exported, tmp_path, monkeypatch, break_it):
+    break_it(monkeypatch)
+    dst = tmp_path / "int8.onnx"
+    dst.write_bytes(b"untouched")
+    with pytest.raises(ValueError, match="differs by"):
+        simplify.simplify(exported / "int8.onnx", dst)
+    assert dst.read_bytes() == b"untouched"
+
+
+def test_the_shipped_trunks_are_simplified():
+    for meta_path in sorted((MODELS / "trunks").glob("*/trunk.json")):
+        meta = json.loads(meta_path.read_text())
+        assert meta["simplified"]["fused_attention"] == 6, meta["id"]
+        graph = onnx.load(str(meta_path.parent / meta["graph"]["file"])).graph
+        assert sum(n.op_type == "MultiHeadAttention" for n in graph.node) == 6
