@@ -17,9 +17,9 @@ Whatever no longer feeds an output is dropped (~98 nodes run instead of ~220). T
 checked, not trusted: `simplify` runs the original and the rewritten graph on padded probe
 batches and refuses (ValueError, the file untouched) when any output differs by more than
 `TOLERANCE`. On the shipped MiniLM-L6 trunks the outputs are bit-for-bit equal and a title costs
-0.89 x the time (docs/BENCHMARKS.md). A graph whose attention does not have the exported shape
-(e.g. MPNet's relative position bias) keeps its attention and gets rewrites 1 and 3 only where
-they apply.
+0.88-0.92 x the time (three runs; the last, bench/forward.py, in docs/bench/forward.jsonl). A graph
+whose attention does not have the exported shape (e.g. MPNet's relative position bias) keeps its
+attention and gets rewrite 1 only where it applies.
 """
 
 from __future__ import annotations
