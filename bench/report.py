@@ -420,7 +420,10 @@ AB_NOTES = {
     "differently: with the shipped thresholds 4 of 22,040 threshold decisions on the val and test titles differ and "
     "no best guess does (largest probability change 0.065; `bench/forward.py --decisions models`). The shipped "
     "thresholds were calibrated with the fusion on, so the default stays on; a set calibrated with "
-    "`--fuse-skip-layer-norm false` (the offline commands take the flag too) can be served with it.",
+    "`--fuse-skip-layer-norm false` (the offline commands take the flag too) can be served with it. Self-tests "
+    "were recorded fused as well: `moe calibrate --fuse-skip-layer-norm false` on a copy of models/ stopped at "
+    "`youth--global-frozen-logreg` (a candidate outside the registry), whose self-test gave 0.406 against 0.351 "
+    "recorded (tolerance 0.02).",
     "ab-sessions.jsonl": "The two designs head to head in 5 rounds: `one-session-2-threads` keeps its lone-request "
     "lead (p50 0.83 vs 1.59 ms) but under load its rounds spread from 668 to 1346 req/s against 1081 to 1365 for "
     "the default two 1-thread sessions (+ solo), which stays the default; the machine was busier in rounds 4 and 5 "

@@ -54,8 +54,8 @@ pub struct RuntimeConfig {
     /// Let ONNX Runtime fuse Add + LayerNormalization into SkipLayerNormalization.
     ///
     /// false: a MiniLM-L6 title's forward pass takes 0.86 x the time on this CPU (the fused kernel
-    /// is a scalar loop), rounded differently: thresholds were calibrated with it on, so calibrate
-    /// with the value you serve with. Measured: docs/BENCHMARKS.md (ab-skip-layer-norm.jsonl).
+    /// is a scalar loop), rounded differently: thresholds and self-tests were recorded with it on, so
+    /// calibrate with the value you serve with. Measured: docs/BENCHMARKS.md (ab-skip-layer-norm.jsonl).
     #[arg(long, env = "MOE_FUSE_SKIP_LAYER_NORM", default_value_t = true, action = clap::ArgAction::Set)]
     pub fuse_skip_layer_norm: bool,
     /// Largest batch (texts) one graph run takes.
