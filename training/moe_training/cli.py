@@ -708,9 +708,12 @@ def simplify(args) -> None:
     from . import simplify as graphs
 
     def rewrite(graph: Path, meta: dict) -> str:
-        done = graphs.simplify(graph, graph)
+        new = graph.with_name(graph.name + ".simplified")
+        done = graphs.simplify(graph, new)
         if not (done["constant_reshapes"] or done["fused_attention"]):
+            new.unlink()  # the graph, its hash and its id stay as they are
             raise ValueError("nothing to simplify")
+        new.replace(graph)
         meta["simplified"] = done
         return f"{done['nodes'][0]} -> {done['nodes'][1]} nodes, outputs within {done['max_abs_diff']:.3g}"
 

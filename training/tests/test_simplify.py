@@ -4,6 +4,7 @@ mask, and computes exactly what it did, alone and in padded batches; a rewrite t
 numbers is refused and leaves the file as it was; the shipped trunks are already simplified."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,31 @@ def test_the_shipped_trunks_are_simplified():
         assert meta["simplified"]["fused_attention"] == 6, meta["id"]
         graph = onnx.load(str(meta_path.parent / meta["graph"]["file"])).graph
         assert sum(n.op_type == "MultiHeadAttention" for n in graph.node) == 6
+
+
+def test_simplify_root_rewrites_trunks_once(exported, tmp_path):
+    """`simplify SRC OUT`: a trunk from the exporter gets a new id (its graph's hash) and a record of
+    what it was; an already simplified one (the shipped trunk) is kept byte for byte, id and all."""
+    from argparse import Namespace
+
+    from moe_training.cli import simplify as simplify_root
+    from moe_training.data import sha256_file
+
+    shipped = next((MODELS / "trunks").iterdir())
+    src = tmp_path / "src"
+    shutil.copytree(shipped, src / "trunks" / shipped.name)
+    fresh = src / "trunks" / "tiny-int8-000000000000"
+    fresh.mkdir()
+    shutil.copy(exported / "int8.onnx", fresh / "trunk.onnx")
+    shutil.copy(shipped / "tokenizer.json", fresh / "tokenizer.json")
+    meta = {"schema": 1, "id": fresh.name, "graph": {"file": "trunk.onnx", "sha256": sha256_file(fresh / "trunk.onnx")}}
+    (fresh / "trunk.json").write_text(json.dumps(meta))
+    simplify_root(Namespace(src=str(src), out=str(tmp_path / "out")))
+    out = tmp_path / "out" / "trunks"
+    assert sha256_file(out / shipped.name / "trunk.onnx") == sha256_file(shipped / "trunk.onnx")
+    (new,) = [d for d in out.iterdir() if d.name.startswith("tiny-int8-")]
+    got = json.loads((new / "trunk.json").read_text())
+    sha = sha256_file(new / "trunk.onnx")
+    assert new.name == got["id"] == f"tiny-int8-{sha[:12]}" and got["graph"]["sha256"] == sha
+    assert got["rewritten_from"]["id"] == fresh.name and got["simplified"]["fused_attention"] == 2
+    assert not list(out.glob("*/*.simplified"))
