@@ -145,3 +145,24 @@ fn heads_on_one_trunk_share_one_trunk_pass_with_the_same_probabilities() {
     assert_eq!(scorer.trunk_passes(), trunks.len());
     assert!(set.experts.len() >= 19 && trunks.len() == 1, "the shipped set: 19 heads on one trunk");
 }
+
+/// `moe calibrate` scores every bundle before writing any card: one bundle that fails to load (its
+/// self-test no longer matches) leaves every card as it was, and the error names that bundle.
+#[test]
+fn calibrate_writes_no_card_when_one_bundle_fails() {
+    let root = common::copy_root(&common::fixture_models(), "calibrate-all-or-none");
+    let names = moe_core::bundle::bundle_names(&root).unwrap();
+    let last = names.last().unwrap().clone();
+    common::edit_json(&root.join(&last).join("card.json"), |card| {
+        let p = card["selftest"][0]["probability"].as_f64().unwrap();
+        card["selftest"][0]["probability"] = serde_json::json!(if p > 0.5 { p - 0.5 } else { p + 0.5 });
+    });
+    let cards = |root: &std::path::Path| -> Vec<String> {
+        names.iter().map(|n| std::fs::read_to_string(root.join(n).join("card.json")).unwrap()).collect()
+    };
+    let before = cards(&root);
+    let err = moe_core::scoring::calibrate(&root, &[], "val", &common::data(), &common::runtime()).unwrap_err();
+    assert!(err.to_string().contains(&last), "{err}");
+    assert_eq!(cards(&root), before, "a card was written although a bundle failed");
+    std::fs::remove_dir_all(root).unwrap();
+}

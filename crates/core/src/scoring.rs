@@ -168,7 +168,8 @@ pub fn eval_bundle(
 }
 
 /// `moe calibrate`: write each bundle's EER threshold, Platt calibration and metrics on `split`
-/// into its card (never on test). Prints one line per bundle.
+/// into its card (never on test). Prints one line per bundle. Every bundle is scored before any
+/// card is written, so a bundle that fails to load or score leaves every card as it was.
 pub fn calibrate(
     models: &Path,
     bundles: &[String],
@@ -183,6 +184,7 @@ pub fn calibrate(
     let names = if bundles.is_empty() { bundle_names(models)? } else { bundles.to_vec() };
     let pool = ExecutorPool::default();
     let mut scorer = Scorer::new(&rows.texts);
+    let mut done = Vec::with_capacity(names.len());
     for name in names {
         let expert = Expert::load(&pool, runtime, models, &name, false)?;
         let (scores, labels) = scored(&mut scorer, &expert, &rows)?;
@@ -202,6 +204,9 @@ pub fn calibrate(
             split.to_string(),
             SplitMetrics { provider: expert.provider().to_string(), runtime: "onnxruntime (moe)".into(), report: r },
         );
+        done.push((name, card, line));
+    }
+    for (name, card, line) in done {
         card.write(&models.join(&name).join("card.json"))?;
         println!("{line}");
     }
