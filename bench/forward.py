@@ -51,30 +51,19 @@ def main() -> None:
     variants = []
     for p in paths:
         for disabled in [[]] + ([["SkipLayerNormFusion"]] if args.unfused_layer_norm else []):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            s = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-            name = str(p) + (" (SkipLayerNormFusion off)" if disabled else "")
-            variants.append((name, s))
-    feeds = []
-    for t in titles:
-        e = tok.encode(t)
-        ids = np.array([e.ids], np.int64)
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
-    outs = []
-    for _, s in variants:
-        names = {i.name for i in s.get_inputs()}
-        outs.append([s.run(None, {k: v for k, v in f.items() if k in names})[0] for f in feeds])
-    times = {name: [] for name, _ in variants}
-    for _ in range(args.rounds):
-        for name, s in variants:
+            s = one_thread(p, disabled)
             names = {i.name for i in s.get_inputs()}
-            fs = [{k: v for k, v in f.items() if k in names} for f in feeds]
+            fs = [{k: v for k, v in title_feed(tok, t).items() if k in names} for t in titles]
+            variants.append((str(p) + (" (SkipLayerNormFusion off)" if disabled else ""), s, fs))
+    outs = [[s.run(None, f)[0] for f in fs] for _, s, fs in variants]
+    times = {name: [] for name, _, _ in variants}
+    for _ in range(args.rounds):
+        for name, s, fs in variants:
             t0 = time.perf_counter()
             for f in fs:
                 s.run(None, f)
             times[name].append((time.perf_counter() - t0) / len(fs) * 1e6)
-    for (name, _), out in zip(variants, outs):
+    for (name, _, _), out in zip(variants, outs):
         diff = max(float(np.abs(a - b).max()) for a, b in zip(outs[0], out))
         row = {
             "graph": name,
@@ -85,6 +74,18 @@ def main() -> None:
             "max_abs_diff_vs_first": diff,
         }
         print(json.dumps(row))
+
+
+def one_thread(graph: Path, disabled: list[str]) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
+def title_feed(tok: Tokenizer, text: str) -> dict[str, np.ndarray]:
+    """One title as a batch of one (no padding)."""
+    ids = np.array([tok.encode(text).ids], np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
 def decisions(root: Path) -> None:
@@ -106,19 +107,12 @@ def decisions(root: Path) -> None:
     lexicon = read_lexicon(tdir / meta["spelling"]["file"]) if meta.get("spelling") else None
     tok = Tokenizer.from_file(str(tdir / "tokenizer.json"))
     tok.enable_truncation(max_length=cards[0]["max_seq_len"])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    fused, unfused = (
-        ort.InferenceSession(str(tdir / "trunk.onnx"), opts, providers=["CPUExecutionProvider"], disabled_optimizers=d)
-        for d in ([], ["SkipLayerNormFusion"])
-    )
+    fused, unfused = (one_thread(tdir / "trunk.onnx", d) for d in ([], ["SkipLayerNormFusion"]))
     rows = [r for r in csv.DictReader(open(ROOT / "data" / "wikihow19_titles.csv")) if r["split"] in ("val", "test")]
     flipped = guesses = 0
     worst = 0.0
     for r in rows:
-        e = tok.encode(correct(r["title"], lexicon) if lexicon else r["title"])
-        ids = np.array([e.ids], np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feed = title_feed(tok, correct(r["title"], lexicon) if lexicon else r["title"])
         p, q = (1 / (1 + np.exp(-(w @ s.run(None, feed)[0][0] + b))) for s in (fused, unfused))
         worst = max(worst, float(np.abs(p - q).max()))
         flipped += int(((p >= thresholds) != (q >= thresholds)).sum())
