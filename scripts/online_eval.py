@@ -30,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "online-eval"
-TRUNK = "minilm-l6-int8-fe7a4bf6faea"  # the frozen MiniLM-L6 trunk
+TRUNK = "minilm-l6-int8-afcff58dcf96"  # the frozen MiniLM-L6 trunk
 ALGORITHM = "global-frozen-logreg"  # the offline experts on that trunk (one column each of a 19-way logreg)
 SHOTS = [10, 25, 50, 100]
 

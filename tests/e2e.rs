@@ -233,35 +233,3 @@ async fn a_lone_request_uses_the_solo_session_with_the_same_answer() {
         }
     }
 }
-
-/// `--fuse-skip-layer-norm false` reaches ONNX Runtime: the same experts round differently (so the
-/// setting took effect) and stay close; the bundles' self-tests pass under it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unfused_layer_norm_rounds_differently_and_stays_close() {
-    let texts: Vec<String> = [
-        "how to pack a suitcase for a long trip abroad",
-        "how to bake sourdough bread at home",
-        "How to Train a Puppy to Sit, Stay and Come When Called",
-        "how to ask your boss for a raise",
-        "how to fix a flat bike tyre",
-        "how to decorate a christmas tree with lights",
-        "how to meditate every morning",
-        "how to start a vegetable garden",
-    ]
-    .map(String::from)
-    .to_vec();
-    let probabilities = |fuse: bool| {
-        let texts = texts.clone();
-        async move {
-            let runtime = moe_core::config::RuntimeConfig { fuse_skip_layer_norm: fuse, ..common::runtime() };
-            let core =
-                common::loaded_core_with(&common::default_models(), "layer-norm", runtime, Limits::default()).await;
-            let (results, _) = core.classify(texts).await.unwrap();
-            results.iter().flat_map(|r| r.experts.iter().map(|e| e.probability)).collect::<Vec<f32>>()
-        }
-    };
-    let (fused, unfused) = (probabilities(true).await, probabilities(false).await);
-    let worst = fused.iter().zip(&unfused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst > 0.0, "no probability changed: the optimizer setting did not reach ONNX Runtime");
-    assert!(worst < 0.1, "unfused layer norm moved a probability by {worst}");
-}

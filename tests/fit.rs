@@ -46,7 +46,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         label_col: "label".into(),
         split_col: "split".into(),
         seed: 42,
-        trunk: "minilm-l6-int8-fe7a4bf6faea".into(),
+        trunk: "minilm-l6-int8-afcff58dcf96".into(),
         models: common::default_models(),
         min_rows: None,
         drop_conflicts: false,

@@ -7,7 +7,7 @@ mod common;
 use moe_core::expert::Expert;
 use moe_core::inference::{ExecutorPool, Speller};
 
-const TRUNK: &str = "trunks/minilm-l6-kd19-int8-295d182cf084";
+const TRUNK: &str = "trunks/minilm-l6-kd19-int8-d87345db0b8b";
 
 /// One edit (drop, double, swap, replace) in every third word of 4+ letters, chosen by position so
 /// the test needs no random source; plus Title Case, ALL CAPS and punctuation variants.

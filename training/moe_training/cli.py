@@ -702,19 +702,21 @@ def rowquant(args) -> None:
 
 def simplify(args) -> None:
     """Copy a model root with every trunk graph simplified (simplify.py: constant reshapes, one
-    attention operator a layer, a key padding mask; refused unless the outputs match), the bundles
-    on it re-pointed and their self-tests recomputed. Everything else is kept: the same numbers
-    from fewer nodes."""
+    attention operator a layer, a key padding mask, residual sums; refused unless the outputs match
+    the original's with SkipLayerNormFusion off), the bundles on it re-pointed and their self-tests
+    recomputed. Heads and thresholds are kept: after rewrite 4 they were measured on slightly
+    different numbers, so recalibrate (`moe calibrate`) when it applied."""
     from . import simplify as graphs
 
     def rewrite(graph: Path, meta: dict) -> str:
         new = graph.with_name(graph.name + ".simplified")
         done = graphs.simplify(graph, new)
-        if not (done["constant_reshapes"] or done["fused_attention"]):
+        if not (done["constant_reshapes"] or done["fused_attention"] or done["residual_sums"]):
             new.unlink()  # the graph, its hash and its id stay as they are
             raise ValueError("nothing to simplify")
         new.replace(graph)
-        meta["simplified"] = done
+        earlier = meta.get("simplified")
+        meta["simplified"] = {**done, **({"earlier": earlier} if earlier else {})}
         return f"{done['nodes'][0]} -> {done['nodes'][1]} nodes, outputs within {done['max_abs_diff']:.3g}"
 
     _rewrite_root(Path(args.src), Path(args.out), rewrite, "")
@@ -888,7 +890,9 @@ def main(argv=None) -> None:
     rq.add_argument("src")
     rq.add_argument("out")
     rq.set_defaults(func=rowquant)
-    si = sub.add_parser("simplify", help="copy a model root with its trunk graphs simplified (same outputs)")
+    si = sub.add_parser(
+        "simplify", help="copy a model root with its trunk graphs simplified (checked against the original)"
+    )
     si.add_argument("src")
     si.add_argument("out")
     si.set_defaults(func=simplify)

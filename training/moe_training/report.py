@@ -939,7 +939,7 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
     ]
     # a recipe without steps is the same fine-tune exported another way (in TRAINING.md)
     tuned = [r for r in accurate["recipes"] if "steps" in r]
-    rows = [("frozen MiniLM-L6 int8 (the default)", "none", accurate["frozen_default_trunk"])]
+    rows = [("frozen MiniLM-L6 int8 (the default, before its residual sums)", "none", accurate["frozen_default_trunk"])]
     rows += [(r["recipe"], f"{r['steps']:,} steps, {r['fine_tune_seconds']:.0f} s", r) for r in tuned]
     for name, tune, r in rows:
         v, t = r["val"], r["test"]

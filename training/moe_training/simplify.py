@@ -13,15 +13,25 @@ of the node time), so `simplify` rewrites them:
 2. each layer's attention becomes one `com.microsoft.MultiHeadAttention` over the same Q, K, V
    projections (the int8 products stay as they are), with the exported scale;
 3. the per-layer masks become that operator's key padding mask, `attention_mask` cast to int32
-   (kept as per-layer attention biases when that would change the numbers).
+   (kept as per-layer attention biases when that would change the numbers);
+4. each residual `Add` feeding a LayerNormalization becomes a `Sum` of the same two tensors (the same
+   IEEE addition), which onnxruntime's SkipLayerNormFusion does not match. Its fused
+   SkipLayerNormalization kernel was the slow part of the layer (18 us a node against 4 for a plain
+   LayerNormalization, and ~9 % of the service's samples at concurrency 16; docs/BENCHMARKS.md,
+   ab-skip-layer-norm). It also rounds differently: the int8 trunks' next activation scale carries
+   the last-bit differences on, so the graph computes what onnxruntime computes for the original
+   with that fusion off, not what its default session did. The choice lives in the graph (and its
+   hash and id), so every runtime that loads it, the service and the Python oracle alike, computes
+   the same numbers, and thresholds measured on it hold wherever it runs.
 
 Whatever no longer feeds an output is dropped (~98 nodes run instead of ~220). The rewrite is
-checked, not trusted: `simplify` runs the original and the rewritten graph on padded probe
-batches and refuses (ValueError, the file untouched) when any output differs by more than
-`TOLERANCE`. On the shipped MiniLM-L6 trunks the outputs are bit-for-bit equal and a title costs
-0.88-0.92 x the time (three runs; the last, bench/forward.py, in docs/bench/forward.jsonl). A graph
-whose attention does not have this exported shape keeps it as it is; rewrite 1 applies wherever
-shape inference gets through.
+checked, not trusted: `simplify` runs the original (with SkipLayerNormFusion off, what rewrite 4
+promises) and the rewritten graph (a default session) on padded probe batches and refuses
+(ValueError, the file untouched) when any output differs by more than `TOLERANCE`. On the shipped
+MiniLM-L6 trunks the outputs are bit-for-bit equal. Rewrites 1-3 cost a title 0.88-0.92 x the time
+(three runs; the last, bench/forward.py, in docs/bench/forward.jsonl), rewrite 4 another ~0.85 x.
+A graph whose attention does not have this exported shape keeps it as it is; rewrite 1 applies
+wherever shape inference gets through.
 """
 
 from __future__ import annotations
@@ -45,9 +55,11 @@ def simplify(src: Path, dst: Path) -> dict:
     does."""
     model = onnx.load(str(src))
     before = len(model.graph.node)
-    reference = probe_outputs(model.SerializeToString())  # the original's, computed once
+    original = model.SerializeToString()
+    reference = probe_outputs(original, fuse_skip_layer_norm=False)  # the original's, computed once
     reshapes = _constant_reshapes(model)
     attention = _fuse_attention(model)
+    sums = _residual_sums(model)
     unmasked = model.SerializeToString()
     masks = _key_padding_mask(model) if attention else 0
     rewritten = model.SerializeToString()
@@ -58,13 +70,16 @@ def simplify(src: Path, dst: Path) -> dict:
         diff = max_difference(reference, probe_outputs(rewritten))
     if not diff <= TOLERANCE:
         raise ValueError(f"{src}: the simplified graph differs by {diff:.3g} (> {TOLERANCE}); kept the original")
+    fused = max_difference(probe_outputs(original), probe_outputs(rewritten)) if sums else 0.0
     Path(dst).write_bytes(rewritten)
     return {
         "constant_reshapes": reshapes,
         "fused_attention": attention,
         "key_padding_masks": masks,
+        "residual_sums": sums,
         "nodes": [before, len(model.graph.node)],
         "max_abs_diff": diff,
+        "max_abs_diff_from_fused_default": fused,
     }
 
 
@@ -85,13 +100,15 @@ def probe_feeds(names: set[str]) -> list[dict]:
     return feeds
 
 
-def probe_outputs(graph: bytes) -> list[list[np.ndarray]]:
-    """A serialised graph's outputs on `probe_feeds`, one thread."""
+def probe_outputs(graph: bytes, fuse_skip_layer_norm: bool = True) -> list[list[np.ndarray]]:
+    """A serialised graph's outputs on `probe_feeds`, one thread; a default session, or one with
+    onnxruntime's SkipLayerNormFusion off."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    off = [] if fuse_skip_layer_norm else ["SkipLayerNormFusion"]
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"], disabled_optimizers=off)
     return [session.run(None, feed) for feed in probe_feeds({i.name for i in session.get_inputs()})]
 
 
@@ -252,6 +269,23 @@ def _key_padding_mask(model: onnx.ModelProto) -> int:
         n.input.append("attention_mask/int32")
     _drop_dead(model)
     return len(mha)
+
+
+def _residual_sums(model: onnx.ModelProto) -> int:
+    """Add(x, y) -> LayerNormalization becomes Sum(x, y) -> LayerNormalization (module doc, rewrite
+    4): only where the Add feeds nothing else, the case onnxruntime would fuse."""
+    g = model.graph
+    x = _Graph(g)
+    outputs = {o.name for o in g.output}
+    changed = 0
+    for n in g.node:
+        if n.op_type != "Add" or n.domain not in ("", "ai.onnx") or n.output[0] in outputs:
+            continue
+        after = x.consumers.get(n.output[0], [])
+        if len(after) == 1 and after[0].op_type == "LayerNormalization" and after[0].input[0] == n.output[0]:
+            n.op_type = "Sum"
+            changed += 1
+    return changed
 
 
 def _drop_dead(model: onnx.ModelProto) -> None:

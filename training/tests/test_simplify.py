@@ -1,7 +1,8 @@
 """simplify: a freshly exported BERT-style trunk (a small random one, exported and quantised as the
-trainer does) loses its computed reshapes, gets one attention operator a layer and a key padding
-mask, and computes exactly what it did, alone and in padded batches; a rewrite that changes the
-numbers is refused and leaves the file as it was; the shipped trunks are already simplified."""
+trainer does) loses its computed reshapes, gets one attention operator a layer, a key padding
+mask and residual sums, and computes exactly what it did without onnxruntime's SkipLayerNormFusion,
+alone and in padded batches; a rewrite that changes the numbers is refused and leaves the file as it
+was; the shipped trunks are already simplified."""
 
 import json
 import shutil
@@ -41,10 +42,20 @@ def exported(tmp_path_factory):
     return d
 
 
-def _run(path, feeds):
+def _run(path, feeds, disabled=()):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return session.run(None, feeds)[0]
+
+
+def _residual_adds(graph) -> int:
+    """Adds whose only consumer is a LayerNormalization: what SkipLayerNormFusion fuses."""
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    return sum(n.op_type == "Add" and consumers.get(n.output[0]) == ["LayerNormalization"] for n in graph.node)
 
 
 @pytest.mark.parametrize("graph", ["fp32.onnx", "int8.onnx"])
@@ -53,16 +64,20 @@ def test_the_same_numbers_from_fewer_nodes(exported, graph, tmp_path):
     done = simplify.simplify(src, dst)
     assert done["fused_attention"] == 2 and done["key_padding_masks"] == 2 and done["constant_reshapes"] > 0
     assert done["nodes"][1] < done["nodes"][0] / 2 and done["max_abs_diff"] == 0.0
+    # the embeddings' LayerNormalization and two a layer: residual sums, none left to fuse
+    assert done["residual_sums"] == 5 and _residual_adds(onnx.load(str(src)).graph) == 5
     ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
     assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops and "Shape" not in ops[:5]
+    assert ops.count("Sum") == 5 and _residual_adds(onnx.load(str(dst)).graph) == 0
     # Independently of the probes simplify checks itself on: a batch of texts padded to other lengths.
+    # The rewritten graph in a default session computes what the original does without the fusion.
     rng = np.random.default_rng(1)
     for lengths in ([7], [3, 11, 6, 9], [20, 4]):
         ids = np.zeros((len(lengths), max(lengths)), np.int64)
         for r, n in enumerate(lengths):
             ids[r, :n] = rng.integers(1, 6000, n)
         feeds = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
-        assert np.array_equal(_run(src, feeds), _run(dst, feeds))
+        assert np.array_equal(_run(src, feeds, ["SkipLayerNormFusion"]), _run(dst, feeds))
 
 
 def _scale_off_by_1_percent(monkeypatch):
@@ -111,9 +126,11 @@ def test_a_mask_rewrite_that_changes_the_numbers_is_dropped(exported, tmp_path, 
 def test_the_shipped_trunks_are_simplified():
     for meta_path in sorted((MODELS / "trunks").glob("*/trunk.json")):
         meta = json.loads(meta_path.read_text())
-        assert meta["simplified"]["fused_attention"] == 6, meta["id"]
+        assert meta["simplified"]["residual_sums"] == 13, meta["id"]
+        assert meta["simplified"]["earlier"]["fused_attention"] == 6, meta["id"]
         graph = onnx.load(str(meta_path.parent / meta["graph"]["file"])).graph
         assert sum(n.op_type == "MultiHeadAttention" for n in graph.node) == 6
+        assert sum(n.op_type == "Sum" for n in graph.node) == 13 and _residual_adds(graph) == 0
 
 
 def test_simplify_root_rewrites_trunks_once(exported, tmp_path):

@@ -51,13 +51,6 @@ pub struct RuntimeConfig {
     /// need on small machines.
     #[arg(long, env = "MOE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub intra_op_spinning: bool,
-    /// Let ONNX Runtime fuse Add + LayerNormalization into SkipLayerNormalization.
-    ///
-    /// false: a MiniLM-L6 title's forward pass takes 0.86 x the time on this CPU (the fused kernel
-    /// is a scalar loop), rounded differently: thresholds and self-tests were recorded with it on, so
-    /// calibrate with the value you serve with. Measured: docs/BENCHMARKS.md (ab-skip-layer-norm.jsonl).
-    #[arg(long, env = "MOE_FUSE_SKIP_LAYER_NORM", default_value_t = true, action = clap::ArgAction::Set)]
-    pub fuse_skip_layer_norm: bool,
     /// Largest batch (texts) one graph run takes.
     ///
     /// With several sessions and no waiting (`--max-wait-us 0`), a worker takes at most its share

@@ -76,7 +76,7 @@ pub struct FitOptions {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// The frozen trunk: an id under <models>/trunks, or a folder with trunk.json.
-    #[arg(long, default_value = "minilm-l6-int8-fe7a4bf6faea")]
+    #[arg(long, default_value = "minilm-l6-int8-afcff58dcf96")]
     pub trunk: String,
     /// Model root whose trunks/ holds the trunk ids.
     #[arg(long, default_value = "models")]

@@ -96,18 +96,14 @@ pub enum Spin {
 
 fn builder(
     env: &ort::environment::Environment,
-    cfg: &RuntimeConfig,
     threads: usize,
     spin: Spin,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    let mut b = Session::builder(env)?
+    let b = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(spin != Spin::Never)?;
-    if !cfg.fuse_skip_layer_norm {
-        b = b.with_disabled_optimizers("SkipLayerNormFusion")?;
-    }
     match spin {
         Spin::WithinRuns(us) => Ok(b
             .with_config_entry("session.intra_op.spin_duration_us", us.to_string())?
@@ -117,18 +113,12 @@ fn builder(
 }
 
 #[cfg(feature = "cuda")]
-fn commit_cuda(
-    env: &ort::environment::Environment,
-    cfg: &RuntimeConfig,
-    threads: usize,
-    spin: Spin,
-    path: &Path,
-) -> ort::Result<Session> {
+fn commit_cuda(env: &ort::environment::Environment, threads: usize, spin: Spin, path: &Path) -> ort::Result<Session> {
     use ort::ep::ExecutionProvider;
     if !ort::ep::CUDA::is_available()? {
         return Err(ort::Error::new("this ONNX Runtime library has no CUDA execution provider"));
     }
-    builder(env, cfg, threads, spin)?
+    builder(env, threads, spin)?
         .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?
         .commit_from_file(path)
 }
@@ -145,7 +135,7 @@ pub fn load_session_spinning(cfg: &RuntimeConfig, path: &Path, threads: usize, s
     let err = |e: ort::Error| Error::InvalidGraph { path: path.to_path_buf(), source: std::sync::Arc::new(e) };
     #[cfg(feature = "cuda")]
     if cfg.provider != "cpu" {
-        match commit_cuda(env, cfg, threads, spin, path) {
+        match commit_cuda(env, threads, spin, path) {
             Ok(session) => {
                 return Ok(LoadedSession { session, provider: "CUDA" });
             }
@@ -161,6 +151,6 @@ pub fn load_session_spinning(cfg: &RuntimeConfig, path: &Path, threads: usize, s
     if cfg.provider == "cuda" {
         return Err(Error::Internal("--provider cuda needs a build with `--features cuda`".into()));
     }
-    let session = builder(env, cfg, threads, spin).and_then(|mut b| b.commit_from_file(path)).map_err(err)?;
+    let session = builder(env, threads, spin).and_then(|mut b| b.commit_from_file(path)).map_err(err)?;
     Ok(LoadedSession { session, provider: "CPU" })
 }
