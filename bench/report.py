@@ -425,6 +425,16 @@ AB_NOTES = {
     "`youth--global-frozen-logreg` (a candidate outside the registry), whose self-test gave 0.406 against 0.351 "
     "recorded (tolerance 0.02). The flag was removed the same day: the trunks now carry the choice in the graph "
     "(residual sums, `ab-residual-sums.jsonl`).",
+    "ab-http-threads.jsonl": "One HTTP thread instead of one per core (issue 28), 6 interleaved rounds, no TEI: "
+    "`tokio1` is the same binary started with `TOKIO_WORKER_THREADS=1` (a wrapper script), so the async runtime "
+    "has one worker beside the two inference sessions. Requests/s at 16 were higher in 4 of these 6 rounds (2,364 "
+    "against 2,287 median), and in 3 of 3 and 4 of 5 rounds of two earlier runs the same day (not kept), 11 of 14 in "
+    "all; p50 at 1 level (0.65 against 0.64 ms). A sign test on 11 of 14 gives p = 0.06: no difference these runs "
+    "can show, so the default stays one worker per core (with one, the linear heads' dot products of a "
+    "1,000-expert set would all queue on that thread too). Also tried and not kept the same day: one MatMulInteger "
+    "for each layer's Q, K and V products (`simplify` rewrite 5 prototype, bit for bit the same outputs; ONNX "
+    "Runtime then runs 24 DynamicQuantizeMatMul nodes instead of 18 of them and 18 MatMulIntegerToFloat): 540 "
+    "against 545 and 591 against 605 us a title in two `bench/forward.py` runs, about 1-2 %, not worth new trunk ids.",
     "ab-residual-sums.jsonl": "The unfused layer norm as the trunks' own numbers (issue 28), 5 interleaved rounds, TEI "
     "beside (`TEI_DIR=<the TEI folder> bash bench/ab.sh docs/bench/ab-residual-sums.jsonl 5 before='target/release/moe "
     "--models <models/ of 2026-12-05 03:00>' shipped=target/release/moe`). `simplify` now writes each residual Add that "
