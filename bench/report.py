@@ -425,11 +425,16 @@ AB_NOTES = {
     "`youth--global-frozen-logreg` (a candidate outside the registry), whose self-test gave 0.406 against 0.351 "
     "recorded (tolerance 0.02). The flag was removed the same day: the trunks now carry the choice in the graph "
     "(residual sums, `ab-residual-sums.jsonl`).",
+    "ab-http-threads-tei.jsonl": "The two variants of `ab-http-threads.jsonl` with TEI beside, 5 interleaved rounds "
+    "(run just before it). TEI ran in its fast mode at 16 only in round 4 (1,953 requests/s): there `shipped` (the "
+    "trunks with residual sums) was at 1.44 x its requests/s, 0.87 x its p50 at 1 and 0.82 x its p99; `tokio1` at "
+    "1.19 / 0.89 / 1.06. Over all rounds, median: `shipped` 0.74 / 1.44 / 0.70. Round 2 was slow for the service at "
+    "concurrency 1 (866 requests/s against ~1,440 in the other rounds).",
     "ab-http-threads.jsonl": "One HTTP thread instead of one per core (issue 28), 6 interleaved rounds, no TEI: "
     "`tokio1` is the same binary started with `TOKIO_WORKER_THREADS=1` (a wrapper script), so the async runtime "
     "has one worker beside the two inference sessions. Requests/s at 16 were higher in 4 of these 6 rounds (2,364 "
-    "against 2,287 median), and in 3 of 3 and 4 of 5 rounds of two earlier runs the same day (not kept), 11 of 14 in "
-    "all; p50 at 1 level (0.65 against 0.64 ms). A sign test on 11 of 14 gives p = 0.06: no difference these runs "
+    "against 2,287 median), and in 3 of 3 rounds of an earlier run (not kept) and 4 of 5 of `ab-http-threads-tei.jsonl`, "
+    "11 of 14 in all; p50 at 1 level (0.65 against 0.64 ms). A sign test on 11 of 14 gives p = 0.06: no difference these runs "
     "can show, so the default stays one worker per core (with one, the linear heads' dot products of a "
     "1,000-expert set would all queue on that thread too). Also tried and not kept the same day: one MatMulInteger "
     "for each layer's Q, K and V products (`simplify` rewrite 5 prototype, bit for bit the same outputs; ONNX "
