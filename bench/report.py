@@ -660,6 +660,24 @@ if PAIRED and os.path.exists(prof_path):
                 "binary (HTTP, JSON, tokenization, gate): the gap to the in-process limit in the target row is not the "
                 "service's own code; the rounds show how much the ratio moves from one 8-second run to the next.\n"
             )
+cpu_path = os.path.join(os.path.dirname(sys.argv[1]), "cpu-per-request.txt")
+if os.path.exists(cpu_path):
+    p("## What stands between the service and 1.3 x TEI's fast mode (`bench/cpu-per-request.sh`)\n")
+    p("```")
+    p(open(cpu_path).read().strip())
+    p("```\n")
+    p(
+        "At concurrency 16 both cores are busy, the service's CPU and wrk's together (wrk ~30 us a request). TEI's "
+        "fast mode serves 1,950-2,100 requests/s here (`ab-residual-sums.jsonl`, `ab-http-threads-tei.jsonl`), so "
+        "1.3 x is 2,540-2,730, which leaves the service 700-760 us of CPU a request; it spends 745-770. ONNX "
+        "Runtime is 77-80 % of those samples (docs/bench/profile.txt, 2026-12-05): ~590 us, the trunk's forward "
+        "pass (545 us a title on one thread in Python, `bench/forward.py`; about 27 % of all samples sit in one "
+        "int8 GEMM loop). The rest, ~150 us, is the kernel's scheduling and network path (9-12 %), libc's "
+        "allocations and copies (~5.5 %) and the `moe` binary (~5 %: HTTP, JSON, tokenization and spelling, the "
+        "19 heads). 1.3 x against TEI's fast runs needs up to ~70 us a request more off that, which is within one "
+        "round's noise on this machine: the service's own requests/s at 16 moved between 2,100 and 2,900 from "
+        "round to round in the same runs.\n"
+    )
 p("## Notes\n")
 p("- Peer (a) is the notebook's `moe_predict` design: every expert a full model run in turn, PyTorch fp32, batch 1.")
 p("  The shipped experts exist only as ONNX, so each peer expert is the pretrained MiniLM-L6 encoder (same size)")
