@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # CPU time per request at concurrency 16, the service's and wrk's (they share the machine's cores):
 # /proc/PID/stat of `moe serve` and /usr/bin/time of wrk around three 10 s windows, one test title
-# per request. Appends to docs/bench/cpu-per-request.txt. Needs target/release/moe, wrk,
-# /usr/bin/time and docs/bench/texts.txt (bench/run.sh writes it); about 45 s.
+# per request, written to docs/bench/cpu-per-request.txt (bench/report.py quotes it). Needs
+# target/release/moe, wrk, /usr/bin/time (Debian: time) and docs/bench/texts.txt (bench/run.sh
+# writes it); about 45 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=18203 OUT=docs/bench/cpu-per-request.txt
 [ -s docs/bench/texts.txt ] || { echo "run bench/run.sh first (docs/bench/texts.txt)" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian: apt-get install time)" >&2; exit 1; }
 W=$(mktemp -d)
 target/release/moe serve --state "$W/state" --port $PORT --models models > "$W/serve.log" 2>&1 &
 P=$!
@@ -17,7 +19,7 @@ load() {
     wrk -t2 -c16 -d"$1" -s bench/classify.lua "http://127.0.0.1:$PORT" | tail -n 1 > "$W/wrk.json"
 }
 load 3s  # warm-up
-echo "# $(date -u +%FT%TZ): $(nproc) cores, concurrency 16, one test title per request" >> "$OUT"
+echo "# $(date -u +%FT%TZ): $(nproc) cores, concurrency 16, one test title per request" > "$OUT"
 for _ in 1 2 3; do
   a=$(awk '{print $14 + $15}' "/proc/$P/stat"); t0=$(date +%s.%N)
   load 10s

@@ -166,6 +166,7 @@ print(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.releas
 PY
 if [ $SMOKE = 0 ]; then
   if command -v perf >/dev/null; then bash bench/profile.sh > /dev/null || echo "profile skipped" >&2; fi
+  bash bench/cpu-per-request.sh > /dev/null || echo "CPU per request skipped" >&2
   .venv/bin/python bench/report.py "$RES" > docs/BENCHMARKS.md
   echo "wrote docs/BENCHMARKS.md"
 else
