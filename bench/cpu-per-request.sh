@@ -3,10 +3,11 @@
 # /proc/PID/stat of `moe serve` and /usr/bin/time of wrk around three 10 s windows, one test title
 # per request, written to docs/bench/cpu-per-request.txt (bench/report.py quotes it). Needs
 # target/release/moe, wrk, /usr/bin/time (Debian: time) and docs/bench/texts.txt (bench/run.sh
-# writes it); about 45 s.
+# writes it); about 45 s. The server takes its settings from the environment (e.g. MOE_HTTP_THREADS=2);
+# CPU_OUT=FILE writes elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PORT=18203 OUT=docs/bench/cpu-per-request.txt
+PORT=18203 OUT=${CPU_OUT:-docs/bench/cpu-per-request.txt}
 [ -s docs/bench/texts.txt ] || { echo "run bench/run.sh first (docs/bench/texts.txt)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian: apt-get install time)" >&2; exit 1; }
 W=$(mktemp -d)
@@ -19,7 +20,7 @@ load() {
     wrk -t2 -c16 -d"$1" -s bench/classify.lua "http://127.0.0.1:$PORT" | tail -n 1 > "$W/wrk.json"
 }
 load 3s  # warm-up
-echo "# $(date -u +%FT%TZ): $(nproc) cores, concurrency 16, one test title per request" > "$OUT"
+echo "# $(date -u +%FT%TZ): $(nproc) cores, concurrency 16, one test title per request, MOE_HTTP_THREADS=${MOE_HTTP_THREADS:-default}" > "$OUT"
 for _ in 1 2 3; do
   a=$(awk '{print $14 + $15}' "/proc/$P/stat"); t0=$(date +%s.%N)
   load 10s

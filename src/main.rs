@@ -101,6 +101,13 @@ struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
     log_json: bool,
+    /// Threads that run the HTTP layer; 0: a quarter of the cores, at least one.
+    ///
+    /// The async runtime's workers: parsing, JSON, the linear heads. The inference sessions have
+    /// threads of their own. On 2 cores one HTTP thread cost 5-9 % less
+    /// CPU a request at concurrency 16 than two (docs/BENCHMARKS.md, "ab-http-threads").
+    #[arg(long, env = "MOE_HTTP_THREADS", default_value_t = 0)]
+    http_threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -154,8 +161,20 @@ fn init_tracing(json: bool) {
     if json { b.json().init() } else { b.init() }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+/// A multi-thread async runtime with `workers` worker threads (0: tokio's default, one per core).
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
+}
+
+/// `--http-threads`: as given, or for 0 a quarter of `cores` (at least one). At concurrency 16 on
+/// 2 cores the HTTP side (parsing, JSON, the heads, the kernel's network path) was ~20 % of the
+/// service's CPU and the trunk the rest (docs/BENCHMARKS.md, cpu-per-request).
+fn http_threads(given: usize, cores: usize) -> usize {
+    if given > 0 { given } else { cores.div_ceil(4).max(1) }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -164,7 +183,8 @@ fn main() -> anyhow::Result<()> {
     init_tracing(log_json);
     match cli.command {
         Command::Serve(a) => {
-            let rt = runtime()?;
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let rt = runtime(http_threads(a.http_threads, cores))?;
             let served = rt.block_on(serve(a));
             // Dropping a runtime waits for every blocking task (a training fit, a bundle load):
             // after the drain, give them a moment, then exit anyway.
@@ -188,7 +208,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Report(a) => Ok(moe_tools::report::report(&a.options, &a.data, &a.runtime)?),
-        Command::Bench(a) => Ok(runtime()?.block_on(moe_tools::bench::run(&a.options, &a.data, &a.runtime))?),
+        Command::Bench(a) => Ok(runtime(0)?.block_on(moe_tools::bench::run(&a.options, &a.data, &a.runtime))?),
     }
 }
 
@@ -308,5 +328,11 @@ mod tests {
             }
         }
         assert!(bad.is_empty(), "help lines to shorten:\n{}", bad.join("\n"));
+    }
+
+    #[test]
+    fn http_threads_are_a_quarter_of_the_cores_unless_given() {
+        assert_eq!([1, 2, 4, 5, 16].map(|cores| http_threads(0, cores)), [1, 1, 1, 2, 4]);
+        assert_eq!(http_threads(3, 2), 3);
     }
 }

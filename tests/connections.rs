@@ -74,6 +74,29 @@ async fn the_binary_enforces_the_connection_limits() {
     let _ = std::fs::remove_dir_all(state);
 }
 
+/// `--http-threads` sizes the binary's async runtime (read back from its own metrics): as given,
+/// and by default a quarter of the cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_the_http_threads_it_is_told() {
+    let root = common::fixture_models();
+    let default = std::thread::available_parallelism().map_or(1, usize::from).div_ceil(4);
+    for (given, want) in [(Some((default + 2).to_string()), default + 2), (None, default)] {
+        let state = common::state_dir(&format!("http-threads-{want}"));
+        let mut envs: Vec<(&str, &std::ffi::OsStr)> =
+            vec![("MOE_MODELS", root.as_os_str()), ("MOE_STATE", state.as_os_str())];
+        if let Some(g) = &given {
+            envs.push(("MOE_HTTP_THREADS", g.as_ref()));
+        }
+        let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+        server.ready(Duration::from_secs(60)).await;
+        let metrics = reqwest::get(format!("{}/metrics", server.base())).await.unwrap().text().await.unwrap();
+        let got = metrics.lines().find_map(|l| l.strip_prefix("moe_http_threads ")).map(|v| v.parse::<f64>().unwrap());
+        assert_eq!(got, Some(want as f64), "--http-threads {given:?}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(state);
+    }
+}
+
 /// A connection from `ip` (any 127.x address is this machine's loopback).
 async fn connect_from(ip: [u8; 4], addr: &str) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;

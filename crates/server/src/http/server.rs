@@ -169,6 +169,8 @@ pub async fn serve(
         max: limits.max_connections.max(1),
         per_client: limits.max_connections_per_client,
     });
+    // The runtime's worker count (`moe serve --http-threads`), for operators sizing it.
+    metrics::gauge!("moe_http_threads").set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
     let (stop_tx, stop_rx) = watch::channel(false);
     // HTTP/1 only: protocol detection would wait for a first byte with no deadline at all.
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
