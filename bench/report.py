@@ -430,6 +430,11 @@ AB_NOTES = {
     "trunks with residual sums) was at 1.44 x its requests/s, 0.87 x its p50 at 1 and 0.82 x its p99; `tokio1` at "
     "1.19 / 0.89 / 1.06. Over all rounds, median: `shipped` 0.74 / 1.44 / 0.70. Round 2 was slow for the service at "
     "concurrency 1 (866 requests/s against ~1,440 in the other rounds).",
+    "ab-tei-http-threads.jsonl": "The shipped defaults after `--http-threads` (one HTTP thread on 2 cores) against "
+    "TEI, 4 interleaved rounds (`TEI_DIR=<the TEI folder> bash bench/ab.sh docs/bench/ab-tei-http-threads.jsonl 4 "
+    "shipped=target/release/moe`). TEI ran fast in round 1 only (2,168 requests/s at 16, its best seen here; p50 at "
+    "1 0.65 ms): there the service was at 1.25 x its requests/s, 0.90 x its p50 at 1 and 0.92 x its p99. In its slow "
+    "rounds, 1.76-2.01 x. Median over the rounds: 0.64 / 1.79 / 0.65.",
     "ab-http-threads.jsonl": "One HTTP thread instead of one per core (issue 28), 6 interleaved rounds, no TEI: "
     "`tokio1` is the same binary started with `TOKIO_WORKER_THREADS=1` (a wrapper script), so the async runtime "
     "has one worker beside the two inference sessions. Requests/s at 16 were higher in 4 of these 6 rounds (2,364 "
@@ -672,15 +677,17 @@ if os.path.exists(cpu_path):
     p("```\n")
     p(
         "At concurrency 16 both cores are busy, the service's CPU and wrk's together (wrk ~30 us a request). TEI's "
-        "fast mode serves 1,950-2,100 requests/s here (`ab-residual-sums.jsonl`, `ab-http-threads-tei.jsonl`), so "
-        "1.3 x is 2,540-2,730, which leaves the service 700-760 us of CPU a request; it spends 745-770. ONNX "
-        "Runtime is 77-80 % of those samples (docs/bench/profile.txt, 2026-12-05): ~590 us, the trunk's forward "
+        "fast mode serves 1,950-2,170 requests/s here (`ab-residual-sums.jsonl`, `ab-http-threads-tei.jsonl`, "
+        "`ab-tei-http-threads.jsonl`), so 1.3 x is 2,540-2,820, which leaves the service 680-760 us of CPU a request. "
+        "With two HTTP threads it spent 745-770 (2026-12-05 morning); with one (`--http-threads`, the default on 2 "
+        "cores since) 618-674 in the paired run (docs/bench/cpu-http-threads.txt, two threads 652-736 there) and "
+        "689-744 in the record above, minutes later: this host's speed moves as much as the gap, and TEI's fastest "
+        "round still put the service at 1.25 x. ONNX Runtime is 77-80 % of the samples (docs/bench/profile.txt, 2026-12-05): ~590 us, the trunk's forward "
         "pass (545 us a title on one thread in Python, `bench/forward.py`; about 27 % of all samples sit in one "
         "int8 GEMM loop). The rest, ~150 us, is the kernel's scheduling and network path (9-12 %), libc's "
         "allocations and copies (~5.5 %) and the `moe` binary (~5 %: HTTP, JSON, tokenization and spelling, the "
-        "19 heads). 1.3 x against TEI's fast runs needs up to ~70 us a request more off that, which is within one "
-        "round's noise on this machine: the service's own requests/s at 16 moved between 2,100 and 2,900 from "
-        "round to round in the same runs.\n"
+        "19 heads). What is left is within one round's noise on this machine: the service's own requests/s at 16 "
+        "moved between 2,100 and 3,000 from round to round, and TEI's between 1,200 and 2,170.\n"
     )
 p("## Notes\n")
 p("- Peer (a) is the notebook's `moe_predict` design: every expert a full model run in turn, PyTorch fp32, batch 1.")
