@@ -54,6 +54,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         cache: Some(std::env::temp_dir().join(format!("moe-fit-cache-{}", std::process::id()))),
         no_cache: false,
         max_in_scope_abstain: 0.03,
+        min_oos_recall: None,
         max_rows_per_class: None,
     }
 }
@@ -193,6 +194,18 @@ fn bad_input_is_refused_and_nothing_is_written() {
             }),
             Box::new(|o| o.trunk = "../trunks/x".into()),
             "unknown trunk",
+        ),
+        (
+            "a recall to reach without out-of-scope rows",
+            Box::new({
+                let r = good_rows.clone();
+                move |p| write_csv(p, &["text", "label"], &r)
+            }),
+            Box::new(|o| {
+                o.oos_label = Some("none".into());
+                o.min_oos_recall = Some(0.8);
+            }),
+            "--min-oos-recall needs out-of-scope val rows (--oos-label \"none\")",
         ),
         (
             "one class",
@@ -345,6 +358,34 @@ async fn out_of_scope_rows_set_a_rejection_rule_the_service_applies_and_explains
     assert_eq!(experts["gate"]["open_world"]["changed_since_chosen"], json!([]), "served as chosen");
     assert!(experts["gate"]["label_rule"].is_string());
     declined_texts_group_into_a_class_taught_from_the_api(&http, &base, &data).await;
+
+    // A recall to reach instead of a budget: 6 out-of-scope val rows put the one-sided 95 % lower
+    // bound of 6/6 at 0.69 and of 5/6 at 0.50, so a 0.6 target needs all six declined on val.
+    let recall = dir.join("recall");
+    let mut o = options(&dir.join("data.csv"), &recall);
+    o.oos_label = Some("none".into());
+    o.min_oos_recall = Some(0.6);
+    tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    let rule = RegistryFile::read(&recall).unwrap().gate.open_world.expect("a cut-off to reach the recall");
+    let by = rule.chosen_by.unwrap();
+    assert_eq!(
+        (by["min_out_of_scope_recall"].as_f64(), by["out_of_scope_declines_needed"].as_u64()),
+        (Some(0.6), Some(6))
+    );
+    assert_eq!((by["reached"].as_bool(), by["val_out_of_scope_recall"].as_f64()), (Some(true), Some(1.0)), "{by}");
+    assert!(by["val_out_of_scope_recall_bound"].as_f64().unwrap() >= 0.6, "{by}");
+    assert!(by.get("max_in_scope_abstain").is_none(), "one trade-off, not two: {by}");
+    assert!(by["table"].as_array().unwrap().iter().all(|c| c["reaches_recall_bound"].is_boolean()), "{by}");
+    // A share 6 rows cannot vouch for: every out-of-scope val text declined, and the card says
+    // the target was not reached.
+    let beyond = dir.join("beyond");
+    let mut o = options(&dir.join("data.csv"), &beyond);
+    o.oos_label = Some("none".into());
+    o.min_oos_recall = Some(0.9);
+    tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
+    let by = RegistryFile::read(&beyond).unwrap().gate.open_world.unwrap().chosen_by.unwrap();
+    assert_eq!((by["reached"].as_bool(), by["out_of_scope_declines_needed"].as_u64()), (Some(false), None), "{by}");
+    assert_eq!(by["val_out_of_scope_recall"].as_f64(), Some(1.0), "{by}");
 
     // No budget, no cut-off (the label rule is still chosen on val).
     let again = dir.join("none");

@@ -5,8 +5,10 @@
 //!
 //! File: the magic `MOEEMB01`, the dimension (u32 LE), then records `[text length u32 LE][UTF-8
 //! text][dimension × f32 LE]`. A file is replaced whole (written beside it, then renamed); a
-//! damaged tail (a record cut short) is ignored. The cache is an accelerator: any failure to read
-//! or write it is reported and the fit goes on without it.
+//! damaged tail (a record cut short) is ignored. Fits that share a cache take turns to write it
+//! (an exclusive lock on `<file>.lock`), each merging what the others wrote since it was read, so
+//! concurrent fits lose none of each other's rows. The cache is an accelerator: any failure to
+//! read or write it is reported and the fit goes on without it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,13 +55,22 @@ impl EmbeddingCache {
         self.rows.get(text).map(Vec::as_slice)
     }
 
-    /// Add `texts` with their embeddings (row i of `m`) and rewrite the file.
+    /// Add `texts` with their embeddings (row i of `m`) and rewrite the file, with the rows other
+    /// fits have written since it was read.
     pub fn add_and_save(&mut self, texts: &[&str], m: &Matrix) -> moe_core::Result<()> {
         for (i, t) in texts.iter().enumerate() {
             self.rows.insert(t.to_string(), m.row(i).to_vec());
         }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| moe_core::Error::io(dir, e))?;
+        }
+        let lock_path = self.path.with_extension("emb.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| moe_core::Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| moe_core::Error::io(&lock_path, e))?;
+        if let Ok(Ok(theirs)) = std::fs::read(&self.path).map(|b| parse(&b, self.dim)) {
+            for (t, v) in theirs {
+                self.rows.entry(t).or_insert(v);
+            }
         }
         let mut out = Vec::with_capacity(12 + self.rows.len() * (self.dim * 4 + 64));
         out.extend_from_slice(MAGIC);
@@ -73,6 +84,7 @@ impl EmbeddingCache {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
+        // The lock is released when `lock` is dropped, after the rename.
         write_atomic(&self.path, &out)
     }
 }
@@ -122,5 +134,20 @@ mod tests {
         assert_eq!((cut.len(), cut["a"].clone()), (1, vec![1.0, 2.0]));
         assert!(parse(&bytes, 3).is_err(), "another dimension is refused");
         assert!(parse(b"garbage!", 2).is_err());
+    }
+
+    /// Two fits that read the cache before either wrote it: the second write keeps the first's rows.
+    #[test]
+    fn fits_sharing_a_cache_keep_each_others_rows() {
+        let dir = std::env::temp_dir().join(format!("moe-emb-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("x.emb");
+        let open = || EmbeddingCache { path: path.clone(), dim: 2, rows: HashMap::new() };
+        let (mut a, mut b) = (open(), open());
+        a.add_and_save(&["one"], &Matrix { rows: 1, cols: 2, data: vec![1.0, 2.0] }).unwrap();
+        b.add_and_save(&["two"], &Matrix { rows: 1, cols: 2, data: vec![3.0, 4.0] }).unwrap();
+        let both = parse(&std::fs::read(&path).unwrap(), 2).unwrap();
+        assert_eq!((both["one"].clone(), both["two"].clone()), (vec![1.0, 2.0], vec![3.0, 4.0]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::embed_cache::EmbeddingCache;
-use crate::open_world;
+use crate::open_world::{self, TradeOff};
 use crate::select::choose_gate;
 use moe_core::bundle::card::{
     CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, TrunkCard, TrunkRef, check_class, check_name, slug,
@@ -106,6 +106,13 @@ pub struct FitOptions {
     /// the best val accuracy, a declined --oos-label row counting as right.
     #[arg(long, default_value_t = 0.03, value_parser = budget)]
     pub max_in_scope_abstain: f64,
+    /// Share of out-of-scope texts the set must decline, instead of an in-scope budget.
+    ///
+    /// Needs --oos-label rows in val. The cut-off is chosen so that the one-sided 95 % lower bound
+    /// of the val out-of-scope recall reaches this share, declining as few in-scope val texts as
+    /// that allows (the label rule and score with the best in-scope val accuracy).
+    #[arg(long, value_parser = recall_share, conflicts_with = "max_in_scope_abstain", requires = "oos_label")]
+    pub min_oos_recall: Option<f64>,
     /// Keep at most N rows per class and split (a seeded uniform sample; at least 5).
     ///
     /// The file is read once, row by row, whatever its size; memory then grows with classes, not
@@ -128,6 +135,13 @@ fn budget(v: &str) -> std::result::Result<f64, String> {
     }
 }
 
+fn recall_share(v: &str) -> std::result::Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+        _ => Err(format!("{v:?}: a share between 0 and 1 (both excluded), e.g. 0.8")),
+    }
+}
+
 impl FitOptions {
     /// Where embeddings are kept between runs, if anywhere.
     fn cache_dir(&self) -> Option<PathBuf> {
@@ -139,6 +153,12 @@ impl FitOptions {
             .clone()
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("moe")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("moe")))
+    }
+
+    /// The operator's open-world trade-off: a recall to reach, else the in-scope budget.
+    pub fn trade_off(&self) -> TradeOff {
+        self.min_oos_recall
+            .map_or(TradeOff::MaxInScopeAbstain(self.max_in_scope_abstain), TradeOff::MinOutOfScopeRecall)
     }
 }
 
@@ -172,6 +192,13 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     check_out_is_free(&o.out)?;
     let t = Instant::now();
     let data = read_labelled(o)?;
+    if o.min_oos_recall.is_some() && !data.oos.iter().any(|r| r.split == "val") {
+        return Err(Error::BadRequest(format!(
+            "{}: --min-oos-recall needs out-of-scope val rows (--oos-label {:?}), and there are none",
+            o.data.display(),
+            o.oos_label.as_deref().unwrap_or_default()
+        )));
+    }
     let (classes, dropped) = classes_of(&data.rows, o.min_rows)?;
     let (trunk_dir, tcard) = resolve_trunk(o)?;
     stage("read", t);
@@ -933,7 +960,7 @@ fn choose_gate_and_report(
         versions,
         (&texts, &truth, &probs, &near),
         (&oos_val.1, &oos_probs, &oos_near),
-        o.max_in_scope_abstain,
+        o.trade_off(),
     )?;
     spec.label = label;
     spec.open_world = open_world;

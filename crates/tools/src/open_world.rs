@@ -2,19 +2,51 @@
 //! right best guess give way to a lower-ranked expert that passed its lenient threshold?), the
 //! in-scope score (the top probability, or a blend with the embedding's similarity to the nearest
 //! class centroid, a distance-based score) and the cut-off below which a text is declined as out
-//! of scope. The operator states one trade-off, the share of in-scope val texts the set may
-//! decline (`--max-in-scope-abstain`); within it, the combination with the best val accuracy
-//! wins, counting a declined out-of-scope val text (`--oos-label` rows) as right. Label rules
-//! are judged with cross-fitted thresholds (`cross_fitted`), since the served ones are fitted on
-//! val. Every decision goes through the service's own `ExpertSet::decide`. Never test.
+//! of scope. The operator states one trade-off (`TradeOff`): either the share of in-scope val
+//! texts the set may decline (`--max-in-scope-abstain`), within which the combination with the
+//! best val accuracy wins, counting a declined out-of-scope val text (`--oos-label` rows) as
+//! right; or the share of out-of-scope texts it must decline (`--min-oos-recall`), read as a
+//! one-sided 95 % lower bound on the val recall (100 out-of-scope val rows leave a wide interval),
+//! within which the combination with the best in-scope val accuracy wins. Label rules are judged
+//! with cross-fitted thresholds (`cross_fitted`), since the served ones are fitted on val. Every
+//! decision goes through the service's own `ExpertSet::decide`. Never test.
 
 use std::collections::BTreeMap;
 
 use moe_core::Result;
 use moe_core::gate::{AbstainReason, GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
 use moe_core::service::{ExpertSet, TextResult};
-use moe_core::stats::roc::binary_report;
+use moe_core::stats::roc::{binary_report, wilson_lower};
 use serde_json::{Value, json};
+
+/// The operator's one trade-off between declining in-scope texts and letting out-of-scope ones in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TradeOff {
+    /// At most this share of in-scope val texts declined.
+    MaxInScopeAbstain(f64),
+    /// At least this share of out-of-scope texts declined: the one-sided 95 % Wilson lower bound
+    /// of the val recall must reach it.
+    MinOutOfScopeRecall(f64),
+}
+
+/// Standard errors below the val recall for a one-sided 95 % bound.
+const ONE_SIDED_95: f64 = 1.6448536269514722;
+
+/// The fewest of `m` out-of-scope val texts to decline so that the recall's lower bound reaches
+/// `recall`; None when even all `m` do not.
+fn declines_needed(m: usize, recall: f64) -> Option<usize> {
+    (0..=m).find(|&k| wilson_lower(k, m, ONE_SIDED_95) >= recall)
+}
+
+/// A cut-off below which exactly the `extra` lowest of the ascending `sorted` scores fall (with
+/// any equal to the last of them): halfway to the next higher score. None if there are fewer.
+fn cut_above(sorted: &[f32], extra: usize) -> Option<f32> {
+    let last = *sorted.get(extra.checked_sub(1)?)?;
+    Some(match sorted[extra..].iter().find(|&&s| s > last) {
+        Some(&next) => Some(last + (next - last) / 2.0).filter(|&m| m > last).unwrap_or(next),
+        None => last.next_up(),
+    })
+}
 
 const RULES: [LabelRule; 3] = [LabelRule::BestPassed, LabelRule::BestGuessPassed, LabelRule::BestGuess];
 /// Weights of the probability part a `blend` score is tried with.
@@ -106,29 +138,34 @@ struct Candidate {
     accuracy: f64,
     abstained: f64,
     recall: Option<f64>,
-    fits_budget: bool,
+    /// Within the budget, or reaching the recall bound.
+    meets: bool,
 }
 
 /// The label rule and the open-world rule (None: no cut-off) for the set `make` builds from a
-/// gate spec, chosen on val within `budget` (module doc), and the table they were chosen from.
-/// `versions` (class -> bundle version of the set's experts) goes into the rule as it stands.
+/// gate spec, chosen on val under the operator's trade-off (module doc), and the table they were
+/// chosen from. `versions` (class -> bundle version of the set's experts) goes into the rule as
+/// it stands.
 pub fn choose(
     make: &dyn Fn(&GateSpec) -> Result<ExpertSet>,
     base: &GateSpec,
     versions: BTreeMap<String, String>,
     (texts, truth, probs, nearest): InScope,
     (oos_texts, oos_probs, oos_nearest): OutOfScope,
-    budget: f64,
+    trade_off: TradeOff,
 ) -> Result<(LabelRule, Option<OpenWorld>, Value)> {
-    let n = texts.len();
-    let allowed = (budget * n as f64).floor() as usize;
+    let (n, m) = (texts.len(), oos_texts.len());
     let max_p = max_probabilities(probs, n);
-    let oos_max_p = max_probabilities(oos_probs, oos_texts.len());
+    let oos_max_p = max_probabilities(oos_probs, m);
     let of = |score: &InScopeScore, p: &[f32], near: &[Option<f32>]| -> Vec<f32> {
         p.iter()
             .enumerate()
             .map(|(i, &p)| score.of(p, near.get(i).copied().flatten()).unwrap_or(f32::INFINITY))
             .collect()
+    };
+    let needed = match trade_off {
+        TradeOff::MinOutOfScopeRecall(r) => declines_needed(m, r),
+        TradeOff::MaxInScopeAbstain(_) => None,
     };
     let mut candidates = Vec::new();
     for rule in RULES {
@@ -137,14 +174,38 @@ pub fn choose(
         let own = answers.iter().filter(|r| r.abstained).count();
         for score in scores_to_try(&max_p, nearest) {
             let scores = of(&score, &max_p, nearest);
-            // The cut-off spends what the label rule left of the budget on the lowest scores.
-            let mut kept: Vec<f32> =
-                answers.iter().zip(&scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
-            kept.sort_by(f32::total_cmp);
-            let extra = allowed.saturating_sub(own);
-            let reject_below = (budget > 0.0 && extra > 0)
-                .then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied())
-                .flatten();
+            let oos_scores = of(&score, &oos_max_p, oos_nearest);
+            let (reject_below, meets) = match trade_off {
+                TradeOff::MaxInScopeAbstain(budget) => {
+                    // The cut-off spends what the label rule left of the budget on the lowest scores.
+                    let allowed = (budget * n as f64).floor() as usize;
+                    let mut kept: Vec<f32> =
+                        answers.iter().zip(&scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
+                    kept.sort_by(f32::total_cmp);
+                    let extra = allowed.saturating_sub(own);
+                    let cut = (budget > 0.0 && extra > 0)
+                        .then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied())
+                        .flatten();
+                    (cut, own <= allowed)
+                }
+                TradeOff::MinOutOfScopeRecall(_) => {
+                    // The cut-off declines the lowest-scored out-of-scope texts the label rule let
+                    // through, as many as the bound needs (all of them when it cannot be reached).
+                    let mut open: Vec<f32> = oos
+                        .iter()
+                        .zip(&oos_scores)
+                        .filter(|(r, s)| !r.abstained && s.is_finite())
+                        .map(|(_, s)| *s)
+                        .collect();
+                    open.sort_by(f32::total_cmp);
+                    let caught = oos.iter().filter(|r| r.abstained).count();
+                    match needed.map(|k| k.saturating_sub(caught)) {
+                        Some(0) => (None, true),
+                        Some(extra) if extra <= open.len() => (cut_above(&open, extra), true),
+                        _ => (cut_above(&open, open.len()), false),
+                    }
+                }
+            };
             let declined = |s: f32| reject_below.is_some_and(|t| s < t);
             let right = answers
                 .iter()
@@ -153,9 +214,8 @@ pub fn choose(
                 .filter(|((r, t), s)| !declined(**s) && r.label.as_deref() == Some(set.experts[**t].class.as_str()))
                 .count();
             let abstained = answers.iter().zip(&scores).filter(|(r, s)| r.abstained || declined(**s)).count();
-            let recall = (!oos_texts.is_empty()).then(|| {
-                let s = of(&score, &oos_max_p, oos_nearest);
-                oos.iter().zip(&s).filter(|(r, s)| r.abstained || declined(**s)).count() as f64 / oos_texts.len() as f64
+            let recall = (m > 0).then(|| {
+                oos.iter().zip(&oos_scores).filter(|(r, s)| r.abstained || declined(**s)).count() as f64 / m as f64
             });
             candidates.push(Candidate {
                 score,
@@ -164,11 +224,11 @@ pub fn choose(
                 accuracy: right as f64 / n.max(1) as f64,
                 abstained: abstained as f64 / n.max(1) as f64,
                 recall,
-                fits_budget: own <= allowed,
+                meets,
             });
         }
     }
-    let (best, chosen_by) = pick(&candidates, n, oos_texts.len(), budget);
+    let (best, chosen_by) = pick(&candidates, n, m, trade_off, needed);
     let open_world = best.reject_below.map(|reject_below| OpenWorld {
         score: best.score,
         reject_below,
@@ -179,14 +239,26 @@ pub fn choose(
 }
 
 /// The candidate chosen on val, and how (the table of every candidate, for the card and report).
-fn pick(candidates: &[Candidate], n: usize, oos_rows: usize, budget: f64) -> (&Candidate, Value) {
-    // Within the budget: the best val accuracy over every val text, an out-of-scope text counted
+fn pick(
+    candidates: &[Candidate],
+    n: usize,
+    oos_rows: usize,
+    trade_off: TradeOff,
+    needed: Option<usize>,
+) -> (&Candidate, Value) {
+    // Budget: within it, the best val accuracy over every val text, an out-of-scope text counted
     // right when declined (CLINC150's accuracy with out-of-scope as one more class; in-scope
-    // accuracy alone without such rows); else the fewest in-scope declines. Ties keep the earlier
-    // candidate (the default rule and the top probability first).
+    // accuracy alone without such rows); else the fewest in-scope declines. Recall: among those
+    // reaching the bound, the best in-scope val accuracy; else the highest recall. Ties keep the
+    // earlier candidate (the default rule and the top probability first).
     let m = oos_rows as f64;
     let overall = |c: &Candidate| (c.accuracy * n as f64 + c.recall.unwrap_or(0.0) * m) / (n as f64 + m);
-    let key = |c: &Candidate| (c.fits_budget, if c.fits_budget { overall(c) } else { -c.abstained }, c.accuracy);
+    let key = |c: &Candidate| match trade_off {
+        TradeOff::MaxInScopeAbstain(_) => (c.meets, if c.meets { overall(c) } else { -c.abstained }, c.accuracy),
+        TradeOff::MinOutOfScopeRecall(_) => {
+            (c.meets, if c.meets { c.accuracy } else { c.recall.unwrap_or(0.0) }, c.accuracy)
+        }
+    };
     let best = candidates
         .iter()
         .fold(None::<&Candidate>, |b, c| match b {
@@ -194,29 +266,52 @@ fn pick(candidates: &[Candidate], n: usize, oos_rows: usize, budget: f64) -> (&C
             _ => Some(c),
         })
         .expect("at least three candidates");
+    let meets_key = match trade_off {
+        TradeOff::MaxInScopeAbstain(_) => "within_budget",
+        TradeOff::MinOutOfScopeRecall(_) => "reaches_recall_bound",
+    };
     let table: Vec<Value> = candidates
         .iter()
         .map(|c| {
             json!({"score": c.score, "label_rule": c.rule, "reject_below": c.reject_below,
                    "val_in_scope_accuracy": c.accuracy, "val_in_scope_declined": c.abstained,
-                   "val_out_of_scope_recall": c.recall, "within_budget": c.fits_budget})
+                   "val_out_of_scope_recall": c.recall, meets_key: c.meets})
         })
         .collect();
-    let chosen_by = json!({
-        "max_in_scope_abstain": budget, "split": "val", "in_scope_rows": n, "out_of_scope_rows": oos_rows,
-        "metric": if oos_rows == 0 { "in-scope accuracy within the budget" }
-                  else { "accuracy over in-scope and out-of-scope val texts (declined = right for out-of-scope) within the budget" },
+    let mut chosen_by = json!({
+        "split": "val", "in_scope_rows": n, "out_of_scope_rows": oos_rows,
         "val_in_scope_accuracy": best.accuracy, "val_in_scope_declined": best.abstained,
         "val_out_of_scope_recall": best.recall, "table": table,
     });
+    match trade_off {
+        TradeOff::MaxInScopeAbstain(budget) => {
+            chosen_by["max_in_scope_abstain"] = json!(budget);
+            chosen_by["metric"] = json!(if oos_rows == 0 {
+                "in-scope accuracy within the budget"
+            } else {
+                "accuracy over in-scope and out-of-scope val texts (declined = right for out-of-scope) within the budget"
+            });
+        }
+        TradeOff::MinOutOfScopeRecall(recall) => {
+            chosen_by["min_out_of_scope_recall"] = json!(recall);
+            chosen_by["bound"] = json!("one-sided 95 % Wilson lower bound of the val out-of-scope recall");
+            chosen_by["out_of_scope_declines_needed"] = json!(needed);
+            chosen_by["val_out_of_scope_recall_bound"] =
+                json!(best.recall.map(|r| wilson_lower((r * m).round() as usize, oos_rows, ONE_SIDED_95)));
+            chosen_by["reached"] = json!(best.meets);
+            chosen_by["metric"] =
+                json!("in-scope val accuracy (declines counted wrong) among the candidates reaching the bound");
+        }
+    }
     eprintln!(
-        "moe fit: label rule {:?}, out-of-scope score {:?} cut at {:?}: val in-scope accuracy {:.2} %, declined {:.2} %{}",
+        "moe fit: label rule {:?}, out-of-scope score {:?} cut at {:?}: val in-scope accuracy {:.2} %, declined {:.2} %{}{}",
         best.rule,
         best.score,
         best.reject_below,
         best.accuracy * 100.0,
         best.abstained * 100.0,
-        best.recall.map_or(String::new(), |r| format!(", out-of-scope recall {:.1} %", r * 100.0))
+        best.recall.map_or(String::new(), |r| format!(", out-of-scope recall {:.1} %", r * 100.0)),
+        if best.meets { "" } else { " (the trade-off could not be met on val)" }
     );
     (best, chosen_by)
 }
@@ -265,4 +360,30 @@ pub fn measure(
         out["out_of_scope_declined_by_reason"] = by_reason(&oos);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_declines_exactly_the_lowest_scores_with_their_ties() {
+        let s = [0.1, 0.2, 0.2, 0.4];
+        let below = |t: f32| s.iter().filter(|&&x| x < t).count();
+        assert_eq!(cut_above(&s, 1), Some(0.15));
+        assert_eq!(below(cut_above(&s, 2).unwrap()), 3, "a tie with the last declined is declined too");
+        assert_eq!(cut_above(&s, 4).map(below), Some(4), "all: just above the highest");
+        assert_eq!((cut_above(&s, 0), cut_above(&s, 5)), (None, None));
+        // Adjacent floats have no midpoint between them: the higher one is the cut.
+        let (a, b) = (1.0f32, 1.0f32.next_up());
+        assert_eq!(cut_above(&[a, b], 1), Some(b));
+    }
+
+    #[test]
+    fn declines_needed_is_the_fewest_whose_lower_bound_reaches_the_recall() {
+        // statsmodels' Wilson bounds (stats::roc tests): 86/100 -> 0.793, 87/100 -> 0.805.
+        assert_eq!(declines_needed(100, 0.8), Some(87));
+        assert_eq!(declines_needed(100, 0.98), None, "100/100 only vouches for 0.974");
+        assert_eq!(declines_needed(0, 0.5), None);
+    }
 }

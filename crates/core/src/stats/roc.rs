@@ -150,12 +150,43 @@ pub fn multiclass(classes: &[String], truth: &[usize], pred: &[usize]) -> Multic
     }
 }
 
+/// The lower end of the Wilson score interval for the share `k / n`, `z` standard errors below
+/// (1.645: a one-sided 95 % bound). 0 for no trials.
+pub fn wilson_lower(k: usize, n: usize, z: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let (n, p) = (n as f64, k.min(n) as f64 / n as f64);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half) / (1.0 + z2 / n)).max(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    /// Oracle: statsmodels 0.15 `proportion_confint(k, n, alpha=0.10, method="wilson")[0]`.
+    #[test]
+    fn wilson_lower_bound_matches_statsmodels() {
+        let z = 1.6448536269514722;
+        for (k, n, want) in [
+            (86, 100, 0.7934062180620008),
+            (87, 100, 0.8048062640785282),
+            (95, 100, 0.9008389147209471),
+            (100, 100, 0.9736572792168257),
+            (0, 10, 0.0),
+            (7, 10, 0.44169979586983493),
+            (905, 1000, 0.8886371214662044),
+        ] {
+            assert!(close(wilson_lower(k, n, z), want), "{k}/{n}: {} vs {want}", wilson_lower(k, n, z));
+        }
+        assert_eq!(wilson_lower(0, 0, z), 0.0);
     }
 
     #[test]
