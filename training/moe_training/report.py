@@ -908,11 +908,15 @@ def _section_clinc(
     ow = ((fit or {}).get("test") or {}).get("open_world")
     if ow and ow.get("out_of_scope_rows"):
         gate = (fit or {}).get("gate") or {}
-        budget = ((gate.get("open_world") or {}).get("chosen_by") or {}).get("max_in_scope_abstain", 0)
+        chosen_by = (gate.get("open_world") or {}).get("chosen_by") or {}
+        if "min_out_of_scope_recall" in chosen_by:
+            trade_off = f"`--min-oos-recall` {chosen_by['min_out_of_scope_recall']:g}"
+        else:
+            trade_off = f"`--max-in-scope-abstain` {chosen_by.get('max_in_scope_abstain', 0):g}"
         kind = ((gate.get("open_world") or {}).get("score") or {}).get("kind", "max_probability")
         md += [
             "",
-            f"Out of scope (`--max-in-scope-abstain` {budget:g}, label rule "
+            f"Out of scope ({trade_off}, label rule "
             f"`{gate.get('label_rule', 'best_passed')}`, in-scope score `{kind}` and the cut-off chosen on val; "
             "docs/TRAINING.md): test in-scope "
             f"accuracy {pct(ow['in_scope_accuracy'])} with declines counted wrong ({pct(ow['in_scope_declined'])} "
