@@ -2,13 +2,15 @@
 one intra-op thread, test-split titles one per run; the variants interleaved in rounds, and every
 variant's outputs compared with the first's.
 
-    .venv/bin/python bench/forward.py GRAPH [GRAPH ...] [--unfused-layer-norm] [--titles 256] [--rounds 5]
+    .venv/bin/python bench/forward.py GRAPH [GRAPH ...] [--unfused-layer-norm] [--batch N] [--titles 256] [--rounds 5]
     .venv/bin/python bench/forward.py --decisions models      # served decisions, fused vs not
 
 Each GRAPH is a trunk folder (trunk.onnx + tokenizer.json) or a .onnx file (tokenized with the first
 folder's tokenizer). `--unfused-layer-norm` adds, for each graph, a variant with onnxruntime's
 SkipLayerNormFusion disabled (what a trunk computes after `simplify`'s residual sums; a graph that
-has them is not fused either way). Prints one JSON line
+has them is not fused either way). `--batch N` adds, for each graph, the titles run N at a time,
+padded to the longest of each batch, in file order and sorted by token count (what batching costs
+in padding: a per-row int8 graph gives each title the same numbers either way). Prints one JSON line
 per variant: median and best microseconds per title over the rounds, and the largest |difference|
 of its outputs from the first variant's.
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--unfused-layer-norm", action="store_true")
     ap.add_argument("--titles", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=0, help="also run the titles N at a time (padded)")
     ap.add_argument("--decisions", metavar="ROOT", help="compare served decisions, fused vs unfused")
     args = ap.parse_args()
     if args.decisions:
@@ -57,15 +60,22 @@ def main() -> None:
             names = {i.name for i in s.get_inputs()}
             fs = [{k: v for k, v in title_feed(tok, t).items() if k in names} for t in titles]
             variants.append((str(p) + (" (SkipLayerNormFusion off)" if disabled else ""), s, fs))
-    outs = [[s.run(None, f)[0] for f in fs] for _, s, fs in variants]
-    times = {name: [] for name, _, _ in variants}
+            if args.batch > 1 and not disabled:
+                by_len = sorted(range(len(titles)), key=lambda i: len(fs[i]["input_ids"][0]))
+                for how, order in (("file order", list(range(len(titles)))), ("sorted by length", by_len)):
+                    batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
+                    bf = [padded([fs[i] for i in b]) for b in batches]
+                    variants.append((f"{p} (batch {args.batch}, {how})", s, bf, batches))
+    variants = [v if len(v) == 4 else (*v, None) for v in variants]
+    outs = [per_title(s, fs, batches, len(titles)) for _, s, fs, batches in variants]
+    times = {name: [] for name, *_ in variants}
     for _ in range(args.rounds):
-        for name, s, fs in variants:
+        for name, s, fs, _ in variants:
             t0 = time.perf_counter()
             for f in fs:
                 s.run(None, f)
-            times[name].append((time.perf_counter() - t0) / len(fs) * 1e6)
-    for (name, _, _), out in zip(variants, outs):
+            times[name].append((time.perf_counter() - t0) / len(titles) * 1e6)
+    for (name, *_), out in zip(variants, outs):
         diff = max(float(np.abs(a - b).max()) for a, b in zip(outs[0], out))
         row = {
             "graph": name,
@@ -76,6 +86,25 @@ def main() -> None:
             "max_abs_diff_vs_first": diff,
         }
         print(json.dumps(row))
+
+
+def padded(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Single-title feeds as one batch, zero-padded to the longest (mask 0 on the padding)."""
+    n = max(f["input_ids"].shape[1] for f in feeds)
+    pad = lambda a: np.pad(a, ((0, 0), (0, n - a.shape[1])))  # noqa: E731
+    return {k: np.concatenate([pad(f[k]) for f in feeds]) for k in feeds[0]}
+
+
+def per_title(s: ort.InferenceSession, feeds, batches, n: int) -> list[np.ndarray]:
+    """Each title's output row, in title order, whether it ran alone or in a batch."""
+    if batches is None:
+        return [s.run(None, f)[0] for f in feeds]
+    out = [None] * n
+    for f, b in zip(feeds, batches):
+        rows = s.run(None, f)[0]
+        for j, i in enumerate(b):
+            out[i] = rows[j : j + 1]
+    return out
 
 
 def one_thread(graph: Path, disabled: list[str]) -> ort.InferenceSession:
