@@ -1001,6 +1001,24 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
                 f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
                 f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
             )
+    tradeoffs = accurate.get("mpnet_trade_offs")
+    if tradeoffs:
+        md += [
+            "",
+            "The other trade-off, `moe fit --min-oos-recall R` (the one-sided 95 % lower bound of the val "
+            f"out-of-scope recall must reach R; `{tradeoffs['file']}`). {tradeoffs['note']}",
+            "",
+            "| trade-off | val in scope / recall | test in scope / declined | test out-of-scope recall / precision / F1 |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in tradeoffs["rows"]:
+            v, t = r["val"], r["test"]
+            stated = " (stated first)" if r["option"] == tradeoffs["stated_before_any_run"] else ""
+            md.append(
+                f"| `{r['option']}`{stated} | {pct(v['in_scope_accuracy'])} / {pct(v['out_of_scope_recall'])} | "
+                f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
+                f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
+            )
     return md + [""]
 
 
