@@ -65,17 +65,20 @@ def main() -> None:
                 for how, order in (("file order", list(range(len(titles)))), ("sorted by length", by_len)):
                     batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
                     bf = [padded([fs[i] for i in b]) for b in batches]
-                    variants.append((f"{p} (batch {args.batch}, {how})", s, bf, batches))
-    variants = [v if len(v) == 4 else (*v, None) for v in variants]
-    outs = [per_title(s, fs, batches, len(titles)) for _, s, fs, batches in variants]
+                    variants.append(
+                        (f"{p} (batch {args.batch}, {how})", s, bf, batches, len(variants) - 1 - (how != "file order"))
+                    )
+    # (name, session, feeds, batches or None, index of the same graph run one title at a time)
+    variants = [v if len(v) == 5 else (*v, None, None) for v in variants]
+    outs = [per_title(s, fs, batches, len(titles)) for _, s, fs, batches, _ in variants]
     times = {name: [] for name, *_ in variants}
     for _ in range(args.rounds):
-        for name, s, fs, _ in variants:
+        for name, s, fs, *_ in variants:
             t0 = time.perf_counter()
             for f in fs:
                 s.run(None, f)
             times[name].append((time.perf_counter() - t0) / len(titles) * 1e6)
-    for (name, *_), out in zip(variants, outs):
+    for (name, *_, alone), out in zip(variants, outs):
         diff = max(float(np.abs(a - b).max()) for a, b in zip(outs[0], out))
         row = {
             "graph": name,
@@ -85,6 +88,8 @@ def main() -> None:
             "us_per_title_best": round(min(times[name]), 1),
             "max_abs_diff_vs_first": diff,
         }
+        if alone is not None:
+            row["max_abs_diff_vs_alone"] = max(float(np.abs(a - b).max()) for a, b in zip(outs[alone], out))
         print(json.dumps(row))
 
 

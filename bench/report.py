@@ -689,6 +689,19 @@ if os.path.exists(cpu_path):
         "19 heads). What is left is within one round's noise on this machine: the service's own requests/s at 16 "
         "moved between 2,100 and 3,000 from round to round, and TEI's between 1,200 and 2,170.\n"
     )
+    p(
+        "Batching would have to pay for itself without padding (`bench/forward.py models/trunks/<kd19 trunk> "
+        "<its per-row rewrite> --batch 8 --rounds 7`, one thread, 256 test titles, docs/bench/forward-batch.jsonl, "
+        "2026-12-05; the per-row rewrite is `python -m moe_training rowquant models OUT`): the shipped per-tensor "
+        "trunk costs 495 us a title alone, and batched 8 at a time 530 us in file order and 371 us sorted by "
+        "length, but its batched outputs move by up to 0.048 (batch-dependent). The per-row trunk, whose batched "
+        "outputs stay within 4.5e-8 of its lone ones, costs 613 us alone (its per-row scales add 24 %), 627 us "
+        "batched in file order (padding to each batch's longest title eats the gain) and 443 us batched sorted by "
+        "length. So a batch with no padding at all (texts packed end to end, attention kept within each text) "
+        "could save at most ~10 % of the shipped forward pass, ~50 us a request: about the 2-9 % the throughput "
+        "target is short by in TEI's fast rounds, not more, and it needs a packed-sequence trunk graph and "
+        "executor, not built.\n"
+    )
 p("## Notes\n")
 p("- Peer (a) is the notebook's `moe_predict` design: every expert a full model run in turn, PyTorch fp32, batch 1.")
 p("  The shipped experts exist only as ONNX, so each peer expert is the pretrained MiniLM-L6 encoder (same size)")
