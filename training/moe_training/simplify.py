@@ -37,6 +37,8 @@ wherever shape inference gets through.
 from __future__ import annotations
 
 import collections
+import contextlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +130,13 @@ def max_difference(reference: list[list[np.ndarray]], got: list[list[np.ndarray]
 def _constant_reshapes(model: onnx.ModelProto) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # an operator it does not know (e.g. after the per-row rewrite): keep them
-        return 0
+    # Shape inference saves large models to `sym_shape_infer_temp.onnx` and `<uuid>.data` in the
+    # working directory and leaves them there: run it in a folder of its own.
+    with tempfile.TemporaryDirectory(prefix="moe-shapes-") as scratch, contextlib.chdir(scratch):
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:  # an operator it does not know (e.g. after the per-row rewrite): keep them
+            return 0
     shapes = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         shapes[vi.name] = [

@@ -159,3 +159,22 @@ def test_simplify_root_rewrites_trunks_once(exported, tmp_path):
     assert new.name == got["id"] == f"tiny-int8-{sha[:12]}" and got["graph"]["sha256"] == sha
     assert got["rewritten_from"]["id"] == fresh.name and got["simplified"]["fused_attention"] == 2
     assert not list(out.glob("*/*.simplified"))
+
+
+def test_shape_inference_leaves_no_files_where_it_runs(tmp_path, monkeypatch):
+    """Symbolic shape inference that cannot finish saves the model as `sym_shape_infer_temp.onnx`
+    plus external data in the working directory before it gives up (how 70 MB of them once reached
+    a commit); `_constant_reshapes` keeps the graph as it is and the directory as it was."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "unknown_rank",
+        [
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [42]),
+            onnx.helper.make_tensor_value_info("shape", onnx.TensorProto.INT64, [2]),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    monkeypatch.chdir(tmp_path)
+    assert simplify._constant_reshapes(model) == 0
+    assert list(tmp_path.iterdir()) == []
