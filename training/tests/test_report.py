@@ -260,8 +260,14 @@ def test_the_accurate_path_section_is_drawn_from_its_json():
     recipes = lines[: next(i for i, line in enumerate(lines) if line.startswith("| budget "))]
     rows = [line for line in recipes if line.startswith("| ") and not line.startswith("| trunk ")]
     assert len(rows) == 1 + len(with_steps)  # the frozen trunk, then one row per recipe
-    budgets = [line for line in lines if line.startswith("| ") and line.endswith("% |") and line not in rows]
-    assert len(budgets) == len(accurate["mpnet_budgets"]["rows"])  # then one row per in-scope budget
+
+    def table(header: str) -> list[str]:  # the data rows of the table whose header starts so
+        start = next(i for i, line in enumerate(lines) if line.startswith(header))
+        body = lines[start + 2 :]
+        return body[: next((i for i, line in enumerate(body) if not line.startswith("| ")), len(body))]
+
+    assert len(table("| budget ")) == len(accurate["mpnet_budgets"]["rows"])  # one row per in-scope budget
+    assert len(table("| trade-off ")) == len(accurate["mpnet_trade_offs"]["rows"])  # and per trade-off
     chosen = with_steps[-1]
     assert f"{100 * chosen['test']['accuracy_best_guess']:.1f} %" in text
     best, label = paired["test"]["best"]["interval95"], paired["test"]["label"]["interval95"]

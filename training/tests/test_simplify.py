@@ -16,6 +16,7 @@ import torch
 from moe_training import simplify
 from moe_training.backbone import Trunk
 from moe_training.export import export_torch, quantize_int8
+from onnx import numpy_helper
 from transformers import BertConfig, BertModel
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -162,19 +163,20 @@ def test_simplify_root_rewrites_trunks_once(exported, tmp_path):
 
 
 def test_shape_inference_leaves_no_files_where_it_runs(tmp_path, monkeypatch):
-    """Symbolic shape inference that cannot finish saves the model as `sym_shape_infer_temp.onnx`
-    plus external data in the working directory before it gives up (how 70 MB of them once reached
-    a commit); `_constant_reshapes` keeps the graph as it is and the directory as it was."""
+    """Symbolic shape inference that cannot finish (here: an operator it does not know) saves the
+    model as `sym_shape_infer_temp.onnx` plus `<uuid>.data` in the working directory before it gives
+    up (how 70 MB of them once reached a commit); `_constant_reshapes` keeps the graph as it is and
+    the directory as it was."""
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # over 1 KB: external data
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Reshape", ["x", "shape"], ["y"])],
-        "unknown_rank",
-        [
-            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [42]),
-            onnx.helper.make_tensor_value_info("shape", onnx.TensorProto.INT64, [2]),
-        ],
+        [onnx.helper.make_node("Mystery", ["x", "w"], ["y"], domain="com.example")],
+        "unknown_operator",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)]
+    model = onnx.helper.make_model(graph, opset_imports=opsets)
     monkeypatch.chdir(tmp_path)
     assert simplify._constant_reshapes(model) == 0
     assert list(tmp_path.iterdir()) == []
