@@ -982,6 +982,15 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
             f"minutes against {ml['fine_tune_seconds'] / 60:.0f}, and `moe fit` embedded "
             f"{m['fit_seconds']['embed']:.0f} s against {ml['fit_seconds']['embed']:.0f} s (the int8 trunk's speed).",
         ]
+
+    def operating_point(first: str, row: dict) -> str:  # one row of the budget and trade-off tables
+        v, t = row["val"], row["test"]
+        return (
+            f"| {first} | {pct(v['in_scope_accuracy'])} / {pct(v['out_of_scope_recall'])} | "
+            f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
+            f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
+        )
+
     budgets = accurate.get("mpnet_budgets")
     if budgets:
         md += [
@@ -994,13 +1003,7 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
             "| budget | val in scope / recall | test in scope / declined | test out-of-scope recall / precision / F1 |",
             "|---:|---:|---:|---:|",
         ]
-        for b in budgets["rows"]:
-            v, t = b["val"], b["test"]
-            md.append(
-                f"| {pct(b['max_in_scope_abstain'])} | {pct(v['in_scope_accuracy'])} / {pct(v['out_of_scope_recall'])} | "
-                f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
-                f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
-            )
+        md += [operating_point(pct(b["max_in_scope_abstain"]), b) for b in budgets["rows"]]
     tradeoffs = accurate.get("mpnet_trade_offs")
     if tradeoffs:
         md += [
@@ -1012,13 +1015,8 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
             "|---|---:|---:|---:|",
         ]
         for r in tradeoffs["rows"]:
-            v, t = r["val"], r["test"]
             stated = " (stated first)" if r["option"] == tradeoffs["stated_before_any_run"] else ""
-            md.append(
-                f"| `{r['option']}`{stated} | {pct(v['in_scope_accuracy'])} / {pct(v['out_of_scope_recall'])} | "
-                f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
-                f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
-            )
+            md.append(operating_point(f"`{r['option']}`{stated}", r))
     return md + [""]
 
 
