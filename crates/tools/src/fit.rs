@@ -89,7 +89,8 @@ pub struct FitOptions {
     pub drop_conflicts: bool,
     /// Rows with this label are out of scope: not a class, a negative for every head.
     ///
-    /// Their val rows set the open-world rule (--max-in-scope-abstain); test rows are reported.
+    /// Their val rows set the open-world rule (--max-in-scope-abstain or --min-oos-recall); test
+    /// rows are reported.
     #[arg(long)]
     pub oos_label: Option<String>,
     /// Folder of embeddings kept between runs.
