@@ -1087,6 +1087,41 @@ fn write_splits(path: &Path, rows: &[Row]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::{FitOptions, TradeOff};
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: FitOptions,
+    }
+
+    fn parse(extra: &[&str]) -> Result<FitOptions, clap::Error> {
+        Cli::try_parse_from([&["fit", "--data", "d.csv", "--out", "o"][..], extra].concat()).map(|c| c.o)
+    }
+
+    /// `--min-oos-recall` takes a share strictly between 0 and 1, needs `--oos-label` and replaces
+    /// the budget (naming both is refused, the budget's default is not a conflict).
+    #[test]
+    fn the_trade_off_is_one_of_two_and_a_recall_needs_out_of_scope_rows() {
+        assert_eq!(parse(&[]).unwrap().trade_off(), TradeOff::MaxInScopeAbstain(0.03));
+        let recall = parse(&["--oos-label", "oos", "--min-oos-recall", "0.8"]).unwrap();
+        assert_eq!(recall.trade_off(), TradeOff::MinOutOfScopeRecall(0.8));
+        let both = ["--oos-label", "oos", "--min-oos-recall", "0.8", "--max-in-scope-abstain", "0.05"];
+        let refused: [(&[&str], ErrorKind); 6] = [
+            (&["--min-oos-recall", "0.8"], ErrorKind::MissingRequiredArgument),
+            (&both, ErrorKind::ArgumentConflict),
+            (&["--oos-label", "oos", "--min-oos-recall", "1"], ErrorKind::ValueValidation),
+            (&["--oos-label", "oos", "--min-oos-recall", "0"], ErrorKind::ValueValidation),
+            (&["--oos-label", "oos", "--min-oos-recall=-0.5"], ErrorKind::ValueValidation),
+            (&["--oos-label", "oos", "--min-oos-recall", "most"], ErrorKind::ValueValidation),
+        ];
+        for (args, kind) in refused {
+            assert_eq!(parse(args).map(|o| o.trade_off()).unwrap_err().kind(), kind, "{args:?}");
+        }
+    }
+
     #[test]
     fn a_row_cap_under_five_is_refused() {
         assert_eq!(super::at_least_min_rows("5"), Ok(5));
