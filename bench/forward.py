@@ -59,17 +59,15 @@ def main() -> None:
             s = one_thread(p, disabled)
             names = {i.name for i in s.get_inputs()}
             fs = [{k: v for k, v in title_feed(tok, t).items() if k in names} for t in titles]
-            variants.append((str(p) + (" (SkipLayerNormFusion off)" if disabled else ""), s, fs))
+            # (name, session, feeds, batches or None, index of the same graph run one title at a time)
+            variants.append((str(p) + (" (SkipLayerNormFusion off)" if disabled else ""), s, fs, None, None))
+            alone = len(variants) - 1
             if args.batch > 1 and not disabled:
                 by_len = sorted(range(len(titles)), key=lambda i: len(fs[i]["input_ids"][0]))
                 for how, order in (("file order", list(range(len(titles)))), ("sorted by length", by_len)):
                     batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
                     bf = [padded([fs[i] for i in b]) for b in batches]
-                    variants.append(
-                        (f"{p} (batch {args.batch}, {how})", s, bf, batches, len(variants) - 1 - (how != "file order"))
-                    )
-    # (name, session, feeds, batches or None, index of the same graph run one title at a time)
-    variants = [v if len(v) == 5 else (*v, None, None) for v in variants]
+                    variants.append((f"{p} (batch {args.batch}, {how})", s, bf, batches, alone))
     outs = [per_title(s, fs, batches, len(titles)) for _, s, fs, batches, _ in variants]
     times = {name: [] for name, *_ in variants}
     for _ in range(args.rounds):

@@ -130,8 +130,8 @@ def max_difference(reference: list[list[np.ndarray]], got: list[list[np.ndarray]
 def _constant_reshapes(model: onnx.ModelProto) -> int:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    # Shape inference saves large models to `sym_shape_infer_temp.onnx` and `<uuid>.data` in the
-    # working directory and leaves them there: run it in a folder of its own.
+    # Shape inference that cannot finish saves the model as `sym_shape_infer_temp.onnx` and
+    # `<uuid>.data` in the working directory and leaves them there: run it in a folder of its own.
     with tempfile.TemporaryDirectory(prefix="moe-shapes-") as scratch, contextlib.chdir(scratch):
         try:
             inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)

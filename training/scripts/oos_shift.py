@@ -21,6 +21,7 @@ Usage (from the repository root):
 """
 
 import argparse
+import collections
 import csv
 import json
 import sys
@@ -41,9 +42,12 @@ def nearest_centroid(cache: Path, rows: list[dict], oos_label: str) -> dict:
     """Val against test on each text's cosine to the nearest train class centroid."""
     emb = read_cache(cache)
     rows = [r for r in rows if r["text"] in emb]
-    classes = sorted({r["label"] for r in rows if r["label"] != oos_label})
+    train = collections.defaultdict(list)
+    for r in rows:
+        if r["split"] == "train" and r["label"] != oos_label:
+            train[r["label"]].append(emb[r["text"]])
+    centroids = unit(np.stack([unit(np.stack(train[c])).mean(0) for c in sorted(train)]))
     of = lambda keep: unit(np.stack([emb[r["text"]] for r in rows if keep(r)]))  # noqa: E731
-    centroids = unit(np.stack([of(lambda r, c=c: r["split"] == "train" and r["label"] == c).mean(0) for c in classes]))
     out = {}
     for name, oos in (("out_of_scope", True), ("in_scope", False)):
         val, test = (
