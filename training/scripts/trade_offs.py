@@ -4,7 +4,7 @@ embeddings come from the fit's cache after the first), the rule each chose on va
 test figures. Test is only reported: every choice is made on val.
 
 Usage (from the repository root):
-  .venv/bin/python training/scripts/trade_offs.py OUT.json [--trunk PATH_OR_ID] \
+  .venv/bin/python training/scripts/trade_offs.py OUT.json [--trunk PATH_OR_ID] [--cache DIR] \
       '--min-oos-recall 0.8' '--max-in-scope-abstain 0.03' ...
 """
 
@@ -25,9 +25,11 @@ def main() -> None:
     ap.add_argument("trade_offs", nargs="+", help="one `moe fit` trade-off option with its value, quoted")
     ap.add_argument("--trunk", help="`moe fit --trunk` (default: its own default)")
     ap.add_argument("--data", default="data/clinc150/clinc150.csv")
+    ap.add_argument("--cache", help="`moe fit --cache` (default: its own)")
     a = ap.parse_args()
     base = ["target/release/moe", "fit", "--data", a.data, "--oos-label", "oos", "--drop-conflicts"]
     base += ["--trunk", a.trunk] if a.trunk else []
+    base += ["--cache", a.cache] if a.cache else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, option in enumerate(a.trade_offs):

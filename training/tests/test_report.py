@@ -261,13 +261,16 @@ def test_the_accurate_path_section_is_drawn_from_its_json():
     rows = [line for line in recipes if line.startswith("| ") and not line.startswith("| trunk ")]
     assert len(rows) == 1 + len(with_steps)  # the frozen trunk, then one row per recipe
 
-    def table(header: str) -> list[str]:  # the data rows of the table whose header starts so
-        start = next(i for i, line in enumerate(lines) if line.startswith(header))
-        body = lines[start + 2 :]
-        return body[: next((i for i, line in enumerate(body) if not line.startswith("| ")), len(body))]
+    def tables(header: str) -> list[int]:  # the data rows of each table whose header starts so
+        sizes = []
+        for start in (i for i, line in enumerate(lines) if line.startswith(header)):
+            body = lines[start + 2 :]
+            sizes.append(next((i for i, line in enumerate(body) if not line.startswith("| ")), len(body)))
+        return sizes
 
-    assert len(table("| budget ")) == len(accurate["mpnet_budgets"]["rows"])  # one row per in-scope budget
-    assert len(table("| trade-off ")) == len(accurate["mpnet_trade_offs"]["rows"])  # and per trade-off
+    assert tables("| budget ") == [len(accurate["mpnet_budgets"]["rows"])]  # one row per in-scope budget
+    runs = [accurate[k] for k in ("mpnet_trade_offs", "mpnet_replication")]
+    assert tables("| trade-off ") == [len(r["rows"]) for r in runs]  # and per trade-off, in each run
     chosen = with_steps[-1]
     assert f"{100 * chosen['test']['accuracy_best_guess']:.1f} %" in text
     best, label = paired["test"]["best"]["interval95"], paired["test"]["label"]["interval95"]
