@@ -111,11 +111,7 @@ def scores(emb: dict, rows: list[dict], fit: Path, oos_label: str) -> tuple[dict
         f"{K_NEAREST}-nearest cosine": knn,
         "Mahalanobis (Ledoit-Wolf)": mahalanobis,
     }
-    for name, d in (
-        ("centroid cosine", cosine),
-        (f"{K_NEAREST}-nearest cosine", knn),
-        ("Mahalanobis (Ledoit-Wolf)", mahalanobis),
-    ):
+    for name, d in list(out.items())[1:]:  # each distance blended with the top logit
         for wt in WEIGHTS:
             out[f"blend {wt} top logit + {name}"] = wt * std(top_logit) + (1 - wt) * std(d)
     return out, oos, trunk
