@@ -28,7 +28,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from open_intent import read_cache  # noqa: E402
+from open_intent import read_cache, unit  # noqa: E402
 
 WEIGHTS = (0.3, 0.5, 0.7)
 K_NEAREST = 5
@@ -36,10 +36,6 @@ BOOT = 2000
 # Fixed beforehand, not the best on this val split (that would tilt every difference its way): the
 # middle of the blends `moe fit` tries.
 REFERENCE = "blend 0.5 top logit + centroid cosine"
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def wilson_lower(k: int, m: int, z: float = 1.6448536269514722) -> float:

@@ -31,11 +31,7 @@ import numpy as np
 from scipy.stats import betabinom, mannwhitneyu
 
 sys.path.insert(0, str(Path(__file__).parent))
-from open_intent import read_cache  # noqa: E402
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from open_intent import read_cache, unit  # noqa: E402
 
 
 def nearest_centroid(cache: Path, rows: list[dict], oos_label: str) -> dict:

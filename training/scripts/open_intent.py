@@ -57,6 +57,11 @@ def read_cache(folder):
     return out
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """Each row (or the vector) at unit length."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def classify(base, texts):
     out = []
     for i in range(0, len(texts), 64):

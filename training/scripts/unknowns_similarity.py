@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from open_intent import read_cache  # noqa: E402
+from open_intent import read_cache, unit  # noqa: E402
 
 DATA = Path("data/clinc150/clinc150.csv")
 
 
 def communities(x, similarity, min_size):
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit(x)
     s = x @ x.T
     neighbours = [np.flatnonzero(s[i] >= similarity) for i in range(len(x))]
     order = sorted(range(len(x)), key=lambda i: (-len(neighbours[i]), i))
