@@ -53,9 +53,16 @@ def declines_needed(m: int, recall: float) -> int:
 
 
 def declined_at(s_in: np.ndarray, s_oos: np.ndarray, k: int) -> float:
-    """Share of in-scope scores below the cut that declines the k lowest out-of-scope ones."""
-    o = np.sort(s_oos)
-    cut = o[k - 1] + (o[k] - o[k - 1]) / 2 if k < len(o) else np.nextafter(o[-1], np.inf)
+    """Share of in-scope scores below the cut that declines the k lowest out-of-scope ones, placed
+    as `moe fit` places it (open_world::cut_above): halfway to the next higher score, so any equal
+    to the k-th are declined too; just above the highest when there is none."""
+    last = np.sort(s_oos)[k - 1]
+    higher = s_oos[s_oos > last]
+    if len(higher):
+        mid = last + (higher.min() - last) / 2
+        cut = mid if mid > last else higher.min()  # adjacent floats have no midpoint: the higher one
+    else:
+        cut = np.nextafter(last, np.inf)
     return float((s_in < cut).mean())
 
 

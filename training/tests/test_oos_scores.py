@@ -31,6 +31,8 @@ def test_the_cut_declines_the_k_lowest():
     assert oos_scores.declined_at(s_in, s_oos, 2) == 0.25
     assert oos_scores.declined_at(s_in, s_oos, 3) == 0.5
     assert oos_scores.declined_at(s_in, s_oos, 4) == 0.75  # all: just above the highest
+    # a tie with the k-th is declined too (open_world::cut_above): the cut lies above 0.2
+    assert oos_scores.declined_at(np.array([0.2, 0.21, 0.3]), np.array([0.1, 0.2, 0.2, 0.24]), 2) == 2 / 3
 
 
 def _write_cache(folder: Path, emb: dict[str, np.ndarray]) -> None:
