@@ -216,6 +216,7 @@ fn main() -> anyhow::Result<()> {
 /// async workers, then serve until SIGINT/SIGTERM, finishing in-flight requests.
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", a.host, a.port).parse().context("--host/--port")?;
+    a.limits.check().map_err(anyhow::Error::msg)?;
     let etcd = match a.registry.as_str() {
         "file" => None,
         url => Some(EtcdStore::connect(EtcdTarget::parse(url)?).await?),
@@ -241,7 +242,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let core = core.clone();
         move || {
             moe_server::control::upload::remove_leftovers(core.root())?;
-            load_waiting_for_the_registry(&core)
+            load_waiting_for_the_registry(&core)?;
+            moe_server::control::upload::recover_pending(core.root(), &core.served().doc).map(drop)
         }
     });
     let token = match &a.admin_token_file {

@@ -408,3 +408,113 @@ async fn fragments_are_refused_on_every_request_and_bodies_are_untouched() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "bad_request", "{answer}");
 }
+
+/// What an attacker connection does after connecting.
+#[derive(Clone, Copy)]
+enum Slow {
+    /// Half a request head, then nothing.
+    Head,
+    /// A whole head declaring a 4,000-byte body, then one body byte a second.
+    Body,
+}
+
+/// `n` connections spread over 127.0.0.2..=127.0.0.(1 + addresses), each doing `slow` and
+/// reconnecting whenever the server closes it, until `until`.
+fn slow_clients(addr: &str, slow: Slow, n: usize, addresses: u8, until: Instant) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let addr = addr.to_string();
+            let ip = [127, 0, 0, 2 + (i % addresses as usize) as u8];
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let Ok(mut s) = connect_from(ip, &addr).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let head = match slow {
+                        Slow::Head => "POST /classify HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string(),
+                        Slow::Body => "POST /classify HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{".to_string(),
+                    };
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        continue;
+                    }
+                    let mut buf = [0u8; 1024];
+                    // Hold the connection (a body byte a second) until the server closes it;
+                    // refused (503), wait a little as the probe's clients did, then come back.
+                    while Instant::now() < until {
+                        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                            Ok(Ok(0) | Err(_)) => break,
+                            Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 503") => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
+                            Ok(Ok(_)) => {}
+                            Err(_) if matches!(slow, Slow::Body) => {
+                                if s.write_all(b" ").await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Real requests (a fresh connection each, alternating classify and /healthz) from 127.0.0.100
+/// until `until`: (answered 200, sent, p99 latency, the other statuses seen: 0 for no answer).
+async fn real_requests(addr: &str, until: Instant) -> (usize, usize, Duration, Vec<u16>) {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 100]))
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let (mut ok, mut took, mut other) = (0, Vec::new(), Vec::new());
+    while Instant::now() < until {
+        let started = Instant::now();
+        let status = if took.len() % 2 == 0 {
+            classify(&client, addr).await
+        } else {
+            client.get(format!("http://{addr}/healthz")).send().await.map_or(0, |r| r.status().as_u16())
+        };
+        took.push(started.elapsed());
+        ok += usize::from(status == 200);
+        if status != 200 {
+            other.push(status);
+        }
+    }
+    took.sort();
+    let p99 = took.get((took.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or_default();
+    (ok, took.len(), p99, other)
+}
+
+/// The probe's attack (issue 41), at the probe's scale: 200 connections from 8 addresses (25 each,
+/// under the per-client cap) against 64 slots, either half-sent heads or bodies trickling a byte a
+/// second, reconnecting when closed. A full table closes them for new clients, so real requests
+/// from another address are answered (at least 99 %); on the old table none were for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_or_bodies_from_many_addresses_cannot_starve_real_requests() {
+    for slow in [Slow::Head, Slow::Body] {
+        let conns = Connections { max_connections: 64, slow_body_grace_ms: 500, ..Connections::default() };
+        let addr = start(Limits::default(), conns).await;
+        let until = Instant::now() + Duration::from_secs(4);
+        let attackers = slow_clients(&addr, slow, 200, 8, until);
+        tokio::time::sleep(Duration::from_millis(1000)).await; // the table is full, bodies past the grace
+        let (ok, sent, p99, other) = real_requests(&addr, until).await;
+        for a in attackers {
+            a.await.unwrap();
+        }
+        let name = if matches!(slow, Slow::Head) { "heads" } else { "bodies" };
+        assert!(
+            sent >= 50,
+            "slow {name}: only {sent} real requests in the attack window ({ok} answered 200, p99 {p99:?}, others {other:?})"
+        );
+        assert!(
+            ok * 100 >= sent * 99,
+            "slow {name}: {ok} of {sent} real requests answered 200 (p99 {p99:?}; others {other:?})"
+        );
+    }
+}

@@ -351,3 +351,39 @@ async fn bundles_lists_the_model_root_and_marks_the_active_bundles() {
     assert!(broken["class"].is_null() && broken["active"] == false, "{broken}");
     assert!(broken["error"].as_str().unwrap().contains("card.json"), "{broken}");
 }
+
+/// Every name pattern in openapi.yaml (classes, bundles, trunks, feedback labels) is the same, and
+/// its character class is exactly the service's `invisible` set, read back from the pattern's
+/// ranges and compared for every character of the Basic Multilingual Plane.
+#[test]
+fn openapi_name_patterns_refuse_what_the_service_refuses() {
+    let text = std::fs::read_to_string(common::repo().join("openapi.yaml")).unwrap();
+    let patterns: Vec<&str> =
+        text.match_indices("'^[^.").map(|(i, _)| text[i + 1..].split('\'').next().unwrap()).collect();
+    assert!(patterns.len() >= 7, "{} name patterns", patterns.len());
+    assert!(patterns.iter().all(|p| *p == patterns[0]), "name patterns differ: {patterns:#?}");
+    // The middle class `[^...]*` lists the invisible characters alone.
+    let class = patterns[0].split("([^").nth(1).unwrap().split("]*").next().unwrap();
+    let code = |s: &str| u32::from_str_radix(&s[2..], 16).unwrap();
+    let mut ranges = Vec::new();
+    let mut rest = class;
+    while !rest.is_empty() {
+        let len = if rest.starts_with("\\x") { 4 } else { 6 };
+        let lo = code(&rest[..len]);
+        rest = &rest[len..];
+        let hi = match rest.strip_prefix('-') {
+            Some(r) => {
+                let len = if r.starts_with("\\x") { 4 } else { 6 };
+                let hi = code(&r[..len]);
+                rest = &r[len..];
+                hi
+            }
+            None => lo,
+        };
+        ranges.push((lo, hi));
+    }
+    for c in (0..0x1_0000).filter_map(char::from_u32) {
+        let listed = ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&(c as u32)));
+        assert_eq!(listed, moe_core::bundle::card::invisible(c), "U+{:04X}", c as u32);
+    }
+}

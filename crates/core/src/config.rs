@@ -140,7 +140,8 @@ pub struct Limits {
     /// Most texts being classified at once, over all requests (503 above).
     ///
     /// A request that would go over is refused at once (503 with Retry-After), before any
-    /// tokenization.
+    /// tokenization. At least --max-texts: the service refuses to start below it, since a request
+    /// of --max-texts texts could then never pass.
     #[arg(long, env = "MOE_MAX_IN_FLIGHT_TEXTS", default_value_t = 1024)]
     pub max_in_flight_texts: usize,
     /// History entries kept per class in the live registry (oldest dropped).
@@ -163,6 +164,23 @@ pub struct Limits {
     pub unknowns_cap: usize,
 }
 
+impl Limits {
+    /// Limits that cannot all hold for one request are refused before the service starts.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_in_flight_texts < self.max_texts {
+            return Err(format!(
+                "--max-in-flight-texts ({}) is below --max-texts ({}): a request of --max-texts texts \
+                 could never be admitted; raise --max-in-flight-texts or lower --max-texts",
+                self.max_in_flight_texts, self.max_texts
+            ));
+        }
+        if self.max_texts == 0 {
+            return Err("--max-texts is 0: no classify request could pass".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     /// The flags' own defaults (written once, in the `#[arg]` attributes), env variables ignored.
     fn default() -> Self {
@@ -173,11 +191,12 @@ impl Default for Limits {
 /// Connection hygiene of the server (see `http::server`).
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
-    /// Most connections open at once; when full, an idle one is closed for a new one.
+    /// Most connections open at once; when full, an idle or slow one is closed for a new one.
     ///
-    /// A connection is idle while no request of it is being served (before its first request
-    /// head, between keep-alive requests). With none idle, the new connection is answered 503
-    /// and closed.
+    /// Closed first: a connection with no request being served (nothing sent yet, half a request
+    /// head, or idle between keep-alive requests), oldest first; then one whose request body
+    /// arrives slower than --min-body-rate after --slow-body-grace-ms. With neither, the new
+    /// connection is answered 503 and closed. docs/OPERATIONS.md compares this with nginx.
     #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
     /// Most connections open at once from one client address (0: no cap; 503 above).
@@ -190,6 +209,15 @@ pub struct Connections {
     /// Also the longest a keep-alive connection may sit idle.
     #[arg(long, env = "MOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// A request body younger than this is never closed as slow to make room, in ms.
+    #[arg(long, env = "MOE_SLOW_BODY_GRACE_MS", default_value_t = 2_000)]
+    pub slow_body_grace_ms: u64,
+    /// Bytes a second a body must average to keep its slot when the table is full (0: any).
+    ///
+    /// Only when --max-connections is reached, and only after --slow-body-grace-ms: a body below
+    /// this average since its request head may be closed for a new connection.
+    #[arg(long, env = "MOE_MIN_BODY_RATE", default_value_t = 1_024)]
+    pub min_body_rate: u64,
     /// At shutdown, how long requests in flight may take to finish, in milliseconds.
     #[arg(long, env = "MOE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
     pub drain_ms: u64,

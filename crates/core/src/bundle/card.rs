@@ -156,9 +156,37 @@ pub fn slug(class: &str) -> String {
     s.trim_end_matches('-').to_string()
 }
 
+/// A character that draws nothing: a control character, or an invisible format character (soft
+/// hyphen, zero-width space / joiners / marks, bidirectional embeddings, overrides and isolates,
+/// word joiner, BOM). Texts may not consist of these only; names may not hold any of them
+/// (openapi.yaml's `Text` and `Name` patterns list the same set).
+pub fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// The one rule for a name that people type and read back (class names, bundle and file names,
+/// feedback labels): not empty, no invisible character anywhere (so `Travel\u{200B}` or
+/// `\u{202E}Travel` cannot stand beside `Travel`), no surrounding whitespace, not starting with
+/// `.` (such names are kept for the service's temporary files). Lengths are each kind's own.
+pub fn check_shown(name: &str) -> std::result::Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("the name is empty".into());
+    }
+    if let Some(c) = name.chars().find(|c| invisible(*c)) {
+        return Err(format!("{name:?} holds an invisible or control character (U+{:04X})", c as u32));
+    }
+    if name.trim() != name {
+        return Err(format!("{name:?} starts or ends with whitespace"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("{name:?} starts with '.': such names are kept for the service's temporary files"));
+    }
+    Ok(())
+}
+
 /// A bundle or trunk name: one plain path component (no `..`, no separators, no absolute path),
-/// not hidden (names starting with `.` are the service's own temporary files), at most
-/// `MAX_NAME_BYTES`, no control characters.
+/// at most `MAX_NAME_BYTES`, and a shown name (`check_shown`).
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let mut comps = Path::new(name).components();
     let plain = matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None))
@@ -167,34 +195,19 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     if !plain {
         return Err(format!("{name:?} is not a plain folder name inside the model root"));
     }
-    if name.starts_with('.') {
-        return Err(format!("{name:?} starts with '.': such names are kept for the service's temporary files"));
-    }
     if name.len() > MAX_NAME_BYTES {
         return Err(format!("a folder name of {} bytes is longer than {MAX_NAME_BYTES}", name.len()));
     }
-    if name.chars().any(char::is_control) {
-        return Err(format!("{name:?} holds a control character"));
-    }
-    Ok(())
+    check_shown(name)
 }
 
-/// A class name: visible text of at most `MAX_CLASS_CHARS` characters, no control characters, not
-/// starting with `.`, no surrounding whitespace.
+/// A class name: a shown name (`check_shown`) of at most `MAX_CLASS_CHARS` characters.
 pub fn check_class(class: &str) -> std::result::Result<(), String> {
     let n = class.chars().count();
-    if class.trim().is_empty() {
-        return Err("the class name is empty".into());
-    }
     if n > MAX_CLASS_CHARS {
         return Err(format!("a class name of {n} characters is longer than {MAX_CLASS_CHARS}"));
     }
-    if class.trim() != class || class.starts_with('.') || class.chars().any(char::is_control) {
-        return Err(format!(
-            "class {class:?} starts with '.' or whitespace, ends with whitespace or holds a control character"
-        ));
-    }
-    Ok(())
+    check_shown(class).map_err(|e| format!("class name: {e}"))
 }
 
 /// Join `name` to `dir` and require the canonical result to stay inside `root` (no symlink escape).
@@ -379,6 +392,21 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_name(&long[1..]).is_ok());
+    }
+
+    #[test]
+    fn names_hold_no_invisible_character() {
+        // The probe's names: each stood beside `Travel` as a different class.
+        for bad in
+            ["Travel\u{200B}", "\u{202E}Travel", "Tra\u{00AD}vel", "\u{FEFF}Travel", "Tr\u{2066}avel", "Travel\u{85}"]
+        {
+            assert!(check_class(bad).is_err(), "class {bad:?} accepted");
+            assert!(check_name(bad).is_err(), "bundle {bad:?} accepted");
+            assert!(check_shown(bad).is_err(), "label {bad:?} accepted");
+        }
+        for good in ["Travel", "Food and Entertaining", "Café ☕", "旅行", "a.b"] {
+            assert!(check_shown(good).is_ok(), "{good:?} refused");
+        }
     }
 
     #[test]

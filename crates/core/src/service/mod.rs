@@ -94,7 +94,8 @@ impl Change {
         let Change::Install { expert, expect: Some(want), .. } = self else { return Ok(()) };
         let have = doc.history.get(&expert.class).and_then(|h| h.last()).and_then(|h| h.version.as_deref());
         if have != Some(want.as_str()) {
-            return Err(Error::Conflict(format!("{:?} is at version {have:?}, not {want:?}", expert.class)));
+            let have = have.map_or_else(|| "no version (no expert)".to_string(), |v| format!("version {v:?}"));
+            return Err(Error::Conflict(format!("{:?} is at {have}, not {want:?}", expert.class)));
         }
         Ok(())
     }
@@ -429,6 +430,14 @@ impl Core {
     /// the results and the generation of the set that answered.
     pub async fn classify(&self, texts: Vec<String>) -> Result<(Vec<TextResult>, u64)> {
         let set = self.snapshot()?;
+        if texts.len() > self.limits.max_in_flight_texts {
+            // It could never be admitted: a retry cannot succeed, so not a 503.
+            return Err(Error::BadRequest(format!(
+                "{} texts in one request, more than --max-in-flight-texts ({}) admits at once",
+                texts.len(),
+                self.limits.max_in_flight_texts
+            )));
+        }
         let n = u32::try_from(texts.len()).unwrap_or(u32::MAX);
         let _permit =
             self.admission.clone().try_acquire_many_owned(n).map_err(|_| {

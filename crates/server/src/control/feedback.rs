@@ -8,8 +8,9 @@
 //!   what is queued, fsyncs once for the lot, publishes the next state, then answers; nobody holds
 //!   a lock across the fsync, the recompute or a compaction.
 //! * Readers (`GET /experts`, `/feedback`) take no lock: the writer publishes a new immutable state.
-//! * At most `cap` entries are kept: past 2 x cap the file is rewritten (temp file, fsync, rename)
-//!   with the newest `cap`, so the log never grows without bound and a crash leaves either file.
+//! * At most `cap` entries are kept: past `compact_at(cap)` lines (a tenth over the cap) the file is
+//!   rewritten (temp file, fsync, rename) with the newest `cap`, so the file stays within 10 % of
+//!   the cap (one rewrite per cap/10 appends) and a crash leaves either file.
 //! * Live metrics of an expert count only the entries scored by that expert's version, so a swap
 //!   starts its numbers afresh instead of mixing two models.
 
@@ -239,7 +240,8 @@ impl Writer {
 
     /// The next state: these entries in, the oldest past the cap out, the live metrics of the
     /// versions that scored either refreshed (and the gauges of the active ones); then compact the
-    /// file past 2 x cap (a failed compaction is retried on the next append: the lines are safe).
+    /// file past `compact_at(cap)` (a failed compaction is retried on the next append: the lines are
+    /// safe).
     fn publish(&mut self, entries: Vec<Entry>) {
         let mut st = State::clone(&self.published.load());
         // The versions that answered these entries: the active ones, whose gauges /metrics shows.
@@ -258,7 +260,7 @@ impl Writer {
         }
         let st = Arc::new(st);
         self.published.store(st.clone());
-        if self.lines > 2 * self.cap {
+        if self.lines > compact_at(self.cap) {
             let text: String =
                 st.entries.iter().map(|e| serde_json::to_string(e.as_ref()).expect("json") + "\n").collect();
             match write_atomic(&self.path, text.as_bytes()) {
@@ -267,6 +269,11 @@ impl Writer {
             }
         }
     }
+}
+
+/// Lines past which the file is compacted to the newest `cap`: a tenth over the cap, at least one.
+fn compact_at(cap: usize) -> usize {
+    cap + cap.div_ceil(10).max(1)
 }
 
 /// Live metrics of `class`'s expert at `version` over the entries it scored.
@@ -337,11 +344,12 @@ mod tests {
         assert_eq!((m.texts, m.positives), (3, 1));
         assert_eq!((m.precision, m.recall), (Some(0.0), Some(0.0)));
         assert_eq!(log.metrics("A", "v2").texts, 0, "another version starts afresh");
-        for _ in 0..4 {
+        for i in 0..40 {
             append(entry("A", 0.7, true));
+            let lines = std::fs::read_to_string(dir.join("feedback.jsonl")).unwrap().lines().count();
+            assert!(lines <= compact_at(3), "{lines} lines after {} appends, cap 3", i + 5);
         }
-        let lines = std::fs::read_to_string(dir.join("feedback.jsonl")).unwrap().lines().count();
-        assert!(lines <= 6, "the file is compacted past 2 x cap ({lines} lines)");
+        assert_eq!(compact_at(1_000), 1_100, "the probe's cap: at most 10 % over it on disk");
         let reopened = FeedbackLog::open(&dir, 3);
         assert_eq!(reopened.len(), 3, "it survives a restart");
         assert_eq!(reopened.metrics("A", "v1"), log.metrics("A", "v1"));

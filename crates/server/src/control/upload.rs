@@ -8,11 +8,16 @@
 //! written* (counted while copying, whatever any tar or PAX header declares). The folder is renamed
 //! into place and swapped in like any bundle; a bundle that fails validation is removed again, and
 //! every temporary file or folder is removed on every path. A re-upload of a bundle that is already
-//! in the model root with the same files is accepted (a retry after a crash between unpacking and
-//! the registry write); with different files it is a conflict. Uploads of one bundle name run one
-//! at a time, so a failed one never removes a folder another is loading. `remove_leftovers` clears
-//! what a killed process left behind, at start-up: only names this module makes
-//! (`.upload-<pid>-<n>[suffix]`), never a bundle (bundle names cannot start with `.`).
+//! in the model root with the same files is accepted; with different files it is a conflict.
+//! Uploads of one bundle name run one at a time, so a failed one never removes a folder another is
+//! loading.
+//!
+//! A kill at any step leaves nothing half-done behind: `remove_leftovers` clears the temporary
+//! files and folders at start-up (only names this module makes, `.upload-<pid>-<n>[suffix]`, never
+//! a bundle: bundle names cannot start with `.`), and a bundle renamed into place but never
+//! committed is found by its marker (`Pending`) and removed by `recover_pending` once the registry
+//! is loaded; committed, it stays. Removed rather than adopted as a candidate: the client never got
+//! an answer, so it retries, and a retry with other files of that name must not meet a 409.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,8 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::swap::{Swap, SwapOutcome, swap};
+use moe_core::bundle::RegistryFile;
 use moe_core::bundle::card::check_name;
-use moe_core::files::sha256_file;
+use moe_core::files::{sha256_file, sync_parent, write_atomic};
 use moe_core::service::Core;
 use moe_core::{Error, Result};
 
@@ -48,7 +54,7 @@ pub fn temp_path(root: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The suffixes `temp_path` is called with, so that the sweep knows every name it made.
-const TEMP_SUFFIXES: &[&str] = &["", ".tar.gz", "-train"];
+const TEMP_SUFFIXES: &[&str] = &["", ".tar.gz", "-train", PENDING_SUFFIX];
 
 /// Whether `name` is one of `temp_path`'s names: `.upload-<digits>-<digits><suffix>`.
 fn made_here(name: &str) -> bool {
@@ -129,6 +135,22 @@ fn entry_place(path: &Path, is_dir: bool, is_file: bool) -> Result<(String, Opti
     }
 }
 
+/// PAX records that set a size or a path must be well formed: a size the tar reader cannot parse
+/// would be ignored silently (falling back to the header's), so such an archive is refused.
+fn check_pax<R: Read>(entry: &mut tar::Entry<R>) -> Result<()> {
+    let Some(exts) = entry.pax_extensions().map_err(|e| bad(format!("bad PAX header: {e}")))? else {
+        return Ok(());
+    };
+    for ext in exts {
+        let ext = ext.map_err(|e| bad(format!("bad PAX record: {e}")))?;
+        let (key, value) = (ext.key().unwrap_or(""), ext.value().unwrap_or(""));
+        if key == "size" && value.parse::<u64>().is_err() {
+            return Err(bad(format!("PAX size {value:?} is not a byte count")));
+        }
+    }
+    Ok(())
+}
+
 /// Unpack the archive into `staging/<bundle>`; returns the bundle's folder name.
 fn unpack_into(archive: &Path, staging: &Path, limit: u64) -> Result<String> {
     let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
@@ -146,6 +168,7 @@ fn unpack_into(archive: &Path, staging: &Path, limit: u64) -> Result<String> {
         if entries > MAX_ENTRIES {
             return Err(bad(format!("more than {MAX_ENTRIES} entries")));
         }
+        check_pax(&mut entry)?;
         let path = entry.path().map_err(|e| bad(format!("bad entry name: {e}")))?.into_owned();
         let kind = entry.header().entry_type();
         let (folder, file) = entry_place(&path, kind.is_dir(), kind.is_file())?;
@@ -238,27 +261,127 @@ pub fn stage(root: &Path, archive: &Path) -> Result<Staged> {
     }
 }
 
-/// Move a staged bundle to `<root>/<bundle>` (blocking); true when that bundle was already in the
-/// model root with the same files (nothing moved).
-pub fn place(root: &Path, staged: &Staged) -> Result<bool> {
+/// Move a staged bundle to `<root>/<bundle>` (blocking). `None`: that bundle was already in the
+/// model root with the same files (nothing moved); otherwise the marker of the placed bundle,
+/// which stays until the change is committed or the bundle removed again.
+pub fn place(root: &Path, staged: &Staged) -> Result<Option<Pending>> {
     let (name, target) = (&staged.name, root.join(&staged.name));
     if target.exists() {
         if same_files(&staged.staging.join(name), &target)? {
             tracing::info!(bundle = %name, "uploaded bundle is already in the model root with the same files");
-            return Ok(true);
+            return Ok(None);
         }
         return Err(Error::Conflict(format!("a different bundle named {name:?} already exists in the model root")));
     }
+    let pending = Pending::mark(root, name)?;
+    failpoint("marked");
     std::fs::rename(staged.staging.join(name), &target).map_err(|e| Error::io(&target, e))?;
-    Ok(false)
+    sync_parent(&target);
+    failpoint("placed");
+    Ok(Some(pending))
 }
 
-/// Unpack a received archive into `<root>/<bundle>` (blocking); returns the bundle's folder name
-/// and whether that bundle was already in the model root with the same files.
-pub fn unpack(root: &Path, archive: &Path) -> Result<(String, bool)> {
-    let staged = stage(root, archive)?;
-    let existed = place(root, &staged)?;
-    Ok((staged.name.clone(), existed))
+/// The marker of a bundle folder placed in the model root whose change is not committed yet:
+/// `.upload-<pid>-<n>-pending`, holding the bundle's name, this host's and this process's, written
+/// and fsynced before the folder is renamed into place. `settle` removes it once the change is
+/// committed or the folder removed again; a marker left by a killed process is resolved at its
+/// next start by `recover_pending`.
+pub struct Pending {
+    marker: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    bundle: String,
+    host: String,
+    process: String,
+}
+
+const PENDING_SUFFIX: &str = "-pending";
+
+/// This process, told apart from an earlier one with the same pid (pid 1 in a container).
+fn this_process() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{}-{}", std::process::id(), moe_core::clock::unix_ms()))
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+impl Pending {
+    fn mark(root: &Path, bundle: &str) -> Result<Pending> {
+        let m = Marker { bundle: bundle.into(), host: this_host(), process: this_process().into() };
+        let marker = temp_path(root, PENDING_SUFFIX);
+        write_atomic(&marker, &serde_json::to_vec(&m).expect("json"))?;
+        Ok(Pending { marker })
+    }
+
+    /// The change is committed, or the bundle removed again: forget the marker.
+    pub fn settle(self) {
+        let _ = std::fs::remove_file(&self.marker);
+        sync_parent(&self.marker);
+    }
+}
+
+/// At start-up, before any upload of this process: resolve the markers that earlier processes of
+/// this host left (`Pending`). A marked bundle that the live registry names (active or in a
+/// history) was committed and stays; one it does not name is removed, so that an interrupted
+/// upload leaves nothing behind and the same name can be uploaded again. Markers of another host
+/// or of a process still running (replicas sharing a model root) are left alone. Returns the
+/// bundles removed.
+pub fn recover_pending(root: &Path, registry: &RegistryFile) -> Result<Vec<String>> {
+    let named = |b: &str| {
+        registry.experts.values().any(|x| x == b)
+            || registry.history.values().flatten().any(|h| h.bundle.as_deref() == Some(b))
+    };
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        if !(file.ends_with(PENDING_SUFFIX) && made_here(&file)) {
+            continue;
+        }
+        let path = e.path();
+        let Some(m) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Marker>(&b).ok()) else {
+            // Torn before its fsync: the rename it guards had not happened.
+            std::fs::remove_file(&path).map_err(|err| Error::io(&path, err))?;
+            continue;
+        };
+        if m.host != this_host() || m.process == this_process() || still_running(&m.process) {
+            continue;
+        }
+        let dir = root.join(&m.bundle);
+        if check_name(&m.bundle).is_ok() && !named(&m.bundle) && dir.is_dir() {
+            std::fs::remove_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
+            tracing::warn!(bundle = %m.bundle, "removed a bundle an interrupted upload placed but never committed");
+            removed.push(m.bundle);
+        }
+        std::fs::remove_file(&path).map_err(|err| Error::io(&path, err))?;
+    }
+    sync_parent(&root.join("."));
+    Ok(removed)
+}
+
+/// Whether the process a marker names is another live process of this host (not this one's
+/// earlier self: a restarted container has the same pid).
+fn still_running(process: &str) -> bool {
+    let Some(pid) = process.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { return false };
+    if pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Test hook: with `MOE_FAILPOINT=<step>` in the environment the process kills itself (SIGKILL)
+/// at that step of an upload, so that tests prove what a kill -9 at each step leaves behind.
+/// Steps: received, staged, marked, placed, committed.
+fn failpoint(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("MOE_FAILPOINT").ok()).as_deref() == Some(step) {
+        // SAFETY: kill(2) on this process's own pid; it does not return.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// One lock per bundle name being uploaded: a second upload of the same name waits for the first
@@ -277,7 +400,9 @@ fn name_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
 pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for e in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let file = e.file_name().to_string_lossy().to_string();
+        if !file.starts_with(TEMP_PREFIX) || file.ends_with(PENDING_SUFFIX) {
+            // Markers of placed bundles are `recover_pending`'s, once the registry is known.
             continue;
         }
         let p = e.path();
@@ -297,23 +422,34 @@ pub fn remove_leftovers(root: &Path) -> Result<Vec<PathBuf>> {
 /// that fails is removed again (blocking file work runs on blocking threads).
 pub async fn swap_archive(core: &Arc<Core>, class: &str, archive: Incoming, guards: Swap) -> Result<SwapOutcome> {
     moe_core::bundle::card::check_class(class).map_err(Error::BadRequest)?;
+    failpoint("received");
     let root = core.root().to_path_buf();
     let staged = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || stage(&root, &archive.path)).await??
     };
+    failpoint("staged");
     let name = staged.name.clone();
     let lock = name_lock(&name);
     let _held = lock.lock().await;
-    // `existed`: the bundle was there before this upload, so a failed swap must not remove it.
-    let existed = {
+    // `None`: the bundle was there before this upload, so a failed swap must not remove it.
+    let pending = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || place(&root, &staged)).await??
     };
     let result = swap(core, class, Swap { bundle: name.clone(), ..guards }).await;
-    if result.is_err() && !existed {
-        let dir = root.join(&name);
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await?.ok();
+    if result.is_ok() {
+        failpoint("committed");
+    }
+    if let Some(pending) = pending {
+        let (dir, failed) = (root.join(&name), result.is_err());
+        tokio::task::spawn_blocking(move || {
+            if failed {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            pending.settle();
+        })
+        .await?;
     }
     result
 }

@@ -120,12 +120,15 @@ impl FromRequestParts<AppState> for Admin {
         let Some(token) = state.admin_token.as_deref() else {
             return Err(ApiError::AdminDisabled);
         };
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let mut all = parts.headers.get_all(AUTHORIZATION).iter();
+        let (first, second) = (all.next(), all.next());
+        if second.is_some() {
+            // Which one counts would be up to each proxy on the way: refuse rather than pick.
+            return Err(ApiError::bad_request("more than one Authorization header"));
+        }
+        // Exactly `Bearer <token>` (HTTP drops a field value's surrounding whitespace before any
+        // handler sees it, RFC 9110 section 5.5).
+        let given = first.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         // Constant time in the token's content (the length is not secret).
         if bool::from(given.as_bytes().ct_eq(token.as_bytes())) { Ok(Admin) } else { Err(ApiError::Unauthorized) }
     }
@@ -137,12 +140,10 @@ pub struct ValidClassify {
     pub texts: Vec<String>,
 }
 
-/// A character that shows: not whitespace, not a control character, not an invisible format
-/// character (the same set as the `Text` pattern in openapi.yaml).
+/// A character that shows: not whitespace and not `invisible` (the set of the `Text` pattern in
+/// openapi.yaml).
 fn visible(c: char) -> bool {
-    !(c.is_whitespace()
-        || c.is_control()
-        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'))
+    !(c.is_whitespace() || moe_core::bundle::card::invisible(c))
 }
 
 impl ClassifyRequest {
@@ -265,11 +266,12 @@ impl FeedbackBody {
     /// (text, label), both with a visible character, within the text and label limits.
     pub fn validate(self, l: &Limits) -> ApiResult<(String, String)> {
         check_texts("text", std::slice::from_ref(&self.text), l)?;
-        if !self.label.chars().any(visible) || self.label.chars().count() > MAX_LABEL_CHARS {
-            return Err(ApiError::bad_request(format!(
-                "\"label\" must have a visible character and at most {MAX_LABEL_CHARS} characters"
-            )));
+        if self.label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ApiError::bad_request(format!("\"label\" has more than {MAX_LABEL_CHARS} characters")));
         }
+        // A label names a class: the same rule as class names.
+        moe_core::bundle::card::check_shown(&self.label)
+            .map_err(|e| ApiError::bad_request(format!("\"label\": {e}")))?;
         Ok((self.text, self.label))
     }
 }

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod limits;
 pub mod prometheus;
 pub mod server;
+pub mod slots;
 pub mod state;
 
 pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, TRAIN_BODY_BYTES};
