@@ -518,3 +518,101 @@ async fn slow_heads_or_bodies_from_many_addresses_cannot_starve_real_requests() 
         );
     }
 }
+
+/// Kept-alive clients sending a request every 20 ms while the binary is told to stop: every request
+/// written gets an answer (200, or a JSON 503 with `Connection: close` once the drain began) and
+/// the connection closes only after an answer that says so; none meets a closed socket (57 did
+/// in the probe, when idle kept-alive connections were closed at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_requests_during_shutdown_are_answered_not_cut() {
+    let state = common::state_dir("binary-keepalive-drain");
+    let root = common::fixture_models();
+    let envs: [(&str, &std::ffi::OsStr); 3] = [
+        ("MOE_MODELS", root.as_os_str()),
+        ("MOE_STATE", state.as_os_str()),
+        ("MOE_SHUTDOWN_DRAIN_MS", "3000".as_ref()),
+    ];
+    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    server.ready(Duration::from_secs(60)).await;
+    let addr = format!("127.0.0.1:{}", server.port);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                let (mut statuses, mut cut) = (Vec::new(), 0);
+                for _ in 0..100 {
+                    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
+                        cut += 1;
+                        break;
+                    }
+                    let answer = read_answer_or_close(&mut s).await;
+                    let Some(answer) = answer else {
+                        cut += 1;
+                        break;
+                    };
+                    statuses.push(answer[9..12].to_string());
+                    if answer.to_lowercase().contains("connection: close") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (statuses, cut)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.terminate();
+    for c in clients {
+        let (statuses, cut) = c.await.unwrap();
+        assert_eq!(cut, 0, "a request met a closed socket after {statuses:?}");
+        assert!(statuses.iter().all(|s| s == "200" || s == "503"), "{statuses:?}");
+        assert_eq!(
+            statuses.last().map(String::as_str),
+            Some("503"),
+            "the drain closed it with an answer: {statuses:?}"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+/// One answer from a kept-alive connection, or None when it closed (or reset) before one came.
+async fn read_answer_or_close(s: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_lowercase().strip_prefix("content-length: ").and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if body.len() >= len.unwrap_or(0) {
+                return Some(text);
+            }
+        }
+    }
+}
+
+/// A request that could never pass is refused where it can be fixed: the binary does not start
+/// with --max-in-flight-texts below --max-texts (it answered such requests 503 with Retry-After
+/// for ever), and names both flags.
+#[test]
+fn the_binary_refuses_in_flight_texts_below_max_texts() {
+    let state = common::state_dir("in-flight-below-max-texts");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(["serve", "--port", "0", "--max-in-flight-texts", "4", "--max-texts", "5"])
+        .env("MOE_MODELS", common::fixture_models())
+        .env("MOE_STATE", &state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(err.contains("--max-in-flight-texts") && err.contains("--max-texts"), "{err}");
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -93,3 +93,21 @@ async fn past_the_deadline_answers_503_and_abandoned_work_is_skipped() {
     let skipped = trunk.stats().skipped.load(Relaxed) - skipped_before;
     assert!(skipped >= 1, "no abandoned job was skipped");
 }
+
+/// A request with more texts than --max-in-flight-texts admits could never pass: 400 at once,
+/// without Retry-After (it was a 503 with Retry-After: 1 for ever), also on an idle server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_can_never_pass_is_a_400() {
+    let limits = Limits { max_in_flight_texts: 4, ..Limits::default() };
+    let core = common::loaded_core(&common::fixture_models(), limits).await;
+    let base = common::serve(core).await;
+    let c = reqwest::Client::new();
+    let texts: Vec<String> = (0..5).map(|i| format!("how to pack for trip {i}")).collect();
+    let res = c.post(format!("{base}/classify")).json(&json!({"texts": texts})).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert!(res.headers().get("retry-after").is_none());
+    let v: Value = res.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("--max-in-flight-texts"), "{v}");
+    let res = c.post(format!("{base}/classify")).json(&json!({"texts": &texts[..4]})).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200, "four texts pass");
+}

@@ -741,3 +741,145 @@ async fn a_kill_at_any_step_of_an_upload_leaves_no_orphan() {
         let _ = std::fs::remove_dir_all(&state);
     }
 }
+
+/// One name rule: names with invisible characters (a zero-width space, a right-to-left override)
+/// cannot stand beside `Travel` as other classes, bundles or feedback labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_characters_name_nothing() {
+    let root = common::copy_root(&common::fixture_models(), "swap-invisible");
+    let files = bundle_files(&root, "travel--tokenbag-b");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    for class in ["Travel\u{200B}", "\u{202E}Travel", "Tra\u{00AD}vel"] {
+        let (s, v) = put(&c, &base, class, json!({"bundle": "travel--tokenbag-b"}), Some(TOKEN)).await;
+        assert_eq!(s, 400, "class {class:?}: {v}");
+        let res = c
+            .post(format!("{base}/feedback"))
+            .json(&json!({"text": "how to pack for a trip", "label": class}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "label {class:?}");
+        // As a bundle folder inside an upload.
+        let res = c
+            .put(format!("{base}/experts/Travel"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/gzip")
+            .body(long_archive(&format!("travel{class}"), &files))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 422, "bundle named {class:?}");
+    }
+    let listed: Value = c.get(format!("{base}/experts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["experts"].as_array().unwrap().len(), 2, "{listed}");
+    let res = c
+        .post(format!("{base}/feedback"))
+        .json(&json!({"text": "how to pack for a trip", "label": "Travel"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "a plain label is still taken");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// The token must be exactly `Bearer <token>`, in one Authorization header: two headers are a 400
+/// (which one counts is up to each proxy on the way), a near miss a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_match_exactly_and_once() {
+    let root = common::copy_root(&common::fixture_models(), "swap-tokens");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    let swap = |headers: Vec<String>| {
+        let mut r = c.put(format!("{base}/experts/Travel")).json(&json!({"bundle": "travel--tokenbag-b"}));
+        for h in headers {
+            r = r.header("authorization", h);
+        }
+        r.send()
+    };
+    let good = format!("Bearer {TOKEN}");
+    for (headers, status) in [
+        (vec![good.clone(), "Bearer wrong".into()], 400),
+        (vec!["Bearer wrong".into(), good.clone()], 400),
+        (vec![good.clone(), good.clone()], 400),
+        (vec![format!("bearer {TOKEN}")], 401),
+        (vec![format!("Bearer  {TOKEN}")], 401),
+        (vec![format!("Bearer {TOKEN}x")], 401),
+        (vec![TOKEN.to_string()], 401),
+    ] {
+        let res = swap(headers.clone()).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{headers:?}");
+    }
+    // A trailing space never reaches the service: HTTP drops it from the field value (RFC 9110
+    // section 5.5), so this is the exact token.
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    let body = r#"{"bundle": "travel--tokenbag-b"}"#;
+    let head = format!(
+        "PUT /experts/Travel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN} \r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// A PAX record with a size that is no byte count (`size=-5`) is refused, not silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_pax_sizes_are_refused() {
+    let root = common::copy_root(&common::fixture_models(), "swap-pax");
+    let files = bundle_files(&root, "travel--tokenbag-b");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, bytes) in &files {
+        tar.append_pax_extensions([("size", b"-5".as_slice())]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path(format!("up-pax/{name}")).unwrap();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        tar.append(&h, bytes.as_slice()).unwrap();
+    }
+    let body = tar.into_inner().unwrap().finish().unwrap();
+    let res = reqwest::Client::new()
+        .put(format!("{base}/experts/Travel"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (s, v): (u16, Value) = (res.status().as_u16(), res.json().await.unwrap());
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("PAX size"), "{v}");
+    assert!(!root.join("up-pax").exists());
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// A 409 names the versions in words, not as Rust values (`Some("…")` / `None`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_name_versions_in_words() {
+    let root = common::copy_root(&common::fixture_models(), "swap-409-words");
+    let core = common::loaded_core(&root, Limits::default()).await;
+    let base = serve_admin(core, Some(TOKEN)).await;
+    let c = reqwest::Client::new();
+    // Active, then deleted (no version at all).
+    for deleted in [false, true] {
+        if deleted {
+            let res = c.delete(format!("{base}/experts/Travel")).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+        }
+        let body = json!({"bundle": "travel--tokenbag-b", "expected_version": "nope"});
+        let (s, v) = put(&c, &base, "Travel", body, Some(TOKEN)).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert_eq!(s, 409, "deleted {deleted}: {v}");
+        assert!(!message.contains("Some(") && !message.contains("None"), "{message}");
+        assert!(message.contains("\"nope\""), "{message}");
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -194,9 +194,11 @@ pub struct Connections {
     /// Most connections open at once; when full, an idle or slow one is closed for a new one.
     ///
     /// Closed first: a connection with no request being served (nothing sent yet, half a request
-    /// head, or idle between keep-alive requests), oldest first; then one whose request body
-    /// arrives slower than --min-body-rate after --slow-body-grace-ms. With neither, the new
-    /// connection is answered 503 and closed. docs/OPERATIONS.md compares this with nginx.
+    /// head, or idle between keep-alive requests); then one whose request body arrives slower than
+    /// --min-body-rate after --slow-body-grace-ms, or is still within that grace; from the
+    /// address holding the most connections, oldest first, and only of an address holding more
+    /// than the newcomer's (or idle ones of its own). With none, the new connection is answered
+    /// 503 and closed. docs/OPERATIONS.md compares this with nginx.
     #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
     /// Most connections open at once from one client address (0: no cap; 503 above).
@@ -209,7 +211,10 @@ pub struct Connections {
     /// Also the longest a keep-alive connection may sit idle.
     #[arg(long, env = "MOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
-    /// A request body younger than this is never closed as slow to make room, in ms.
+    /// How long a request body may arrive before its rate is judged, in ms.
+    ///
+    /// Within it a body is closed to make room only for a client whose address holds fewer
+    /// connections than the body's.
     #[arg(long, env = "MOE_SLOW_BODY_GRACE_MS", default_value_t = 2_000)]
     pub slow_body_grace_ms: u64,
     /// Bytes a second a body must average to keep its slot when the table is full (0: any).

@@ -7,7 +7,9 @@
 //!    or half a head), or between keep-alive requests. Nothing is lost by closing it.
 //! 2. **A slow body**: a request whose head arrived more than `--slow-body-grace-ms` ago and whose
 //!    body has come in slower than `--min-body-rate` bytes a second on average since.
-//! 3. **Serving**: a request being handled or answered, or a body arriving in time. Never evicted.
+//! 3. **A young body**: a body still arriving, its head younger than the grace (not judged yet).
+//! 4. **Serving**: a request being handled or answered, or a body that arrived at the floor rate
+//!    past its grace. Never evicted.
 //!
 //! When the table is full, one evictable connection is closed at once (no graceful close: it has
 //! nothing in flight worth finishing): from the address that holds the most connections, the most
@@ -56,6 +58,8 @@ pub struct SlowBody {
 pub enum Standing {
     NoRequest,
     SlowBody,
+    /// A body still arriving, younger than the grace: not judged yet.
+    YoungBody,
     Serving,
 }
 
@@ -70,7 +74,7 @@ impl Progress {
         }
         let elapsed = now_ms.saturating_sub(since - 1);
         if elapsed <= slow.grace.as_millis() as u64 {
-            return Standing::Serving;
+            return Standing::YoungBody;
         }
         // bytes / seconds < min_rate, in integers.
         let bytes = self.body_bytes.load(Ordering::Acquire);
@@ -190,10 +194,11 @@ impl Slots {
     /// The connection to close for a newcomer from `ip`, if any is evictable: from the address
     /// holding the most connections, the most evictable standing, oldest first. A newcomer may
     /// close a connection of an address that, once it is admitted, still holds more than its own
-    /// does, or one of its own address with no request (a client behind one proxy address makes
-    /// room among its own idle ones); never a body of its own address. So slow clients
-    /// reconnecting cannot close a real client's fresh connection (it holds fewer), nor close each
-    /// other's bodies and keep every body young, inside its grace.
+    /// does (no request, a slow body, or a body still within its grace), or one of its own address
+    /// with no request (a client behind one proxy address makes room among its own idle ones);
+    /// never a body of its own address. So slow clients reconnecting cannot close a real client's
+    /// fresh connection (it holds fewer), nor close each other's bodies, nor hold the table with
+    /// bodies kept young by reconnecting within the grace.
     fn victim(&self, t: &Table, ip: IpAddr) -> Option<u64> {
         let now = self.now_ms();
         let mine = t.per_ip.get(&ip).copied().unwrap_or(0);
@@ -205,7 +210,7 @@ impl Slots {
                 let heavier = held > mine + 1;
                 let evictable = match standing {
                     Standing::NoRequest => heavier || e.ip == ip,
-                    Standing::SlowBody => heavier,
+                    Standing::SlowBody | Standing::YoungBody => heavier,
                     Standing::Serving => false,
                 };
                 evictable.then_some((std::cmp::Reverse(held), standing, e.opened, *id))
@@ -355,8 +360,8 @@ mod tests {
         assert_eq!(with(0, 0, 0).standing(5_000, SLOW), Standing::NoRequest);
         // A request with no body pending is served.
         assert_eq!(with(1, 0, 0).standing(5_000, SLOW), Standing::Serving);
-        // Head at 1 000 ms (stored +1): within the grace nothing is slow.
-        assert_eq!(with(1, 1_001, 0).standing(2_000, SLOW), Standing::Serving);
+        // Head at 1 000 ms (stored +1): within the grace a body is young, not judged.
+        assert_eq!(with(1, 1_001, 0).standing(2_000, SLOW), Standing::YoungBody);
         // 3 s after the head, 299 bytes is under 100 B/s, 300 is not.
         assert_eq!(with(1, 1_001, 299).standing(4_000, SLOW), Standing::SlowBody);
         assert_eq!(with(1, 1_001, 300).standing(4_000, SLOW), Standing::Serving);
