@@ -353,25 +353,7 @@ async fn a_body_that_never_comes_gets_408() {
 
 /// Read one answer (head and a content-length body) from a keep-alive connection.
 async fn read_answer(s: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap();
-        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return text;
-            }
-        }
-    }
+    read_answer_or_close(s).await.expect("an answer before the connection closed")
 }
 
 /// The fragment check reads request lines only: a body with `#` (sent after `100 Continue`) is

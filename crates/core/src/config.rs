@@ -191,7 +191,7 @@ impl Default for Limits {
 /// Connection hygiene of the server (see `http::server`).
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
-    /// Most connections open at once; when full, an idle or slow one is closed for a new one.
+    /// Most connections open at once; when full, an idle or slow one makes room.
     ///
     /// Closed first: a connection with no request being served (nothing sent yet, half a request
     /// head, or idle between keep-alive requests); then one whose request body arrives slower than
@@ -217,7 +217,7 @@ pub struct Connections {
     /// connections than the body's.
     #[arg(long, env = "MOE_SLOW_BODY_GRACE_MS", default_value_t = 2_000)]
     pub slow_body_grace_ms: u64,
-    /// Bytes a second a body must average to keep its slot when the table is full (0: any).
+    /// Bytes a second a body must average to keep its slot in a full table (0: any).
     ///
     /// Only when --max-connections is reached, and only after --slow-body-grace-ms: a body below
     /// this average since its request head may be closed for a new connection.
