@@ -242,8 +242,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let core = core.clone();
         move || {
             moe_server::control::upload::remove_leftovers(core.root())?;
-            load_waiting_for_the_registry(&core)?;
-            moe_server::control::upload::recover_pending(core.root(), &core.served().doc).map(drop)
+            load_waiting_for_the_registry(&core)
         }
     });
     let token = match &a.admin_token_file {
@@ -271,7 +270,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 /// answers /readyz 503 meanwhile) instead of exiting: etcd may simply start after the replicas.
 fn load_waiting_for_the_registry(core: &Core) -> moe_core::Result<()> {
     loop {
-        match core.load_registry() {
+        // Before the set is ready: a bundle an upload placed but never committed is gone by then,
+        // so a retry of that upload is not refused as a conflict.
+        let recover = |doc: &moe_core::bundle::RegistryFile| {
+            moe_server::control::upload::recover_pending(core.root(), doc).map(drop)
+        };
+        match core.load_registry_with(&recover) {
             Err(e @ moe_core::Error::Registry { .. }) => {
                 tracing::warn!(error = %moe_core::error::chain(&e), "registry unreachable; retrying in 1 s");
                 std::thread::sleep(std::time::Duration::from_secs(1));

@@ -182,7 +182,14 @@ impl Core {
     /// Load the live registry (seeding it from the model root's on the first start), load and warm
     /// every bundle it names, and install the set (blocking; run off the async workers).
     pub fn load_registry(&self) -> Result<()> {
+        self.load_registry_with(&|_| Ok(()))
+    }
+
+    /// `load_registry`, with `prepare` run on the live registry document before its experts are
+    /// loaded and the set becomes ready (start-up repairs of the model root that depend on it).
+    pub fn load_registry_with(&self, prepare: &dyn Fn(&RegistryFile) -> Result<()>) -> Result<()> {
         let stored = self.store.open(&self.paths.models)?;
+        prepare(&stored.doc)?;
         let experts = self.experts_for(&stored.doc, &[])?;
         let mut next = stored.doc.clone();
         for e in &experts {

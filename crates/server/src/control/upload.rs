@@ -370,7 +370,13 @@ fn still_running(process: &str) -> bool {
         return false;
     }
     // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    let exists = unsafe { libc::kill(pid, 0) == 0 };
+    // A killed process its parent has not reaped yet (a zombie) still exists, but runs no upload.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// Test hook: with `MOE_FAILPOINT=<step>` in the environment the process kills itself (SIGKILL)

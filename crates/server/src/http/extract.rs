@@ -279,8 +279,9 @@ impl FeedbackBody {
 impl SelectBody {
     /// `feedback`: the log's (text, label) pairs when the request asked to evaluate on them.
     pub fn validate(self, feedback: Option<Vec<(String, String)>>) -> ApiResult<Selection> {
-        if self.candidates.as_ref().is_some_and(|c| c.iter().any(|b| b.trim().is_empty())) {
-            return Err(ApiError::bad_request("\"candidates\" holds an empty bundle name"));
+        for b in self.candidates.iter().flatten() {
+            moe_core::bundle::card::check_shown(b)
+                .map_err(|e| ApiError::bad_request(format!("\"candidates\" holds a name that is no bundle's: {e}")))?;
         }
         if self.candidates.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(ApiError::bad_request(
