@@ -9,6 +9,7 @@ The two scanners live in their own virtual environment (.venv-k8s, made by scrip
 --train): checkov pins versions of packages that conflict with the trainer's.
 """
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -97,3 +98,65 @@ def test_the_deployment_runs_the_tested_fleet_with_flags_the_binary_knows():
     # The model root is shared by every replica.
     pvc = documents(K8S / "models-pvc.yaml")[0]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def image_settings() -> dict:
+    """The final stage of the Dockerfile: its USER, EXPOSE, VOLUME, ENV and HEALTHCHECK path."""
+    lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    found: dict = {"env": {}}
+    for line in final:
+        word, _, rest = line.partition(" ")
+        if word == "ENV":
+            found["env"].update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+        elif word in ("USER", "EXPOSE", "WORKDIR"):
+            found[word.lower()] = rest.strip()
+        elif word == "VOLUME":
+            found["volumes"] = json.loads(rest)
+        elif word == "HEALTHCHECK":
+            found["health_path"] = re.search(r"GET (/\w+) ", rest).group(1)
+    return found
+
+
+def test_the_deployment_matches_the_image_it_runs():
+    image = image_settings()
+    help_text = subprocess.run(
+        [REPO / "target" / "release" / "moe", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flags_env = set(re.findall(r"env: ([A-Z_]+)", help_text))
+    routes = yaml.safe_load((REPO / "openapi.yaml").read_text())["paths"]
+    pod = deployment()["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # Every variable is a flag of `moe serve`, or one that another variable's value refers to.
+    referenced = {n for v in env.values() if v for n in re.findall(r"\$\((\w+)\)", v)}
+    assert set(env) - referenced <= flags_env, set(env) - referenced - flags_env
+    # The port the service listens on is the one the image exposes and the probes and Service use.
+    port = int(env.get("MOE_PORT") or image["env"]["MOE_PORT"])
+    assert port == int(image["expose"]) == container["ports"][0]["containerPort"]
+    service = documents(K8S / "service.yaml")[0]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == container["ports"][0]["name"] and get["path"] in routes, (probe, get)
+    assert container["readinessProbe"]["httpGet"]["path"] == image["health_path"]
+    # The image's user, not root.
+    user, group = (int(x) for x in image["user"].split(":"))
+    context = pod["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (user, group, True)
+    # A read-only root: every folder the service writes (its model root and state) is a volume,
+    # at the image's own paths, and the seed copies the image's experts into the models volume.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for name in ("MOE_MODELS", "MOE_STATE"):
+        assert env[name] == image["env"][name], name
+        assert env[name] in mounts, f"{name}={env[name]} is not a volume"
+    assert image["env"]["MOE_STATE"] in image["volumes"]
+    assert mounts[env["MOE_MODELS"]] == "models" and mounts[env["MOE_STATE"]] == "state"
+    seed = pod["initContainers"][0]
+    seed_mount = seed["volumeMounts"][0]
+    assert seed_mount["name"] == "models"
+    assert f"cp -a {image['env']['MOE_MODELS']}/. {seed_mount['mountPath']}/" in seed["command"][-1]
+    assert env["MOE_ADMIN_TOKEN_FILE"].startswith(
+        next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "admin-token")
+    )
