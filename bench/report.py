@@ -608,6 +608,24 @@ if os.path.exists(slow_path):
             f"| {r['setting']} | {r['mode']} | {r['clients']:,} / {r['addresses']} | "
             f"{r['answered']:,} of {r['sent']:,} ({r['answered_pct']:.1f} %) | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
         )
+image_path = os.path.join(bench_dir, "image.jsonl")
+if os.path.exists(image_path):
+    p("\n## The image (`bench/image.sh`, `docs/bench/image.jsonl`)\n")
+    p(
+        "`scripts/image.sh` with podman on this machine's 2 cores, the local bases already made (docs/OPERATIONS.md, "
+        '"Containers"): a cold build (`--no-cache`), a rebuild after a one-line change under `crates/` (the '
+        "dependency layer cached), the image's size with and without its models, and the time from `podman run -d` to "
+        "the first 200 from `/readyz` with the default set. Targets (issue 44): under 250 MB without models, ready in "
+        "under 5 s.\n"
+    )
+    p("| cold build | one-line rebuild | image | of it models | without models | ready (median of starts) |")
+    p("|---:|---:|---:|---:|---:|---:|")
+    for r in read_jsonl(image_path):
+        p(
+            f"| {r['cold_build_s']:.0f} s | {r['rebuild_one_line_s']:.0f} s | {r['image_mb']:.0f} MB | "
+            f"{r['models_mb']:.0f} MB | {r['image_without_models_mb']:.0f} MB | {r['ready_median_s']:.2f} s "
+            f"({', '.join(f'{x:.2f}' for x in r['ready_s'])}) |"
+        )
 soak_path = os.path.join(bench_dir, "soak.jsonl")
 if os.path.exists(soak_path):
     soak = read_jsonl(soak_path)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the service's image from the repository's Dockerfile with podman and tags it
 # localhost/moe:dev (docs/OPERATIONS.md, "Containers").
-#   scripts/image.sh              build (installs podman, runc and debootstrap where missing)
+#   scripts/image.sh [FLAGS]      build (installs podman, runc and debootstrap where missing);
+#                                 FLAGS go to podman build (e.g. --no-cache)
 #   scripts/image.sh bases        only the local stand-ins for the Dockerfile's bases (and etcd's)
 # No image registry is reachable here, so the Dockerfile's three bases are made locally (a
 # debootstrap --variant=minbase bookworm root, slimmed as debian:bookworm-slim is) and passed as
@@ -114,11 +115,11 @@ build() {
   podman build "${LIMITS[@]}" --format docker --network host --pull=never -t "$IMAGE" \
     --build-arg RUST_IMAGE="$BASE/rust:1.95-bookworm" \
     --build-arg PYTHON_IMAGE="$BASE/python:3.11-slim-bookworm" \
-    --build-arg RUNTIME_BASE="$BASE/debian:bookworm-slim" .
+    --build-arg RUNTIME_BASE="$BASE/debian:bookworm-slim" "$@" .
   size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
   say "built $IMAGE in $(($(date +%s) - start)) s: $((size / 1000000)) MB"
 }
 
 install_tools
 make_bases
-[ "${1:-}" = bases ] || build
+[ "${1:-}" = bases ] || build "$@"
