@@ -32,7 +32,7 @@ for i in $(seq 1 "$N"); do
   podman run -d --name "moe-bench-$i" -p "127.0.0.1:$port:8080" "$MOE_IMAGE" >/dev/null
   until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do sleep 0.02; done
   ready+=("$(ms_since "$start")")
-  podman rm -f -t 0 "moe-bench-$i" >/dev/null
+  podman rm -f -v -t 0 "moe-bench-$i" >/dev/null
 done
 python3 - "$cold" "$rebuild" "$size" "$models" "${ready[@]}" <<'PY' | tee -a "$OUT"
 import json, statistics, subprocess, sys

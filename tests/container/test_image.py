@@ -67,7 +67,7 @@ def made():
     things: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
     yield things
     for name in things["container"]:
-        podman("rm", "-f", "-t", "0", name, check=False)
+        podman("rm", "-f", "-v", "-t", "0", name, check=False)
     for kind in ("volume", "network"):
         for name in things[kind]:
             podman(kind, "rm", "-f", name, check=False)
@@ -165,7 +165,7 @@ def test_a_swap_survives_a_restart_with_a_state_volume_and_a_token_file(made, tm
     wait_ready(port, first)
     assert (before, bundles(port)["Travel"]) == ("travel--kd19-logreg", "travel--global-ft19-logreg")
     # The change lives in the volume, not in the container: a new container on it still has it.
-    podman("rm", "-f", "-t", "15", first)
+    podman("rm", "-f", "-v", "-t", "15", first)
     second = f"{TAG}-state-2"
     run(made, second, *args)
     wait_ready(port, second)
