@@ -128,6 +128,116 @@ def global_refit(train_x, train_y, test_x, classes, held):
     }
 
 
+def serve_offline_set(tmp, registry, classes, port):
+    """A copy of models/ whose registry serves the offline experts; returns (process, base URL, the
+    offline bundle of each class, the model root)."""
+    root = tmp / "models"
+    shutil.copytree(REPO / "models", root, copy_function=lambda s, d: __import__("os").link(s, d))
+    offline = {
+        c: next(p.name for p in root.glob(f"*--{ALGORITHM}") if json.loads((p / "card.json").read_text())["class"] == c)
+        for c in classes
+    }
+    registry["experts"] = offline
+    (root / "registry.json").unlink()
+    (root / "registry.json").write_text(json.dumps(registry))
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp / "serve.log", "w")
+    proc = subprocess.Popen(
+        [str(REPO / "target/release/moe"), "serve", "--port", str(port), "--models", str(root)]
+        + ["--state", str(tmp / "state"), "--admin-token", TOKEN, "--data", str(REPO / "data/wikihow19_titles.csv")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(300):
+        try:
+            if call(base, "GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    return proc, base, offline, root
+
+
+def few_shot_curve(base, cls, positives, truth, test_texts):
+    """Teach the class from SHOTS random subsets of its positives; each point's test F1 and time."""
+    curve = []
+    rng = np.random.default_rng(0)
+    for n in SHOTS:
+        sub = [positives[i] for i in sorted(rng.choice(len(positives), size=min(n, len(positives)), replace=False))]
+        j, sec = train(base, cls, sub)
+        curve.append(
+            {
+                "positives": len(sub),
+                "test_f1": f1([t[cls][1] for t in classify_all(base, test_texts)], truth),
+                "seconds": sec,
+                "cv_eer": j["result"]["cv"]["eer"],
+            }
+        )
+    return curve
+
+
+def evaluate_class(base, cls, data, full, offline):
+    """Remove the class, teach it back from its train titles, and compare with the offline expert and
+    a global refit; the other classes' answers must not move."""
+    train_rows, test_rows, test_texts, classes, emb = data
+    truth = [r["label"] == cls for r in test_rows]
+    positives = [r["title"] for r in train_rows if r["label"] == cls]
+    offline_f1 = f1([t[cls][1] for t in full], truth)
+    s, _ = call(base, "DELETE", f"/experts/{quote(cls)}")
+    assert s == 200
+    job, seconds = train(base, cls, positives)
+    now = classify_all(base, test_texts)
+    others_identical = all(now[i][c][0] == full[i][c][0] for i in range(len(test_texts)) for c in classes if c != cls)
+    online_f1 = f1([t[cls][1] for t in now], truth)
+    curve = few_shot_curve(base, cls, positives, truth, test_texts)
+    curve.append(
+        {"positives": len(positives), "test_f1": online_f1, "seconds": seconds, "cv_eer": job["result"]["cv"]["eer"]}
+    )
+    g = global_refit(*emb, classes, cls)
+    s, _ = call(base, "PUT", f"/experts/{quote(cls)}", {"bundle": offline[cls]})
+    assert s == 200
+    return {
+        "class": cls,
+        "positives": len(positives),
+        "negatives": job["result"]["examples"]["negatives"],
+        "seconds_to_serving": seconds,
+        "timings_ms": job["result"]["timings_ms"],
+        "cv": job["result"]["cv"],
+        "online_test_f1": online_f1,
+        "online_label_f1": f1([t["__label__"] == cls for t in now], truth),
+        "offline_label_f1": f1([t["__label__"] == cls for t in full], truth),
+        "offline_test_f1": offline_f1,
+        "others_bit_identical": others_identical,
+        "few_shot": curve,
+        "global_refit_seconds": g["refit_seconds"],
+        "global_test_f1": f1(g["pred"], truth),
+        "global_other_labels_changed": g["other_labels_changed"],
+        "global_other_probabilities_changed_share": g["other_probabilities_changed_share"],
+    }
+
+
+def summarize(results, test_rows):
+    mean = statistics.mean
+    return {
+        "trunk": TRUNK,
+        "offline_algorithm": ALGORITHM,
+        "test_rows": len(test_rows),
+        "classes": len(results),
+        "median_seconds_to_serving": statistics.median(r["seconds_to_serving"] for r in results),
+        "max_seconds_to_serving": max(r["seconds_to_serving"] for r in results),
+        "mean_online_test_f1": mean(r["online_test_f1"] for r in results),
+        "mean_offline_test_f1": mean(r["offline_test_f1"] for r in results),
+        "mean_online_label_f1": mean(r["online_label_f1"] for r in results),
+        "mean_offline_label_f1": mean(r["offline_label_f1"] for r in results),
+        "mean_global_test_f1": mean(r["global_test_f1"] for r in results),
+        "all_others_bit_identical": all(r["others_bit_identical"] for r in results),
+        "mean_global_other_labels_changed": mean(r["global_other_labels_changed"] for r in results),
+        "few_shot_mean_f1": {
+            str(n): mean(r["few_shot"][k]["test_f1"] for r in results) for k, n in enumerate(SHOTS + ["all"])
+        },
+        "command": "scripts/online_eval.py",
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "docs/report/online.json"))
@@ -141,121 +251,24 @@ def main():
     registry = json.loads((REPO / "models/registry.json").read_text())
     classes = sorted(registry["experts"])
     chosen = a.classes.split(",") if a.classes else classes
-
     tmp = Path(tempfile.mkdtemp(prefix="moe-online-"))
-    root = tmp / "models"
-    shutil.copytree(REPO / "models", root, copy_function=lambda s, d: __import__("os").link(s, d))
-    offline = {
-        c: next(p.name for p in root.glob(f"*--{ALGORITHM}") if json.loads((p / "card.json").read_text())["class"] == c)
-        for c in classes
-    }
-    registry["experts"] = offline
-    (root / "registry.json").unlink()
-    (root / "registry.json").write_text(json.dumps(registry))
-    base = f"http://127.0.0.1:{a.port}"
-    log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(REPO / "target/release/moe"), "serve", "--port", str(a.port), "--models", str(root)]
-        + ["--state", str(tmp / "state"), "--admin-token", TOKEN, "--data", str(REPO / "data/wikihow19_titles.csv")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc, base, offline, root = serve_offline_set(tmp, registry, classes, a.port)
     try:
-        for _ in range(300):
-            try:
-                if call(base, "GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
         print("embedding train and test with the frozen trunk (global refit)...", flush=True)
         trunk_dir = root / "trunks" / TRUNK
         train_x, test_x = embed([r["title"] for r in train_rows], trunk_dir), embed(test_texts, trunk_dir)
-        train_y = [r["label"] for r in train_rows]
+        emb = (train_x, [r["label"] for r in train_rows], test_x)
         full = classify_all(base, test_texts)
         results = []
         for cls in chosen:
-            truth = [r["label"] == cls for r in test_rows]
-            positives = [r["title"] for r in train_rows if r["label"] == cls]
-            offline_f1 = f1([t[cls][1] for t in full], truth)
-            s, _ = call(base, "DELETE", f"/experts/{quote(cls)}")
-            assert s == 200
-            job, seconds = train(base, cls, positives)
-            now = classify_all(base, test_texts)
-            others_identical = all(
-                now[i][c][0] == full[i][c][0] for i in range(len(test_texts)) for c in classes if c != cls
-            )
-            online_f1 = f1([t[cls][1] for t in now], truth)
-            online_label_f1 = f1([t["__label__"] == cls for t in now], truth)
-            offline_label_f1 = f1([t["__label__"] == cls for t in full], truth)
-            curve = []
-            rng = np.random.default_rng(0)
-            for n in SHOTS:
-                sub = [
-                    positives[i] for i in sorted(rng.choice(len(positives), size=min(n, len(positives)), replace=False))
-                ]
-                j, sec = train(base, cls, sub)
-                curve.append(
-                    {
-                        "positives": len(sub),
-                        "test_f1": f1([t[cls][1] for t in classify_all(base, test_texts)], truth),
-                        "seconds": sec,
-                        "cv_eer": j["result"]["cv"]["eer"],
-                    }
-                )
-            curve.append(
-                {
-                    "positives": len(positives),
-                    "test_f1": online_f1,
-                    "seconds": seconds,
-                    "cv_eer": job["result"]["cv"]["eer"],
-                }
-            )
-            g = global_refit(train_x, train_y, test_x, classes, cls)
-            s, _ = call(base, "PUT", f"/experts/{quote(cls)}", {"bundle": offline[cls]})
-            assert s == 200
-            r = {
-                "class": cls,
-                "positives": len(positives),
-                "negatives": job["result"]["examples"]["negatives"],
-                "seconds_to_serving": seconds,
-                "timings_ms": job["result"]["timings_ms"],
-                "cv": job["result"]["cv"],
-                "online_test_f1": online_f1,
-                "online_label_f1": online_label_f1,
-                "offline_label_f1": offline_label_f1,
-                "offline_test_f1": offline_f1,
-                "others_bit_identical": others_identical,
-                "few_shot": curve,
-                "global_refit_seconds": g["refit_seconds"],
-                "global_test_f1": f1(g["pred"], truth),
-                "global_other_labels_changed": g["other_labels_changed"],
-                "global_other_probabilities_changed_share": g["other_probabilities_changed_share"],
-            }
+            r = evaluate_class(base, cls, (train_rows, test_rows, test_texts, classes, emb), full, offline)
             print(json.dumps({k: v for k, v in r.items() if k not in ("few_shot", "cv", "timings_ms")}), flush=True)
             results.append(r)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
-    summary = {
-        "trunk": TRUNK,
-        "offline_algorithm": ALGORITHM,
-        "test_rows": len(test_rows),
-        "classes": len(results),
-        "median_seconds_to_serving": statistics.median(r["seconds_to_serving"] for r in results),
-        "max_seconds_to_serving": max(r["seconds_to_serving"] for r in results),
-        "mean_online_test_f1": statistics.mean(r["online_test_f1"] for r in results),
-        "mean_offline_test_f1": statistics.mean(r["offline_test_f1"] for r in results),
-        "mean_online_label_f1": statistics.mean(r["online_label_f1"] for r in results),
-        "mean_offline_label_f1": statistics.mean(r["offline_label_f1"] for r in results),
-        "mean_global_test_f1": statistics.mean(r["global_test_f1"] for r in results),
-        "all_others_bit_identical": all(r["others_bit_identical"] for r in results),
-        "mean_global_other_labels_changed": statistics.mean(r["global_other_labels_changed"] for r in results),
-        "few_shot_mean_f1": {
-            str(n): statistics.mean(r["few_shot"][k]["test_f1"] for r in results) for k, n in enumerate(SHOTS + ["all"])
-        },
-        "command": "scripts/online_eval.py",
-    }
+    summary = summarize(results, test_rows)
     Path(a.out).write_text(json.dumps({"summary": summary, "classes": results}, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 

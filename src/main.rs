@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use moe_core::config::{Connections, Limits, RuntimeConfig};
+use moe_core::config::{Limits, RuntimeConfig};
 use moe_core::data::DataArgs;
 use moe_core::service::{Core, Paths};
 use moe_core::store::{FileStore, RegistryStore};
 use moe_server::control::fleet::{Fleet, Replica};
 use moe_server::etcd::{EtcdStore, EtcdTarget};
+use moe_server::http::server::Connections;
 use moe_server::http::{AppState, app};
 use moe_tools::bench::BenchOptions;
 use moe_tools::fit::FitOptions;
@@ -46,6 +47,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Network")]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "MOE_HOST", default_value = "127.0.0.1")]
@@ -57,36 +59,36 @@ struct ServeArgs {
     ///
     /// The service never writes the shipped registry.json; uploads and training add bundle
     /// folders to it.
-    #[arg(long, env = "MOE_MODELS", default_value = "models")]
+    #[arg(long, env = "MOE_MODELS", default_value = "models", help_heading = "Experts")]
     models: PathBuf,
     /// State folder: the live registry (active set, history) and the feedback log.
     ///
     /// Seeded from the model root's registry.json on the first start, and tied to that root (a
     /// state seeded from another root is refused). Remove its registry.json to go back to the
     /// shipped set.
-    #[arg(long, env = "MOE_STATE", default_value = "state")]
+    #[arg(long, env = "MOE_STATE", default_value = "state", help_heading = "Experts")]
     state: PathBuf,
     /// Where the live registry is kept: "file" (the state folder) or etcd://HOST:PORT/P.
     ///
     /// "file" serves one process. etcd://host:port[,host:port...]/prefix is shared by every
     /// replica of a fleet: a change on any replica is committed there and every replica
     /// converges to it (docs/FLEET.md).
-    #[arg(long, env = "MOE_REGISTRY", default_value = "file")]
+    #[arg(long, env = "MOE_REGISTRY", default_value = "file", help_heading = "Fleet")]
     registry: String,
     /// This replica's name in the fleet (default: host name and port).
-    #[arg(long, env = "MOE_REPLICA_ID")]
+    #[arg(long, env = "MOE_REPLICA_ID", help_heading = "Fleet")]
     replica_id: Option<String>,
     /// URL where the other replicas reach this one (default: http://HOST:PORT).
-    #[arg(long, env = "MOE_ADVERTISE_URL")]
+    #[arg(long, env = "MOE_ADVERTISE_URL", help_heading = "Fleet")]
     advertise_url: Option<String>,
     /// Bearer token for the admin (mutating) routes; without it they are disabled.
-    #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "MOE_ADMIN_TOKEN", hide_env_values = true, help_heading = "Admin")]
     admin_token: Option<String>,
     /// A file holding the admin token (e.g. a mounted Kubernetes Secret).
     ///
     /// Instead of --admin-token; surrounding whitespace is ignored, an empty or unreadable file
     /// is an error.
-    #[arg(long, env = "MOE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    #[arg(long, env = "MOE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token", help_heading = "Admin")]
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     limits: Limits,
@@ -96,17 +98,18 @@ struct ServeArgs {
     runtime: RuntimeConfig,
     /// Labelled data for automatic selection (`POST /experts/{class}/select`); when the file is
     /// absent the service still starts and selection answers 400.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Labelled data (selection, teaching)")]
     data: DataArgs,
     /// Log as JSON lines instead of text.
-    #[arg(long, env = "MOE_LOG_JSON", default_value_t = false)]
+    #[arg(long, env = "MOE_LOG_JSON", default_value_t = false, help_heading = "Logging")]
     log_json: bool,
     /// Threads that run the HTTP layer; 0: a quarter of the cores, at least one.
     ///
     /// The async runtime's workers: parsing, JSON, the linear heads. The inference sessions have
-    /// threads of their own. On 2 cores one HTTP thread cost 5-9 % less
-    /// CPU a request at concurrency 16 than two (docs/BENCHMARKS.md, "ab-http-threads").
-    #[arg(long, env = "MOE_HTTP_THREADS", default_value_t = 0)]
+    /// threads of their own.
+    // On 2 cores one HTTP thread cost 5-9 % less CPU a request at concurrency 16 than two
+    // (docs/BENCHMARKS.md, "ab-http-threads").
+    #[arg(long, env = "MOE_HTTP_THREADS", default_value_t = 0, help_heading = "Performance tuning")]
     http_threads: usize,
 }
 
@@ -195,13 +198,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Eval(a) => {
             let o = &a.options;
-            let out = moe_core::scoring::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;
+            let out = moe_core::evaluation::eval_bundle(&o.models, &o.bundle, &o.split, &a.data, &a.runtime)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Command::Calibrate(a) => {
             let o = &a.options;
-            Ok(moe_core::scoring::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
+            Ok(moe_core::evaluation::calibrate(&o.models, &o.bundles, &o.split, &a.data, &a.runtime)?)
         }
         Command::Select(a) => Ok(moe_tools::select::select(&a.options, &a.data, &a.runtime)?),
         Command::Fit(a) => {
@@ -336,6 +339,32 @@ mod tests {
             }
         }
         assert!(bad.is_empty(), "help lines to shorten:\n{}", bad.join("\n"));
+    }
+
+    /// `moe serve -h` reads like a manual: every flag under a heading, in the order of the headings
+    /// below, and the long help cites no benchmark (those stay in docs/).
+    #[test]
+    fn serve_help_is_grouped_under_headings_and_cites_no_benchmark() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let order = ["Network", "Experts", "Fleet", "Admin", "Limits", "Performance tuning"];
+        let allowed: Vec<&str> =
+            order.iter().copied().chain(["Labelled data (selection, teaching)", "Logging"]).collect();
+        let mut bad = Vec::new();
+        for a in serve.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+            let heading = a.get_help_heading().unwrap_or("(none)");
+            if !allowed.contains(&heading) {
+                bad.push(format!("--{} under {heading}", a.get_id()));
+            }
+            let long = a.get_long_help().or(a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            if ["BENCHMARKS", "docs/bench", "bench/", "Measured"].iter().any(|c| long.contains(c)) {
+                bad.push(format!("--{} cites a benchmark: {long}", a.get_id()));
+            }
+        }
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+        let short = serve.clone().render_help().to_string();
+        let at: Vec<usize> = order.iter().map(|h| short.find(&format!("{h}:\n")).unwrap_or(usize::MAX)).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]) && at[order.len() - 1] < usize::MAX, "{at:?}\n{short}");
     }
 
     #[test]

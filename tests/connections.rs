@@ -7,7 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use moe_core::config::{Connections, Limits};
+use moe_core::config::Limits;
+use moe_server::http::server::Connections;
 use moe_server::http::{AppState, app};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

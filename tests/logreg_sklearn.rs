@@ -19,7 +19,9 @@ fn logistic_regression_matches_scikit_learn() {
         let y: Vec<bool> = case["y"].as_array().unwrap().iter().map(|v| v.as_bool().unwrap()).collect();
         let c = case["c"].as_f64().unwrap();
         let m = fit(&x, &y, &balanced_weights(&y), c);
-        for (w, want) in m.head.weights.iter().zip(case["coef"].as_array().unwrap()) {
+        let (coef, probabilities) = (case["coef"].as_array().unwrap(), case["probabilities"].as_array().unwrap());
+        assert_eq!((m.head.weights.len(), probabilities.len()), (coef.len(), x.len()), "C={c}: every weight and row");
+        for (w, want) in m.head.weights.iter().zip(coef) {
             let want = want.as_f64().unwrap();
             assert!((f64::from(*w) - want).abs() < 1e-3 * want.abs().max(1.0), "C={c}: weight {w} vs sklearn {want}");
         }
@@ -29,7 +31,7 @@ fn logistic_regression_matches_scikit_learn() {
             "C={c}: bias {} vs sklearn {b}",
             m.head.bias
         );
-        for (r, p) in x.iter().zip(case["probabilities"].as_array().unwrap()) {
+        for (r, p) in x.iter().zip(probabilities) {
             assert!((f64::from(m.probability(r)) - p.as_f64().unwrap()).abs() < 1e-4);
         }
     }
@@ -55,7 +57,9 @@ fn one_vs_rest_on_standardized_features_matches_scikit_learn() {
         let scaler = Standardizer::fit(&x);
         let o = Options { c, tol: 1e-9, max_iter: 2000 };
         let fitted = fit_one_vs_rest(&scaler.apply(&x), &truth, heads.len(), o, None);
+        assert_eq!(fitted.len(), heads.len(), "C={c}: one head per class");
         for (k, (f, want)) in fitted.iter().zip(heads).enumerate() {
+            assert_eq!(want["coef"].as_array().unwrap().len(), d, "C={c} class {k}: one weight per feature");
             let head = scaler.fold(&f.head);
             for i in 0..x.rows {
                 let z: f64 = want["coef"]

@@ -1,4 +1,5 @@
-//! The ROC / AUC code against scikit-learn's roc_curve and roc_auc_score on the same scores
+//! The ROC / AUC / EER code against scikit-learn's roc_curve and roc_auc_score, and scipy's root of
+//! FPR = FNR, on the same scores
 //! (fixture written by training/scripts/sklearn_roc_fixture.py).
 
 use moe_core::stats::roc::{auc, eer, roc};
@@ -23,9 +24,11 @@ fn roc_matches_scikit_learn() {
             }
         }
         assert!((auc(&r) - case["auc"].as_f64().unwrap()).abs() < 1e-12);
-        // EER sits where FPR = FNR on the interpolated curve, inside the score range.
+        // EER where FPR = FNR on the linearly interpolated curve: against scipy's root of
+        // 1 - x - TPR(x) on scikit-learn's curve; its threshold inside the score range.
         let e = eer(&r);
-        assert!(e.eer > 0.0 && e.eer < 0.5, "{e:?}");
+        let want = case["eer"].as_f64().unwrap();
+        assert!((e.eer - want).abs() < 1e-9, "EER {} vs scipy {want}", e.eer);
         assert!(e.threshold > 0.0 && e.threshold <= 1.0);
     }
 }

@@ -79,7 +79,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
     use moe_core::gate::{ScoreMode, calibrated};
     let root = common::copy_root(&common::fixture_models(), "calibrate");
     let runtime = common::runtime();
-    moe_core::scoring::calibrate(&root, &[], "val", &common::data(), &runtime).unwrap();
+    moe_core::evaluation::calibrate(&root, &[], "val", &common::data(), &runtime).unwrap();
     let mut maps = Vec::new();
     for bundle in moe_core::bundle::bundle_names(&root).unwrap() {
         let card: Value =
@@ -93,7 +93,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
         maps.push((bundle, c["a"].as_f64().unwrap(), c["b"].as_f64().unwrap()));
     }
     assert!(maps.iter().any(|(_, a, b)| (a - 1.0).abs() > 1e-3 || b.abs() > 1e-3), "the maps were fitted: {maps:?}");
-    assert!(moe_core::scoring::calibrate(&root, &[], "test", &common::data(), &runtime).is_err());
+    assert!(moe_core::evaluation::calibrate(&root, &[], "test", &common::data(), &runtime).is_err());
 
     // select: the calibrated rows are there, scored out of sample.
     let out = root.with_file_name(format!("moe-test-calibrate-out-{}", std::process::id()));
@@ -130,7 +130,7 @@ fn calibration_is_fitted_on_val_chosen_by_cross_validation_and_served() {
 /// over it, and every probability is exactly what scoring each expert alone gives.
 #[test]
 fn heads_on_one_trunk_share_one_trunk_pass_with_the_same_probabilities() {
-    use moe_core::scoring::{Scorer, probabilities};
+    use moe_core::evaluation::{Scorer, probabilities};
     let root = common::default_models();
     let pool = moe_core::inference::ExecutorPool::default();
     let set = moe_core::service::ExpertSet::load(&pool, &common::runtime(), &root, &RegistryFile::read(&root).unwrap())
@@ -161,7 +161,7 @@ fn calibrate_writes_no_card_when_one_bundle_fails() {
         names.iter().map(|n| std::fs::read_to_string(root.join(n).join("card.json")).unwrap()).collect()
     };
     let before = cards(&root);
-    let err = moe_core::scoring::calibrate(&root, &[], "val", &common::data(), &common::runtime()).unwrap_err();
+    let err = moe_core::evaluation::calibrate(&root, &[], "val", &common::data(), &common::runtime()).unwrap_err();
     assert!(err.to_string().contains(&last), "{err}");
     assert_eq!(cards(&root), before, "a card was written although a bundle failed");
     std::fs::remove_dir_all(root).unwrap();

@@ -205,14 +205,20 @@ def distill_global(tok, teacher: dict, classes: list[str], s: TrainSettings, tem
     )
 
     def loss_of(out, i):
-        logp = torch.log_softmax(out / temperature, dim=1)
-        kd = torch.nn.functional.kl_div(logp, soft[i], reduction="batchmean") * temperature**2
-        lab = y[i] >= 0
-        if lab.any():
-            kd = kd + hard_weight * torch.nn.functional.cross_entropy(out[lab], y[i][lab])
-        return kd
+        return distillation_loss(out, soft[i], y[i], temperature, hard_weight)
 
     return model, _train_19way(model, tok, texts, s, "kd19", f"{s.backbone} distillation", loss_of, info)
+
+
+def distillation_loss(out, soft, labels, temperature: float, hard_weight: float):
+    """T² · KL(teacher_T || student_T) averaged over the rows, plus `hard_weight` · cross-entropy on
+    the rows whose label is not -1. `soft`: the teacher's softmax at temperature T."""
+    logp = torch.log_softmax(out / temperature, dim=1)
+    kd = torch.nn.functional.kl_div(logp, soft, reduction="batchmean") * temperature**2
+    lab = labels >= 0
+    if lab.any():
+        kd = kd + hard_weight * torch.nn.functional.cross_entropy(out[lab], labels[lab])
+    return kd
 
 
 def _checkpoint_path(s: TrainSettings, what: str, recipe: dict) -> Path | None:

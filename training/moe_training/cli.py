@@ -768,9 +768,7 @@ def _rewrite_root(src: Path, out: Path, rewrite, tag: str) -> None:
     print(f"wrote {out}: {len(renamed)} trunk(s) rewritten")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="moe_training", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _add_build(sub) -> None:
     b = sub.add_parser("build", help="train the candidate pool and write bundles")
     _data_args(b)
     b.add_argument("--out", required=True, help="model root to write candidates into")
@@ -790,6 +788,9 @@ def main(argv=None) -> None:
     b.add_argument("--hard-weight", type=float, default=0.5, help="kd19-logreg: weight of the labelled loss")
     _training_args(b)
     b.set_defaults(func=build)
+
+
+def _add_trunk(sub) -> None:
     tr = sub.add_parser("trunk", help="fine-tune the backbone on a CSV's labels and export it as a trunk")
     _data_args(tr)
     tr.add_argument("--out", required=True, help="folder to write trunks/<id>/ into")
@@ -803,6 +804,9 @@ def main(argv=None) -> None:
     _run_args(tr)
     _training_args(tr)
     tr.set_defaults(func=trunk)
+
+
+def _add_teach(sub) -> None:
     t = sub.add_parser("teach", help="write a fine-tuned teacher's logits for distillation")
     _data_args(t)
     t.add_argument("--summary-col", default="summary", help="unlabelled text: chunks of train rows' summaries")
@@ -812,6 +816,9 @@ def main(argv=None) -> None:
     _run_args(t)
     _training_args(t)
     t.set_defaults(func=teach)
+
+
+def _add_global(sub) -> None:
     g = sub.add_parser("global", help="train and score the global multi-class baselines")
     _data_args(g)
     g.add_argument("--out", required=True, help="model root to write the column-head bundles and trunks into")
@@ -826,6 +833,9 @@ def main(argv=None) -> None:
     _run_args(g)
     _training_args(g)
     g.set_defaults(func=global_baselines)
+
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="draw docs/REPORT.md and its figures from `moe report` JSON")
     rp.add_argument("--json", default="../docs/report/report.json")
     rp.add_argument("--bench", default="../docs/bench/results.jsonl", help="benchmark results (may be absent)")
@@ -858,6 +868,10 @@ def main(argv=None) -> None:
         "--unknowns", default="../docs/results/clinc150-unknowns.json", help="clinc_unknowns.py results (may be absent)"
     )
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
+
+
+def _add_model_root_tools(sub) -> None:
+    """The commands that copy, extend or query a model root: linearize, lexicon, rowquant, simplify, reference, spell."""
     lz = sub.add_parser("linearize", help="copy a model root with its Gemm heads as linear heads (computed in Rust)")
     lz.add_argument("src")
     lz.add_argument("out")
@@ -904,5 +918,12 @@ def main(argv=None) -> None:
     sc = sub.add_parser("spell", help="correct JSON texts (stdin) with a lexicon: the Rust corrector's oracle")
     sc.add_argument("lexicon")
     sc.set_defaults(func=spell)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="moe_training", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_build, _add_trunk, _add_teach, _add_global, _add_report, _add_model_root_tools):
+        add(sub)
     args = p.parse_args(argv)
     args.func(args)

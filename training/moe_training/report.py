@@ -425,90 +425,114 @@ def headline(report, systems) -> str:
     # The served set is compared with the strongest global model of its own backbone (same cost
     # class); the strongest global model overall and the accurate set get their own sentence.
     g = _best_global([s for s in systems if backbone_of(s) == backbone_of(served)]) or _best_global(systems)
-    best_moe = max((s for s in systems if s["kind"] == "moe"), key=lambda s: s["accuracy"])
     n = report["data"]["rows"]
     parts = [
         f"On the {n} test titles the served MoE reaches accuracy {pct(served['accuracy'])}% and macro-F1 "
         f"{pct(served['macro_f1'])}%."
     ]
     if g is not None:
-        d = served["accuracy"] - g["accuracy"]
-        if "predictions" in served:
-            r = paired(served["predictions"], g["predictions"], report["truth"])
-            verdict = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
-            ci = f", paired 95 % interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] points"
-        else:
-            verdict, ci = ("is above" if d > 0 else "is below"), ""
+        parts += _versus_global(report, systems, served, g)
+        parts += _robustness_sentences(systems, served, g)
+    parts += _accurate_sentence(report, systems)
+    parts += _ambiguous_sentences(served, g)
+    return " ".join(parts)
+
+
+def _versus_global(report, systems, served, g) -> list[str]:
+    """The served set and the best MoE against the global model `g`, forced and at lower coverage."""
+    n = report["data"]["rows"]
+    best_moe = max((s for s in systems if s["kind"] == "moe"), key=lambda s: s["accuracy"])
+    parts = []
+    d = served["accuracy"] - g["accuracy"]
+    if "predictions" in served:
+        r = paired(served["predictions"], g["predictions"], report["truth"])
+        verdict = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
+        ci = f", paired 95 % interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] points"
+    else:
+        verdict, ci = ("is above" if d > 0 else "is below"), ""
+    parts.append(
+        f"It {verdict} the strongest global classifier on its backbone ({name(g)}: {pct(g['accuracy'])}% / "
+        f"{pct(g['macro_f1'])}%): {100 * d:+.1f} points ({round(abs(d) * n)} titles{ci})."
+    )
+    shared = set(served.get("trunks", [])) & set(g.get("trunks", []))
+    if "predictions" in served and "predictions" in g and shared and r["verdict"] == "ties":
+        same = sum(x == y for x, y in zip(served["predictions"], g["predictions"]))
         parts.append(
-            f"It {verdict} the strongest global classifier on its backbone ({name(g)}: {pct(g['accuracy'])}% / "
-            f"{pct(g['macro_f1'])}%): {100 * d:+.1f} points ({round(abs(d) * n)} titles{ci})."
+            f"Why a tie: on the same trunk both are linear read-outs of the same features (19 one-vs-all "
+            f"logistic heads against one 19-way logistic regression, on a trunk already trained as a 19-way "
+            f"classifier), so their answers agree on {same} of {n} titles; of the {n - same} where they "
+            f"differ, the MoE is right on {r['only_a']} and the global model on {r['only_b']}."
         )
-        shared = set(served.get("trunks", [])) & set(g.get("trunks", []))
-        if "predictions" in served and "predictions" in g and shared and r["verdict"] == "ties":
-            same = sum(x == y for x, y in zip(served["predictions"], g["predictions"]))
-            parts.append(
-                f"Why a tie: on the same trunk both are linear read-outs of the same features (19 one-vs-all "
-                f"logistic heads against one 19-way logistic regression, on a trunk already trained as a 19-way "
-                f"classifier), so their answers agree on {same} of {n} titles; of the {n - same} where they "
-                f"differ, the MoE is right on {r['only_a']} and the global model on {r['only_b']}."
-            )
-        if best_moe is not served:
-            d2 = best_moe["accuracy"] - g["accuracy"]
-            v2 = "is above" if d2 > 0 else "is not above"
-            if "predictions" in best_moe:
-                r2 = paired(best_moe["predictions"], g["predictions"], report["truth"])
-                v2 = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r2["verdict"]]
-            parts.append(
-                f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
-                f"against {g['graph_bytes'] / 1e6:.0f} MB) {v2} it: {100 * d2:+.1f} points."
-            )
-        for cov in (0.8, 0.6):
-            a, b = _curve_at(served, cov), _curve_at(g, cov)
-            parts.append(
-                f"Answering only {pct(a['coverage'])}% of titles, the MoE's own thresholds give "
-                f"{pct(a['accuracy'])}% against {pct(b['accuracy'])}% for the global model's "
-                f"max-probability rejection at {pct(b['coverage'])}%."
-            )
-        rob = {r["perturbation"]: r["accuracy"] for r in served["robustness"]}
-        grob = {r["perturbation"]: r["accuracy"] for r in g["robustness"]}
-        worse = [p for p in rob if rob[p] < grob[p]]
+    if best_moe is not served:
+        d2 = best_moe["accuracy"] - g["accuracy"]
+        v2 = "is above" if d2 > 0 else "is not above"
+        if "predictions" in best_moe:
+            r2 = paired(best_moe["predictions"], g["predictions"], report["truth"])
+            v2 = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r2["verdict"]]
         parts.append(
-            f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
-            f"perturbations ({', '.join(worse) or 'none'})."
+            f"The best MoE measured ({name(best_moe)}, {best_moe['graph_bytes'] / 1e6:.0f} MB of graphs "
+            f"against {g['graph_bytes'] / 1e6:.0f} MB) {v2} it: {100 * d2:+.1f} points."
         )
-        plain = next((s for s in systems if s["name"] == "moe-no-spelling-set"), None)
-        if plain is not None and served.get("spelling") and "typos" in rob:
-            prob = {r["perturbation"]: r["accuracy"] for r in plain["robustness"]}
-            parts.append(
-                f"Typos (one letter edit in a quarter of the longer words) cost the served set "
-                f"{100 * (served['accuracy'] - rob['typos']):.1f} points with its spelling correction and "
-                f"{100 * (plain['accuracy'] - prob['typos']):.1f} without it (the same set with the lexicon "
-                f"removed: {pct(plain['accuracy'])}% clean, {pct(prob['typos'])}% with typos)."
-            )
+    for cov in (0.8, 0.6):
+        a, b = _curve_at(served, cov), _curve_at(g, cov)
+        parts.append(
+            f"Answering only {pct(a['coverage'])}% of titles, the MoE's own thresholds give "
+            f"{pct(a['accuracy'])}% against {pct(b['accuracy'])}% for the global model's "
+            f"max-probability rejection at {pct(b['coverage'])}%."
+        )
+    return parts
+
+
+def _robustness_sentences(systems, served, g) -> list[str]:
+    rob = {r["perturbation"]: r["accuracy"] for r in served["robustness"]}
+    grob = {r["perturbation"]: r["accuracy"] for r in g["robustness"]}
+    worse = [p for p in rob if rob[p] < grob[p]]
+    parts = [
+        f"Under perturbed inputs the MoE is below the global model on {len(worse)} of {len(rob)} "
+        f"perturbations ({', '.join(worse) or 'none'})."
+    ]
+    plain = next((s for s in systems if s["name"] == "moe-no-spelling-set"), None)
+    if plain is not None and served.get("spelling") and "typos" in rob:
+        prob = {r["perturbation"]: r["accuracy"] for r in plain["robustness"]}
+        parts.append(
+            f"Typos (one letter edit in a quarter of the longer words) cost the served set "
+            f"{100 * (served['accuracy'] - rob['typos']):.1f} points with its spelling correction and "
+            f"{100 * (plain['accuracy'] - prob['typos']):.1f} without it (the same set with the lexicon "
+            f"removed: {pct(plain['accuracy'])}% clean, {pct(prob['typos'])}% with typos)."
+        )
+    return parts
+
+
+def _accurate_sentence(report, systems) -> list[str]:
     top = _best_global(systems)
     acc = next((s for s in systems if s["name"] == "moe-accurate-set"), None)
-    if acc is not None and top is not None and "predictions" in acc:
-        r = paired(acc["predictions"], top["predictions"], report["truth"])
-        v = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
-        parts.append(
-            f"The accurate set ({name(acc)}) reaches {pct(acc['accuracy'])}% / macro-F1 {pct(acc['macro_f1'])}% and "
-            f"{v} the strongest global model measured ({name(top)}: {pct(top['accuracy'])}% / {pct(top['macro_f1'])}%; "
-            f"{100 * r['diff']:+.1f} points, interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}])."
-        )
+    if acc is None or top is None or "predictions" not in acc:
+        return []
+    r = paired(acc["predictions"], top["predictions"], report["truth"])
+    v = {"wins": "beats", "ties": "ties with", "loses": "loses to"}[r["verdict"]]
+    return [
+        f"The accurate set ({name(acc)}) reaches {pct(acc['accuracy'])}% / macro-F1 {pct(acc['macro_f1'])}% and "
+        f"{v} the strongest global model measured ({name(top)}: {pct(top['accuracy'])}% / {pct(top['macro_f1'])}%; "
+        f"{100 * r['diff']:+.1f} points, interval [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}])."
+    ]
+
+
+def _ambiguous_sentences(served, g) -> list[str]:
     a = served["ambiguous"]
-    if a:
+    if not a:
+        return []
+    parts = [
+        f"On the {a['rows']} multi-category titles {a['mean_passed']:.1f} experts pass on average; label "
+        f"precision {pct(a['label_precision'])}%, recall {pct(a['label_recall'])}%, exact label set "
+        f"{pct(a['exact_set'])}%."
+    ]
+    if g is not None and g["ambiguous"]:
+        b = g["ambiguous"]
         parts.append(
-            f"On the {a['rows']} multi-category titles {a['mean_passed']:.1f} experts pass on average; label "
-            f"precision {pct(a['label_precision'])}%, recall {pct(a['label_recall'])}%, exact label set "
-            f"{pct(a['exact_set'])}%."
+            f"The global model's columns with thresholds set the same way give {b['mean_passed']:.1f} / "
+            f"{pct(b['label_precision'])}% / {pct(b['label_recall'])}% / {pct(b['exact_set'])}%."
         )
-        if g is not None and g["ambiguous"]:
-            b = g["ambiguous"]
-            parts.append(
-                f"The global model's columns with thresholds set the same way give {b['mean_passed']:.1f} / "
-                f"{pct(b['label_precision'])}% / {pct(b['label_recall'])}% / {pct(b['exact_set'])}%."
-            )
-    return " ".join(parts)
+    return parts
 
 
 def _section_accuracy(report, systems, rel, figs) -> list[str]:
@@ -928,11 +952,23 @@ def _section_clinc(
     return md + [""] + _section_accurate(accurate, paired)
 
 
+def _pc(x) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _pts(x) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _span(x, who) -> str:
+    """ "[low, high]: verdict" of a paired difference (second - first)."""
+    return f"[{_pts(x['interval95'][0])}, {_pts(x['interval95'][1])}]: {_verdict(x['interval95'], *who)}"
+
+
 def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
     """The accurate path's recipes (val chooses, test reported) and its paired comparison."""
     if not accurate:
         return []
-    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
     md = [
         "The accurate path (`scripts/fit-accurate.sh`: MiniLM-L6, or MPNet-base with `MOE_BACKBONE=mpnet-base`, "
         "fine-tuned on the CSV's own labels, exported int8 with per-row activation scales, then the same `moe fit`; "
@@ -948,21 +984,26 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
     for name, tune, r in rows:
         v, t = r["val"], r["test"]
         md.append(
-            f"| {name} | {tune} | {pct(v['accuracy_best_guess'])} | {pct(t['accuracy_best_guess'])} | "
-            f"{pct(t['in_scope_accuracy'])} / {pct(t['out_of_scope_recall'])} / {pct(t['out_of_scope_precision'])} |"
+            f"| {name} | {tune} | {_pc(v['accuracy_best_guess'])} | {_pc(t['accuracy_best_guess'])} | "
+            f"{_pc(t['in_scope_accuracy'])} / {_pc(t['out_of_scope_recall'])} / {_pc(t['out_of_scope_precision'])} |"
         )
-    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731
-    # "[low, high]: verdict" of a paired difference (second − first)
-    span = lambda x, who: f"[{pts(x['interval95'][0])}, {pts(x['interval95'][1])}]: {_verdict(x['interval95'], *who)}"  # noqa: E731
+    md += _accurate_paired(accurate, paired, tuned)
+    md += _accurate_operating_points(accurate)
+    return md + [""]
+
+
+def _accurate_paired(accurate: dict, paired: dict | None, tuned: list[dict]) -> list[str]:
+    """Fine-tuned against frozen, and MPNet-base against MiniLM-L6, paired on the same queries."""
+    md = []
     if paired:
         d, lab = paired["test"]["best"], paired["test"]["label"]
         who = ("the frozen trunk", "the fine-tuned trunk")
         md += [
             "",
             f"Fine-tuned (the chosen recipe) − frozen on the same {paired['rows']['test']:,} in-scope test queries, both "
-            f"served (`training/scripts/paired_sets.py`): best guess {pts(d['b_minus_a'])} points, paired bootstrap "
-            f"95 % {span(d, who)}; the served label with the open-world rule declining {pts(lab['b_minus_a'])} "
-            f"{span(lab, who)}. Targets: closed set 96.9 % (the paper's BERT) and 96 % in scope with 80 % "
+            f"served (`training/scripts/paired_sets.py`): best guess {_pts(d['b_minus_a'])} points, paired bootstrap "
+            f"95 % {_span(d, who)}; the served label with the open-world rule declining {_pts(lab['b_minus_a'])} "
+            f"{_span(lab, who)}. Targets: closed set 96.9 % (the paper's BERT) and 96 % in scope with 80 % "
             "out-of-scope recall.",
         ]
     mp = accurate.get("mpnet_vs_minilm")
@@ -974,23 +1015,45 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
         md += [
             "",
             f"MPNet-base − MiniLM-L6, both fine-tuned, on the same {mp['rows']['test']:,} in-scope test queries, both "
-            f"served (`{mp['file']}`): best guess {pts(d['b_minus_a'])} points {span(d, who)}; served label "
-            f"{pts(lab['b_minus_a'])} {span(lab, who)}. "
-            f"MPNet-base's open-world operating point, chosen on val ({pct(mv['in_scope_accuracy'])} in scope, "
-            f"{pct(mv['out_of_scope_recall'])} recall there), gives {pct(mt['in_scope_accuracy'])} in scope with "
-            f"{pct(mt['out_of_scope_recall'])} recall on test. Its fine-tune took {m['fine_tune_seconds'] / 60:.0f} "
+            f"served (`{mp['file']}`): best guess {_pts(d['b_minus_a'])} points {_span(d, who)}; served label "
+            f"{_pts(lab['b_minus_a'])} {_span(lab, who)}. "
+            f"MPNet-base's open-world operating point, chosen on val ({_pc(mv['in_scope_accuracy'])} in scope, "
+            f"{_pc(mv['out_of_scope_recall'])} recall there), gives {_pc(mt['in_scope_accuracy'])} in scope with "
+            f"{_pc(mt['out_of_scope_recall'])} recall on test. Its fine-tune took {m['fine_tune_seconds'] / 60:.0f} "
             f"minutes against {ml['fine_tune_seconds'] / 60:.0f}, and `moe fit` embedded "
             f"{m['fit_seconds']['embed']:.0f} s against {ml['fit_seconds']['embed']:.0f} s (the int8 trunk's speed).",
         ]
+    return md
 
-    def operating_point(first: str, row: dict) -> str:  # one row of the budget and trade-off tables
-        v, t = row["val"], row["test"]
-        return (
-            f"| {first} | {pct(v['in_scope_accuracy'])} / {pct(v['out_of_scope_recall'])} | "
-            f"{pct(t['in_scope_accuracy'])} / {pct(t['in_scope_declined'])} | {pct(t['out_of_scope_recall'])} / "
-            f"{pct(t['out_of_scope_precision'])} / {pct(t['out_of_scope_f1'])} |"
-        )
 
+def _operating_point(first: str, row: dict) -> str:
+    """One row of the budget and trade-off tables."""
+    v, t = row["val"], row["test"]
+    return (
+        f"| {first} | {_pc(v['in_scope_accuracy'])} / {_pc(v['out_of_scope_recall'])} | "
+        f"{_pc(t['in_scope_accuracy'])} / {_pc(t['in_scope_declined'])} | {_pc(t['out_of_scope_recall'])} / "
+        f"{_pc(t['out_of_scope_precision'])} / {_pc(t['out_of_scope_f1'])} |"
+    )
+
+
+def _trade_offs(record: dict, intro: str) -> list[str]:
+    """A run's --min-oos-recall / budget table."""
+    rows = [
+        "",
+        intro,
+        "",
+        "| trade-off | val in scope / recall | test in scope / declined | test out-of-scope recall / precision / F1 |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in record["rows"]:
+        stated = " (stated first)" if r["option"] == record["stated_before_any_run"] else ""
+        rows.append(_operating_point(f"`{r['option']}`{stated}", r))
+    return rows
+
+
+def _accurate_operating_points(accurate: dict) -> list[str]:
+    """The in-scope budgets and the out-of-scope recall trade-offs, each chosen on val."""
+    md = []
     budgets = accurate.get("mpnet_budgets")
     if budgets:
         md += [
@@ -1003,30 +1066,16 @@ def _section_accurate(accurate: dict | None, paired: dict | None) -> list[str]:
             "| budget | val in scope / recall | test in scope / declined | test out-of-scope recall / precision / F1 |",
             "|---:|---:|---:|---:|",
         ]
-        md += [operating_point(pct(b["max_in_scope_abstain"]), b) for b in budgets["rows"]]
-
-    def trade_offs(record: dict, intro: str) -> list[str]:  # a run's --min-oos-recall / budget table
-        rows = [
-            "",
-            intro,
-            "",
-            "| trade-off | val in scope / recall | test in scope / declined | test out-of-scope recall / precision / F1 |",
-            "|---|---:|---:|---:|",
-        ]
-        for r in record["rows"]:
-            stated = " (stated first)" if r["option"] == record["stated_before_any_run"] else ""
-            rows.append(operating_point(f"`{r['option']}`{stated}", r))
-        return rows
-
+        md += [_operating_point(_pc(b["max_in_scope_abstain"]), b) for b in budgets["rows"]]
     if tradeoffs := accurate.get("mpnet_trade_offs"):
-        md += trade_offs(
+        md += _trade_offs(
             tradeoffs,
             "The other trade-off, `moe fit --min-oos-recall R` (the one-sided 95 % lower bound of the val "
             f"out-of-scope recall must reach R; `{tradeoffs['file']}`). {tradeoffs['note']}",
         )
     if again := accurate.get("mpnet_replication"):
-        md += trade_offs(again, f"The recipe run again (`{again['file']}`). {again['note']}")
-    return md + [""]
+        md += _trade_offs(again, f"The recipe run again (`{again['file']}`). {again['note']}")
+    return md
 
 
 def _section_open_world(open_intent: dict | None, unknowns: dict | None) -> list[str]:

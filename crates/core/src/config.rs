@@ -8,6 +8,7 @@ use clap::{Args, Command, FromArgMatches};
 
 /// Runtime settings shared by the server and the evaluation commands.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Performance tuning")]
 pub struct RuntimeConfig {
     /// Path of libonnxruntime.so (default: the onnxruntime wheel in .venv).
     #[arg(long, env = "ORT_DYLIB_PATH")]
@@ -20,21 +21,22 @@ pub struct RuntimeConfig {
     pub intra_threads: Option<usize>,
     /// Sessions per trunk / full-model graph, sharing one queue (default: cores).
     ///
-    /// Each session runs on its own thread. Why 2 x 1 on 2 cores: docs/BENCHMARKS.md
-    /// (docs/bench/ab-sessions.jsonl).
+    /// Each session runs on its own thread.
+    // Why 2 x 1 on 2 cores: docs/BENCHMARKS.md (docs/bench/ab-sessions.jsonl).
     #[arg(long, env = "MOE_SESSIONS")]
     pub sessions: Option<usize>,
     /// Threads of the extra session that runs a lone text (default: cores; 0 or 1: off).
     ///
     /// With more than one session per trunk, this session runs a single text when the queue is
     /// empty and no other run is in progress. It spins only within its runs (`--solo-spin-us`),
-    /// so it takes no core from loaded runs. Measured: docs/BENCHMARKS.md (ab-solo.jsonl).
+    /// so it takes no core from loaded runs.
+    // Measured: docs/BENCHMARKS.md (ab-solo.jsonl).
     #[arg(long, env = "MOE_SOLO_THREADS")]
     pub solo_threads: Option<usize>,
     /// How long the solo session's threads spin for work in a run, in µs (0: never).
     ///
     /// They stop spinning when the run ends, so idle spinning takes no core from loaded runs.
-    /// Measured: docs/BENCHMARKS.md (ab-solo-spinning.jsonl, ab-solo-spin-within-runs.jsonl).
+    // Measured: docs/BENCHMARKS.md (ab-solo-spinning.jsonl, ab-solo-spin-within-runs.jsonl).
     #[arg(long, env = "MOE_SOLO_SPIN_US", default_value_t = 100)]
     pub solo_spin_us: u64,
     /// Intra-op threads of each small head session.
@@ -54,7 +56,8 @@ pub struct RuntimeConfig {
     /// Largest batch (texts) one graph run takes.
     ///
     /// With several sessions and no waiting (`--max-wait-us 0`), a worker takes at most its share
-    /// of the jobs queued when it looks (queued / sessions). Measured: docs/BENCHMARKS.md (ab-fair.jsonl).
+    /// of the jobs queued when it looks (queued / sessions).
+    // Measured: docs/BENCHMARKS.md (ab-fair.jsonl).
     #[arg(long, env = "MOE_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
     /// How long an executor waits for more work before running a batch, in µs.
@@ -66,13 +69,13 @@ pub struct RuntimeConfig {
     #[arg(long, env = "MOE_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
     /// Largest |p_service - p_card| accepted in the warm-up self-test of a bundle.
-    #[arg(long, env = "MOE_SELFTEST_TOLERANCE", default_value_t = 0.02)]
+    #[arg(long, env = "MOE_SELFTEST_TOLERANCE", default_value_t = 0.02, help_heading = "Experts")]
     pub selftest_tolerance: f32,
     /// Correct misspelt words before tokenizing where a trunk names a spelling lexicon.
     ///
     /// false: every text reaches its tokenizer unchanged (the thresholds were calibrated with
     /// correction, so expect small shifts). The rule: crates/core/src/inference/tokenize.rs.
-    #[arg(long, env = "MOE_SPELLING", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "MOE_SPELLING", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Experts")]
     pub spelling: bool,
 }
 
@@ -109,7 +112,9 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What one request, and the service as a whole, may take.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
 pub struct Limits {
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "MOE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
@@ -182,53 +187,6 @@ impl Limits {
 }
 
 impl Default for Limits {
-    /// The flags' own defaults (written once, in the `#[arg]` attributes), env variables ignored.
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
-
-/// Connection hygiene of the server (see `http::server`).
-#[derive(Debug, Clone, Args)]
-pub struct Connections {
-    /// Most connections open at once; when full, an idle or slow one makes room.
-    ///
-    /// Closed first: a connection with no request being served (nothing sent yet, half a request
-    /// head, or idle between keep-alive requests); then one whose request body arrives slower than
-    /// --min-body-rate after --slow-body-grace-ms, or is still within that grace; from the
-    /// address holding the most connections, oldest first, and only of an address holding more
-    /// than the newcomer's (or idle ones of its own). With none, the new connection is answered
-    /// 503 and closed. docs/OPERATIONS.md compares this with nginx.
-    #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
-    /// Most connections open at once from one client address (0: no cap; 503 above).
-    ///
-    /// Behind a proxy or load balancer every request comes from its address: raise it or set 0.
-    #[arg(long, env = "MOE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128)]
-    pub max_connections_per_client: usize,
-    /// Deadline for a request's headers, in ms (the connection is closed after it).
-    ///
-    /// Also the longest a keep-alive connection may sit idle.
-    #[arg(long, env = "MOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_read_timeout_ms: u64,
-    /// How long a request body may arrive before its rate is judged, in ms.
-    ///
-    /// Within it a body is closed to make room only for a client whose address holds fewer
-    /// connections than the body's.
-    #[arg(long, env = "MOE_SLOW_BODY_GRACE_MS", default_value_t = 2_000)]
-    pub slow_body_grace_ms: u64,
-    /// Bytes a second a body must average to keep its slot in a full table (0: any).
-    ///
-    /// Only when --max-connections is reached, and only after --slow-body-grace-ms: a body below
-    /// this average since its request head may be closed for a new connection.
-    #[arg(long, env = "MOE_MIN_BODY_RATE", default_value_t = 1_024)]
-    pub min_body_rate: u64,
-    /// At shutdown, how long requests in flight may take to finish, in milliseconds.
-    #[arg(long, env = "MOE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
-    pub drain_ms: u64,
-}
-
-impl Default for Connections {
     /// The flags' own defaults (written once, in the `#[arg]` attributes), env variables ignored.
     fn default() -> Self {
         clap_defaults()

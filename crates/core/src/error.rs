@@ -110,6 +110,16 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Read a lock recovered the same way as [`lock`].
+pub fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Write a lock recovered the same way as [`lock`].
+pub fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// An error's message with its chain of causes ("a: b: c"), skipping causes already in the
 /// message: what the API answers and what the logs say.
 pub fn chain(e: &dyn std::error::Error) -> String {

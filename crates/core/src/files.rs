@@ -82,6 +82,7 @@ pub fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_data().map_err(|e| Error::io(path, e))
 }
 
+/// Make a rename or creation under `path`'s folder durable: fsync the folder (best effort).
 pub fn sync_parent(path: &Path) {
     if let Ok(d) = std::fs::File::open(path.parent().unwrap_or(Path::new("."))) {
         let _ = d.sync_all();

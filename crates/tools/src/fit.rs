@@ -29,12 +29,12 @@ use moe_core::bundle::quality::SplitMetrics;
 use moe_core::bundle::registry::RegistryFile;
 use moe_core::clock::now_rfc3339;
 use moe_core::config::RuntimeConfig;
+use moe_core::evaluation::{Scorer, platt_calibration, trunk_outputs};
 use moe_core::expert::positive_probabilities;
 use moe_core::files::{sha256_file, write_atomic};
 use moe_core::gate::{GateKind, GateSpec, IDENTITY, sigmoid};
 use moe_core::inference::executor::Expect;
 use moe_core::inference::{Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
-use moe_core::scoring::{Scorer, platt_calibration, trunk_outputs};
 use moe_core::service::ExpertSet;
 use moe_core::stats::gating::GateData;
 use moe_core::stats::logreg::{shuffle, splitmix64};
@@ -193,13 +193,7 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     check_out_is_free(&o.out)?;
     let t = Instant::now();
     let data = read_labelled(o)?;
-    if o.min_oos_recall.is_some() && !data.oos.iter().any(|r| r.split == "val") {
-        return Err(Error::BadRequest(format!(
-            "{}: --min-oos-recall needs out-of-scope val rows (--oos-label {:?}), and there are none",
-            o.data.display(),
-            o.oos_label.as_deref().unwrap_or_default()
-        )));
-    }
+    check_oos_val(o, &data)?;
     let (classes, dropped) = classes_of(&data.rows, o.min_rows)?;
     let (trunk_dir, tcard) = resolve_trunk(o)?;
     stage("read", t);
@@ -238,40 +232,21 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     stage("fit", t);
 
     let t = Instant::now();
-    let tmp = temp_root(&o.out)?;
-    let written = (|| {
-        let bundles = write_bundles(
-            &tmp,
-            o,
-            &classes,
-            &fitted,
-            &val,
-            &val_truth,
-            (&train, &train_texts, &train_truth),
-            &tcard,
-            exec.provider,
-        )?;
-        copy_trunk(&trunk_dir, &tmp.join("trunks").join(&tcard.id))?;
-        if data.split_source.starts_with("stratified") {
-            write_splits(&tmp.join("splits.csv"), &data.rows)?;
-        }
-        let reg = RegistryFile {
-            experts: classes.iter().cloned().zip(bundles.iter().cloned()).collect(),
-            ..RegistryFile::empty()
-        };
-        reg.write(&tmp)?;
-        let seen =
-            Seen { val: Arc::new(val), test: Arc::new(test), oos_val: oos_rows("val"), oos_test: oos_rows("test") };
-        let report = choose_gate_and_report(o, runtime, &tmp, reg, &data, &classes, &dropped, &seen)?;
-        Ok::<_, Error>((bundles, report))
-    })();
-    let (bundles, mut report) = match written {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+    let seen = Seen { val: Arc::new(val), test: Arc::new(test), oos_val: oos_rows("val"), oos_test: oos_rows("test") };
+    let fit = FittedSet {
+        data: &data,
+        classes: &classes,
+        dropped: &dropped,
+        heads: &fitted,
+        train: (&train, &train_texts, &train_truth),
+        val_truth: &val_truth,
+        seen: &seen,
+        trunk: (&trunk_dir, &tcard, exec.provider),
     };
+    let tmp = temp_root(&o.out)?;
+    let (bundles, mut report) = write_set(o, runtime, &tmp, &fit).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
     report["heads"] = json!({"C": c, "C_chosen_by": "the set's val best-guess accuracy", "grid": grid,
         "objective": "one-vs-rest L2 logistic regression, balanced weights, standardized features, every train row"});
     stage("calibrate, gate, check", t);
@@ -279,6 +254,49 @@ pub fn fit_set(o: &FitOptions, runtime: &RuntimeConfig) -> Result<Value> {
     report["seconds"] = Value::Object(stages);
     move_into_place(&tmp, &o.out, &report)?;
     Ok(summary(o, &report, (bundles.len(), classes.len()), &dropped, (distinct.len(), from_cache)))
+}
+
+/// `--min-oos-recall` is a rule on out-of-scope val rows: refused when there are none.
+fn check_oos_val(o: &FitOptions, data: &Labelled) -> Result<()> {
+    if o.min_oos_recall.is_some() && !data.oos.iter().any(|r| r.split == "val") {
+        return Err(Error::BadRequest(format!(
+            "{}: --min-oos-recall needs out-of-scope val rows (--oos-label {:?}), and there are none",
+            o.data.display(),
+            o.oos_label.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// What the fit produced, for writing: the data and its classes, the heads, the embedded splits
+/// and the trunk (its folder, card and the provider that ran it).
+struct FittedSet<'a> {
+    data: &'a Labelled,
+    classes: &'a [String],
+    dropped: &'a [Value],
+    heads: &'a [Head],
+    train: (&'a Matrix, &'a [String], &'a [usize]),
+    val_truth: &'a [usize],
+    seen: &'a Seen,
+    trunk: (&'a Path, &'a TrunkCard, &'a str),
+}
+
+/// Write the bundles, the trunk, the splits and the registry into `tmp`, then choose the gate on
+/// the written set; returns the bundle names and the report.
+fn write_set(o: &FitOptions, runtime: &RuntimeConfig, tmp: &Path, f: &FittedSet) -> Result<(Vec<String>, Value)> {
+    let (trunk_dir, tcard, provider) = f.trunk;
+    let bundles = write_bundles(tmp, o, f.classes, f.heads, &f.seen.val, f.val_truth, f.train, tcard, provider)?;
+    copy_trunk(trunk_dir, &tmp.join("trunks").join(&tcard.id))?;
+    if f.data.split_source.starts_with("stratified") {
+        write_splits(&tmp.join("splits.csv"), &f.data.rows)?;
+    }
+    let reg = RegistryFile {
+        experts: f.classes.iter().cloned().zip(bundles.iter().cloned()).collect(),
+        ..RegistryFile::empty()
+    };
+    reg.write(tmp)?;
+    let report = choose_gate_and_report(o, runtime, tmp, reg, f.data, f.classes, f.dropped, f.seen)?;
+    Ok((bundles, report))
 }
 
 /// The rows of one split: their embeddings (rows of `emb` by `index`), texts, and the rows.
@@ -914,6 +932,29 @@ fn score_seeded(set: &ExpertSet, texts: &[String], embedding: &Arc<Matrix>) -> R
     set.experts.iter().map(|e| scorer.probabilities(e)).collect()
 }
 
+/// A split's in-class rows: texts and class indices.
+fn split_of(data: &Labelled, classes: &[String], s: &str) -> (Vec<String>, Vec<usize>) {
+    data.rows
+        .iter()
+        .filter(|r| r.split == s)
+        .filter_map(|r| classes.binary_search(&r.label).ok().map(|k| (r.text.clone(), k)))
+        .unzip()
+}
+
+/// The gate chosen on val among the kinds this many classes afford; its val accuracy and the spec.
+fn choose_val_gate(classes: &[String], val: GateData, versions: BTreeMap<String, String>) -> (f64, GateSpec) {
+    let kinds: &[GateKind] = if classes.len() <= FITTED_GATES_UP_TO {
+        &[GateKind::Uniform, GateKind::Length, GateKind::Stacking]
+    } else {
+        progress(&format!("{} classes: fitted gates skipped (over {FITTED_GATES_UP_TO})", classes.len()));
+        &[GateKind::Uniform]
+    };
+    let (acc, mut spec, table) = choose_gate(&val, classes, versions, kinds, true);
+    spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table,
+        "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
+    (acc, spec)
+}
+
 /// Load the written set as the service would (self-tests included), choose the gate, the label
 /// rule and the open-world cut-off on val, and score val and test through the set's own decisions.
 #[allow(clippy::too_many_arguments)]
@@ -929,27 +970,12 @@ fn choose_gate_and_report(
 ) -> Result<Value> {
     let pool = ExecutorPool::default();
     let set = ExpertSet::load(&pool, runtime, root, &reg)?;
-    let split = |s: &str| -> (Vec<String>, Vec<usize>) {
-        data.rows
-            .iter()
-            .filter(|r| r.split == s)
-            .filter_map(|r| classes.binary_search(&r.label).ok().map(|k| (r.text.clone(), k)))
-            .unzip()
-    };
-    let (texts, truth) = split("val");
+    let (texts, truth) = split_of(data, classes, "val");
     let probs = score_seeded(&set, &texts, &seen.val)?;
     let cal = set.calibrations().unwrap_or_else(|| vec![IDENTITY; probs.len()]);
     let gd = GateData { probs: &probs, thr: &set.thresholds, cal: &cal, texts: &texts, truth: &truth };
-    let kinds: &[GateKind] = if classes.len() <= FITTED_GATES_UP_TO {
-        &[GateKind::Uniform, GateKind::Length, GateKind::Stacking]
-    } else {
-        progress(&format!("{} classes: fitted gates skipped (over {FITTED_GATES_UP_TO})", classes.len()));
-        &[GateKind::Uniform]
-    };
     let versions: BTreeMap<String, String> = set.versions().into_iter().collect();
-    let (acc, mut spec, table) = choose_gate(&gd, classes, versions.clone(), kinds, true);
-    spec.selected_by = Some(json!({"metric": "val accuracy", "chosen_val_accuracy": acc, "table": table,
-        "fitted_gates_skipped": classes.len() > FITTED_GATES_UP_TO}));
+    let (acc, mut spec) = choose_val_gate(classes, gd, versions.clone());
     let oos_val = &seen.oos_val;
     let oos_probs = score_seeded(&set, &oos_val.1, &oos_val.0)?;
     let (near, oos_near) =
@@ -982,25 +1008,25 @@ fn choose_gate_and_report(
     report["val"] = split_report(&set, classes, &texts, &truth, &probs, &near)?;
     report["val"]["open_world"] =
         open_world::measure(&set, classes, (&texts, &truth, &probs, &near), (&oos_val.1, &oos_probs, &oos_near));
-    let (test, test_truth) = split("test");
-    report["test"] = if test.is_empty() {
-        Value::Null
-    } else {
-        let probs = score_seeded(&set, &test, &seen.test)?;
-        let near = set.nearest_on(std::slice::from_ref(&seen.test));
-        let mut r = split_report(&set, classes, &test, &test_truth, &probs, &near)?;
-        let oos_test = &seen.oos_test;
-        let oos_probs = score_seeded(&set, &oos_test.1, &oos_test.0)?;
-        let oos_near = set.nearest_on(std::slice::from_ref(&oos_test.0));
-        r["open_world"] = open_world::measure(
-            &set,
-            classes,
-            (&test, &test_truth, &probs, &near),
-            (&oos_test.1, &oos_probs, &oos_near),
-        );
-        r
-    };
+    report["test"] = test_report(&set, classes, data, seen)?;
     Ok(report)
+}
+
+/// The test split through the set's own decisions, with its out-of-scope rows (null: no test rows).
+fn test_report(set: &ExpertSet, classes: &[String], data: &Labelled, seen: &Seen) -> Result<Value> {
+    let (test, test_truth) = split_of(data, classes, "test");
+    if test.is_empty() {
+        return Ok(Value::Null);
+    }
+    let probs = score_seeded(set, &test, &seen.test)?;
+    let near = set.nearest_on(std::slice::from_ref(&seen.test));
+    let mut r = split_report(set, classes, &test, &test_truth, &probs, &near)?;
+    let oos_test = &seen.oos_test;
+    let oos_probs = score_seeded(set, &oos_test.1, &oos_test.0)?;
+    let oos_near = set.nearest_on(std::slice::from_ref(&oos_test.0));
+    r["open_world"] =
+        open_world::measure(set, classes, (&test, &test_truth, &probs, &near), (&oos_test.1, &oos_probs, &oos_near));
+    Ok(r)
 }
 
 /// Accuracy and macro-F1 of the set's answers on a split (best guess when it abstains, and with

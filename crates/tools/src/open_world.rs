@@ -171,40 +171,12 @@ pub fn choose(
     for rule in RULES {
         let mut set = make(&GateSpec { label: rule, open_world: None, ..base.clone() })?;
         let (answers, oos) = cross_fitted(&mut set, (texts, truth, probs), (oos_texts, oos_probs));
-        let own = answers.iter().filter(|r| r.abstained).count();
         for score in scores_to_try(&max_p, nearest) {
             let scores = of(&score, &max_p, nearest);
             let oos_scores = of(&score, &oos_max_p, oos_nearest);
             let (reject_below, meets) = match trade_off {
-                TradeOff::MaxInScopeAbstain(budget) => {
-                    // The cut-off spends what the label rule left of the budget on the lowest scores.
-                    let allowed = (budget * n as f64).floor() as usize;
-                    let mut kept: Vec<f32> =
-                        answers.iter().zip(&scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
-                    kept.sort_by(f32::total_cmp);
-                    let extra = allowed.saturating_sub(own);
-                    let cut = (budget > 0.0 && extra > 0)
-                        .then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied())
-                        .flatten();
-                    (cut, own <= allowed)
-                }
-                TradeOff::MinOutOfScopeRecall(_) => {
-                    // The cut-off declines the lowest-scored out-of-scope texts the label rule let
-                    // through, as many as the bound needs (all of them when it cannot be reached).
-                    let mut open: Vec<f32> = oos
-                        .iter()
-                        .zip(&oos_scores)
-                        .filter(|(r, s)| !r.abstained && s.is_finite())
-                        .map(|(_, s)| *s)
-                        .collect();
-                    open.sort_by(f32::total_cmp);
-                    let caught = oos.iter().filter(|r| r.abstained).count();
-                    match needed.map(|k| k.saturating_sub(caught)) {
-                        Some(0) => (None, true),
-                        Some(extra) if extra <= open.len() => (cut_above(&open, extra), true),
-                        _ => (cut_above(&open, open.len()), false),
-                    }
-                }
+                TradeOff::MaxInScopeAbstain(budget) => budget_cut(budget, n, &answers, &scores),
+                TradeOff::MinOutOfScopeRecall(_) => recall_cut(needed, &oos, &oos_scores),
             };
             let declined = |s: f32| reject_below.is_some_and(|t| s < t);
             let right = answers
@@ -236,6 +208,33 @@ pub fn choose(
         versions,
     });
     Ok((best.rule, open_world, chosen_by))
+}
+
+/// Under an in-scope budget (a share of the `n` val texts): the cut-off spends what the label rule
+/// left of the budget on the lowest scores; whether the rule alone is within the budget.
+fn budget_cut(budget: f64, n: usize, answers: &[TextResult], scores: &[f32]) -> (Option<f32>, bool) {
+    let own = answers.iter().filter(|r| r.abstained).count();
+    let allowed = (budget * n as f64).floor() as usize;
+    let mut kept: Vec<f32> = answers.iter().zip(scores).filter(|(r, _)| !r.abstained).map(|(_, s)| *s).collect();
+    kept.sort_by(f32::total_cmp);
+    let extra = allowed.saturating_sub(own);
+    let cut = (budget > 0.0 && extra > 0).then(|| kept.get(extra.min(kept.len().saturating_sub(1))).copied()).flatten();
+    (cut, own <= allowed)
+}
+
+/// Under a bound on out-of-scope recall: the cut-off declines the lowest-scored out-of-scope texts
+/// the label rule let through, as many as the bound needs (all of them when it cannot be reached);
+/// whether the bound is reached.
+fn recall_cut(needed: Option<usize>, oos: &[TextResult], oos_scores: &[f32]) -> (Option<f32>, bool) {
+    let mut open: Vec<f32> =
+        oos.iter().zip(oos_scores).filter(|(r, s)| !r.abstained && s.is_finite()).map(|(_, s)| *s).collect();
+    open.sort_by(f32::total_cmp);
+    let caught = oos.iter().filter(|r| r.abstained).count();
+    match needed.map(|k| k.saturating_sub(caught)) {
+        Some(0) => (None, true),
+        Some(extra) if extra <= open.len() => (cut_above(&open, extra), true),
+        _ => (cut_above(&open, open.len()), false),
+    }
 }
 
 /// The candidate chosen on val, and how (the table of every candidate, for the card and report).

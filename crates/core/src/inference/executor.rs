@@ -19,23 +19,10 @@ use super::runtime::{Spin, load_session, load_session_spinning};
 use super::tokenize::Encoded;
 use crate::config::RuntimeConfig;
 use crate::error::lock;
+use crate::linalg::Matrix;
 use crate::{Error, Result};
 
 pub const TOKEN_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
-
-/// A dense row-major f32 matrix (graph outputs, embeddings).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<f32>,
-}
-
-impl Matrix {
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
-    }
-}
 
 /// What a graph consumes, checked against its declared inputs when it is loaded.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,12 +3,11 @@
 //! without ONNX Runtime.
 
 pub mod executor;
-pub mod linear;
 pub mod pool;
 pub mod runtime;
 pub mod tokenize;
 
-pub use executor::{Executor, GraphRole, Matrix};
-pub use linear::LinearHead;
+pub use crate::linalg::{LinearHead, Matrix};
+pub use executor::{Executor, GraphRole};
 pub use pool::ExecutorPool;
 pub use tokenize::{Encoded, Speller, TokenizerHandle};

@@ -103,7 +103,9 @@ impl Speller {
         Ok(Speller { sha256: sha256.to_lowercase(), words })
     }
 
-    pub fn from_text(text: &str) -> std::result::Result<Speller, String> {
+    /// A lexicon from its text, for the tests (the service loads files through `load`).
+    #[cfg(test)]
+    fn from_text(text: &str) -> std::result::Result<Speller, String> {
         Ok(Speller { sha256: String::new(), words: parse(text)? })
     }
 

@@ -17,8 +17,8 @@ use crate::error::lock;
 use crate::expert::{Expert, Head, positive_probabilities};
 use crate::gate::{self, ExpertOutput, Gate, GateSpec};
 use crate::inference::executor::Input;
-use crate::inference::linear::dot;
 use crate::inference::{Encoded, Executor, ExecutorPool, LinearHead, Matrix, TokenizerHandle};
+use crate::linalg::dot;
 use crate::{Error, Result};
 
 /// Requests up to this many bytes of text are tokenized on the calling async worker, larger ones on

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use super::linalg::gemm;
 use super::logreg::{sigmoid, softplus};
-use crate::inference::{LinearHead, Matrix};
+use crate::linalg::{LinearHead, Matrix};
 
 /// How hard to fit.
 #[derive(Debug, Clone, Copy)]

@@ -21,8 +21,8 @@ use moe_core::bundle::{BinaryReport, Metric};
 use moe_core::clock::now_rfc3339;
 use moe_core::data::{DataArgs, Rows};
 use moe_core::error::lock;
+use moe_core::evaluation::evaluate;
 use moe_core::expert::Expert;
-use moe_core::scoring::evaluate;
 use moe_core::service::Core;
 use moe_core::{Error, Result};
 

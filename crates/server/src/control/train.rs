@@ -36,7 +36,7 @@ use moe_core::bundle::quality::{BinaryReport, SplitMetrics};
 use moe_core::clock::now_rfc3339;
 use moe_core::data::DataArgs;
 use moe_core::expert::Expert;
-use moe_core::files::{sha256_file, write_atomic};
+use moe_core::files::{sha256_file, sync_parent, write_atomic};
 use moe_core::inference::executor::Input;
 use moe_core::inference::{LinearHead, Matrix};
 use moe_core::service::Core;
@@ -320,12 +320,7 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
     }
     jobs.progress(id, "writing the bundle");
     let t = Instant::now();
-    let selftest: Vec<SelfTest> = [0, 1, 2]
-        .into_iter()
-        .chain([p.positives.len(), p.positives.len() + 1])
-        .filter(|&i| i < texts.len())
-        .map(|i| SelfTest { text: texts[i].clone(), probability: fitted.model.probability(&x[i]) })
-        .collect();
+    let selftest = selftest_of(&texts, p.positives.len(), &fitted.model, &x);
     let bundle = {
         let (root, class, on_trunk) = (core.root().to_path_buf(), p.class.clone(), p.on_trunk.clone());
         let provenance = json!({
@@ -347,16 +342,7 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
     let write_ms = t.elapsed().as_secs_f64() * 1e3;
     jobs.progress(id, format!("installing {bundle} ({:?})", p.req.mode));
     let t = Instant::now();
-    let installed = match p.req.mode {
-        Mode::Install => {
-            let out = swap_as(core, &p.class, Swap { bundle: bundle.clone(), ..Default::default() }, "train").await?;
-            serde_json::to_value(out).expect("json")
-        }
-        Mode::Shadow => {
-            let sh = super::shadow::attach(core, &p.class, &bundle).await?;
-            json!({"shadow": sh.expert.bundle, "version": sh.expert.card.version})
-        }
-    };
+    let installed = install(core, &p, &bundle).await?;
     let install_ms = t.elapsed().as_secs_f64() * 1e3;
     Ok(json!({
         "bundle": bundle, "mode": p.req.mode, "class": p.class,
@@ -366,6 +352,32 @@ async fn run(core: &Arc<Core>, jobs: &Arc<Jobs>, id: u64, p: Prepared) -> Result
         "timings_ms": {"embed": embed_ms, "fit": fit_ms, "write": write_ms, "install": install_ms,
                        "total": started.elapsed().as_secs_f64() * 1e3},
     }))
+}
+
+/// The self-test texts of a trained bundle: the first three positives and two negatives, with the
+/// probabilities the fitted model gives them.
+fn selftest_of(texts: &[String], positives: usize, model: &Logistic, x: &[Vec<f32>]) -> Vec<SelfTest> {
+    [0, 1, 2]
+        .into_iter()
+        .chain([positives, positives + 1])
+        .filter(|&i| i < texts.len())
+        .map(|i| SelfTest { text: texts[i].clone(), probability: model.probability(&x[i]) })
+        .collect()
+}
+
+/// Serve the written bundle as the request asked: swapped in, or attached as the class's shadow.
+async fn install(core: &Arc<Core>, p: &Prepared, bundle: &str) -> Result<Value> {
+    Ok(match p.req.mode {
+        Mode::Install => {
+            let out =
+                swap_as(core, &p.class, Swap { bundle: bundle.to_string(), ..Default::default() }, "train").await?;
+            serde_json::to_value(out).expect("json")
+        }
+        Mode::Shadow => {
+            let sh = super::shadow::attach(core, &p.class, bundle).await?;
+            json!({"shadow": sh.expert.bundle, "version": sh.expert.card.version})
+        }
+    })
 }
 
 /// Run CPU-heavy work on its own thread at the lowest scheduling priority (nice 19: Linux keeps a
@@ -440,9 +452,7 @@ fn write_bundle(
         card.write(&tmp.join("card.json"))?;
         let dest = root.join(&name);
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-        if let Ok(d) = std::fs::File::open(root) {
-            let _ = d.sync_all();
-        }
+        sync_parent(&dest);
         Ok(name)
     })();
     if result.is_err() {

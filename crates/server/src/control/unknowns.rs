@@ -95,8 +95,17 @@ enum Line {
 
 /// What the writer is asked to do.
 enum Msg {
-    Seen { text: String, reason: String, best_guess: String, trunk: Option<String>, embedding: Option<Vec<f32>> },
+    Seen(Sighting),
     Taught { ids: Vec<u64>, class: String, done: tokio::sync::oneshot::Sender<Result<usize>> },
+}
+
+/// One declined text as the classify path saw it.
+struct Sighting {
+    text: String,
+    reason: String,
+    best_guess: String,
+    trunk: Option<String>,
+    embedding: Option<Vec<f32>>,
 }
 
 /// How `GET /unknowns` groups (validated by the HTTP layer).
@@ -220,13 +229,13 @@ impl Unknowns {
                 metrics::counter!("moe_unknowns_dropped_total").increment(1);
                 continue;
             }
-            let msg = Msg::Seen {
+            let msg = Msg::Seen(Sighting {
                 text: d.text.clone(),
                 reason: r.reason.map_or("no_expert_passed", |x| x.name()).to_string(),
                 best_guess: r.best_guess.clone(),
                 trunk: d.embedding.as_ref().map(|e| e.trunk.clone()),
                 embedding: d.embedding.as_ref().map(|e| e.vector.clone()),
-            };
+            });
             if self.send(msg).is_err() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 metrics::counter!("moe_unknowns_dropped_total").increment(1);
@@ -424,10 +433,81 @@ struct Writer {
     queued: Arc<AtomicUsize>,
 }
 
+/// The writer's view of the kept texts, by id and by text.
+struct Kept {
+    by_id: BTreeMap<u64, Arc<Unknown>>,
+    by_text: HashMap<String, u64>,
+}
+
+impl Kept {
+    fn of(list: &[Arc<Unknown>]) -> Kept {
+        let by_id: BTreeMap<u64, Arc<Unknown>> = list.iter().map(|u| (u.id, u.clone())).collect();
+        let by_text = by_id.values().map(|u| (u.text.clone(), u.id)).collect();
+        Kept { by_id, by_text }
+    }
+
+    /// Count a sighting (a new text takes `next_id`); returns its log line, a short `Again` when the
+    /// text was kept with the same embedding.
+    fn see(&mut self, next_id: &mut u64, now: &str, s: Sighting) -> Line {
+        let Sighting { text, reason, best_guess, trunk, embedding } = s;
+        let old = self.by_text.get(&text).and_then(|id| self.by_id.get(id));
+        let same = old.is_some_and(|o| o.trunk == trunk && o.embedding == embedding);
+        let u = match old {
+            Some(old) => Unknown {
+                last_seen: now.to_string(),
+                count: old.count + 1,
+                reason,
+                best_guess,
+                trunk,
+                embedding,
+                ..Unknown::clone(old)
+            },
+            None => {
+                *next_id += 1;
+                let at = now.to_string();
+                Unknown {
+                    id: *next_id - 1,
+                    text: text.clone(),
+                    first_seen: at.clone(),
+                    last_seen: at,
+                    count: 1,
+                    reason,
+                    best_guess,
+                    trunk,
+                    embedding,
+                }
+            }
+        };
+        self.by_text.insert(text, u.id);
+        let line = if same {
+            Line::Again {
+                id: u.id,
+                last_seen: u.last_seen.clone(),
+                count: u.count,
+                reason: u.reason.clone(),
+                best_guess: u.best_guess.clone(),
+            }
+        } else {
+            Line::Seen(u.clone())
+        };
+        self.by_id.insert(u.id, Arc::new(u));
+        line
+    }
+
+    /// Drop taught texts; returns how many were kept.
+    fn forget(&mut self, ids: &[u64]) -> usize {
+        let mut gone = 0;
+        for u in ids.iter().filter_map(|id| self.by_id.remove(id)) {
+            self.by_text.remove(&u.text);
+            gone += 1;
+        }
+        gone
+    }
+}
+
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut kept: BTreeMap<u64, Arc<Unknown>> = self.published.load().iter().map(|u| (u.id, u.clone())).collect();
-        let mut by_text: HashMap<String, u64> = kept.values().map(|u| (u.text.clone(), u.id)).collect();
+        let mut kept = Kept::of(&self.published.load());
         while let Ok(first) = rx.recv() {
             std::thread::sleep(BATCH_WINDOW);
             let mut lines = Vec::new();
@@ -436,65 +516,20 @@ impl Writer {
             let now = now_rfc3339();
             for msg in std::iter::once(first).chain(rx.try_iter()) {
                 match msg {
-                    Msg::Seen { text, reason, best_guess, trunk, embedding } => {
+                    Msg::Seen(s) => {
                         seen += 1;
-                        let old = by_text.get(&text).and_then(|id| kept.get(id));
-                        let same = old.is_some_and(|o| o.trunk == trunk && o.embedding == embedding);
-                        let u = match old {
-                            Some(old) => Unknown {
-                                last_seen: now.clone(),
-                                count: old.count + 1,
-                                reason,
-                                best_guess,
-                                trunk,
-                                embedding,
-                                ..Unknown::clone(old)
-                            },
-                            None => {
-                                self.next_id += 1;
-                                Unknown {
-                                    id: self.next_id - 1,
-                                    text: text.clone(),
-                                    first_seen: now.clone(),
-                                    last_seen: now.clone(),
-                                    count: 1,
-                                    reason,
-                                    best_guess,
-                                    trunk,
-                                    embedding,
-                                }
-                            }
-                        };
-                        by_text.insert(text, u.id);
-                        lines.push(if same {
-                            Line::Again {
-                                id: u.id,
-                                last_seen: u.last_seen.clone(),
-                                count: u.count,
-                                reason: u.reason.clone(),
-                                best_guess: u.best_guess.clone(),
-                            }
-                        } else {
-                            Line::Seen(u.clone())
-                        });
-                        kept.insert(u.id, Arc::new(u));
+                        lines.push(kept.see(&mut self.next_id, &now, s));
                     }
                     Msg::Taught { ids, class, done } => {
-                        let mut gone = 0;
-                        for u in ids.iter().filter_map(|id| kept.remove(id)) {
-                            by_text.remove(&u.text);
-                            gone += 1;
-                        }
-                        answers.push((done, gone));
+                        answers.push((done, kept.forget(&ids)));
                         lines.push(Line::Taught { ids, class, at: now.clone() });
                     }
                 }
             }
-            let mut list: Vec<Arc<Unknown>> = kept.values().cloned().collect();
+            let mut list: Vec<Arc<Unknown>> = kept.by_id.values().cloned().collect();
             if list.len() > self.cap {
                 evict(&mut list, self.cap);
-                kept = list.iter().map(|u| (u.id, u.clone())).collect();
-                by_text = kept.values().map(|u| (u.text.clone(), u.id)).collect();
+                kept = Kept::of(&list);
             }
             let written = self.write(&lines, &list);
             if written.is_ok() {

@@ -394,7 +394,7 @@ fn failpoint(step: &str) {
 /// to be installed or removed.
 fn name_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
-    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut locks = moe_core::error::lock(&LOCKS);
     let map = locks.get_or_insert_with(HashMap::new);
     // Forget the locks nobody holds or waits for (only the map refers to them).
     map.retain(|_, l| Arc::strong_count(l) > 1);

@@ -91,7 +91,7 @@ static HIDDEN: RwLock<Vec<(String, &'static str)>> = RwLock::new(Vec::new());
 
 /// Show `models` as `<models>` and `state` as `<state>` in every error message.
 pub fn hide_paths(models: &Path, state: &Path) {
-    let mut hidden = HIDDEN.write().unwrap_or_else(|e| e.into_inner());
+    let mut hidden = moe_core::error::write(&HIDDEN);
     for (p, name) in [(models, "<models>"), (state, "<state>")] {
         for form in [std::path::absolute(p).ok(), p.canonicalize().ok()].into_iter().flatten() {
             let form = form.display().to_string();
@@ -115,7 +115,7 @@ fn redact(mut message: String, hidden: &[(String, &'static str)]) -> String {
 
 /// The message with its chain of causes (see `moe_core::error::chain`), this server's folders hidden.
 fn message(e: &ApiError) -> String {
-    redact(moe_core::error::chain(e), &HIDDEN.read().unwrap_or_else(|e| e.into_inner()))
+    redact(moe_core::error::chain(e), &moe_core::error::read(&HIDDEN))
 }
 
 impl IntoResponse for ApiError {

@@ -17,8 +17,8 @@ use super::dto::{
     TrainQuery, UnknownsQuery, UploadQuery,
 };
 use super::error::{ApiError, ApiResult, BODY_LIMIT, TRAIN_LIMIT, UPLOAD_LIMIT};
-use super::extract::{Admin, ApiJson, ApiPath, ApiQuery, Object};
 use super::state::AppState;
+use super::validation::{Admin, ApiJson, ApiPath, ApiQuery, Object};
 use crate::control::fleet::FleetStatus;
 use crate::control::swap::Swap;
 use crate::control::unknowns::{self, Listing};

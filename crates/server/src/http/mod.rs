@@ -3,18 +3,18 @@
 //! nothing below it imports it.
 
 pub mod audit;
-pub mod canned;
 pub mod console;
 pub mod deadline;
 pub mod dto;
 pub mod error;
-pub mod extract;
 pub mod handlers;
 pub mod limits;
 pub mod prometheus;
+pub mod protocol_errors;
 pub mod server;
 pub mod slots;
 pub mod state;
+pub mod validation;
 
 pub use limits::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES, TRAIN_BODY_BYTES};
 pub use state::AppState;

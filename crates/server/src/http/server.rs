@@ -12,7 +12,7 @@
 //!   `Connection: close`, a request sent on a kept-alive connection meanwhile gets a JSON 503 with
 //!   `Connection: close`, new connections too; none is reset.
 //!
-//! hyper's own answers to requests it cannot parse get the JSON error shape (`canned`).
+//! hyper's own answers to requests it cannot parse get the JSON error shape (`protocol_errors`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,14 +32,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use super::canned::JsonProtocolErrors;
 use super::error::ApiError;
+use super::protocol_errors::JsonProtocolErrors;
 use super::slots::{Admit, Answering, Progress, Slots, SlowBody, Ticket};
-use moe_core::config::Connections;
+use clap::Args;
+use moe_core::config::clap_defaults;
 
 /// Header fields the HTTP/1 parser accepts (hyper's default is 100): above `super::limits::MAX_HEADERS`
 /// the router answers a JSON 431 itself; above this, hyper answers 431 (given the JSON error body by
-/// `canned`).
+/// `protocol_errors`).
 pub const PARSER_MAX_HEADERS: usize = 400;
 
 /// A JSON 503 written raw (the router never sees it), then the connection is closed.
@@ -254,4 +255,52 @@ async fn drain(listener: &TcpListener, tasks: &mut JoinSet<()>, within: Duration
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), async { while refusals.join_next().await.is_some() {} }).await;
+}
+
+/// Connection hygiene of the server: its flags (`moe serve`), under the "Network" heading.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Network")]
+pub struct Connections {
+    /// Most connections open at once; when full, an idle or slow one makes room.
+    ///
+    /// Closed first: a connection with no request being served (nothing sent yet, half a request
+    /// head, or idle between keep-alive requests); then one whose request body arrives slower than
+    /// --min-body-rate after --slow-body-grace-ms, or is still within that grace; from the
+    /// address holding the most connections, oldest first, and only of an address holding more
+    /// than the newcomer's (or idle ones of its own). With none, the new connection is answered
+    /// 503 and closed (docs/OPERATIONS.md, "What a slow client costs").
+    #[arg(long, env = "MOE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no cap; 503 above).
+    ///
+    /// Behind a proxy or load balancer every request comes from its address: raise it or set 0.
+    #[arg(long, env = "MOE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128)]
+    pub max_connections_per_client: usize,
+    /// Deadline for a request's headers, in ms (the connection is closed after it).
+    ///
+    /// Also the longest a keep-alive connection may sit idle.
+    #[arg(long, env = "MOE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may arrive before its rate is judged, in ms.
+    ///
+    /// Within it a body is closed to make room only for a client whose address holds fewer
+    /// connections than the body's.
+    #[arg(long, env = "MOE_SLOW_BODY_GRACE_MS", default_value_t = 2_000)]
+    pub slow_body_grace_ms: u64,
+    /// Bytes a second a body must average to keep its slot in a full table (0: any).
+    ///
+    /// Only when --max-connections is reached, and only after --slow-body-grace-ms: a body below
+    /// this average since its request head may be closed for a new connection.
+    #[arg(long, env = "MOE_MIN_BODY_RATE", default_value_t = 1_024)]
+    pub min_body_rate: u64,
+    /// At shutdown, how long requests in flight may take to finish, in milliseconds.
+    #[arg(long, env = "MOE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
+    pub drain_ms: u64,
+}
+
+impl Default for Connections {
+    /// The flags' own defaults (written once, in the `#[arg]` attributes), env variables ignored.
+    fn default() -> Self {
+        clap_defaults()
+    }
 }

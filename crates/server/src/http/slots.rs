@@ -144,7 +144,7 @@ impl Slots {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        moe_core::error::lock(&self.table)
     }
 
     fn now_ms(&self) -> u64 {

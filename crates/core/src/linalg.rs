@@ -1,4 +1,5 @@
-//! A linear head computed in Rust: `logits = [0, w·x + b]` on a trunk embedding, the same function
+//! The pure linear algebra under both `inference` and `stats`: a dense row-major matrix, dot
+//! products, and a linear head computed in Rust: `logits = [0, w·x + b]` on a trunk embedding, the same function
 //! as the trainer's one-node ONNX Gemm heads (whose first column is all zeros), without an ONNX
 //! Runtime session, a queue or a thread hop. Stored as `head.json`: `{"weights": [dim floats],
 //! "bias": float}`.
@@ -7,8 +8,21 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::executor::Matrix;
 use crate::{Error, Result};
+
+/// A dense row-major f32 matrix (graph outputs, embeddings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearHead {
