@@ -52,3 +52,84 @@ fn no_tracked_file_names_the_shared_folder() {
         .collect();
     assert!(naming.is_empty(), "tracked files name {needle}: {naming:?}");
 }
+
+/// The lines of each function in `src` (name, first line, lines), found by matching braces from
+/// each `fn` line; comments, string literals and brace character literals do not count.
+fn function_lengths(src: &str) -> Vec<(String, usize, usize)> {
+    let code: Vec<String> = src.lines().map(strip_literals).collect();
+    let mut out = Vec::new();
+    for (i, line) in code.iter().enumerate() {
+        let t = line.trim_start();
+        let Some(at) = t.find("fn ") else { continue };
+        let head = &t[..at];
+        let modifiers = ["pub", "pub(crate)", "pub(super)", "async", "const", "unsafe", "extern", "\"C\""];
+        if !head.split_whitespace().all(|w| modifiers.contains(&w)) {
+            continue;
+        }
+        let name: String = t[at + 3..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let (mut depth, mut opened) = (0i64, false);
+        for (j, l) in code[i..].iter().enumerate() {
+            for c in l.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                if opened {
+                    out.push((name.clone(), i + 1, j + 1));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// A line without its `//` comment, string literals and `'{'` / `'}'` character literals.
+fn strip_literals(line: &str) -> String {
+    let line = line.replace("'{'", "' '").replace("'}'", "' '");
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '/' if chars.peek() == Some(&'/') => break,
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Functions stay under 80 lines in the crates and the binary (house style); the tests may run
+/// longer. Python's are checked by training/tests/test_function_length.py.
+#[test]
+fn no_function_in_the_crates_runs_over_80_lines() {
+    let long: Vec<String> = tracked()
+        .into_iter()
+        .filter(|(p, _)| p.ends_with(".rs") && (p.starts_with("crates/") || p.starts_with("src/")))
+        .flat_map(|(p, _)| {
+            let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&p)).unwrap_or_default();
+            function_lengths(&src)
+                .into_iter()
+                .filter(|(_, _, n)| *n > 80)
+                .map(move |(f, l, n)| format!("{p}:{l} {f}: {n}"))
+        })
+        .collect();
+    assert!(long.is_empty(), "functions over 80 lines:\n{}", long.join("\n"));
+    // The scanner itself: a 3-line function, braces in strings and comments not counted.
+    let probe = "pub async fn f() {\n    let s = \"{{\"; // }\n}\nfn g();\n";
+    assert_eq!(function_lengths(probe), vec![("f".to_string(), 1, 3)]);
+    let long = format!("fn h() {{\n{}}}\n", "    let _ = '}';\n".repeat(79));
+    assert_eq!(function_lengths(&long), vec![("h".to_string(), 1, 81)]);
+}
