@@ -21,7 +21,11 @@
 //!
 //! What *uses* the core (swaps, shadows, selection jobs, uploads) lives in `control/`.
 
+mod plan;
+pub mod results;
 pub mod set;
+pub mod shadow;
+mod stacked;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +37,9 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Semaphore;
 
-pub use self::set::{Declined, Embedded, ExpertName, ExpertResult, ExpertSet, Shadow, TextResult};
+pub use self::results::{Declined, Embedded, ExpertName, ExpertResult, Scored, TextResult};
+pub use self::set::ExpertSet;
+pub use self::shadow::Shadow;
 use crate::bundle::bundle_names;
 use crate::bundle::card::Card;
 use crate::bundle::registry::{HistoryEntry, RegistryFile};

@@ -8,7 +8,7 @@ pub use crate::control::swap::SwapOutcome;
 use moe_core::bundle::Metric;
 use moe_core::bundle::quality::SplitMetrics;
 use moe_core::expert::Expert;
-use moe_core::service::set::SHADOW_BUCKETS;
+use moe_core::service::shadow::SHADOW_BUCKETS;
 use moe_core::service::{ExpertResult, ExpertSet, Shadow, TextResult};
 
 /// `POST /classify`: one text or a batch.
@@ -498,7 +498,7 @@ impl BundleList {
 mod tests {
     use std::sync::Arc;
 
-    use moe_core::service::set::ExpertName;
+    use moe_core::service::ExpertName;
 
     use super::*;
 
