@@ -69,6 +69,15 @@ def load_tokenizer(name: str = "minilm-l6", max_len: int = MAX_SEQ_LEN) -> Token
     return tok
 
 
+def train_device() -> torch.device:
+    """Where fine-tunes run: CUDA when torch sees a GPU, else the CPU. MOE_TRAIN_DEVICE (cpu, cuda,
+    cuda:1, ...) overrides; the export and every parity check run on the CPU either way."""
+    want = os.environ.get("MOE_TRAIN_DEVICE", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
 def load_encoder(name: str = "minilm-l6"):
     from transformers import AutoModel
 

@@ -364,6 +364,9 @@ def _train_loop(
     its own rate. `checkpoint`: a file saved every CHECKPOINT_EVERY steps and at the end; a run finds
     it and goes on from there (the batch order is replayed from the seed, so a resumed run sees the
     batches an unbroken one would). Returns the number of optimisation steps (capped by s.max_steps)."""
+    device = backbone.train_device()
+    print(f"{desc}: training on {device}", flush=True)
+    model.to(device)
     if head is not None and head[1] is not None:
         mine = {id(p) for p in head[0].parameters()}
         rest = [p for p in model.parameters() if id(p) not in mine]
@@ -383,7 +386,7 @@ def _train_loop(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -411,7 +414,10 @@ def _train_loop(
                     continue
                 i = order[b : b + s.batch_size]
                 feeds = backbone.encode(tok, [texts[j] for j in i])
-                loss = loss_of(model(*(torch.from_numpy(feeds[n]) for n in names)), i)
+                out = model(*(torch.from_numpy(feeds[n]).to(device) for n in names))
+                # The losses' targets stay on the CPU: the outputs (batch x classes) come back, and
+                # autograd carries the gradient to the device.
+                loss = loss_of(out.cpu(), i)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -421,6 +427,7 @@ def _train_loop(
                 if checkpoint is not None and (step % CHECKPOINT_EVERY == 0 or step == total):
                     save(step)
     model.eval()
+    model.to("cpu")
     return step
 
 

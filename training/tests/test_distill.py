@@ -155,6 +155,26 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, monkey
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_fine_tunes_run_on_the_gpu_torch_sees_unless_told_otherwise(monkeypatch, capsys):
+    monkeypatch.delenv("MOE_TRAIN_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backbone.train_device() == torch.device("cuda")
+    monkeypatch.setenv("MOE_TRAIN_DEVICE", "cpu")
+    assert backbone.train_device() == torch.device("cpu")
+    monkeypatch.delenv("MOE_TRAIN_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backbone.train_device() == torch.device("cpu")
+    # The loop says where it trains and hands the model back on the CPU (export and parity run there).
+    tok = backbone.load_tokenizer()
+    model = _Tiny(tok.get_vocab_size())
+    s = candidates.TrainSettings(batch_size=4, max_steps=2, warmup=0.0)
+    y = torch.tensor([0, 1, 2, 0])
+    candidates._train_loop(model, ["input_ids", "attention_mask"], tok, ["a b", "c d", "e f", "g h"], 1, 1e-2, s,
+                           "tiny", lambda out, i: torch.nn.functional.cross_entropy(out, y[i]))  # fmt: skip
+    assert "tiny: training on cpu" in capsys.readouterr().out
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
 def test_augmentations_are_seeded_noisy_and_keep_the_title():
     titles = ["how to improve your artistic skills quickly", "how to keep safe during rides at a disney park"]
     a = augment.augmented(titles, 20, seed=1)
