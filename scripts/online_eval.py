@@ -51,7 +51,7 @@ def classify_all(base, texts):
     """Per text: {class: (probability, passed)} and the set's label ("__label__") from the served set."""
     out = []
     for i in range(0, len(texts), 64):
-        s, v = call(base, "POST", "/classify", {"texts": texts[i : i + 64]})
+        s, v = call(base, "POST", "/classify?experts=all", {"texts": texts[i : i + 64]})
         assert s == 200, v
         out += [
             {e["class"]: (e["probability"], e["passed"]) for e in r["experts"]} | {"__label__": r["label"]}
