@@ -58,16 +58,10 @@ async fn slow_clients_cannot_hold_the_server() {
 /// flags were parsed and ignored, and this attack held `moe serve` open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_enforces_the_connection_limits() {
-    let state = common::state_dir("binary-conns");
-    let root = common::fixture_models();
-    let envs: [(&str, &std::ffi::OsStr); 5] = [
-        ("MOE_MODELS", root.as_os_str()),
-        ("MOE_STATE", state.as_os_str()),
-        ("MOE_MAX_CONNECTIONS", "4".as_ref()),
-        ("MOE_HEADER_READ_TIMEOUT_MS", "400".as_ref()),
-        ("MOE_BODY_DEADLINE_MS", "800".as_ref()),
-    ];
-    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    let (server, state) = common::Server::on_fixture(
+        "binary-conns",
+        &[("MOE_MAX_CONNECTIONS", "4"), ("MOE_HEADER_READ_TIMEOUT_MS", "400"), ("MOE_BODY_DEADLINE_MS", "800")],
+    );
     server.ready(Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the readiness probe's connection closes
     slow_clients_yield_or_are_refused_then_dropped(&format!("127.0.0.1:{}", server.port)).await;
@@ -79,16 +73,10 @@ async fn the_binary_enforces_the_connection_limits() {
 /// and by default a quarter of the cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_the_http_threads_it_is_told() {
-    let root = common::fixture_models();
     let default = std::thread::available_parallelism().map_or(1, usize::from).div_ceil(4);
     for (given, want) in [(Some((default + 2).to_string()), default + 2), (None, default)] {
-        let state = common::state_dir(&format!("http-threads-{want}"));
-        let mut envs: Vec<(&str, &std::ffi::OsStr)> =
-            vec![("MOE_MODELS", root.as_os_str()), ("MOE_STATE", state.as_os_str())];
-        if let Some(g) = &given {
-            envs.push(("MOE_HTTP_THREADS", g.as_ref()));
-        }
-        let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+        let extra: Vec<(&str, &str)> = given.iter().map(|g| ("MOE_HTTP_THREADS", g.as_str())).collect();
+        let (server, state) = common::Server::on_fixture(&format!("http-threads-{want}"), &extra);
         server.ready(Duration::from_secs(60)).await;
         let metrics = reqwest::get(format!("{}/metrics", server.base())).await.unwrap().text().await.unwrap();
         let got = metrics.lines().find_map(|l| l.strip_prefix("moe_http_threads ")).map(|v| v.parse::<f64>().unwrap());
@@ -261,15 +249,10 @@ async fn one_client_cannot_take_every_slot() {
 /// JSON 503 with `Connection: close` (they were accepted and then reset).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_during_the_drain_get_503() {
-    let state = common::state_dir("binary-drain");
-    let root = common::fixture_models();
-    let envs: [(&str, &std::ffi::OsStr); 4] = [
-        ("MOE_MODELS", root.as_os_str()),
-        ("MOE_STATE", state.as_os_str()),
-        ("MOE_SHUTDOWN_DRAIN_MS", "3000".as_ref()),
-        ("MOE_BODY_DEADLINE_MS", "1500".as_ref()),
-    ];
-    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    let (server, state) = common::Server::on_fixture(
+        "binary-drain",
+        &[("MOE_SHUTDOWN_DRAIN_MS", "3000"), ("MOE_BODY_DEADLINE_MS", "1500")],
+    );
     server.ready(Duration::from_secs(60)).await;
     let addr = format!("127.0.0.1:{}", server.port);
     let in_flight = trickling(&addr, [127, 0, 0, 1]).await.unwrap();
@@ -508,14 +491,7 @@ async fn slow_heads_or_bodies_from_many_addresses_cannot_starve_real_requests() 
 /// in the probe, when idle kept-alive connections were closed at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_alive_requests_during_shutdown_are_answered_not_cut() {
-    let state = common::state_dir("binary-keepalive-drain");
-    let root = common::fixture_models();
-    let envs: [(&str, &std::ffi::OsStr); 3] = [
-        ("MOE_MODELS", root.as_os_str()),
-        ("MOE_STATE", state.as_os_str()),
-        ("MOE_SHUTDOWN_DRAIN_MS", "3000".as_ref()),
-    ];
-    let server = common::Server::spawn(common::free_port(), &envs, &state.join("serve.log"));
+    let (server, state) = common::Server::on_fixture("binary-keepalive-drain", &[("MOE_SHUTDOWN_DRAIN_MS", "3000")]);
     server.ready(Duration::from_secs(60)).await;
     let addr = format!("127.0.0.1:{}", server.port);
     let clients: Vec<_> = (0..8)

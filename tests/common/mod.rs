@@ -155,6 +155,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// `moe serve` on the fixture models with a state folder of its own (`state_dir(tag)`, returned
+    /// for the test to remove) and `extra` env variables on top, on a free port.
+    pub fn on_fixture(tag: &str, extra: &[(&str, &str)]) -> (Server, PathBuf) {
+        let (state, root) = (state_dir(tag), fixture_models());
+        let mut envs: Vec<(&str, &std::ffi::OsStr)> =
+            vec![("MOE_MODELS", root.as_os_str()), ("MOE_STATE", state.as_os_str())];
+        envs.extend(extra.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        let server = Server::spawn(free_port(), &envs, &state.join("serve.log"));
+        (server, state)
+    }
+
     pub fn spawn(port: u16, envs: &[(&str, &std::ffi::OsStr)], log: &Path) -> Server {
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
