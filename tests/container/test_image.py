@@ -98,6 +98,16 @@ def swap(port: int, token: str, bundle: str) -> requests.Response:
     )
 
 
+def token_file(folder: Path, token: str) -> list[str]:
+    """The `podman run` arguments that give the service its admin token from a mounted file
+    (readable by the image's user), as docs/OPERATIONS.md does."""
+    path = folder / "MOE_ADMIN_TOKEN"
+    path.write_text(token)
+    path.chmod(0o444)
+    secret = "/run/secrets/moe/MOE_ADMIN_TOKEN"
+    return ["-v", f"{path}:{secret}:ro", "-e", f"MOE_ADMIN_TOKEN_FILE={secret}"]
+
+
 def test_the_image_serves_as_shipped_and_drains_at_sigterm(made):
     port = free_port()
     name = f"{TAG}-shipped"
@@ -141,19 +151,7 @@ def test_a_swap_survives_a_restart_with_a_state_volume_and_a_token_file(made, tm
     port = free_port()
     volume = f"{TAG}-state"
     made["volume"].append(volume)
-    token = tmp_path / "MOE_ADMIN_TOKEN"
-    token.write_text("container-token\n")
-    token.chmod(0o444)
-    args = [
-        "-p",
-        f"127.0.0.1:{port}:8080",
-        "-v",
-        f"{volume}:/var/lib/moe",
-        "-v",
-        f"{token}:/run/secrets/moe/MOE_ADMIN_TOKEN:ro",
-        "-e",
-        "MOE_ADMIN_TOKEN_FILE=/run/secrets/moe/MOE_ADMIN_TOKEN",
-    ]
+    args = ["-p", f"127.0.0.1:{port}:8080", "-v", f"{volume}:/var/lib/moe", *token_file(tmp_path, "container-token\n")]
     first = f"{TAG}-state-1"
     run(made, first, *args)
     wait_ready(port, first)
@@ -210,9 +208,7 @@ def start_fleet(made, tmp_path) -> list[tuple[str, int]]:
     podman("network", "create", network)
     made["network"].append(network)
     made["volume"].append(models)
-    token = tmp_path / "MOE_ADMIN_TOKEN"
-    token.write_text("fleet-token")
-    token.chmod(0o444)
+    token = token_file(tmp_path, "fleet-token")
     etcd = f"{TAG}-etcd"
     run(made, etcd, "--network", network, image=ETCD)
     replicas = []
@@ -228,10 +224,7 @@ def start_fleet(made, tmp_path) -> list[tuple[str, int]]:
             f"127.0.0.1:{port}:8080",
             "-v",
             f"{models}:/app/models",
-            "-v",
-            f"{token}:/run/secrets/moe/MOE_ADMIN_TOKEN:ro",
-            "-e",
-            "MOE_ADMIN_TOKEN_FILE=/run/secrets/moe/MOE_ADMIN_TOKEN",
+            *token,
             "-e",
             f"MOE_REGISTRY=etcd://{etcd}:2379/moe",
             "-e",
