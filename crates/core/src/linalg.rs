@@ -1,8 +1,8 @@
 //! The pure linear algebra under both `inference` and `stats`: a dense row-major matrix, dot
-//! products, and a linear head computed in Rust: `logits = [0, w·x + b]` on a trunk embedding, the same function
-//! as the trainer's one-node ONNX Gemm heads (whose first column is all zeros), without an ONNX
-//! Runtime session, a queue or a thread hop. Stored as `head.json`: `{"weights": [dim floats],
-//! "bias": float}`.
+//! products, and a linear head computed in Rust: `logits = [0, w·x + b]` on a trunk embedding,
+//! the same function as the trainer's one-node ONNX Gemm heads (whose first column is all zeros),
+//! without an ONNX Runtime session, a queue or a thread hop. Stored as `head.json`:
+//! `{"weights": [dim floats], "bias": float}`.
 
 use std::path::Path;
 
