@@ -5,6 +5,7 @@ shared trunk, embedding [batch, dim] -> logits [batch, 2]."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,15 @@ class TrainSettings:
     global_lr: float = 5e-5
     global_head_lr: float | None = None
     warmup: float = 0.0
+    # Levers that buy time (docs/TRAINING.md, "The fast fine-tune"): the token embeddings kept
+    # frozen (half the parameters: no gradient, no optimizer state), batches of texts of like
+    # length (less padding), label smoothing, and the weights averaged over the last fraction of
+    # the steps (one running mean, updated every AVERAGE_EVERY steps).
+    freeze_embeddings: bool = False
+    length_buckets: bool = False
+    label_smoothing: float = 0.0
+    average_last: float = 0.0
+    cosine_scale: float = 0.0  # > 0: a cosine classifier at this scale (`_Global`)
     # Resumable training: checkpoints of long fine-tunes are kept here (None: not kept).
     checkpoints: Path | None = None
 
@@ -107,32 +117,42 @@ def write_column_head(weights: np.ndarray, bias: np.ndarray, k: int, path: Path)
 
 # ---------------------------------------------------------------- shared trunk
 class _Global(torch.nn.Module):
-    """Encoder + mean pooling + a linear layer over all classes: the 19-way global classifier."""
+    """Encoder + mean pooling + a linear layer over all classes: the 19-way global classifier.
+    With `cosine` > 0 the logits are that scale times the cosine between the pooled embedding and
+    each class's weight row (no bias): the classifier then reads the unit-length embedding the
+    served trunk gives, and trains its geometry (class directions) for the heads fitted on it."""
 
-    def __init__(self, encoder, classes: int, names: list[str]):
+    def __init__(self, encoder, classes: int, names: list[str], cosine: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.names = names
-        self.out = torch.nn.Linear(encoder.config.hidden_size, classes)
+        self.cosine = cosine
+        self.out = torch.nn.Linear(encoder.config.hidden_size, classes, bias=not cosine)
 
     def forward(self, *args):
-        return self.out(backbone.mean_pool(backbone.run_encoder(self.encoder, self.names, args), args[1]))
+        e = backbone.mean_pool(backbone.run_encoder(self.encoder, self.names, args), args[1])
+        if not self.cosine:
+            return self.out(e)
+        f = torch.nn.functional.normalize
+        return self.cosine * f(e, dim=1) @ f(self.out.weight, dim=1).T
 
 
-def finetune_global(tok, texts: list[str], labels: list[str], classes: list[str], s: TrainSettings, data_sha=""):
+def finetune_global(
+    tok, texts: list[str], labels: list[str], classes: list[str], s: TrainSettings, data_sha="", on_epoch=None
+):
     """Fine-tune the backbone as one multi-class classifier (the global baseline; its encoder can
     serve as a fine-tuned shared trunk). With s.checkpoints the run is resumable, and a finished
     run with the same recipe and data is loaded instead of trained again (`build`'s ft19 trunk and
     `global --finetune` are then one model)."""
     _seed(s.seed)
     names = backbone.inputs(s.backbone)
-    model = _Global(backbone.load_encoder(s.backbone), len(classes), names)
+    model = _Global(backbone.load_encoder(s.backbone), len(classes), names, s.cosine_scale)
     y = torch.from_numpy(np.array([classes.index(c) for c in labels]))
     info = _recipe(s, data_sha256=data_sha, rows=len(texts))
-    loss = lambda out, i: torch.nn.functional.cross_entropy(out, y[i])  # noqa: E731
-    return model, _train_19way(
-        model, tok, texts, s, "global19", f"{s.backbone} {len(classes)}-way fine-tune", loss, info
-    )
+    smooth = s.label_smoothing
+    loss = lambda out, i: torch.nn.functional.cross_entropy(out, y[i], label_smoothing=smooth)  # noqa: E731
+    desc = f"{s.backbone} {len(classes)}-way fine-tune"
+    return model, _train_19way(model, tok, texts, s, "global19", desc, loss, info, on_epoch)
 
 
 def _recipe(s: TrainSettings, **extra) -> dict:
@@ -147,12 +167,20 @@ def _recipe(s: TrainSettings, **extra) -> dict:
         "batch_size": s.batch_size,
         "seed": s.seed,
         "max_steps": s.max_steps,
+        # the levers, only when used: a recipe without them keeps its checkpoint name
+        **{k: getattr(s, k) for k in FAST_LEVERS if getattr(s, k)},
     }
 
 
-def _train_19way(model, tok, texts, s: TrainSettings, what: str, desc: str, loss_of, info: dict) -> dict:
+FAST_LEVERS = ("freeze_embeddings", "length_buckets", "label_smoothing", "average_last", "cosine_scale")
+
+
+def _train_19way(model, tok, texts, s: TrainSettings, what: str, desc: str, loss_of, info: dict, on_epoch=None):
     """Train a `_Global` model with the 19-way recipe (its output layer at its own rate), resumably."""
     ckpt = _checkpoint_path(s, what, info)
+    if s.freeze_embeddings:
+        for p in model.encoder.embeddings.parameters():
+            p.requires_grad = False
     step = _train_loop(
         model,
         model.names,
@@ -165,6 +193,7 @@ def _train_19way(model, tok, texts, s: TrainSettings, what: str, desc: str, loss
         loss_of,
         head=(model.out, s.global_head_lr),
         checkpoint=ckpt,
+        on_epoch=on_epoch,
     )
     return {**info, "steps": step, "checkpoint": ckpt.name if ckpt else None}
 
@@ -354,81 +383,157 @@ class _FineTuned(_Global):
 
 
 CHECKPOINT_EVERY = 20  # steps: about 45 s of MPNet-base training on 2 cores
+CHECKPOINT_SECONDS = 60.0  # and at least this long apart (a MiniLM step takes 0.25 s; a save, ~1 s)
+BUCKET_BATCHES = 50  # length buckets: batches are cut from sorted chunks of this many batches
+AVERAGE_EVERY = 10  # steps between updates of the averaged weights (s.average_last)
 
 
-def _train_loop(
-    model, names, tok, texts, epochs, lr, s: TrainSettings, desc: str, loss_of, head=None, checkpoint=None
-) -> int:
-    """AdamW with linear warm-up (s.warmup of the steps) and linear decay over shuffled batches
-    padded to their longest; `loss_of(outputs, rows)`. `head` = (module, lr): that module trains at
-    its own rate. `checkpoint`: a file saved every CHECKPOINT_EVERY steps and at the end; a run finds
-    it and goes on from there (the batch order is replayed from the seed, so a resumed run sees the
-    batches an unbroken one would). Returns the number of optimisation steps (capped by s.max_steps)."""
-    device = backbone.train_device()
-    print(f"{desc}: training on {device}", flush=True)
-    model.to(device)
-    if head is not None and head[1] is not None:
-        mine = {id(p) for p in head[0].parameters()}
-        rest = [p for p in model.parameters() if id(p) not in mine]
-        opt = torch.optim.AdamW([{"params": rest}, {"params": list(head[0].parameters()), "lr": head[1]}], lr=lr)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    total = epochs * math.ceil(len(texts) / s.batch_size)
-    if s.max_steps is not None:
-        total = min(total, s.max_steps)
-    warm = int(round(s.warmup * total))
+def _optimizer(model, lr: float, head=None):
+    """AdamW over the trainable parameters; `head` = (module, lr): that module at its own rate."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if head is None or head[1] is None:
+        return torch.optim.AdamW(trainable, lr=lr)
+    mine = {id(p) for p in head[0].parameters()}
+    rest = [p for p in trainable if id(p) not in mine]
+    return torch.optim.AdamW([{"params": rest}, {"params": list(head[0].parameters()), "lr": head[1]}], lr=lr)
+
+
+def _warmup_then_decay(opt, warmup: float, total: int):
+    """Linear warm-up over `warmup` of the steps, then linear decay to 0 at `total`."""
+    warm = int(round(warmup * total))
 
     def factor(k: int) -> float:
         if k < warm:
             return (k + 1) / warm
         return max(0.0, 1.0 - (k - warm) / max(1, total - warm))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    start = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
-        print(f"{desc}: resumed at step {start} of {total} from {checkpoint}")
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    def save(step: int) -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
-        torch.save({**state, "torch_rng": torch.get_rng_state(), "step": step}, tmp)
-        tmp.replace(checkpoint)
 
-    rng = np.random.default_rng(s.seed)
+def epoch_batches(rng, lengths: np.ndarray, batch: int, buckets: bool) -> list[np.ndarray]:
+    """One epoch's batches of row indices: a shuffled order cut into batches, or (buckets) that
+    order cut into chunks of BUCKET_BATCHES batches, each chunk sorted by token length before it
+    is cut, and the batches shuffled again: each batch holds texts of like length, so little
+    padding, and the count per epoch is the same, ceil(rows / batch)."""
+    order = rng.permutation(len(lengths))
+    if not buckets:
+        return [order[b : b + batch] for b in range(0, len(order), batch)]
+    out = []
+    for c in range(0, len(order), batch * BUCKET_BATCHES):
+        chunk = order[c : c + batch * BUCKET_BATCHES]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out += [chunk[b : b + batch] for b in range(0, len(chunk), batch)]
+    return [out[k] for k in rng.permutation(len(out))]
+
+
+class _Average:
+    """A running mean of the trainable weights over the steps from `start` on (every AVERAGE_EVERY
+    steps), loaded into the model at the end; its state travels in the checkpoint."""
+
+    def __init__(self, model, start: int):
+        self.start, self.n = start, 0
+        self.params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+        self.mean = {k: p.detach().clone() for k, p in self.params.items()}
+
+    def update(self, step: int) -> None:
+        if step < self.start or (step - self.start) % AVERAGE_EVERY:
+            return
+        self.n += 1
+        with torch.no_grad():
+            for k, p in self.params.items():
+                self.mean[k] += (p.detach() - self.mean[k]) / self.n
+
+    def apply(self) -> None:
+        if self.n:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(self.mean[k])
+
+
+def _train_loop(
+    model, names, tok, texts, epochs, lr, s: TrainSettings, desc: str, loss_of, head=None, checkpoint=None,
+    on_epoch=None,
+) -> int:  # fmt: skip
+    """AdamW with linear warm-up (s.warmup of the steps) and linear decay over shuffled batches
+    (`epoch_batches`) padded to their longest; `loss_of(outputs, rows)`. `head` = (module, lr): that
+    module trains at its own rate. `checkpoint`: a file saved every CHECKPOINT_EVERY steps (at least
+    CHECKPOINT_SECONDS apart) and at the end; a run finds it and goes on from there (the batch order
+    is replayed from the seed, so a resumed run sees the batches an unbroken one would).
+    `on_epoch(model, epoch)` is called after each whole epoch (evaluation; the model in eval mode).
+    Returns the number of optimisation steps (capped by s.max_steps)."""
+    device = backbone.train_device()
+    print(f"{desc}: training on {device}", flush=True)
+    model.to(device)
+    opt = _optimizer(model, lr, head)
+    per_epoch = math.ceil(len(texts) / s.batch_size)
+    total = epochs * per_epoch if s.max_steps is None else min(epochs * per_epoch, s.max_steps)
+    sched = _warmup_then_decay(opt, s.warmup, total)
+    avg = _Average(model, int(total * (1 - s.average_last))) if s.average_last else None
+    start = _resume(checkpoint, model, opt, sched, avg, desc, total)
+    lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)]) if s.length_buckets else np.zeros(len(texts))
+    rng, step, saved = np.random.default_rng(s.seed), 0, time.monotonic()
     model.train()
-    step = 0
     with tqdm(total=total, initial=start, desc=desc, leave=False) as bar:
         while step < total:
-            order = rng.permutation(len(texts))
-            for b in range(0, len(order), s.batch_size):
+            for i in epoch_batches(rng, lengths, s.batch_size, s.length_buckets):
                 if step >= total:
                     break
-                if step < start:  # replayed: done before the checkpoint
-                    step += 1
-                    continue
-                i = order[b : b + s.batch_size]
-                feeds = backbone.encode(tok, [texts[j] for j in i])
-                out = model(*(torch.from_numpy(feeds[n]).to(device) for n in names))
-                # The losses' targets stay on the CPU: the outputs (batch x classes) come back, and
-                # autograd carries the gradient to the device.
-                loss = loss_of(out.cpu(), i)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
                 step += 1
+                if step <= start:  # replayed: done before the checkpoint
+                    continue
+                _step(model, names, tok, [texts[j] for j in i], i, loss_of, opt, sched, device)
+                if avg is not None:
+                    avg.update(step)
                 bar.update(1)
-                if checkpoint is not None and (step % CHECKPOINT_EVERY == 0 or step == total):
-                    save(step)
+                due = step % CHECKPOINT_EVERY == 0 and time.monotonic() - saved >= CHECKPOINT_SECONDS
+                if checkpoint is not None and (due or step == total):
+                    _save(checkpoint, model, opt, sched, avg, step)
+                    saved = time.monotonic()
+            if on_epoch is not None and step % per_epoch == 0 and step > start:
+                model.eval()
+                on_epoch(model, step // per_epoch)
+                model.train()
+    if avg is not None:
+        avg.apply()
     model.eval()
     model.to("cpu")
     return step
+
+
+def _step(model, names, tok, batch: list[str], rows, loss_of, opt, sched, device) -> None:
+    feeds = backbone.encode(tok, batch)
+    out = model(*(torch.from_numpy(feeds[n]).to(device) for n in names))
+    # The losses' targets stay on the CPU: the outputs (batch x classes) come back, and autograd
+    # carries the gradient to the device.
+    loss = loss_of(out.cpu(), rows)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def _resume(checkpoint, model, opt, sched, avg, desc: str, total: int) -> int:
+    """Load a checkpoint if there is one; the step it was taken at (0 without)."""
+    if checkpoint is None or not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if avg is not None and state.get("average") is not None:
+        avg.n = state["average"]["n"]
+        avg.mean = {k: v.to(avg.mean[k].device) for k, v in state["average"]["mean"].items()}
+    print(f"{desc}: resumed at step {state['step']} of {total} from {checkpoint}")
+    return state["step"]
+
+
+def _save(checkpoint: Path, model, opt, sched, avg, step: int) -> None:
+    tmp = checkpoint.with_suffix(".tmp")
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    average = {"n": avg.n, "mean": avg.mean} if avg is not None else None
+    torch.save({**state, "average": average, "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+    tmp.replace(checkpoint)
 
 
 def _train_token_model(model, names, tok, texts, y, w, epochs, lr, s: TrainSettings, desc: str) -> int:

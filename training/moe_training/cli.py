@@ -126,7 +126,7 @@ def _settings(args, **extra):
     from . import candidates
 
     recipe = dict(candidates.GLOBAL_RECIPES[args.backbone])
-    for k in ("global_lr", "global_head_lr", "warmup", "global_epochs"):
+    for k in ("global_lr", "global_head_lr", "warmup", "global_epochs", "batch_size", *candidates.FAST_LEVERS):
         if getattr(args, k, None) is not None:
             recipe[k] = getattr(args, k)
     return candidates.TrainSettings(
@@ -803,7 +803,19 @@ def _add_trunk(sub) -> None:
     )
     _run_args(tr)
     _training_args(tr)
+    _fast_levers(tr)
     tr.set_defaults(func=trunk)
+
+
+def _fast_levers(p) -> None:
+    """The levers that buy time (candidates.TrainSettings; docs/TRAINING.md, "The fast fine-tune")."""
+    g = p.add_argument_group("fast fine-tune levers")
+    g.add_argument("--batch-size", type=int, default=None, help="texts per step (default 32)")
+    g.add_argument("--freeze-embeddings", action="store_true", default=None, help="keep the token embeddings frozen")
+    g.add_argument("--length-buckets", action="store_true", default=None, help="batch texts of like length")
+    g.add_argument("--label-smoothing", type=float, default=None, help="cross-entropy label smoothing")
+    g.add_argument("--average-last", type=float, default=None, help="average the weights over this last share")
+    g.add_argument("--cosine-scale", type=float, default=None, help="a cosine classifier at this scale")
 
 
 def _add_teach(sub) -> None:

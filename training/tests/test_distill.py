@@ -140,6 +140,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tmp_path, monkey
     unbroken, n, _ = train(None)
     assert n == 12
     monkeypatch.setattr(candidates, "CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(candidates, "CHECKPOINT_SECONDS", 0.0)
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Killed):
         train(ckpt, killed_at=7)  # checkpoint at step 5; steps 6 and 7 are lost with the process
