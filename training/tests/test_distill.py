@@ -186,3 +186,68 @@ def test_augmentations_are_seeded_noisy_and_keep_the_title():
     assert w != "artistic" and abs(len(w) - len("artistic")) <= 1
     c = augment.chunks(["one two three four five six seven eight nine ten eleven twelve thirteen"], seed=0, low=6)
     assert all(6 <= len(x.split()) <= 14 for x in c) and " ".join(c).startswith("one two three")
+
+
+def test_length_buckets_keep_every_row_once_and_batch_like_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 40, size=1000)
+    plain = candidates.epoch_batches(np.random.default_rng(1), lengths, 16, buckets=False)
+    bucketed = candidates.epoch_batches(np.random.default_rng(1), lengths, 16, buckets=True)
+    for batches in (plain, bucketed):
+        assert len(batches) == 63  # ceil(1000 / 16) either way: resumed runs count steps alike
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    pad = lambda bs: sum(len(b) * lengths[b].max() - lengths[b].sum() for b in bs)  # noqa: E731
+    assert pad(bucketed) < pad(plain) / 3  # padding tokens, the work the buckets save
+    # Batches come in a shuffled order, not shortest first.
+    assert not np.all(np.diff([lengths[b].max() for b in bucketed]) >= 0)
+
+
+def test_levers_freeze_the_embeddings_average_the_weights_and_read_the_unit_embedding():
+    enc = backbone.load_encoder()
+    tok = backbone.load_tokenizer()
+    model = candidates._Global(enc, 3, backbone.inputs(), cosine=10.0)
+    feeds = backbone.encode(tok, ["book a flight", "what is my balance"])
+    args = [torch.from_numpy(feeds[n]) for n in model.names]
+    with torch.no_grad():
+        logits = model(*args)
+        e = torch.nn.functional.normalize(backbone.mean_pool(backbone.run_encoder(enc, model.names, args), args[1]))
+        w = torch.nn.functional.normalize(model.out.weight)
+    assert torch.allclose(logits, 10.0 * e @ w.T, atol=1e-5) and logits.abs().max() <= 10.0 + 1e-4
+    assert model.out.bias is None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    texts = ["book a flight", "what is my balance", "play some music", "set an alarm"] * 2
+    y = torch.tensor([0, 1, 2, 0] * 2)
+    s = candidates.TrainSettings(batch_size=4, max_steps=4, freeze_embeddings=True, average_last=1.0)
+    snapshots = []
+    old = candidates.AVERAGE_EVERY
+    candidates.AVERAGE_EVERY = 1
+    try:
+        steps = candidates._train_19way(
+            model, tok, texts, s, "t", "t", lambda out, i: torch.nn.functional.cross_entropy(out, y[i]),
+            candidates._recipe(s), on_epoch=lambda m, k: snapshots.append(k),
+        )  # fmt: skip
+    finally:
+        candidates.AVERAGE_EVERY = old
+    assert steps["steps"] == 4 and snapshots == [1, 2]  # 2 steps an epoch: the hook after each whole one
+    after = model.state_dict()
+    emb = [k for k in before if k.startswith("encoder.embeddings.")]
+    assert emb and all(torch.equal(before[k], after[k]) for k in emb)
+    assert not torch.equal(
+        before["encoder.encoder.layer.5.output.dense.weight"], after["encoder.encoder.layer.5.output.dense.weight"]
+    )
+    assert candidates._recipe(s)["freeze_embeddings"] is True
+    assert "cosine_scale" not in candidates._recipe(candidates.TrainSettings())  # old recipes keep their names
+
+
+def test_the_average_is_the_mean_of_the_weights_it_saw():
+    lin = torch.nn.Linear(2, 1)
+    avg = candidates._Average(lin, start=2)
+    seen = []
+    for step in range(1, 7):
+        with torch.no_grad():
+            lin.weight.fill_(float(step))
+        avg.update(step)
+        if step >= 2 and (step - 2) % candidates.AVERAGE_EVERY == 0:
+            seen.append(float(step))
+    avg.apply()
+    assert seen and torch.allclose(lin.weight, torch.full_like(lin.weight, float(np.mean(seen))))
