@@ -9,6 +9,7 @@
 # TEI_DIR=FOLDER adds text-embeddings-inference as one more variant of every round ("tei": FOLDER/run.sh
 # PORT starts it, with the .venv's libonnxruntime; wrk posts the same titles to /embed). The folder is
 # not part of the project: it is read only when TEI_DIR names it.
+# AB_BATCH=N sends N texts a request (default 1); MOE_DATA / MOE_TEXT_COL choose the texts (common.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$1; ROUNDS=$2; shift 2
@@ -19,11 +20,11 @@ test_titles "$TMP/texts.txt"
 : > "$OUT"
 load() { # PORT NAME ROUND: wrk at concurrency 1 and 16, one JSON line each into $OUT
   for c in 1 16; do
-    line=$(BATCH=1 BENCH_TEXTS=$TMP/texts.txt wrk -t $(( c < 2 ? 1 : 2 )) -c $c -d "${D}s" --timeout 10s \
+    line=$(BATCH=${AB_BATCH:-1} BENCH_TEXTS=$TMP/texts.txt wrk -t $(( c < 2 ? 1 : 2 )) -c $c -d "${D}s" --timeout 10s \
       -s bench/classify.lua "http://127.0.0.1:$1" | tail -n 1)
     echo "$line" | .venv/bin/python -c "import json,sys; d=json.loads(sys.stdin.read()); \
-d.update(variant=sys.argv[1], round=int(sys.argv[2]), concurrency=int(sys.argv[3])); print(json.dumps(d))" \
-      "$2" "$3" "$c" | tee -a "$OUT"
+d.update(variant=sys.argv[1], round=int(sys.argv[2]), concurrency=int(sys.argv[3]), texts_per_request=int(sys.argv[4])); \
+print(json.dumps(d))" "$2" "$3" "$c" "${AB_BATCH:-1}" | tee -a "$OUT"
   done
 }
 VARIANTS=("$@")

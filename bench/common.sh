@@ -5,11 +5,12 @@
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 
-# test_titles OUT: the test-split titles of $MOE_DATA (default: the wikiHow file), one per line.
+# test_titles OUT: the test-split texts of $MOE_DATA (default: the wikiHow file; column $MOE_TEXT_COL,
+# default title), one per line.
 test_titles() {
-  .venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$1" <<'PY'
+  .venv/bin/python - "${MOE_DATA:-data/wikihow19_titles.csv}" "$1" "${MOE_TEXT_COL:-title}" <<'PY'
 import csv, sys
-rows = [r["title"] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
+rows = [r[sys.argv[3]] for r in csv.DictReader(open(sys.argv[1])) if r["split"] == "test"]
 open(sys.argv[2], "w").write("\n".join(rows) + "\n")
 PY
 }
