@@ -18,13 +18,16 @@
 //! no label the answer abstains because no expert passed (`no_expert_passed`).
 //!
 //! Open world: when the set carries a rejection rule, each text gets an in-scope score, either
-//! `max_probability` (max_i p_i, the most confident expert) or `blend`:
+//! `max_probability` (max_i p_i, the most confident expert), `softmax` (max_i softmax_i(logit(p_j)):
+//! the experts' logits read as one classifier's, so a close runner-up lowers it; on CLINC150 and
+//! wikiHow val it ranks wrong best guesses below right ones as one global softmax does,
+//! docs/TRAINING.md) or `blend`:
 //! w · (logit(max_i p_i) − m₁)/s₁ + (1 − w) · (max_i c_i·x − m₂)/s₂, where c_i·x is the text's
 //! embedding's similarity to expert i's class centroid (a distance-based score; m, s standardise
 //! both parts on val). Below the rule's `reject_below` (on that score's scale) the answer abstains
 //! as `out_of_scope` whatever the label rule says. Rule and cut-off are chosen on val by `moe fit`.
 //! The answer's out-of-scope score is sigmoid(g(reject_below) − g(score)) with g = logit for
-//! `max_probability` and the identity for `blend`: 0.5 at the cut-off, above it declined.
+//! `max_probability` and `softmax` and the identity for `blend`: 0.5 at the cut-off, above it declined.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +103,7 @@ impl AbstainReason {
 pub enum InScopeScore {
     #[default]
     MaxProbability,
+    Softmax,
     Blend {
         /// Weight w of the probability part.
         weight: f32,
@@ -111,22 +115,41 @@ pub enum InScopeScore {
 }
 
 impl InScopeScore {
-    /// The score of a text whose most confident expert has probability `max_p` and whose
-    /// embedding's best centroid similarity is `nearest` (None: no centroid, no blend).
-    pub fn of(&self, max_p: f32, nearest: Option<f32>) -> Option<f32> {
+    /// The score of a text whose experts' probabilities sum up to `c` and whose embedding's best
+    /// centroid similarity is `nearest` (None: no centroid, no blend).
+    pub fn of(&self, c: Confidence, nearest: Option<f32>) -> Option<f32> {
         match *self {
-            InScopeScore::MaxProbability => Some(max_p),
+            InScopeScore::MaxProbability => Some(c.max_p),
+            InScopeScore::Softmax => Some(c.share),
             InScopeScore::Blend { weight, logit: [m1, s1], similarity: [m2, s2] } => nearest
-                .map(|sim| weight * (logit(max_p) - m1) / s1.max(EPS) + (1.0 - weight) * (sim - m2) / s2.max(EPS)),
+                .map(|sim| weight * (logit(c.max_p) - m1) / s1.max(EPS) + (1.0 - weight) * (sim - m2) / s2.max(EPS)),
         }
     }
 
     /// sigmoid(g(cut) − g(score)): 0.5 at the cut-off, towards 1 further out of scope.
     pub fn out_of_scope(&self, score: f32, cut: f32) -> f32 {
         match self {
-            InScopeScore::MaxProbability => sigmoid(logit(cut) - logit(score)),
+            InScopeScore::MaxProbability | InScopeScore::Softmax => sigmoid(logit(cut) - logit(score)),
             InScopeScore::Blend { .. } => sigmoid(cut - score),
         }
+    }
+}
+
+/// What the in-scope scores read of one text's expert probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Confidence {
+    /// max_i p_i.
+    pub max_p: f32,
+    /// max_i softmax_i(logit(p_j)) = 1 / Σ_j exp(logit(p_j) − max_k logit(p_k)).
+    pub share: f32,
+}
+
+impl Confidence {
+    pub fn of(probabilities: impl Iterator<Item = f32> + Clone) -> Confidence {
+        let max_p = probabilities.clone().fold(f32::NEG_INFINITY, f32::max);
+        let top = logit(max_p);
+        let sum: f32 = probabilities.map(|p| (logit(p) - top).exp()).sum();
+        Confidence { max_p, share: 1.0 / sum.max(1.0) }
     }
 }
 
@@ -416,8 +439,8 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize, nearest: Option<f
         })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
-    let max_p = || out.iter().map(|o| o.probability).fold(f32::NEG_INFINITY, f32::max);
-    let in_scope = gate.open_world.and_then(|(score, _)| score.of(max_p(), nearest));
+    let confidence = || Confidence::of(out.iter().map(|o| o.probability));
+    let in_scope = gate.open_world.and_then(|(score, _)| score.of(confidence(), nearest));
     let out_of_scope = gate.open_world.zip(in_scope).map(|((score, cut), s)| score.out_of_scope(s, cut));
     let (label, reason) = if gate.open_world.zip(in_scope).is_some_and(|((_, cut), s)| s < cut) {
         (None, Some(AbstainReason::OutOfScope))
@@ -508,6 +531,29 @@ mod tests {
         let old: GateSpec = serde_json::from_str("{}").unwrap();
         assert_eq!((old.label, old.open_world.clone()), (LabelRule::BestPassed, None));
         assert!(!serde_json::to_string(&old).unwrap().contains("label"), "defaults are not written");
+    }
+
+    #[test]
+    fn the_softmax_score_is_the_top_share_of_the_experts_logits() {
+        // Independent oracle: the softmax written out over the logits of 0.9, 0.6, 0.1.
+        let z = [9.0f32.ln(), 1.5f32.ln(), (1.0f32 / 9.0).ln()];
+        let want = z[0].exp() / z.iter().map(|v| v.exp()).sum::<f32>();
+        let c = Confidence::of([0.6f32, 0.9, 0.1].into_iter());
+        assert!((c.share - want).abs() < 1e-5 && c.max_p == 0.9, "{c:?} vs {want}");
+        // A close runner-up lowers it; the top probability alone cannot tell.
+        let lone = Confidence::of([0.9f32, 0.1].into_iter());
+        let close = Confidence::of([0.9f32, 0.85].into_iter());
+        assert_eq!(lone.max_p, close.max_p);
+        assert!(close.share < 0.7 && lone.share > 0.98);
+        let g =
+            Gate::uniform(ScoreMode::Probability).deciding(LabelRule::BestGuess, Some((InScopeScore::Softmax, 0.7)));
+        let d = decide(&g, &outs(&[(0.9, 0.5), (0.85, 0.5)]), 1, None);
+        assert_eq!((d.label, d.reason), (None, Some(AbstainReason::OutOfScope)));
+        assert!(d.out_of_scope.unwrap() > 0.5);
+        assert_eq!(decide(&g, &outs(&[(0.9, 0.5), (0.1, 0.5)]), 1, None).label, Some(0));
+        let spec: GateSpec =
+            serde_json::from_str(r#"{"open_world": {"score": {"kind": "softmax"}, "reject_below": 0.7}}"#).unwrap();
+        assert_eq!(spec.open_world.unwrap().score, InScopeScore::Softmax);
     }
 
     #[test]
