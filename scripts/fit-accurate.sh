@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The accurate path for your own classes: fine-tune the trunk on the CSV's labels, then `moe fit` on it.
 #   scripts/fit-accurate.sh --data FILE --out DIR [any other `moe fit` option]
-# 1. `python -m moe_training trunk`: MiniLM-L6 (MOE_BACKBONE=mpnet-base for the larger one: CLINC150
-#    97.5 % against 96.3 %, ~90 instead of ~21 minutes on 2 cores; docs/TRAINING.md) fine-tuned
-#    as one classifier over every label of the train split (an --oos-label's rows included: the trunk
-#    learns to set them apart), exported int8 with per-row activation scales (batchable, rowquant.py)
-#    into DIR.trunk/trunks/<id>/. Resumable: checkpoints go to DIR.checkpoints every few steps, a rerun
-#    continues, and a finished run is loaded, not retrained. The recipe (MOE_FINETUNE overrides it):
-#    5 epochs, encoder lr 1e-4, output layer 1e-3, 6 % warm-up, chosen on CLINC150 val over the
-#    19-way recipe (3 epochs at 5e-5 throughout: val 95.5 % against 97.1 %; docs/TRAINING.md).
+# 1. `python -m moe_training trunk`: MiniLM-L6 (MOE_BACKBONE=mpnet-base for the larger one)
+#    fine-tuned as one classifier over every label of the train split (an --oos-label's rows
+#    included: the trunk learns to set them apart), exported int8 with per-tensor activation scales
+#    (the default trunk's graph: the service runs it one text at a time, as fast as the frozen
+#    trunk; MOE_ACTIVATIONS=per-row for a batchable one) into DIR.trunk/trunks/<id>/. Resumable:
+#    checkpoints go to DIR.checkpoints, a rerun continues, and a finished run is loaded, not
+#    retrained. The recipe (MOE_FINETUNE overrides it), chosen on CLINC150 val among the levers
+#    that buy time (docs/TRAINING.md, "The fast fine-tune"): 3 epochs, encoder lr 2e-4, output
+#    layer 1e-3, 6 % warm-up, a cosine classifier at scale 20, frozen token embeddings, batches of
+#    like length. MOE_TRAIN_DEVICE=cpu|cuda chooses where it trains (default: a GPU torch sees).
 # 2. `moe fit --trunk DIR.trunk/trunks/<id>` with the same data and every option given here.
 # A file without a split column is first split by `moe fit` on the default trunk (DIR.frozen, whose
 # splits.csv both steps then read), so the fine-tune never sees the val or test rows.
@@ -40,9 +42,10 @@ fi
 mkdir -p "$OUT.trunk" "$OUT.checkpoints"
 TRUNK_OUT=$(realpath "$OUT.trunk") CK=$(realpath "$OUT.checkpoints")
 # shellcheck disable=SC2206 # MOE_FINETUNE: trainer flags, word-split on purpose
-RECIPE=(${MOE_FINETUNE:---global-epochs 5 --global-lr 1e-4 --global-head-lr 1e-3 --warmup 0.06})
+RECIPE=(${MOE_FINETUNE:---global-epochs 3 --global-lr 2e-4 --global-head-lr 1e-3 --warmup 0.06 --cosine-scale 20 --freeze-embeddings --length-buckets})
 (cd training && ../.venv/bin/python -m moe_training trunk --data "$DATA" --text-col "$TEXT_COL" \
   --label-col "$LABEL_COL" --split-col "$SPLIT_COL" --seed "$SEED" --backbone "${MOE_BACKBONE:-minilm-l6}" \
-  --checkpoints "$CK" --out "$TRUNK_OUT" "${RECIPE[@]}") | tee "$OUT.trunk/log.txt"
+  --checkpoints "$CK" --out "$TRUNK_OUT" --activations "${MOE_ACTIVATIONS:-per-tensor}" "${RECIPE[@]}") \
+  | tee "$OUT.trunk/log.txt"
 ID=$(grep -o '"id": "[^"]*"' "$OUT.trunk/log.txt" | tail -n 1 | cut -d'"' -f4)
 "$MOE" fit --data "$DATA" --out "$OUT" --trunk "$TRUNK_OUT/trunks/$ID" "${REST[@]}"

@@ -879,6 +879,12 @@ def _add_report(sub) -> None:
     rp.add_argument(
         "--unknowns", default="../docs/results/clinc150-unknowns.json", help="clinc_unknowns.py results (may be absent)"
     )
+    for flag, file in (("coverage-wikihow", "wikihow-coverage"), ("coverage-clinc", "clinc150-coverage")):
+        rp.add_argument(f"--{flag}", default=f"../docs/results/{file}.json", help="coverage.py results (may be absent)")
+    for flag, file in (("adb-frozen", "clinc150-adb-frozen"), ("adb-tuned", "clinc150-adb-tuned")):
+        rp.add_argument(
+            f"--{flag}", default=f"../docs/results/{file}.json", help="adb_protocol.py results (may be absent)"
+        )
     rp.set_defaults(func=lambda a: __import__("moe_training.report", fromlist=["main"]).main(a))
 
 
