@@ -11,6 +11,7 @@ use moe_core::bundle::RegistryFile;
 use moe_core::config::Limits;
 use moe_server::http::AppState;
 use moe_tools::fit::{FitOptions, fit_set};
+use moe_tools::open_world::ScoreChoice;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "fit-admin";
@@ -56,6 +57,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         max_in_scope_abstain: 0.03,
         min_oos_recall: None,
         max_rows_per_class: None,
+        in_scope_score: ScoreChoice::Any,
     }
 }
 
@@ -111,9 +113,11 @@ async fn a_csv_without_splits_becomes_a_served_calibrated_set() {
     let right = answers.iter().zip(&labels).filter(|(a, l)| a.best_guess == **l).count();
     assert_eq!(right as f64 / labels.len() as f64, report["val"]["accuracy_best_guess"].as_f64().unwrap());
 
-    // A rerun on its own split file takes every embedding from the cache and fits the same heads.
+    // A rerun on its own split file takes every embedding from the cache and fits the same heads;
+    // told to, its open-world rule reads the softmax score.
     let again = dir.join("again");
-    let o = options(&out.join("splits.csv"), &again);
+    let mut o = options(&out.join("splits.csv"), &again);
+    o.in_scope_score = ScoreChoice::Softmax;
     let summary = tokio::task::spawn_blocking(move || fit_set(&o, &common::runtime())).await.unwrap().unwrap();
     assert_eq!(summary["texts"]["from_cache"], summary["texts"]["distinct"], "{summary}");
     assert_eq!(summary["texts"]["distinct"], 90);
@@ -121,6 +125,8 @@ async fn a_csv_without_splits_becomes_a_served_calibrated_set() {
         let head = |root: &Path| std::fs::read(root.join(bundle).join("head.json")).unwrap();
         assert_eq!(head(&out), head(&again), "{bundle}: the cached embeddings fit the same head");
     }
+    let rule = RegistryFile::read(&again).unwrap().gate.open_world.expect("a rule at the default budget");
+    assert_eq!(rule.score, moe_core::gate::InScopeScore::Softmax);
 }
 
 /// Writes a case's data file; changes its options.

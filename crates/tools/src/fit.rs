@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::embed_cache::EmbeddingCache;
-use crate::open_world::{self, TradeOff};
+use crate::open_world::{self, ScoreChoice, TradeOff};
 use crate::select::choose_gate;
 use moe_core::bundle::card::{
     CARD_SCHEMA, Card, FileRef, Kind, SelfTest, Threshold, TrunkCard, TrunkRef, check_class, check_name, slug,
@@ -114,6 +114,13 @@ pub struct FitOptions {
     /// that allows (the label rule and score with the best in-scope val accuracy).
     #[arg(long, value_parser = recall_share, conflicts_with = "max_in_scope_abstain", requires = "oos_label")]
     pub min_oos_recall: Option<f64>,
+    /// Which in-scope scores the open-world rule may use (default: every one, chosen on val).
+    ///
+    /// softmax ranks a text's right best guess above wrong ones best (answers at a given coverage
+    /// are the most accurate); max-probability and blend catch unseen classes and out-of-scope
+    /// texts better (docs/TRAINING.md, "Coverage").
+    #[arg(long, value_enum, default_value_t = ScoreChoice::Any)]
+    pub in_scope_score: ScoreChoice,
     /// Keep at most N rows per class and split (a seeded uniform sample; at least 5).
     ///
     /// The file is read once, row by row, whatever its size; memory then grows with classes, not
@@ -988,6 +995,7 @@ fn choose_gate_and_report(
         (&texts, &truth, &probs, &near),
         (&oos_val.1, &oos_probs, &oos_near),
         o.trade_off(),
+        o.in_scope_score,
     )?;
     spec.label = label;
     spec.open_world = open_world;

@@ -29,6 +29,29 @@ pub enum TradeOff {
     MinOutOfScopeRecall(f64),
 }
 
+/// The in-scope scores the operator lets `moe fit` choose among (`--in-scope-score`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScoreChoice {
+    /// Every score, chosen on val.
+    Any,
+    MaxProbability,
+    Softmax,
+    /// The blends of the top probability with the centroid similarity (their weight on val).
+    Blend,
+}
+
+impl ScoreChoice {
+    fn allows(self, score: &InScopeScore) -> bool {
+        matches!(
+            (self, score),
+            (ScoreChoice::Any, _)
+                | (ScoreChoice::MaxProbability, InScopeScore::MaxProbability)
+                | (ScoreChoice::Softmax, InScopeScore::Softmax)
+                | (ScoreChoice::Blend, InScopeScore::Blend { .. })
+        )
+    }
+}
+
 /// Standard errors below the val recall for a one-sided 95 % bound.
 const ONE_SIDED_95: f64 = 1.6448536269514722;
 
@@ -147,7 +170,7 @@ struct Candidate {
     meets: bool,
     /// AUROC of the score between the in-scope val texts whose best guess is right and those
     /// whose best guess is wrong: how well it ranks along the whole coverage curve, not only at
-    /// the cut-off (the last tie-break: at a 3 % budget two scores often decline equally well).
+    /// the cut-off (reported in the table).
     ranking: f64,
 }
 
@@ -162,6 +185,7 @@ pub fn choose(
     (texts, truth, probs, nearest): InScope,
     (oos_texts, oos_probs, oos_nearest): OutOfScope,
     trade_off: TradeOff,
+    allowed: ScoreChoice,
 ) -> Result<(LabelRule, Option<OpenWorld>, Value)> {
     let (n, m) = (texts.len(), oos_texts.len());
     let (conf, oos_conf) = (confidences(probs, n), confidences(oos_probs, m));
@@ -182,7 +206,7 @@ pub fn choose(
         let (answers, oos) = cross_fitted(&mut set, (texts, truth, probs), (oos_texts, oos_probs));
         let guessed_right: Vec<bool> =
             answers.iter().zip(truth).map(|(r, &t)| r.best_guess.as_str() == set.experts[t].class).collect();
-        for score in scores_to_try(&max_p, nearest) {
+        for score in scores_to_try(&max_p, nearest).into_iter().filter(|s| allowed.allows(s)) {
             let scores = of(&score, &conf, nearest);
             let oos_scores = of(&score, &oos_conf, oos_nearest);
             let (reject_below, meets) = match trade_off {
@@ -211,6 +235,11 @@ pub fn choose(
                 ranking: ranking_auc(&scores, &guessed_right),
             });
         }
+    }
+    if candidates.is_empty() {
+        return Err(moe_core::Error::BadRequest(format!(
+            "--in-scope-score {allowed:?}: no such score for this set (a blend needs every head's class centroid)"
+        )));
     }
     let (best, chosen_by) = pick(&candidates, n, m, trade_off, needed);
     let open_world = best.reject_below.map(|reject_below| OpenWorld {
@@ -267,25 +296,18 @@ fn pick(
     needed: Option<usize>,
 ) -> (&Candidate, Value) {
     // Budget: within it, the best val accuracy over every val text, an out-of-scope text counted
-    // right when declined (CLINC150's accuracy with out-of-scope as one more class; without such
-    // rows the best ranking, then in-scope accuracy); else the fewest in-scope declines. Recall: among those
-    // reaching the bound, the best in-scope val accuracy; else the highest recall. Ties go to the
-    // score that ranks right best guesses above wrong ones better (`ranking`), then to the earlier
-    // candidate (the default rule and the top probability first).
+    // right when declined (CLINC150's accuracy with out-of-scope as one more class; in-scope
+    // accuracy alone without such rows); else the fewest in-scope declines. Recall: among those
+    // reaching the bound, the best in-scope val accuracy; else the highest recall. Ties keep the
+    // earlier candidate (the default rule and the top probability first). The ranking AUROC is
+    // reported, not chosen on: the score that ranks in-scope errors best (softmax) catches unseen
+    // classes worst (docs/TRAINING.md, "Coverage"); `--in-scope-score` lets the operator choose.
     let m = oos_rows as f64;
     let overall = |c: &Candidate| (c.accuracy * n as f64 + c.recall.unwrap_or(0.0) * m) / (n as f64 + m);
     let key = |c: &Candidate| match trade_off {
-        // Without out-of-scope rows every candidate spends the same budget on in-scope texts, and
-        // which of them are wrong is a handful of texts (17 of wikiHow's 580 val titles): the
-        // score that ranks all of them better comes first (docs/TRAINING.md, "Coverage").
-        TradeOff::MaxInScopeAbstain(_) if oos_rows == 0 => {
-            (c.meets, if c.meets { c.ranking } else { -c.abstained }, c.accuracy, 0.0)
-        }
-        TradeOff::MaxInScopeAbstain(_) => {
-            (c.meets, if c.meets { overall(c) } else { -c.abstained }, c.accuracy, c.ranking)
-        }
+        TradeOff::MaxInScopeAbstain(_) => (c.meets, if c.meets { overall(c) } else { -c.abstained }, c.accuracy),
         TradeOff::MinOutOfScopeRecall(_) => {
-            (c.meets, if c.meets { c.accuracy } else { c.recall.unwrap_or(0.0) }, c.accuracy, c.ranking)
+            (c.meets, if c.meets { c.accuracy } else { c.recall.unwrap_or(0.0) }, c.accuracy)
         }
     };
     let best = candidates
@@ -294,7 +316,7 @@ fn pick(
             Some(b) if key(b).partial_cmp(&key(c)) != Some(std::cmp::Ordering::Less) => Some(b),
             _ => Some(c),
         })
-        .expect("at least three candidates");
+        .expect("choose refuses an empty list");
     let meets_key = match trade_off {
         TradeOff::MaxInScopeAbstain(_) => "within_budget",
         TradeOff::MinOutOfScopeRecall(_) => "reaches_recall_bound",
@@ -316,7 +338,7 @@ fn pick(
         TradeOff::MaxInScopeAbstain(budget) => {
             chosen_by["max_in_scope_abstain"] = json!(budget);
             chosen_by["metric"] = json!(if oos_rows == 0 {
-                "within the budget, the score's val ranking AUROC (right best guesses above wrong ones), then in-scope accuracy"
+                "in-scope accuracy within the budget"
             } else {
                 "accuracy over in-scope and out-of-scope val texts (declined = right for out-of-scope) within the budget"
             });
@@ -414,26 +436,25 @@ mod tests {
     }
 
     #[test]
-    fn without_out_of_scope_rows_the_better_ranking_wins_within_the_budget() {
+    fn the_operating_point_decides_and_ties_keep_the_earlier_score() {
         let budget = TradeOff::MaxInScopeAbstain(0.03);
-        // One more right text at the cut-off, a worse ranking over the whole curve.
+        // One more right text at the cut-off wins over a better ranking along the curve.
         let cands = [
-            candidate(InScopeScore::MaxProbability, 0.800, None, 0.80),
-            candidate(InScopeScore::Softmax, 0.798, None, 0.84),
+            candidate(InScopeScore::MaxProbability, 0.798, None, 0.80),
+            candidate(InScopeScore::Softmax, 0.800, None, 0.84),
         ];
         assert_eq!(pick(&cands, 580, 0, budget, None).0.score, InScopeScore::Softmax);
+        let cands = [
+            candidate(InScopeScore::MaxProbability, 0.800, None, 0.80),
+            candidate(InScopeScore::Softmax, 0.800, None, 0.84),
+        ];
+        assert_eq!(pick(&cands, 580, 0, budget, None).0.score, InScopeScore::MaxProbability);
         // With out-of-scope rows, accuracy over both (declined out-of-scope texts right) decides.
         let cands = [
             candidate(InScopeScore::MaxProbability, 0.80, Some(0.90), 0.80),
-            candidate(InScopeScore::Softmax, 0.80, Some(0.85), 0.84),
+            candidate(InScopeScore::Softmax, 0.81, Some(0.80), 0.84),
         ];
         assert_eq!(pick(&cands, 580, 100, budget, None).0.score, InScopeScore::MaxProbability);
-        // ... and the ranking only breaks its ties.
-        let cands = [
-            candidate(InScopeScore::MaxProbability, 0.80, Some(0.90), 0.80),
-            candidate(InScopeScore::Softmax, 0.80, Some(0.90), 0.84),
-        ];
-        assert_eq!(pick(&cands, 580, 100, budget, None).0.score, InScopeScore::Softmax);
         assert_eq!(ranking_auc(&[0.9, 0.8, 0.1], &[true, true, false]), 1.0);
         assert_eq!(ranking_auc(&[0.9, f32::INFINITY], &[true, false]), 0.5, "a text the score cannot read");
     }
