@@ -68,7 +68,7 @@ def fine_tune(data: Path, work: Path, seed: int, recipe: list[str]) -> tuple[str
     """The fast fine-tune of the default trunk on the known intents' train rows (what
     scripts/fit-accurate.sh runs): the exported trunk's folder and the seconds it took."""
     out = work / "trunk"
-    cmd = [str(Path(".venv/bin/python").resolve()), "-m", "moe_training", "trunk", "--data", str(data.resolve())]
+    cmd = [str(Path(".venv/bin/python").absolute()), "-m", "moe_training", "trunk", "--data", str(data.resolve())]
     cmd += ["--text-col", "text", "--seed", str(seed), "--out", str(out.resolve()), *recipe]
     t0 = time.time()
     subprocess.run(cmd, cwd="training", check=True, stdout=subprocess.DEVNULL)
