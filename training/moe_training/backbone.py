@@ -52,6 +52,10 @@ def inputs(name: str = "minilm-l6") -> list[str]:
 def backbone_dir(name: str = "minilm-l6") -> Path:
     b = spec(name)
     if "package" in b:
+        # MOE_MINILM_DIR: a copy of the weights elsewhere (bench/gpu-finetune.sh carries them as fp16
+        # to a machine without the package)
+        if name == "minilm-l6" and os.environ.get("MOE_MINILM_DIR"):
+            return Path(os.environ["MOE_MINILM_DIR"])
         return Path(__import__(b["package"]).get_model_path())
     # the folder is relative to the repository root (training/ is one below it), or MOE_MPNET_DIR
     d = Path(os.environ.get("MOE_MPNET_DIR", Path(__file__).resolve().parents[2] / b["folder"]))
@@ -81,7 +85,8 @@ def train_device() -> torch.device:
 def load_encoder(name: str = "minilm-l6"):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(backbone_dir(name)))
+    # .float(): weights carried as fp16 (MOE_MINILM_DIR) train in fp32 like the packaged ones
+    return AutoModel.from_pretrained(str(backbone_dir(name))).float()
 
 
 def run_encoder(encoder, names: list[str], args) -> torch.Tensor:

@@ -30,11 +30,13 @@ def _accuracy(model, tok, texts: list[str], y: np.ndarray, keep: np.ndarray) -> 
     """The model's own best guess on `texts` (no gradient, length-sorted batches of 256)."""
     order = np.argsort([len(t) for t in texts])
     guess = np.empty(len(texts), dtype=np.int64)
+    device = next(model.parameters()).device  # the training device during training (CUDA or CPU)
     with torch.no_grad():
         for b in range(0, len(order), 256):
             i = order[b : b + 256]
             feeds = backbone.encode(tok, [texts[j] for j in i])
-            guess[i] = model(*(torch.from_numpy(feeds[n]) for n in model.names)).argmax(1).numpy()
+            out = model(*(torch.from_numpy(feeds[n]).to(device) for n in model.names))
+            guess[i] = out.argmax(1).cpu().numpy()
     right = guess == y
     return {"val_accuracy": float(right.mean()), "val_in_scope_accuracy": float(right[keep].mean())}
 
@@ -89,7 +91,7 @@ def main() -> None:
     model, info = candidates.finetune_global(tok, texts, labels, classes, s, on_epoch=on_epoch)
     row = {"name": a.name, "data": path.name, "recipe": {k: v for k, v in vars(a).items() if k not in ("data", "out", "name")},
            "steps": info["steps"], "train_seconds": round(time.monotonic() - t0 - spent["eval"], 1), "curve": curve,
-           "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(backbone.train_device())}  # fmt: skip
     if a.average_last:
         row["averaged"] = _accuracy(model, tok, vtexts, vy, keep)
     with open(a.out, "a") as f:
