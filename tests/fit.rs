@@ -57,7 +57,7 @@ fn options(data: &Path, out: &Path) -> FitOptions {
         max_in_scope_abstain: 0.03,
         min_oos_recall: None,
         max_rows_per_class: None,
-        in_scope_score: ScoreChoice::Any,
+        in_scope_score: ScoreChoice::Auto,
     }
 }
 

@@ -114,12 +114,13 @@ pub struct FitOptions {
     /// that allows (the label rule and score with the best in-scope val accuracy).
     #[arg(long, value_parser = recall_share, conflicts_with = "max_in_scope_abstain", requires = "oos_label")]
     pub min_oos_recall: Option<f64>,
-    /// Which in-scope scores the open-world rule may use (default: every one, chosen on val).
+    /// Which in-scope score the open-world rule uses (auto: the top probability or a blend, on val).
     ///
-    /// softmax ranks a text's right best guess above wrong ones best (answers at a given coverage
-    /// are the most accurate); max-probability and blend catch unseen classes and out-of-scope
-    /// texts better (docs/TRAINING.md, "Coverage").
-    #[arg(long, value_enum, default_value_t = ScoreChoice::Any)]
+    /// softmax (the top share of a softmax over the experts' logits) ranks right best guesses above
+    /// wrong ones best, so the answers kept at a given coverage are the most accurate; the top
+    /// probability and the blend catch unseen classes and out-of-scope texts better
+    /// (docs/TRAINING.md, "Coverage").
+    #[arg(long, value_enum, default_value_t = ScoreChoice::Auto)]
     pub in_scope_score: ScoreChoice,
     /// Keep at most N rows per class and split (a seeded uniform sample; at least 5).
     ///

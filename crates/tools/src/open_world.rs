@@ -32,8 +32,9 @@ pub enum TradeOff {
 /// The in-scope scores the operator lets `moe fit` choose among (`--in-scope-score`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScoreChoice {
-    /// Every score, chosen on val.
-    Any,
+    /// The top probability or a blend, chosen on val (softmax only when asked for: it ranks
+    /// in-scope errors best but catches unseen classes worst, docs/TRAINING.md "Coverage").
+    Auto,
     MaxProbability,
     Softmax,
     /// The blends of the top probability with the centroid similarity (their weight on val).
@@ -44,7 +45,7 @@ impl ScoreChoice {
     fn allows(self, score: &InScopeScore) -> bool {
         matches!(
             (self, score),
-            (ScoreChoice::Any, _)
+            (ScoreChoice::Auto, InScopeScore::MaxProbability | InScopeScore::Blend { .. })
                 | (ScoreChoice::MaxProbability, InScopeScore::MaxProbability)
                 | (ScoreChoice::Softmax, InScopeScore::Softmax)
                 | (ScoreChoice::Blend, InScopeScore::Blend { .. })
@@ -300,8 +301,7 @@ fn pick(
     // accuracy alone without such rows); else the fewest in-scope declines. Recall: among those
     // reaching the bound, the best in-scope val accuracy; else the highest recall. Ties keep the
     // earlier candidate (the default rule and the top probability first). The ranking AUROC is
-    // reported, not chosen on: the score that ranks in-scope errors best (softmax) catches unseen
-    // classes worst (docs/TRAINING.md, "Coverage"); `--in-scope-score` lets the operator choose.
+    // reported, not chosen on.
     let m = oos_rows as f64;
     let overall = |c: &Candidate| (c.accuracy * n as f64 + c.recall.unwrap_or(0.0) * m) / (n as f64 + m);
     let key = |c: &Candidate| match trade_off {
@@ -456,6 +456,11 @@ mod tests {
         ];
         assert_eq!(pick(&cands, 580, 100, budget, None).0.score, InScopeScore::MaxProbability);
         assert_eq!(ranking_auc(&[0.9, 0.8, 0.1], &[true, true, false]), 1.0);
+        // Unasked, the rule never reads the softmax score; asked, it reads nothing else.
+        let all = scores_to_try(&[0.9, 0.2], &[Some(0.8), Some(0.1)]);
+        let kept = |c: ScoreChoice| all.iter().filter(|s| c.allows(s)).copied().collect::<Vec<_>>();
+        assert!(!kept(ScoreChoice::Auto).contains(&InScopeScore::Softmax) && kept(ScoreChoice::Auto).len() == 4);
+        assert_eq!(kept(ScoreChoice::Softmax), vec![InScopeScore::Softmax]);
         assert_eq!(ranking_auc(&[0.9, f32::INFINITY], &[true, false]), 0.5, "a text the score cannot read");
     }
 
