@@ -879,7 +879,11 @@ def _add_report(sub) -> None:
     rp.add_argument(
         "--unknowns", default="../docs/results/clinc150-unknowns.json", help="clinc_unknowns.py results (may be absent)"
     )
-    for flag, file in (("coverage-wikihow", "wikihow-coverage"), ("coverage-clinc", "clinc150-coverage")):
+    for flag, file in (
+        ("coverage-wikihow", "wikihow-coverage"),
+        ("coverage-wikihow-softmax", "wikihow-coverage-softmax"),
+        ("coverage-clinc", "clinc150-coverage"),
+    ):
         rp.add_argument(f"--{flag}", default=f"../docs/results/{file}.json", help="coverage.py results (may be absent)")
     for flag, file in (("adb-frozen", "clinc150-adb-frozen"), ("adb-tuned", "clinc150-adb-tuned")):
         rp.add_argument(

@@ -1254,8 +1254,9 @@ def main(args) -> None:
     clinc = tuple(read(getattr(args, k, "")) for k in ("clinc", "clinc_fit", "clinc_accurate", "clinc_accurate_paired"))
     open_world = (read(getattr(args, "open_intent", "")), read(getattr(args, "unknowns", "")))
     coverage = [
-        ("wikiHow", read(getattr(args, "coverage_wikihow", ""))),
-        ("CLINC150", read(getattr(args, "coverage_clinc", ""))),
+        ("wikiHow, `moe fit` defaults", read(getattr(args, "coverage_wikihow", ""))),
+        ("wikiHow, `--in-scope-score softmax`", read(getattr(args, "coverage_wikihow_softmax", ""))),
+        ("CLINC150, `moe fit --oos-label oos` defaults", read(getattr(args, "coverage_clinc", ""))),
     ]
     adb = [
         ("MoE, frozen trunk", read(getattr(args, "adb_frozen", ""))),

@@ -114,7 +114,7 @@ pub struct FitOptions {
     /// that allows (the label rule and score with the best in-scope val accuracy).
     #[arg(long, value_parser = recall_share, conflicts_with = "max_in_scope_abstain", requires = "oos_label")]
     pub min_oos_recall: Option<f64>,
-    /// Which in-scope score the open-world rule uses (auto: the top probability or a blend, on val).
+    /// In-scope score of the open-world rule (auto: top probability or blend, on val).
     ///
     /// softmax (the top share of a softmax over the experts' logits) ranks right best guesses above
     /// wrong ones best, so the answers kept at a given coverage are the most accurate; the top
