@@ -125,8 +125,13 @@ async fn a_csv_without_splits_becomes_a_served_calibrated_set() {
         let head = |root: &Path| std::fs::read(root.join(bundle).join("head.json")).unwrap();
         assert_eq!(head(&out), head(&again), "{bundle}: the cached embeddings fit the same head");
     }
-    let rule = RegistryFile::read(&again).unwrap().gate.open_world.expect("a rule at the default budget");
-    assert_eq!(rule.score, moe_core::gate::InScopeScore::Softmax);
+    // (9 val texts leave a 3 % budget no decline to spend: the table shows what was tried.)
+    let gate = RegistryFile::read(&again).unwrap().gate;
+    let tried = &gate.selected_by.unwrap()["label_rule_and_open_world"]["table"];
+    let kinds: Vec<&str> = tried.as_array().unwrap().iter().map(|c| c["score"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["softmax"; 3], "one candidate per label rule, each on the softmax score");
+    let auto = &reg.gate.selected_by.as_ref().unwrap()["label_rule_and_open_world"]["table"];
+    assert!(auto.as_array().unwrap().iter().all(|c| c["score"]["kind"] != "softmax"), "softmax only when asked");
 }
 
 /// Writes a case's data file; changes its options.
