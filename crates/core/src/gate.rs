@@ -115,14 +115,17 @@ pub enum InScopeScore {
 }
 
 impl InScopeScore {
-    /// The score of a text whose experts' probabilities sum up to `c` and whose embedding's best
-    /// centroid similarity is `nearest` (None: no centroid, no blend).
-    pub fn of(&self, c: Confidence, nearest: Option<f32>) -> Option<f32> {
+    /// The score of a text whose experts give `probabilities` and whose embedding's best centroid
+    /// similarity is `nearest` (None: no centroid, no blend). Only the `softmax` score computes the
+    /// softmax share: the serving path pays its exponentials only when the rule reads it.
+    pub fn of(&self, probabilities: impl Iterator<Item = f32> + Clone, nearest: Option<f32>) -> Option<f32> {
         match *self {
-            InScopeScore::MaxProbability => Some(c.max_p),
-            InScopeScore::Softmax => Some(c.share),
-            InScopeScore::Blend { weight, logit: [m1, s1], similarity: [m2, s2] } => nearest
-                .map(|sim| weight * (logit(c.max_p) - m1) / s1.max(EPS) + (1.0 - weight) * (sim - m2) / s2.max(EPS)),
+            InScopeScore::MaxProbability => Some(max_probability(probabilities)),
+            InScopeScore::Softmax => Some(softmax_share(probabilities)),
+            InScopeScore::Blend { weight, logit: [m1, s1], similarity: [m2, s2] } => nearest.map(|sim| {
+                weight * (logit(max_probability(probabilities)) - m1) / s1.max(EPS)
+                    + (1.0 - weight) * (sim - m2) / s2.max(EPS)
+            }),
         }
     }
 
@@ -135,22 +138,16 @@ impl InScopeScore {
     }
 }
 
-/// What the in-scope scores read of one text's expert probabilities.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Confidence {
-    /// max_i p_i.
-    pub max_p: f32,
-    /// max_i softmax_i(logit(p_j)) = 1 / Σ_j exp(logit(p_j) − max_k logit(p_k)).
-    pub share: f32,
+/// max_i p_i.
+pub fn max_probability(probabilities: impl Iterator<Item = f32>) -> f32 {
+    probabilities.fold(f32::NEG_INFINITY, f32::max)
 }
 
-impl Confidence {
-    pub fn of(probabilities: impl Iterator<Item = f32> + Clone) -> Confidence {
-        let max_p = probabilities.clone().fold(f32::NEG_INFINITY, f32::max);
-        let top = logit(max_p);
-        let sum: f32 = probabilities.map(|p| (logit(p) - top).exp()).sum();
-        Confidence { max_p, share: 1.0 / sum.max(1.0) }
-    }
+/// max_i softmax_i(logit(p_j)) = 1 / Σ_j exp(logit(p_j) − max_k logit(p_k)).
+pub fn softmax_share(probabilities: impl Iterator<Item = f32> + Clone) -> f32 {
+    let top = logit(max_probability(probabilities.clone()));
+    let sum: f32 = probabilities.map(|p| (logit(p) - top).exp()).sum();
+    1.0 / sum.max(1.0)
 }
 
 /// The set's rejection rule: decline a text as out of scope when its in-scope score is below
@@ -439,8 +436,7 @@ pub fn decide(gate: &Gate, out: &[ExpertOutput], words: usize, nearest: Option<f
         })
     };
     let best_guess = argmax(&|_| true).expect("non-empty");
-    let confidence = || Confidence::of(out.iter().map(|o| o.probability));
-    let in_scope = gate.open_world.and_then(|(score, _)| score.of(confidence(), nearest));
+    let in_scope = gate.open_world.and_then(|(score, _)| score.of(out.iter().map(|o| o.probability), nearest));
     let out_of_scope = gate.open_world.zip(in_scope).map(|((score, cut), s)| score.out_of_scope(s, cut));
     let (label, reason) = if gate.open_world.zip(in_scope).is_some_and(|((_, cut), s)| s < cut) {
         (None, Some(AbstainReason::OutOfScope))
@@ -538,13 +534,13 @@ mod tests {
         // Independent oracle: the softmax written out over the logits of 0.9, 0.6, 0.1.
         let z = [9.0f32.ln(), 1.5f32.ln(), (1.0f32 / 9.0).ln()];
         let want = z[0].exp() / z.iter().map(|v| v.exp()).sum::<f32>();
-        let c = Confidence::of([0.6f32, 0.9, 0.1].into_iter());
-        assert!((c.share - want).abs() < 1e-5 && c.max_p == 0.9, "{c:?} vs {want}");
+        let share = softmax_share([0.6f32, 0.9, 0.1].into_iter());
+        assert!((share - want).abs() < 1e-5, "{share} vs {want}");
+        assert_eq!(max_probability([0.6f32, 0.9, 0.1].into_iter()), 0.9);
         // A close runner-up lowers it; the top probability alone cannot tell.
-        let lone = Confidence::of([0.9f32, 0.1].into_iter());
-        let close = Confidence::of([0.9f32, 0.85].into_iter());
-        assert_eq!(lone.max_p, close.max_p);
-        assert!(close.share < 0.7 && lone.share > 0.98);
+        let (lone, close) = ([0.9f32, 0.1], [0.9f32, 0.85]);
+        assert_eq!(max_probability(lone.into_iter()), max_probability(close.into_iter()));
+        assert!(softmax_share(close.into_iter()) < 0.7 && softmax_share(lone.into_iter()) > 0.98);
         let g =
             Gate::uniform(ScoreMode::Probability).deciding(LabelRule::BestGuess, Some((InScopeScore::Softmax, 0.7)));
         let d = decide(&g, &outs(&[(0.9, 0.5), (0.85, 0.5)]), 1, None);

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use moe_core::Result;
-use moe_core::gate::{AbstainReason, Confidence, GateSpec, InScopeScore, LabelRule, OpenWorld, logit};
+use moe_core::gate::{AbstainReason, GateSpec, InScopeScore, LabelRule, OpenWorld, logit, max_probability};
 use moe_core::service::{ExpertSet, TextResult};
 use moe_core::stats::roc::{binary_report, wilson_lower};
 use serde_json::{Value, json};
@@ -84,12 +84,7 @@ pub type OutOfScope<'a> = (&'a [String], &'a [Vec<f32>], &'a [Option<f32>]);
 
 /// max_k p_k per text.
 fn max_probabilities(probs: &[Vec<f32>], rows: usize) -> Vec<f32> {
-    confidences(probs, rows).iter().map(|c| c.max_p).collect()
-}
-
-/// What the in-scope scores read of each text's probabilities (expert-major `probs`).
-fn confidences(probs: &[Vec<f32>], rows: usize) -> Vec<Confidence> {
-    (0..rows).map(|i| Confidence::of(probs.iter().map(|p| p[i]))).collect()
+    (0..rows).map(|i| max_probability(probs.iter().map(|p| p[i]))).collect()
 }
 
 /// Mean and standard deviation.
@@ -189,12 +184,11 @@ pub fn choose(
     allowed: ScoreChoice,
 ) -> Result<(LabelRule, Option<OpenWorld>, Value)> {
     let (n, m) = (texts.len(), oos_texts.len());
-    let (conf, oos_conf) = (confidences(probs, n), confidences(oos_probs, m));
-    let max_p: Vec<f32> = conf.iter().map(|c| c.max_p).collect();
-    let of = |score: &InScopeScore, c: &[Confidence], near: &[Option<f32>]| -> Vec<f32> {
-        c.iter()
-            .enumerate()
-            .map(|(i, &c)| score.of(c, near.get(i).copied().flatten()).unwrap_or(f32::INFINITY))
+    let max_p = max_probabilities(probs, n);
+    // Each text's score from its column of the expert-major probabilities.
+    let of = |score: &InScopeScore, p: &[Vec<f32>], rows: usize, near: &[Option<f32>]| -> Vec<f32> {
+        (0..rows)
+            .map(|i| score.of(p.iter().map(|e| e[i]), near.get(i).copied().flatten()).unwrap_or(f32::INFINITY))
             .collect()
     };
     let needed = match trade_off {
@@ -208,8 +202,8 @@ pub fn choose(
         let guessed_right: Vec<bool> =
             answers.iter().zip(truth).map(|(r, &t)| r.best_guess.as_str() == set.experts[t].class).collect();
         for score in scores_to_try(&max_p, nearest).into_iter().filter(|s| allowed.allows(s)) {
-            let scores = of(&score, &conf, nearest);
-            let oos_scores = of(&score, &oos_conf, oos_nearest);
+            let scores = of(&score, probs, n, nearest);
+            let oos_scores = of(&score, oos_probs, m, oos_nearest);
             let (reject_below, meets) = match trade_off {
                 TradeOff::MaxInScopeAbstain(budget) => budget_cut(budget, n, &answers, &scores),
                 TradeOff::MinOutOfScopeRecall(_) => recall_cut(needed, &oos, &oos_scores),
